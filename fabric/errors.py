@@ -1,0 +1,108 @@
+"""One exception hierarchy for everything fabric raises.
+
+Errors are split by whose fault they are, as h11 does: :class:`LocalProtocolError` means
+this program misused fabric; :class:`RemoteProtocolError` means a peer sent something
+invalid. Everything derives from :class:`FabricError`.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "BackpressureError",
+    "CallTimeout",
+    "ConfigError",
+    "FabricError",
+    "LocalProtocolError",
+    "NameConflictError",
+    "NodeDownError",
+    "NotExportedError",
+    "ProcessDeadError",
+    "ProtocolError",
+    "ReceiveTimeout",
+    "RemoteError",
+    "RemoteProtocolError",
+]
+
+
+class FabricError(Exception):
+    """Base class of every exception fabric raises on purpose."""
+
+
+class ConfigError(FabricError, ValueError):
+    """Raised at construction when a node name, a setting or an argument is invalid."""
+
+
+class ProtocolError(FabricError):
+    """A message broke the protocol."""
+
+
+class LocalProtocolError(ProtocolError):
+    """Raised when this program uses fabric wrongly (for example joining a remote pid)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """Raised (and counted) when a peer sent bytes that are not a valid message."""
+
+
+class AuthenticationError(FabricError):
+    """Raised when a handshake fails because the cookies differ."""
+
+
+class NodeDownError(FabricError):
+    """Raised by calls whose target node is down, unreachable or went down meanwhile."""
+
+    def __init__(self, node: str, reason: str = "noconnection") -> None:
+        super().__init__(f"node {node} is down ({reason})")
+        self.node = node
+        self.reason = reason
+
+
+class ProcessDeadError(FabricError):
+    """Raised by calls whose target process does not exist or exited before replying."""
+
+    def __init__(self, target: object, reason: object = "noproc") -> None:
+        super().__init__(f"process {target!r} is dead ({reason!r})")
+        self.target = target
+        self.reason = reason
+
+
+class CallTimeout(FabricError, TimeoutError):
+    """Raised by ``call`` when no reply came within the timeout."""
+
+
+class ReceiveTimeout(FabricError, TimeoutError):
+    """Raised by ``receive`` when no matching message came within the timeout."""
+
+
+class NameConflictError(FabricError):
+    """Raised when a name is already registered to another process."""
+
+
+class NotExportedError(FabricError):
+    """Raised when a remote spawn or rpc names a function the target node does not export."""
+
+
+class BackpressureError(FabricError):
+    """Raised by a non-waiting send when the peer's outbound buffer is full."""
+
+    def __init__(self, node: str, queued: int) -> None:
+        super().__init__(f"outbound buffer to {node} is full ({queued} messages queued)")
+        self.node = node
+        self.queued = queued
+
+
+class RemoteError(FabricError):
+    """An exception raised by remote code, carried back to the caller.
+
+    Attributes:
+        type_name: the remote exception's qualified type name, e.g. ``"ValueError"``.
+        message: ``str()`` of the remote exception.
+        remote_traceback: the formatted remote traceback.
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback

@@ -1,0 +1,167 @@
+"""The wire codec: msgpack with three extension types, and nothing executable.
+
+Theory of operation
+-------------------
+Every frame fabric sends is one msgpack value. Plain msgpack cannot tell a tuple from a
+list, and Erlang-style code lives on tuples (``("hello", pid)``), so the codec keeps them
+apart: lists travel as msgpack arrays, tuples as extension type 1 whose body is the packed
+array of their items. Pids and refs are extension types 2 and 3 with a fixed binary layout
+(``creation: u32, id: u64, node: utf-8``) so decoding one costs a slice and a struct call.
+
+Anything else that msgpack cannot represent natively (sets, objects, functions) is refused
+at encode time with :class:`~fabric.errors.LocalProtocolError`: fabric never pickles.
+Decoding is bounded: the frame size, string/bytes lengths, container lengths and nesting
+are capped, and every failure becomes :class:`~fabric.errors.RemoteProtocolError`.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Final
+
+import msgpack
+
+from fabric.errors import LocalProtocolError, RemoteProtocolError
+from fabric.types import Pid, Ref
+
+__all__ = ["EXT_PID", "EXT_REF", "EXT_TUPLE", "Codec", "DEFAULT_MAX_FRAME"]
+
+EXT_TUPLE: Final = 1
+EXT_PID: Final = 2
+EXT_REF: Final = 3
+
+DEFAULT_MAX_FRAME: Final = 64 * 1024 * 1024
+_ID_LAYOUT: Final = struct.Struct(">IQ")
+_ID_SIZE: Final = _ID_LAYOUT.size
+_MAX_DEPTH: Final = 64
+# Pids recur (the same sender, the same reply-to): memoise their wire form both ways.
+_CACHE_SIZE: Final = 4096
+
+
+class Codec:
+    """Encodes and decodes fabric frames. One instance per node (not thread-safe).
+
+    Args:
+        max_frame: the largest frame, in bytes, that :meth:`decode` accepts.
+    """
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._packer = msgpack.Packer(
+            default=self._default, use_bin_type=True, strict_types=True, autoreset=True
+        )
+        # Tuples nest, and a Packer is not re-entrant: one inner packer per nesting depth.
+        self._inner: list[msgpack.Packer] = []
+        self._depth = 0
+        self._unpack_kwargs: dict[str, Any] = dict(
+            ext_hook=self._ext_hook,
+            raw=False,
+            use_list=True,
+            strict_map_key=False,
+            max_str_len=max_frame,
+            max_bin_len=max_frame,
+            max_array_len=min(max_frame, 16 * 1024 * 1024),
+            max_map_len=min(max_frame, 4 * 1024 * 1024),
+            max_ext_len=max_frame,
+        )
+        self._decode_depth = 0
+        self._ext_cache: dict[Any, msgpack.ExtType] = {}
+        self._id_cache: dict[tuple[int, bytes], Any] = {}
+
+    # -- encoding -------------------------------------------------------------------------
+
+    def encode(self, value: Any) -> bytes:
+        """Pack one value into a frame.
+
+        Raises:
+            LocalProtocolError: the value holds something msgpack cannot carry.
+        """
+        try:
+            return self._packer.pack(value)  # type: ignore[no-any-return]
+        except (TypeError, ValueError, OverflowError) as exc:
+            self._packer.reset()
+            self._depth = 0
+            raise LocalProtocolError(f"cannot encode message: {exc}") from None
+
+    def _default(self, obj: Any) -> Any:
+        t = type(obj)
+        if t is tuple:
+            depth = self._depth
+            if depth >= _MAX_DEPTH:
+                raise ValueError("tuples nested deeper than 64 levels")
+            if depth == len(self._inner):
+                self._inner.append(
+                    msgpack.Packer(
+                        default=self._default, use_bin_type=True, strict_types=True, autoreset=True
+                    )
+                )
+            self._depth = depth + 1
+            try:
+                body = self._inner[depth].pack(list(obj))
+            finally:
+                self._depth = depth
+            return msgpack.ExtType(EXT_TUPLE, body)
+        if t is Pid or t is Ref:
+            ext = self._ext_cache.get(obj)
+            if ext is None:
+                if len(self._ext_cache) >= _CACHE_SIZE:
+                    self._ext_cache.clear()
+                code = EXT_PID if t is Pid else EXT_REF
+                ext = msgpack.ExtType(code, _ID_LAYOUT.pack(obj[2], obj[1]) + obj[0].encode())
+                self._ext_cache[obj] = ext
+            return ext
+        # Subclasses of the plain types (IntEnum, str subclasses, OrderedDict...) are
+        # sent as their base type; strict_types routes them here.
+        for base in (bool, int, float, str, bytes, list, dict):
+            if isinstance(obj, base):
+                return base(obj)
+        if isinstance(obj, tuple):  # namedtuples travel as plain tuples
+            return self._default(tuple(obj))
+        raise TypeError(f"type {t.__name__} is not serializable (fabric never pickles)")
+
+    # -- decoding -------------------------------------------------------------------------
+
+    def decode(self, frame: bytes) -> Any:
+        """Unpack one frame.
+
+        Raises:
+            RemoteProtocolError: the frame is too large, truncated or not valid msgpack.
+        """
+        if len(frame) > self.max_frame:
+            raise RemoteProtocolError(f"frame of {len(frame)} bytes exceeds {self.max_frame}")
+        try:
+            return msgpack.unpackb(frame, **self._unpack_kwargs)
+        except RemoteProtocolError:
+            raise
+        except Exception as exc:  # msgpack raises a zoo of types on bad input
+            raise RemoteProtocolError(f"undecodable frame: {type(exc).__name__}: {exc}") from None
+        finally:
+            self._decode_depth = 0
+
+    def _ext_hook(self, code: int, data: bytes) -> Any:
+        if code == EXT_TUPLE:
+            if self._decode_depth >= _MAX_DEPTH:
+                raise RemoteProtocolError("tuples nested deeper than 64 levels")
+            self._decode_depth += 1
+            try:
+                items = msgpack.unpackb(data, **self._unpack_kwargs)
+            finally:
+                self._decode_depth -= 1
+            if type(items) is not list:
+                raise RemoteProtocolError("tuple extension does not hold an array")
+            return tuple(items)
+        if code == EXT_PID or code == EXT_REF:
+            key = (code, data)
+            ident_obj = self._id_cache.get(key)
+            if ident_obj is not None:
+                return ident_obj
+            if len(self._id_cache) >= _CACHE_SIZE:
+                self._id_cache.clear()
+            if len(data) < _ID_SIZE:
+                raise RemoteProtocolError("truncated pid/ref")
+            creation, ident = _ID_LAYOUT.unpack_from(data)
+            node = data[_ID_SIZE:].decode()
+            ident_obj = Pid(node, ident, creation) if code == EXT_PID else Ref(node, ident, creation)
+            self._id_cache[key] = ident_obj
+            return ident_obj
+        raise RemoteProtocolError(f"unknown extension type {code}")

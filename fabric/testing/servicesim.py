@@ -1,0 +1,296 @@
+"""A deterministic simulator for service cores (pg, global, CRDT replication, ...).
+
+Theory of operation
+-------------------
+:class:`ServiceSim` hosts one service core per simulated node and plays the runtime's part:
+it executes the effects the cores return against a virtual clock and a scripted network.
+Events (message arrivals, timers, node up/down notifications) sit in one priority queue
+ordered by ``(time, sequence)``, so a run is a pure function of the script and the seed.
+
+The network keeps the mesh's contract: messages between two connected nodes arrive in
+order after ``latency`` seconds; a partition drops whatever is in flight across it and
+delivers ``on_nodedown`` on both sides after ``detect_delay``; a heal delivers
+``on_nodeup`` on both sides after ``reconnect_delay``. A one-way cut ends in a symmetric
+nodedown, because the real mesh tears a session down as soon as either side stops
+hearing the other.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fabric.protocol.effects import (
+    CancelTimer,
+    Complete,
+    Deliver,
+    Effect,
+    Log,
+    Publish,
+    Send,
+    ServiceCore,
+    SetTimer,
+    Subscribe,
+    Unsubscribe,
+)
+from fabric.types import Pid
+
+__all__ = ["ServiceSim"]
+
+
+@dataclass
+class _SimNode:
+    name: str
+    core: ServiceCore
+    creation: int
+    up: bool = True
+    timers: dict[Any, float] = field(default_factory=dict)
+    subscriptions: set[bytes] = field(default_factory=set)
+    next_pid: int = 1
+
+
+class ServiceSim:
+    """N service cores on a virtual clock and a scripted network.
+
+    Args:
+        factory: ``factory(node_name, creation) -> core``.
+        names: the node names; all start connected to each other (full mesh).
+        seed: seeds the simulator's randomness (creations, drops).
+        latency: one-way delivery delay between connected nodes, seconds.
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[str, int], ServiceCore],
+        names: Iterable[str],
+        *,
+        seed: int = 0,
+        latency: float = 0.001,
+        detect_delay: float = 1.0,
+        reconnect_delay: float = 0.5,
+        connected: bool = True,
+    ) -> None:
+        self.rng = random.Random(seed)
+        self.now = 0.0
+        self.latency = latency
+        self.detect_delay = detect_delay
+        self.reconnect_delay = reconnect_delay
+        self.factory = factory
+        self._queue: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self.nodes: dict[str, _SimNode] = {}
+        # Which pairs are connected at the session level (both sides agree).
+        self._links: set[frozenset[str]] = set()
+        # Pairs the network currently blocks (symmetric).
+        self._blocked: set[frozenset[str]] = set()
+        self.mailboxes: dict[Pid, list[Any]] = {}
+        self.completed: dict[Any, Any] = {}
+        self.logs: list[Log] = []
+        self.published: list[tuple[str, bytes, Any]] = []
+        for name in names:
+            creation = self._creation()
+            self.nodes[name] = _SimNode(name, factory(name, creation), creation)
+        if connected:
+            names_list = list(self.nodes)
+            for a, b in itertools.combinations(names_list, 2):
+                self._link_up(a, b)
+            self.run()
+
+    # -- scripting ------------------------------------------------------------------------
+
+    def core(self, name: str) -> Any:
+        """The core hosted on node ``name`` (typed ``Any`` so tests can call its API)."""
+        return self.nodes[name].core
+
+    def spawn(self, name: str) -> Pid:
+        """Mint a pid for a fresh simulated process on node ``name``."""
+        node = self.nodes[name]
+        pid = Pid(name, node.next_pid, node.creation)
+        node.next_pid += 1
+        self.mailboxes[pid] = []
+        return pid
+
+    def call(self, name: str, method: str, *args: Any) -> Any:
+        """Call ``core.method(*args, now)`` on node ``name`` and execute its effects.
+
+        Returns what the method returned besides effects when it returns a
+        ``(value, effects)`` pair, else None.
+        """
+        result = getattr(self.nodes[name].core, method)(*args, self.now)
+        if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], list):
+            value, effects = result
+        else:
+            value, effects = None, result
+        self._execute(name, effects)
+        return value
+
+    def exit(self, pid: Pid, reason: Any = "normal") -> None:
+        """Simulate the exit of process ``pid``."""
+        self.mailboxes.pop(pid, None)
+        self._execute(pid.node, self.nodes[pid.node].core.on_process_exit(pid, reason, self.now))
+
+    def partition(self, *groups: Iterable[str]) -> None:
+        """Split the listed groups from each other (nodes not listed keep their links)."""
+        sets = [set(g) for g in groups]
+        for i, a_set in enumerate(sets):
+            for b_set in sets[i + 1 :]:
+                for a in a_set:
+                    for b in b_set:
+                        self.cut(a, b)
+
+    def cut(self, a: str, b: str) -> None:
+        """Block traffic between ``a`` and ``b``; both sides see nodedown after detection."""
+        pair = frozenset((a, b))
+        if pair in self._blocked:
+            return
+        self._blocked.add(pair)
+        if pair in self._links:
+            self._links.discard(pair)
+            self._after(self.detect_delay, lambda: self._down_both(a, b, "heartbeat_timeout"))
+
+    cut_oneway = cut  # the mesh turns a one-way cut into a symmetric nodedown
+
+    def heal(self) -> None:
+        """Remove every partition; blocked pairs of live nodes reconnect."""
+        blocked, self._blocked = self._blocked, set()
+        for pair in blocked:
+            a, b = sorted(pair)
+            if self.nodes[a].up and self.nodes[b].up:
+                self._after(self.reconnect_delay, lambda a=a, b=b: self._link_up(a, b))
+
+    def kill(self, name: str) -> None:
+        """Stop node ``name`` abruptly: peers see ``connection_closed`` at once."""
+        node = self.nodes[name]
+        node.up = False
+        node.timers.clear()
+        for pid in [p for p in self.mailboxes if p.node == name]:
+            del self.mailboxes[pid]
+        for pair in [p for p in self._links if name in p]:
+            self._links.discard(pair)
+            (other,) = pair - {name}
+            self._after(0.0, lambda o=other: self._down_one(o, name, "connection_closed"))
+
+    def restart(self, name: str) -> None:
+        """Start node ``name`` again with a new core and a new creation; it reconnects."""
+        node = self.nodes[name]
+        creation = self._creation()
+        self.nodes[name] = _SimNode(name, self.factory(name, creation), creation)
+        for other, peer in self.nodes.items():
+            if other != name and peer.up and frozenset((name, other)) not in self._blocked:
+                self._after(self.reconnect_delay, lambda o=other: self._link_up(name, o))
+        del node
+
+    def connect(self, a: str, b: str) -> None:
+        """Bring up a session between two nodes that were never connected."""
+        self._after(0.0, lambda: self._link_up(a, b))
+
+    def connected(self, a: str, b: str) -> bool:
+        return frozenset((a, b)) in self._links
+
+    # -- running --------------------------------------------------------------------------
+
+    def run(self, until: float | None = None, max_events: int = 1_000_000) -> None:
+        """Process events until the queue is empty (or virtual time passes ``until``)."""
+        for _ in range(max_events):
+            if not self._queue:
+                break
+            at, _, action = self._queue[0]
+            if until is not None and at > until:
+                break
+            heapq.heappop(self._queue)
+            self.now = max(self.now, at)
+            action()
+        else:
+            raise RuntimeError(f"simulation did not settle within {max_events} events")
+        if until is not None:
+            self.now = max(self.now, until)
+
+    def advance(self, seconds: float) -> None:
+        """Run for ``seconds`` of virtual time."""
+        self.run(until=self.now + seconds)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _creation(self) -> int:
+        return self.rng.getrandbits(32)
+
+    def _after(self, delay: float, action: Callable[[], None]) -> None:
+        heapq.heappush(self._queue, (self.now + delay, next(self._seq), action))
+
+    def _link_up(self, a: str, b: str) -> None:
+        pair = frozenset((a, b))
+        if pair in self._links or pair in self._blocked:
+            return
+        if not (self.nodes[a].up and self.nodes[b].up):
+            return
+        self._links.add(pair)
+        self._execute(a, self.nodes[a].core.on_nodeup(b, self.now))
+        self._execute(b, self.nodes[b].core.on_nodeup(a, self.now))
+
+    def _down_both(self, a: str, b: str, reason: str) -> None:
+        self._down_one(a, b, reason)
+        self._down_one(b, a, reason)
+
+    def _down_one(self, at: str, peer: str, reason: str) -> None:
+        node = self.nodes[at]
+        if node.up:
+            self._execute(at, node.core.on_nodedown(peer, reason, self.now))
+
+    def _execute(self, name: str, effects: list[Effect]) -> None:
+        node = self.nodes[name]
+        creation = node.creation
+        for eff in effects:
+            if isinstance(eff, Send):
+                self._send(name, creation, eff.peer, eff.payload)
+            elif isinstance(eff, Deliver):
+                box = self.mailboxes.get(eff.pid)
+                if box is not None:
+                    box.append(eff.message)
+            elif isinstance(eff, SetTimer):
+                node.timers[eff.key] = eff.at
+                self._arm(name, creation, eff.key, eff.at)
+            elif isinstance(eff, CancelTimer):
+                node.timers.pop(eff.key, None)
+            elif isinstance(eff, Complete):
+                self.completed[eff.token] = eff.result
+            elif isinstance(eff, Log):
+                self.logs.append(eff)
+            elif isinstance(eff, Subscribe):
+                node.subscriptions.add(eff.topic)
+            elif isinstance(eff, Unsubscribe):
+                node.subscriptions.discard(eff.topic)
+            elif isinstance(eff, Publish):
+                self.published.append((name, eff.topic, eff.payload))
+            else:  # pragma: no cover - a new effect type must be taught here
+                raise TypeError(f"simulator cannot execute {eff!r}")
+
+    def _send(self, src: str, creation: int, dst: str, payload: Any) -> None:
+        pair = frozenset((src, dst))
+        if pair not in self._links:
+            return  # no session: the runtime drops sends to a node that is not up
+
+        def arrive() -> None:
+            node = self.nodes.get(dst)
+            sender = self.nodes[src]
+            # Dropped if the link broke meanwhile or either side restarted.
+            if pair not in self._links or node is None or not node.up:
+                return
+            if sender.creation != creation:
+                return
+            self._execute(dst, node.core.on_message(src, payload, self.now))
+
+        self._after(self.latency, arrive)
+
+    def _arm(self, name: str, creation: int, key: Any, at: float) -> None:
+        def fire() -> None:
+            node = self.nodes[name]
+            if node.creation != creation or not node.up or node.timers.get(key) != at:
+                return
+            del node.timers[key]
+            self._execute(name, node.core.on_timer(key, self.now))
+
+        heapq.heappush(self._queue, (at, next(self._seq), fire))
