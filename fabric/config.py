@@ -1,0 +1,137 @@
+"""Node configuration: one frozen, validated dataclass, and where the cookie comes from.
+
+Every setting has a sane default; ``FABRIC_*`` environment variables override defaults
+(explicit arguments override both). Invalid values raise :class:`ConfigError` at
+construction, never later on the event loop.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from fabric.errors import ConfigError
+
+__all__ = ["NodeConfig", "load_cookie"]
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Tuning knobs of a node. Times are in seconds.
+
+    Attributes:
+        port_range: ports tried, in order, when the node name has no port.
+        pub_port: the PUB (heartbeat and group topic) port; 0 picks a free one.
+        bind_host: the address the sockets bind to (default: the name's host).
+        hidden: a hidden node connects only where told and is not listed by peers.
+        heartbeat_interval: how often the node publishes a heartbeat.
+        heartbeat_timeout: silence after which a peer is declared down
+            (``heartbeat_timeout``). Like Erlang's net_ticktime, lower detects faster
+            and risks false downs on a starved machine.
+        handshake_timeout: how long a connection attempt may take.
+        reconnect_window: how long to keep retrying a peer lost abnormally.
+        reconnect_max_backoff: the longest pause between two reconnect attempts.
+        max_frame: the largest frame accepted from the network, bytes.
+        outbound_limit: messages queued for one peer before sends are refused (or
+            ``send_wait`` suspends): Erlang's dist buffer busy limit.
+        sndhwm / rcvhwm: ZeroMQ high-water marks, in frames.
+        drain_timeout: how long a graceful stop waits for peers to acknowledge.
+        allow_remote_spawn: module:function names remote nodes may spawn or rpc,
+            on top of functions marked with ``@fabric.export``.
+    """
+
+    port_range: tuple[int, int] = (9100, 9199)
+    pub_port: int = 0
+    bind_host: str | None = None
+    hidden: bool = False
+    heartbeat_interval: float = 0.2
+    heartbeat_timeout: float = 1.0
+    handshake_timeout: float = 3.0
+    reconnect_window: float = 60.0
+    reconnect_max_backoff: float = 1.0
+    max_frame: int = 64 * 1024 * 1024
+    outbound_limit: int = 100_000
+    sndhwm: int = 10_000
+    rcvhwm: int = 10_000
+    drain_timeout: float = 2.0
+    allow_remote_spawn: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.port_range
+        if not (0 < lo <= hi < 65536):
+            raise ConfigError(f"port_range {self.port_range} must satisfy 0 < lo <= hi < 65536")
+        if not 0 <= self.pub_port < 65536:
+            raise ConfigError(f"pub_port {self.pub_port} out of range")
+        for name in ("heartbeat_interval", "heartbeat_timeout", "handshake_timeout",
+                     "drain_timeout", "reconnect_max_backoff"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0")
+        if self.heartbeat_timeout < 2 * self.heartbeat_interval:
+            raise ConfigError("heartbeat_timeout must be at least twice heartbeat_interval")
+        if self.reconnect_window < 0:
+            raise ConfigError("reconnect_window must be >= 0")
+        for name in ("max_frame", "outbound_limit", "sndhwm", "rcvhwm"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> NodeConfig:
+        """Defaults, overridden by ``FABRIC_<FIELD>`` variables, overridden by ``overrides``."""
+        env = dict(os.environ) if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"FABRIC_{f.name.upper()}")
+            if raw is None:
+                continue
+            try:
+                if f.name == "port_range":
+                    lo, _, hi = raw.partition("-")
+                    values[f.name] = (int(lo), int(hi or lo))
+                elif f.name == "hidden":
+                    values[f.name] = raw.lower() in ("1", "true", "yes")
+                elif f.name == "bind_host":
+                    values[f.name] = raw
+                elif f.name == "allow_remote_spawn":
+                    values[f.name] = frozenset(x for x in raw.split(",") if x)
+                elif isinstance(getattr(cls, f.name, None), float) or f.type == "float":
+                    values[f.name] = float(raw)
+                else:
+                    values[f.name] = int(raw)
+            except ValueError:
+                raise ConfigError(f"FABRIC_{f.name.upper()}={raw!r} is not valid") from None
+        values.update(overrides)
+        if "allow_remote_spawn" in values:
+            values["allow_remote_spawn"] = frozenset(values["allow_remote_spawn"])
+        return cls(**values)
+
+
+def load_cookie(cookie: str | bytes | None = None, *, home: Path | None = None) -> bytes:
+    """The cookie: the argument, else ``FABRIC_COOKIE``, else ``~/.fabric.cookie``.
+
+    The file is created with mode 0600 and a random value on first use, as Erlang does
+    with ``~/.erlang.cookie``. A cookie file readable by others is refused.
+
+    Raises:
+        ConfigError: the cookie is empty or its file is unsafe.
+    """
+    if cookie is None:
+        cookie = os.environ.get("FABRIC_COOKIE")
+    if cookie is None:
+        path = (home or Path.home()) / ".fabric.cookie"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(24))
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(f"{path} must not be readable by group or others (chmod 600)")
+        cookie = path.read_text().strip()
+    if isinstance(cookie, str):
+        cookie = cookie.encode()
+    if not cookie:
+        raise ConfigError("the cookie is empty")
+    return cookie

@@ -1,0 +1,636 @@
+"""The mesh core: sessions with peers, from handshake to nodedown, and the full mesh.
+
+Theory of operation
+-------------------
+One :class:`MeshCore` per node owns the table of peers. A peer moves through
+
+    (none) --connect--> HELLO_SENT --CHALLENGE ok--> ANSWER_SENT --BIND ok--> UP
+    (none) --HELLO-->   ACCEPTING  --ANSWER ok--> UP  (after opening our channel + BIND)
+    UP --GOODBYE / channel closed / heartbeat silence / disconnect / RESET--> (none)
+
+(the frames are described in :mod:`fabric.protocol.handshake`). Two nodes that connect to
+each other at the same moment both see a HELLO while their own is in flight; the attempt
+started by the node with the smaller name wins and the other side yields (``simultaneous``),
+so one session results.
+
+When a session comes up, both sides (unless either is hidden) send their list of visible
+peers and connect to the ones they do not know: the mesh closes transitively. A peer lost
+abnormally (``heartbeat_timeout``, ``connection_closed``) is retried with exponential
+backoff for ``reconnect_window`` seconds on fresh sockets, so a healed partition comes back
+within a second instead of waiting out TCP retransmission backoff on the old sockets.
+
+When this node tears a session down it also sends ``REFUSE not_connected`` to the peer's
+channel, so a peer that was frozen learns on waking that it was dropped. A data batch
+from an identity with no session gets the same answer.
+
+Inputs are the methods below; each returns a list of effects (dataclasses in this module
+plus :class:`~fabric.protocol.effects.Log`). Time is always an argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from fabric.errors import ConfigError, RemoteProtocolError
+from fabric.protocol import handshake as hs
+from fabric.protocol.detector import FailureDetector
+from fabric.protocol.effects import Log
+from fabric.protocol.messages import K_GOODBYE, K_GOODBYE_ACK, K_PEERS, K_PING, K_PONG
+from fabric.types import NodeName, parse_node_name
+
+__all__ = [
+    "ChannelSend",
+    "CloseChannel",
+    "ConnectDone",
+    "Control",
+    "MeshCore",
+    "OpenChannel",
+    "PeerDown",
+    "PeerUp",
+    "PublishHeartbeat",
+    "RouterSend",
+    "SubConnect",
+    "SubDisconnect",
+]
+
+HELLO_SENT: Final = "hello_sent"
+ANSWER_SENT: Final = "answer_sent"
+YIELDED: Final = "yielded"
+ACCEPTING: Final = "accepting"
+UP: Final = "up"
+
+# Abnormal ends after which the peer is retried; the others were meant.
+RETRY_REASONS: Final = frozenset({"heartbeat_timeout", "connection_closed"})
+# Cap on handshakes we accept concurrently: unauthenticated state must stay bounded.
+MAX_PENDING_ACCEPTS: Final = 256
+
+
+# -- effects ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OpenChannel:
+    """Open a DEALER with routing ``identity`` connected to ``endpoint`` (peer's ROUTER)."""
+
+    peer: str
+    endpoint: str
+    identity: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CloseChannel:
+    """Close our DEALER to ``peer``; ``flush`` lets queued frames out first."""
+
+    peer: str
+    flush: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSend:
+    """Send a handshake ``frame`` on our DEALER to ``peer``, ahead of any batch."""
+
+    peer: str
+    frame: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RouterSend:
+    """Send ``frame`` from our ROUTER to the DEALER with routing ``identity``."""
+
+    identity: bytes
+    frame: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """Queue the mesh message ``message`` in the ordered batch stream to ``peer``."""
+
+    peer: str
+    message: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SubConnect:
+    """Connect our SUB to ``peer``'s PUB at ``endpoint``."""
+
+    peer: str
+    endpoint: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubDisconnect:
+    peer: str
+    endpoint: str
+
+
+@dataclass(frozen=True, slots=True)
+class PublishHeartbeat:
+    """Publish this node's heartbeat now."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUp:
+    peer: str
+    creation: int
+    hidden: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDown:
+    peer: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectDone:
+    """An attempt to reach ``peer`` ended: ``ok``, or not and why (``reason``)."""
+
+    peer: str
+    ok: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """A ping with ``token`` was answered by ``peer``."""
+
+    peer: str
+    token: int
+
+
+@dataclass
+class _Peer:
+    name: str
+    state: str
+    deadline: float  # when the handshake gives up (unused once UP)
+    out_identity: bytes | None = None  # routing id of our DEALER to the peer
+    in_identity: bytes | None = None  # routing id of the peer's DEALER at our ROUTER
+    my_challenge: bytes = b""
+    their_challenge: bytes = b""
+    creation: int = 0
+    hidden: bool = False
+    pub_endpoint: str = ""
+    goodbye_acked: bool = False
+
+
+@dataclass
+class _Retry:
+    next_at: float
+    backoff: float
+    until: float
+
+
+@dataclass
+class MeshStats:
+    """Counters the runtime exposes as metrics."""
+
+    refused: dict[str, int] = field(default_factory=dict)
+    bad_frames: int = 0
+    unauthenticated_frames: int = 0
+
+
+class MeshCore:
+    """Sessions with peers: handshake, liveness, transitive mesh, reconnects.
+
+    Args:
+        name: this node's full name (with its ROUTER port).
+        creation: this node run's creation number.
+        cookie: the shared secret.
+        pub_port: this node's PUB port, announced in the handshake.
+        entropy: ``entropy(n) -> n random bytes`` (``os.urandom`` in production, a seeded
+            source in the simulator).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        creation: int,
+        cookie: bytes,
+        pub_port: int,
+        entropy: Callable[[int], bytes],
+        *,
+        hidden: bool = False,
+        heartbeat_interval: float = 0.2,
+        heartbeat_timeout: float = 1.0,
+        handshake_timeout: float = 3.0,
+        reconnect_window: float = 60.0,
+        reconnect_max_backoff: float = 1.0,
+    ) -> None:
+        self.name = name
+        self.parsed: NodeName = parse_node_name(name)
+        self.creation = creation
+        self.hidden = hidden
+        self._cookie = cookie  # never logged, never sent
+        self._pub_port = pub_port
+        self._entropy = entropy
+        self.handshake_timeout = handshake_timeout
+        self.reconnect_window = reconnect_window
+        self.reconnect_max_backoff = reconnect_max_backoff
+        self.detector = FailureDetector(heartbeat_interval, heartbeat_timeout)
+        # full name -> session state of every peer we are connecting to or connected with
+        self.peers: dict[str, _Peer] = {}
+        # routing identity at our ROUTER -> peer name, for UP peers only (the hot path)
+        self.authenticated: dict[bytes, str] = {}
+        # routing identity -> peer name for handshakes we accept that are not finished
+        self._pending_in: dict[bytes, str] = {}
+        # peers lost abnormally that we keep trying to reach
+        self._retry: dict[str, _Retry] = {}
+        # set by stop(): no new sessions, no retries
+        self.stopping = False
+        self.stats = MeshStats()
+
+    # -- queries --------------------------------------------------------------------------
+
+    def nodes(self) -> list[str]:
+        """Visible peers whose session is up, sorted."""
+        return sorted(p.name for p in self.peers.values() if p.state == UP and not p.hidden)
+
+    def hidden_nodes(self) -> list[str]:
+        return sorted(p.name for p in self.peers.values() if p.state == UP and p.hidden)
+
+    def is_up(self, peer: str) -> bool:
+        p = self.peers.get(peer)
+        return p is not None and p.state == UP
+
+    def all_acked(self) -> bool:
+        """During a graceful stop: every peer acknowledged our goodbye."""
+        return all(p.goodbye_acked for p in self.peers.values() if p.state == UP)
+
+    # -- local requests -------------------------------------------------------------------
+
+    def connect(self, peer: str, now: float) -> list[Any]:
+        """Start (or join) an attempt to reach ``peer``; ends in ``ConnectDone``.
+
+        Raises:
+            ConfigError: ``peer`` is not a full node name with a port.
+        """
+        parsed = parse_node_name(peer)
+        if parsed.port is None:
+            raise ConfigError(f"cannot connect to {peer!r}: the name needs a port")
+        peer = str(parsed)
+        if peer == self.name:
+            return [ConnectDone(peer, True, "self")]
+        existing = self.peers.get(peer)
+        if existing is not None:
+            return [ConnectDone(peer, True, "already_connected")] if existing.state == UP else []
+        if self.stopping:
+            return [ConnectDone(peer, False, "stopping")]
+        return self._initiate(peer, parsed, now)
+
+    def disconnect(self, peer: str, now: float) -> list[Any]:
+        """Tear down the session with ``peer`` (reason ``disconnect``); no retry."""
+        self._retry.pop(peer, None)
+        if peer not in self.peers:
+            return []
+        return self._down(peer, "disconnect", now)
+
+    def ping(self, peer: str, token: int) -> list[Any]:
+        """Queue a ping; a ``Pong`` effect follows if the peer answers."""
+        if not self.is_up(peer):
+            return []
+        return [Control(peer, [K_PING, token])]
+
+    def stop(self, now: float) -> list[Any]:
+        """Begin a graceful stop: say goodbye to every peer; poll :meth:`all_acked`."""
+        self.stopping = True
+        self._retry.clear()
+        effects: list[Any] = []
+        for peer in list(self.peers.values()):
+            if peer.state == UP:
+                effects.append(Control(peer.name, [K_GOODBYE, "shutdown"]))
+            else:
+                effects += self._drop_pending(peer.name, "stopping")
+        return effects
+
+    def close_all(self, now: float) -> list[Any]:
+        """End every session now (after stop's drain, or on an abrupt close)."""
+        effects: list[Any] = []
+        for name in list(self.peers):
+            effects += self._down(name, "shutdown", now, notify_peer=False)
+        return effects
+
+    # -- inputs from the transport --------------------------------------------------------
+
+    def peer_of(self, identity: bytes) -> str | None:
+        """The authenticated peer behind a ROUTER identity (None: not in a session)."""
+        return self.authenticated.get(identity)
+
+    def router_frame(self, identity: bytes, value: Any, now: float) -> list[Any]:
+        """A frame from an identity with no session: handshake, or refused."""
+        if type(value) is list and value and type(value[0]) is list:
+            # A batch from a stranger: a peer that we dropped while it was frozen, or
+            # garbage. Tell it (rate is bounded by the peer's own sending).
+            self.stats.unauthenticated_frames += 1
+            return [RouterSend(identity, hs.Refuse("not_connected").frame())]
+        try:
+            frame = hs.parse_handshake(value)
+        except RemoteProtocolError as exc:
+            self.stats.bad_frames += 1
+            return [Log("debug", "bad_handshake_frame", {"error": str(exc)})]
+        if isinstance(frame, hs.Hello):
+            return self._on_hello(identity, frame, now)
+        if isinstance(frame, hs.Answer):
+            return self._on_answer(identity, frame, now)
+        if isinstance(frame, hs.Bind):
+            return self._on_bind(identity, frame, now)
+        if isinstance(frame, hs.Refuse):
+            name = self._pending_in.pop(identity, None)
+            if name is None:
+                return []
+            self.peers.pop(name, None)
+            self._count_refusal(frame.reason)
+            return [Log("warning", "handshake_refused_by_peer",
+                        {"peer": name, "reason": frame.reason})]
+        self.stats.bad_frames += 1
+        return []
+
+    def channel_frame(self, peer: str, value: Any, now: float) -> list[Any]:
+        """A frame that arrived on our DEALER to ``peer`` (sent by its ROUTER)."""
+        p = self.peers.get(peer)
+        if p is None:
+            return []
+        try:
+            frame = hs.parse_handshake(value)
+        except RemoteProtocolError:
+            self.stats.bad_frames += 1
+            return []
+        if isinstance(frame, hs.Refuse):
+            if frame.reason == "simultaneous":
+                if p.state != HELLO_SENT:
+                    return []  # stale: we already yielded or accepted their attempt
+                # The peer's attempt wins; our session arrives as its HELLO.
+                p.state = YIELDED
+                p.out_identity = None
+                return [CloseChannel(peer)]
+            if p.state == UP:
+                return self._down(peer, "connection_closed", now, notify_peer=False)
+            self._count_refusal(frame.reason)
+            effects = self._drop_pending(peer, frame.reason)
+            return effects + [Log("warning", "connect_refused",
+                                  {"peer": peer, "reason": frame.reason,
+                                   "detail": frame.detail})]
+        if isinstance(frame, hs.Challenge) and p.state == HELLO_SENT:
+            return self._on_challenge(p, frame, now)
+        self.stats.bad_frames += 1
+        return []
+
+    def control(self, peer: str, message: list[Any], now: float) -> list[Any]:
+        """A mesh control message from an UP peer's batch stream."""
+        kind = message[0]
+        p = self.peers.get(peer)
+        if p is None or p.state != UP:
+            return []  # late message from a session already torn down
+        if kind == K_PEERS:
+            if self.hidden or p.hidden or self.stopping or len(message) != 2:
+                return []
+            names = message[1]
+            if type(names) is not list:
+                return []
+            effects: list[Any] = []
+            for name in names[:4096]:
+                if type(name) is str and name != self.name and name not in self.peers:
+                    try:
+                        effects += self.connect(name, now)
+                    except ConfigError:
+                        self.stats.bad_frames += 1
+            return effects
+        if kind == K_GOODBYE:
+            effects = [Control(peer, [K_GOODBYE_ACK])]
+            return effects + self._down(peer, "shutdown", now, notify_peer=False, flush=True)
+        if kind == K_GOODBYE_ACK:
+            p.goodbye_acked = True
+            return []
+        if kind == K_PING and len(message) == 2:
+            return [Control(peer, [K_PONG, message[1]])]
+        if kind == K_PONG and len(message) == 2 and type(message[1]) is int:
+            return [Pong(peer, message[1])]
+        self.stats.bad_frames += 1
+        return []
+
+    def heartbeat(self, name: str, creation: int, now: float) -> None:
+        """A heartbeat from ``name`` arrived on the SUB socket."""
+        p = self.peers.get(name)
+        if p is not None and p.state == UP and p.creation == creation:
+            self.detector.heard(name, now)
+
+    def heard(self, peer: str, now: float) -> None:
+        """Any frame from ``peer`` is a sign of life."""
+        self.detector.heard(peer, now)
+
+    def channel_closed(self, peer: str, now: float) -> list[Any]:
+        """The TCP connection under our DEALER (or SUB) to ``peer`` closed."""
+        p = self.peers.get(peer)
+        if p is None:
+            return []
+        if p.state == UP:
+            return self._down(peer, "connection_closed", now)
+        return []
+
+    def channel_refused(self, peer: str, now: float) -> list[Any]:
+        """Connecting our DEALER to ``peer`` failed (nothing listens there)."""
+        p = self.peers.get(peer)
+        if p is None or p.state != HELLO_SENT:
+            return []
+        return self._drop_pending(peer, "connection_refused")
+
+    def tick(self, now: float) -> list[Any]:
+        """Heartbeats, silence, handshake deadlines and reconnects, at time ``now``."""
+        effects: list[Any] = []
+        if self.detector.beat_due(now):
+            effects.append(PublishHeartbeat())
+        for peer in self.detector.tick(now):
+            effects += self._down(peer, "heartbeat_timeout", now)
+        for p in list(self.peers.values()):
+            if p.state != UP and now >= p.deadline:
+                effects += self._drop_pending(p.name, "timeout")
+        if not self.stopping:
+            for name, retry in list(self._retry.items()):
+                if name in self.peers:
+                    continue
+                if now > retry.until:
+                    del self._retry[name]
+                elif now >= retry.next_at:
+                    retry.backoff = min(retry.backoff * 2, self.reconnect_max_backoff)
+                    retry.next_at = now + retry.backoff
+                    # A retry gives up sooner than a user's connect: a heal should be
+                    # noticed by the next fresh attempt, not wait out a stale one.
+                    effects += self._initiate(name, parse_node_name(name), now,
+                                              min(self.handshake_timeout, 1.0))
+        return effects
+
+    # -- handshake steps ------------------------------------------------------------------
+
+    def _initiate(self, peer: str, parsed: NodeName, now: float,
+                  timeout: float | None = None) -> list[Any]:
+        identity = self.parsed.base.encode() + b"\x00" + self._entropy(8)
+        deadline = now + (self.handshake_timeout if timeout is None else timeout)
+        p = _Peer(peer, HELLO_SENT, deadline, out_identity=identity,
+                  my_challenge=self._entropy(hs.CHALLENGE_SIZE))
+        self.peers[peer] = p
+        hello = hs.Hello(hs.PROTOCOL_VERSION, self.name, self.creation,
+                         hs.FLAG_HIDDEN if self.hidden else 0, self._pub_port, p.my_challenge)
+        return [OpenChannel(peer, parsed.endpoint(), identity), ChannelSend(peer, hello.frame())]
+
+    def _refuse(self, identity: bytes, reason: str, detail: str = "") -> list[Any]:
+        self._count_refusal(reason)
+        return [RouterSend(identity, hs.Refuse(reason, detail).frame()),
+                Log("warning", "connect_refused_here", {"reason": reason, "detail": detail})]
+
+    def _on_hello(self, identity: bytes, hello: hs.Hello, now: float) -> list[Any]:
+        if self.stopping:
+            return self._refuse(identity, "stopping")
+        if hello.version != hs.PROTOCOL_VERSION:
+            return self._refuse(identity, "version",
+                                f"we speak {hs.PROTOCOL_VERSION}, peer {hello.version}")
+        try:
+            parsed = parse_node_name(hello.name)
+        except ConfigError:
+            return self._refuse(identity, "bad_name")
+        name = str(parsed)
+        if parsed.port is None or parsed.base == self.parsed.base:
+            return self._refuse(identity, "name_in_use", name)
+        for other in self.peers.values():
+            if other.name != name and parse_node_name(other.name).base == parsed.base:
+                return self._refuse(identity, "name_in_use", name)
+        effects: list[Any] = []
+        existing = self.peers.get(name)
+        if existing is not None:
+            if existing.state == UP:
+                # The peer lost our session (it restarted, or dropped us while we
+                # were frozen) and comes again: the old session is gone.
+                effects += self._down(name, "connection_closed", now, notify_peer=False)
+            elif existing.state == ANSWER_SENT or (
+                existing.state == HELLO_SENT and self.name < name
+            ):
+                # Simultaneous connect: the attempt of the smaller name wins. In
+                # ANSWER_SENT the peer already accepted ours, so this HELLO crossed it.
+                return self._refuse(identity, "simultaneous")
+            else:
+                # Their attempt wins (or replaces an older one of theirs): ours yields.
+                if existing.in_identity is not None:
+                    self._pending_in.pop(existing.in_identity, None)
+                if existing.out_identity is not None:
+                    effects.append(CloseChannel(name))
+        elif len(self._pending_in) >= MAX_PENDING_ACCEPTS:
+            return self._refuse(identity, "busy")
+        p = _Peer(name, ACCEPTING, now + self.handshake_timeout, in_identity=identity,
+                  my_challenge=self._entropy(hs.CHALLENGE_SIZE),
+                  their_challenge=hello.challenge, creation=hello.creation,
+                  hidden=bool(hello.flags & hs.FLAG_HIDDEN),
+                  pub_endpoint=parsed.endpoint(hello.pub_port))
+        self.peers[name] = p
+        self._pending_in[identity] = name
+        challenge = hs.Challenge(
+            hs.PROTOCOL_VERSION, self.name, self.creation, hs.FLAG_HIDDEN if self.hidden else 0,
+            self._pub_port, p.my_challenge,
+            hs.proof(self._cookie, "challenge", hello.challenge, self.name, name))
+        effects.append(RouterSend(identity, challenge.frame()))
+        return effects
+
+    def _on_challenge(self, p: _Peer, ch: hs.Challenge, now: float) -> list[Any]:
+        expected = hs.proof(self._cookie, "challenge", p.my_challenge, p.name, self.name)
+        if ch.name != p.name or not hs.proofs_equal(expected, ch.proof):
+            reason = "bad_cookie" if ch.name == p.name else "wrong_node"
+            self._count_refusal(reason)
+            effects: list[Any] = [ChannelSend(p.name, hs.Refuse(reason).frame())]
+            return effects + self._drop_pending(p.name, reason, flush=True) + [
+                Log("warning", "handshake_failed", {"peer": p.name, "reason": reason})]
+        p.state = ANSWER_SENT
+        p.their_challenge = ch.challenge
+        p.creation = ch.creation
+        p.hidden = bool(ch.flags & hs.FLAG_HIDDEN)
+        p.pub_endpoint = parse_node_name(p.name).endpoint(ch.pub_port)
+        answer = hs.Answer(hs.proof(self._cookie, "answer", ch.challenge, self.name, p.name))
+        return [ChannelSend(p.name, answer.frame())]
+
+    def _on_answer(self, identity: bytes, answer: hs.Answer, now: float) -> list[Any]:
+        name = self._pending_in.get(identity)
+        p = self.peers.get(name) if name is not None else None
+        if p is None or p.state != ACCEPTING:
+            self.stats.bad_frames += 1
+            return []
+        expected = hs.proof(self._cookie, "answer", p.my_challenge, p.name, self.name)
+        if not hs.proofs_equal(expected, answer.proof):
+            del self._pending_in[identity]
+            del self.peers[p.name]
+            return self._refuse(identity, "bad_cookie") + [
+                Log("warning", "handshake_failed", {"peer": p.name, "reason": "bad_cookie"})]
+        del self._pending_in[identity]
+        out_identity = self.parsed.base.encode() + b"\x00" + self._entropy(8)
+        p.out_identity = out_identity
+        bind = hs.Bind(self.name, hs.proof(self._cookie, "bind",
+                                           p.their_challenge + p.my_challenge,
+                                           self.name, p.name, out_identity))
+        effects: list[Any] = [
+            OpenChannel(p.name, parse_node_name(p.name).endpoint(), out_identity),
+            ChannelSend(p.name, bind.frame()),
+        ]
+        return effects + self._up(p, now)
+
+    def _on_bind(self, identity: bytes, bind: hs.Bind, now: float) -> list[Any]:
+        p = self.peers.get(bind.name)
+        if p is None or p.state != ANSWER_SENT:
+            self.stats.bad_frames += 1
+            return []
+        expected = hs.proof(self._cookie, "bind", p.my_challenge + p.their_challenge,
+                            p.name, self.name, identity)
+        if not hs.proofs_equal(expected, bind.proof):
+            self.stats.bad_frames += 1
+            return [Log("warning", "bad_bind_proof", {"peer": p.name})]
+        p.in_identity = identity
+        return self._up(p, now)
+
+    def _up(self, p: _Peer, now: float) -> list[Any]:
+        p.state = UP
+        if p.in_identity is not None:
+            self.authenticated[p.in_identity] = p.name
+        self._retry.pop(p.name, None)
+        self.detector.watch(p.name, now)
+        effects: list[Any] = [
+            PeerUp(p.name, p.creation, p.hidden),
+            SubConnect(p.name, p.pub_endpoint),
+            ConnectDone(p.name, True, "ok"),
+        ]
+        if not (self.hidden or p.hidden):
+            others = [n for n in self.nodes() if n != p.name]
+            effects.append(Control(p.name, [K_PEERS, others]))
+        return effects
+
+    # -- teardown -------------------------------------------------------------------------
+
+    def _down(self, peer: str, reason: str, now: float, *, notify_peer: bool = True,
+              flush: bool = False) -> list[Any]:
+        p = self.peers.pop(peer, None)
+        if p is None:
+            return []
+        if p.state != UP:
+            self.peers[peer] = p
+            return self._drop_pending(peer, reason)
+        effects: list[Any] = [PeerDown(peer, reason)]
+        if p.in_identity is not None:
+            self.authenticated.pop(p.in_identity, None)
+            if notify_peer:
+                effects.append(RouterSend(p.in_identity, hs.Refuse("not_connected").frame()))
+        self.detector.forget(peer)
+        effects.append(SubDisconnect(peer, p.pub_endpoint))
+        effects.append(CloseChannel(peer, flush=flush))
+        if reason in RETRY_REASONS and not self.stopping and self.reconnect_window > 0:
+            self._retry[peer] = _Retry(now + 0.05, 0.05, now + self.reconnect_window)
+        return effects
+
+    def _drop_pending(self, peer: str, reason: str, *, flush: bool = False) -> list[Any]:
+        p = self.peers.pop(peer, None)
+        if p is None:
+            return []
+        if p.in_identity is not None:
+            self._pending_in.pop(p.in_identity, None)
+        effects: list[Any] = []
+        if p.out_identity is not None:
+            effects.append(CloseChannel(peer, flush=flush))
+        effects.append(ConnectDone(peer, False, reason))
+        return effects
+
+    def _count_refusal(self, reason: str) -> None:
+        self.stats.refused[reason] = self.stats.refused.get(reason, 0) + 1

@@ -1,0 +1,50 @@
+"""The data plane's message kinds, declared in one place (as zyre declares its wire).
+
+Theory of operation
+-------------------
+Once a session is up, every frame a node sends to a peer over its DEALER is a *batch*: a
+msgpack array of messages, each an array ``[kind, field...]``. Batching is how fabric pays
+the per-frame cost (syscalls, ZeroMQ queueing, one decode call) once for many messages.
+Messages from one node to another travel in one ordered stream, so messages from one
+process to another arrive in the order sent.
+
+Heartbeats and group broadcasts travel separately on the PUB/SUB plane: a two-frame
+message ``[topic, payload]`` where ``payload`` is msgpack.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "HEARTBEAT_TOPIC",
+    "K_CTRL",
+    "K_GOODBYE",
+    "K_GOODBYE_ACK",
+    "K_PEERS",
+    "K_PING",
+    "K_PONG",
+    "K_REG_SEND",
+    "K_SEND",
+    "K_SERVICE",
+    "MESH_KINDS",
+]
+
+# Process traffic (handled by the process layer).
+K_SEND: Final = 1  # [1, to_pid, message]
+K_REG_SEND: Final = 2  # [2, to_name, message]
+K_SERVICE: Final = 3  # [3, service_name, payload]  (pg, global, ...)
+K_CTRL: Final = 4  # [4, op, args...]  links, monitors, exits, spawn (see fabric.process)
+
+# Mesh control (handled by the mesh core).
+K_PEERS: Final = 10  # [10, [full node names]]  transitive connect
+K_GOODBYE: Final = 11  # [11, reason]  the sender is stopping gracefully
+K_GOODBYE_ACK: Final = 12  # [12]  everything before this was processed
+K_PING: Final = 13  # [13, token]
+K_PONG: Final = 14  # [14, token]
+
+MESH_KINDS: Final = frozenset({K_PEERS, K_GOODBYE, K_GOODBYE_ACK, K_PING, K_PONG})
+
+# Topics on the PUB/SUB plane. Topics are prefix-matched by ZeroMQ, so every topic
+# starts with a distinct type byte and ends with a terminator.
+HEARTBEAT_TOPIC: Final = b"h\x00"
