@@ -1,0 +1,57 @@
+"""fabric: Erlang/OTP-grade distribution for Python, over ZeroMQ.
+
+Named nodes that form a full mesh, processes with mailboxes addressed the same way on any
+node, monitors and links across nodes, and the tools built on them. See README.md.
+"""
+
+from fabric.config import NodeConfig
+from fabric.errors import (
+    AuthenticationError,
+    BackpressureError,
+    CallTimeout,
+    ConfigError,
+    FabricError,
+    LocalProtocolError,
+    NameConflictError,
+    NodeDownError,
+    NotExportedError,
+    ProcessDeadError,
+    ProtocolError,
+    ReceiveTimeout,
+    RemoteError,
+    RemoteProtocolError,
+)
+from fabric.exports import export
+from fabric.node import Node, NodeDown, NodeUp
+from fabric.process import Down, Exit, Process, ProcessExit
+from fabric.types import NodeName, Pid, Ref, parse_node_name
+
+__all__ = [
+    "AuthenticationError",
+    "BackpressureError",
+    "CallTimeout",
+    "ConfigError",
+    "Down",
+    "Exit",
+    "FabricError",
+    "LocalProtocolError",
+    "NameConflictError",
+    "Node",
+    "NodeConfig",
+    "NodeDown",
+    "NodeDownError",
+    "NodeName",
+    "NodeUp",
+    "NotExportedError",
+    "Pid",
+    "Process",
+    "ProcessDeadError",
+    "ProcessExit",
+    "ProtocolError",
+    "ReceiveTimeout",
+    "Ref",
+    "RemoteError",
+    "RemoteProtocolError",
+    "export",
+    "parse_node_name",
+]

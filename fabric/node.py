@@ -1,0 +1,535 @@
+"""The Node: owns the sockets, the protocol cores and the process table; runs the loop.
+
+Theory of operation
+-------------------
+A node is the thin I/O shell around the sans-I/O cores. Inputs arrive from ZeroMQ sockets
+(ROUTER: batches and handshakes; DEALERs: handshake replies; SUB: heartbeats and group
+topics; socket monitors: closed connections) and from timers; the node feeds them to the
+mesh core (:mod:`fabric.protocol.mesh`), to the service cores (pg, global, ...) and to the
+process layer, and executes the effects they return. Only the node's event loop mutates
+state, so reads (``nodes()``, ``whereis``) are plain lookups.
+
+Process semantics (spawn, send, links, monitors, remote signals) live in
+:mod:`fabric.runtime`, which this class inherits; this module is the mesh and transport
+half.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import structlog
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from fabric.config import NodeConfig, load_cookie
+from fabric.errors import ConfigError, RemoteProtocolError
+from fabric.outbound import Outbound
+from fabric.protocol import mesh as m
+from fabric.protocol.codec import Codec
+from fabric.protocol.effects import Log
+from fabric.protocol.messages import HEARTBEAT_TOPIC, K_CTRL, K_REG_SEND, K_SEND, K_SERVICE
+from fabric.runtime import ProcessRuntime
+from fabric.transport.zeromq import Reader, bind_in_range, configure, open_monitor
+from fabric.types import parse_node_name
+
+__all__ = ["Node", "NodeDown", "NodeMonitor", "NodeUp"]
+
+TICK: float = 0.05
+_MAX_READS = 512  # frames handled per wakeup before yielding to other callbacks
+
+
+@dataclass(frozen=True, slots=True)
+class NodeUp:
+    """A peer's session came up."""
+
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodeDown:
+    """A peer's session ended, with a reason: ``connection_closed``,
+    ``heartbeat_timeout``, ``shutdown`` (it stopped gracefully), ``disconnect`` (asked
+    locally)."""
+
+    node: str
+    reason: str
+
+
+class NodeMonitor:
+    """An async iterator of node events; see :meth:`Node.monitor_nodes`."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._queue: asyncio.Queue[NodeUp | NodeDown | None] = asyncio.Queue()
+        node._watchers.append(self._queue)
+
+    def __aiter__(self) -> NodeMonitor:
+        return self
+
+    async def __anext__(self) -> NodeUp | NodeDown:
+        event = await self._queue.get()
+        if event is None:
+            self.close()
+            raise StopAsyncIteration
+        return event
+
+    async def next(self, timeout: float | None = None) -> NodeUp | NodeDown:
+        """The next event, waiting at most ``timeout`` seconds (``TimeoutError``)."""
+        return await asyncio.wait_for(self.__anext__(), timeout)
+
+    def close(self) -> None:
+        if self._queue in self._node._watchers:
+            self._node._watchers.remove(self._queue)
+
+
+@dataclass
+class _Channel:
+    sock: zmq.Socket[Any]
+    out: Outbound
+    reader: Reader
+    monitor: zmq.Socket[Any]
+    monitor_reader: Reader
+    connected: bool = False
+
+
+class Node(ProcessRuntime):
+    """A named fabric node.
+
+    Args:
+        name: ``name@host:port``, or ``name@host`` to bind a port from ``port_range``.
+        cookie: the shared secret; default ``FABRIC_COOKIE`` or ``~/.fabric.cookie``.
+        config: a :class:`NodeConfig`; keyword ``options`` override its fields.
+
+    Raises:
+        ConfigError: invalid name, cookie or option.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        cookie: str | bytes | None = None,
+        *,
+        config: NodeConfig | None = None,
+        **options: Any,
+    ) -> None:
+        if config is not None and options:
+            config = NodeConfig(**{**config.__dict__, **options})
+        self.config = config or NodeConfig.from_env(**options)
+        self._requested = parse_node_name(name)
+        self._cookie = load_cookie(cookie)
+        self.name = str(self._requested)
+        self.creation = 0
+        self.codec = Codec(self.config.max_frame)
+        self.log: Any = structlog.get_logger("fabric").bind(node=self.name)
+        self.started = False
+        self.stopped = False
+        self._channels: dict[str, _Channel] = {}
+        self._watchers: list[asyncio.Queue[NodeUp | NodeDown | None]] = []
+        self._connect_waiters: dict[str, list[asyncio.Future[tuple[bool, str]]]] = {}
+        self._ping_waiters: dict[int, asyncio.Future[bool]] = {}
+        self._last_connect_error: dict[str, str] = {}
+        self._bad_input = 0
+        self._bad_input_logged = 0.0
+        self.metrics: dict[str, int] = {"dropped_on_down": 0, "undeliverable": 0}
+        self._tick_handle: asyncio.TimerHandle | None = None
+        super().__init__()
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Node:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Bind the sockets and start ticking.
+
+        Raises:
+            ConfigError: no free port, or the address cannot be bound.
+        """
+        if self.started:
+            raise ConfigError("node already started")
+        self.loop = asyncio.get_running_loop()
+        cfg = self.config
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        host = cfg.bind_host or self._requested.host
+        opts = dict(max_frame=cfg.max_frame, sndhwm=cfg.sndhwm, rcvhwm=cfg.rcvhwm)
+        self.router = self.ctx.socket(zmq.ROUTER)
+        configure(self.router, **opts)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.pub = self.ctx.socket(zmq.PUB)
+        configure(self.pub, **opts)
+        self.sub = self.ctx.socket(zmq.SUB)
+        configure(self.sub, **opts)
+        try:
+            if self._requested.port is not None:
+                port = bind_in_range(self.router, host, self._requested.port,
+                                     self._requested.port)
+            else:
+                port = bind_in_range(self.router, host, *cfg.port_range)
+            h = f"[{host}]" if ":" in host else host
+            if cfg.pub_port:
+                self.pub.bind(f"tcp://{h}:{cfg.pub_port}")
+                self.pub_port = cfg.pub_port
+            else:
+                self.pub_port = self.pub.bind_to_random_port(f"tcp://{h}")
+        except zmq.ZMQError as exc:
+            self.ctx.destroy(linger=0)
+            raise ConfigError(f"cannot bind {self._requested} on {host}: {exc}") from None
+        self.sub.setsockopt(zmq.SUBSCRIBE, HEARTBEAT_TOPIC)
+        self.name = str(self._requested.with_port(port))
+        self.creation = secrets.randbits(32) or 1
+        self.log = structlog.get_logger("fabric").bind(node=self.name)
+        self.mesh = m.MeshCore(
+            self.name, self.creation, self._cookie, self.pub_port, os.urandom,
+            hidden=cfg.hidden, heartbeat_interval=cfg.heartbeat_interval,
+            heartbeat_timeout=cfg.heartbeat_timeout, handshake_timeout=cfg.handshake_timeout,
+            reconnect_window=cfg.reconnect_window,
+            reconnect_max_backoff=cfg.reconnect_max_backoff,
+        )
+        self._router_reader = Reader(self.loop, self.router, self._on_router)
+        self._sub_reader = Reader(self.loop, self.sub, self._on_sub)
+        self.started = True
+        self._tick()
+        self.log.info("node_started", pub_port=self.pub_port, hidden=cfg.hidden)
+
+    async def stop(self) -> None:
+        """Stop gracefully: end local processes, say goodbye, drain, close.
+
+        Peers see ``NodeDown(reason="shutdown")`` at once. Messages queued before the stop
+        are delivered (each peer acknowledges the goodbye after everything before it);
+        what could not be delivered within ``drain_timeout`` is counted and logged.
+        """
+        if not self.started or self.stopped:
+            return
+        self.stopped = True
+        await self._stop_processes()
+        self._exec(self.mesh.stop(self.loop.time()))
+        deadline = self.loop.time() + self.config.drain_timeout
+        while not self.mesh.all_acked() and self.loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        acked = self.mesh.all_acked()
+        self._exec(self.mesh.close_all(self.loop.time()))
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        self._router_reader.close()
+        self._sub_reader.close()
+        for fut in self._ping_waiters.values():
+            if not fut.done():
+                fut.set_result(False)
+        self.ctx.destroy(linger=0)
+        for q in self._watchers:
+            q.put_nowait(None)
+        self.log.info("node_stopped", drained=acked, **self.metrics)
+
+    # -- public mesh API ------------------------------------------------------------------
+
+    def nodes(self) -> list[str]:
+        """Visible peers with a session up (hidden nodes are not listed)."""
+        return self.mesh.nodes()
+
+    def hidden_nodes(self) -> list[str]:
+        return self.mesh.hidden_nodes()
+
+    async def connect(self, peer: str, timeout: float | None = None) -> bool:
+        """Connect to ``peer`` (and, unless hidden, transitively to its cluster).
+
+        Returns True once the session is up, False if it could not be made; then
+        :meth:`last_connect_error` says why (``bad_cookie``, ``name_in_use``,
+        ``version``, ``connection_refused``, ``timeout``...).
+
+        Raises:
+            ConfigError: ``peer`` is not a valid full node name.
+        """
+        self._require_started()
+        peer = str(parse_node_name(peer))
+        fut: asyncio.Future[tuple[bool, str]] = self.loop.create_future()
+        self._connect_waiters.setdefault(peer, []).append(fut)
+        self._exec(self.mesh.connect(peer, self.loop.time()))
+        try:
+            ok, reason = await asyncio.wait_for(
+                fut, timeout or self.config.handshake_timeout + 1.0)
+        except asyncio.TimeoutError:
+            ok, reason = False, "timeout"
+        if not ok:
+            self._last_connect_error[peer] = reason
+        return ok
+
+    def last_connect_error(self, peer: str) -> str | None:
+        """Why the last failed :meth:`connect` to ``peer`` failed."""
+        return self._last_connect_error.get(str(parse_node_name(peer)))
+
+    def disconnect(self, peer: str) -> bool:
+        """End the session with ``peer`` (NodeDown reason ``disconnect``)."""
+        self._require_started()
+        was_up = self.mesh.is_up(peer)
+        self._exec(self.mesh.disconnect(peer, self.loop.time()))
+        return was_up
+
+    async def ping(self, peer: str, timeout: float = 3.0) -> str:
+        """``"pong"`` if ``peer`` answers (connecting first if needed), else ``"pang"``."""
+        self._require_started()
+        try:
+            peer = str(parse_node_name(peer))
+        except ConfigError:
+            return "pang"
+        if peer == self.name:
+            return "pong"
+        if not self.mesh.is_up(peer) and not await self.connect(peer, timeout):
+            return "pang"
+        token = secrets.randbits(48)
+        fut: asyncio.Future[bool] = self.loop.create_future()
+        self._ping_waiters[token] = fut
+        self._exec(self.mesh.ping(peer, token))
+        try:
+            return "pong" if await asyncio.wait_for(fut, timeout) else "pang"
+        except asyncio.TimeoutError:
+            return "pang"
+        finally:
+            self._ping_waiters.pop(token, None)
+
+    def monitor_nodes(self) -> NodeMonitor:
+        """Subscribe to ``NodeUp`` / ``NodeDown`` events from this call on.
+
+        Use as ``async for event in node.monitor_nodes(): ...``; events are queued from
+        the moment of the call, so none is missed between subscribing and iterating.
+        Iteration ends when the node stops; ``close()`` unsubscribes early.
+        """
+        return NodeMonitor(self)
+
+    def _require_started(self) -> None:
+        if not self.started or self.stopped:
+            raise ConfigError("node is not running (use 'async with node' or await start())")
+
+    # -- effects --------------------------------------------------------------------------
+
+    def _exec(self, effects: list[Any]) -> None:
+        for eff in effects:
+            t = type(eff)
+            if t is m.Control:
+                ch = self._channels.get(eff.peer)
+                if ch is not None:
+                    ch.out.push_control(eff.message)
+            elif t is m.ChannelSend:
+                ch = self._channels.get(eff.peer)
+                if ch is not None:
+                    ch.out.send_frame(self.codec.encode(eff.frame))
+            elif t is m.RouterSend:
+                try:
+                    self.router.send_multipart([eff.identity, self.codec.encode(eff.frame)],
+                                               zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass  # peer gone or full: a refusal is best effort
+                self._router_reader.poke()
+            elif t is m.OpenChannel:
+                self._open_channel(eff.peer, eff.endpoint, eff.identity)
+            elif t is m.CloseChannel:
+                self._close_channel(eff.peer, eff.flush)
+            elif t is m.SubConnect:
+                self.sub.connect(eff.endpoint)
+            elif t is m.SubDisconnect:
+                try:
+                    self.sub.disconnect(eff.endpoint)
+                except zmq.ZMQError:
+                    pass
+            elif t is m.PublishHeartbeat:
+                try:
+                    self.pub.send_multipart(
+                        [HEARTBEAT_TOPIC, msgpack.packb([self.name, self.creation])],
+                        zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
+            elif t is m.PeerUp:
+                ch = self._channels.get(eff.peer)
+                if ch is not None:
+                    ch.out.start()
+                self.log.info("nodeup", peer=eff.peer, hidden=eff.hidden)
+                if not eff.hidden:
+                    self._notify(NodeUp(eff.peer))
+                self._on_nodeup(eff.peer)
+            elif t is m.PeerDown:
+                self.log.info("nodedown", peer=eff.peer, reason=eff.reason)
+                self._notify(NodeDown(eff.peer, eff.reason))
+                self._on_nodedown(eff.peer, eff.reason)
+            elif t is m.ConnectDone:
+                for fut in self._connect_waiters.pop(eff.peer, []):
+                    if not fut.done():
+                        fut.set_result((eff.ok, eff.reason))
+            elif t is m.Pong:
+                fut = self._ping_waiters.get(eff.token)
+                if fut is not None and not fut.done():
+                    fut.set_result(True)
+            elif t is Log:
+                getattr(self.log, eff.level)(eff.event, **eff.fields)
+            else:
+                self._exec_service_effect(eff)
+
+    def _notify(self, event: NodeUp | NodeDown) -> None:
+        for q in self._watchers:
+            q.put_nowait(event)
+
+    def _open_channel(self, peer: str, endpoint: str, identity: bytes) -> None:
+        self._close_channel(peer, False)
+        cfg = self.config
+        sock = self.ctx.socket(zmq.DEALER)
+        configure(sock, max_frame=cfg.max_frame, sndhwm=cfg.sndhwm, rcvhwm=cfg.rcvhwm)
+        sock.setsockopt(zmq.ROUTING_ID, identity)
+        mon = open_monitor(self.ctx, sock, zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+                           | zmq.EVENT_CONNECT_RETRIED)
+        sock.connect(endpoint)
+        holder: list[_Channel] = []
+
+        def poke() -> None:
+            if holder:
+                holder[0].reader.poke()
+
+        out = Outbound(self.loop, peer, sock, self.codec.encode, cfg.outbound_limit, poke)
+        ch = _Channel(sock, out, Reader(self.loop, sock, lambda s: self._on_channel(peer, s)),
+                      mon, Reader(self.loop, mon, lambda s: self._on_monitor(peer, sock, s)))
+        holder.append(ch)
+        self._channels[peer] = ch
+
+    def _close_channel(self, peer: str, flush: bool) -> None:
+        ch = self._channels.pop(peer, None)
+        if ch is None:
+            return
+        if flush:
+            ch.out.flush()
+        self.metrics["dropped_on_down"] += ch.out.close()
+        ch.reader.close()
+        ch.monitor_reader.close()
+        try:
+            ch.sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        ch.monitor.close(0)
+        ch.sock.close(500 if flush else 0)
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        self._on_sub(self.sub)  # heartbeats first: do not judge peers on unread evidence
+        self._exec(self.mesh.tick(self.loop.time()))
+        self._tick_handle = self.loop.call_later(TICK, self._tick)
+
+    def _on_router(self, sock: zmq.Socket[Any]) -> bool:
+        mesh = self.mesh
+        now = self.loop.time()
+        for _ in range(_MAX_READS):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return False
+            if len(frames) != 2:
+                self._bad("router_frame_count")
+                continue
+            identity, data = frames
+            peer = mesh.authenticated.get(identity)
+            try:
+                value = self.codec.decode(data)
+            except RemoteProtocolError as exc:
+                self._bad("undecodable", error=str(exc), peer=peer)
+                continue
+            if peer is None:
+                self._exec(mesh.router_frame(identity, value, now))
+                continue
+            mesh.heard(peer, now)
+            if type(value) is not list:
+                self._bad("not_a_batch", peer=peer)
+                continue
+            self._dispatch(peer, value, now)
+        return True
+
+    def _dispatch(self, peer: str, batch: list[Any], now: float) -> None:
+        deliver = self._deliver_pid
+        for msg in batch:
+            try:
+                kind = msg[0]
+                if kind == K_SEND:
+                    deliver(msg[1], msg[2])
+                elif kind == K_REG_SEND:
+                    self._deliver_name(msg[1], msg[2])
+                elif kind == K_SERVICE:
+                    self._on_service_message(peer, msg[1], msg[2], now)
+                elif kind == K_CTRL:
+                    self._on_ctrl(peer, msg)
+                else:
+                    self._exec(self.mesh.control(peer, msg, now))
+            except (IndexError, TypeError, KeyError, ValueError) as exc:
+                self._bad("bad_message", peer=peer, error=repr(exc)[:200])
+
+    def _on_channel(self, peer: str, sock: zmq.Socket[Any]) -> bool:
+        for _ in range(_MAX_READS):
+            try:
+                data = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return False
+            try:
+                value = self.codec.decode(data)
+            except RemoteProtocolError as exc:
+                self._bad("undecodable", error=str(exc), peer=peer)
+                continue
+            self._exec(self.mesh.channel_frame(peer, value, self.loop.time()))
+            if self._channels.get(peer) is None or self._channels[peer].sock is not sock:
+                return False  # the channel was replaced or closed by that frame
+        return True
+
+    def _on_monitor(self, peer: str, sock: zmq.Socket[Any], mon: zmq.Socket[Any]) -> bool:
+        for _ in range(64):
+            try:
+                msg = parse_monitor_message(mon.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return False
+            ch = self._channels.get(peer)
+            if ch is None or ch.sock is not sock:
+                return False
+            event = msg["event"]
+            now = self.loop.time()
+            if event == zmq.EVENT_CONNECTED:
+                ch.connected = True
+            elif event == zmq.EVENT_DISCONNECTED:
+                self._exec(self.mesh.channel_closed(peer, now))
+            elif event == zmq.EVENT_CONNECT_RETRIED and not ch.connected:
+                self._exec(self.mesh.channel_refused(peer, now))
+        return True
+
+    def _on_sub(self, sock: zmq.Socket[Any]) -> bool:
+        now = self.loop.time()
+        for _ in range(_MAX_READS):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return False
+            except zmq.ZMQError:
+                return False
+            if len(frames) != 2:
+                self._bad("sub_frame_count")
+                continue
+            topic, data = frames
+            if topic == HEARTBEAT_TOPIC:
+                try:
+                    name, creation = msgpack.unpackb(data)
+                    self.mesh.heartbeat(name, creation, now)
+                except Exception:
+                    self._bad("bad_heartbeat")
+            else:
+                self._on_topic(topic, data, now)
+        return True
+
+    def _bad(self, what: str, **fields: Any) -> None:
+        """Count bad input; log it at most once a second (an attacker controls the rate)."""
+        self._bad_input += 1
+        self.metrics["bad_input"] = self._bad_input
+        t = time.monotonic()
+        if t - self._bad_input_logged >= 1.0:
+            self._bad_input_logged = t
+            self.log.warning("bad_input", what=what, total=self._bad_input, **fields)

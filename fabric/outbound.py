@@ -1,0 +1,133 @@
+"""Per-peer outbound queues: batching, flow control, and bounded memory.
+
+Theory of operation
+-------------------
+Sending is the hot path, and per-message Python work is the cost to beat. A send appends
+the message to its peer's queue and, if no flush is pending, schedules one with
+``call_soon``; every message queued during the same loop turn leaves in one frame (one
+encode call, one ZeroMQ send). Frames are capped at ``max_batch`` messages.
+
+Flow control is ZeroMQ's: when the DEALER's high-water mark is reached the send fails with
+EAGAIN, the queue keeps its messages and a retry is scheduled. Memory stays bounded by
+``limit`` messages per peer (Erlang's dist buffer busy limit): past it a plain send raises
+:class:`~fabric.errors.BackpressureError` and ``wait_for_room`` suspends the sender until
+the queue drains below half the limit. Nothing is dropped silently while the peer is up;
+when the session ends, what is still queued is counted as ``dropped_on_down``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Final
+
+import zmq
+
+from fabric.errors import BackpressureError
+
+__all__ = ["Outbound"]
+
+MAX_BATCH: Final = 1024
+RETRY_DELAY: Final = 0.002
+
+
+class Outbound:
+    """The ordered stream of messages from this node to one peer."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        peer: str,
+        sock: zmq.Socket[Any],
+        encode: Callable[[Any], bytes],
+        limit: int,
+        on_sent: Callable[[], None],
+    ) -> None:
+        self.loop = loop
+        self.peer = peer
+        self.sock = sock
+        self._encode = encode
+        self.limit = limit
+        self._on_sent = on_sent  # lets the transport re-check the socket's edge
+        self.queue: list[Any] = []
+        self.open = False  # True once the session is up: batches may flow
+        self._scheduled = False
+        self._room: asyncio.Event | None = None
+        self.sent_messages = 0
+        self.sent_frames = 0
+        self.refused = 0
+
+    def push(self, message: Any) -> None:
+        """Queue one message.
+
+        Raises:
+            BackpressureError: ``limit`` messages are already queued for this peer.
+        """
+        queue = self.queue
+        if len(queue) >= self.limit:
+            self.refused += 1
+            raise BackpressureError(self.peer, len(queue))
+        queue.append(message)
+        if not self._scheduled and self.open:
+            self._scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def push_control(self, message: Any) -> None:
+        """Queue a control message; never refused (control traffic is small and vital)."""
+        self.queue.append(message)
+        if not self._scheduled and self.open:
+            self._scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def start(self) -> None:
+        """The session is up: let queued messages flow."""
+        self.open = True
+        if self.queue and not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self.flush)
+
+    async def wait_for_room(self) -> None:
+        """Suspend until the queue is below half its limit."""
+        while len(self.queue) >= self.limit and self.open:
+            if self._room is None:
+                self._room = asyncio.Event()
+            self._room.clear()
+            await self._room.wait()
+
+    def flush(self) -> None:
+        self._scheduled = False
+        queue = self.queue
+        while queue:
+            batch = queue[:MAX_BATCH]
+            try:
+                self.sock.send(self._encode(batch), zmq.NOBLOCK)
+            except zmq.Again:
+                self._scheduled = True
+                self.loop.call_later(RETRY_DELAY, self.flush)
+                break
+            except zmq.ZMQError:
+                return  # socket closed under us: the session is ending
+            del queue[: len(batch)]
+            self.sent_frames += 1
+            self.sent_messages += len(batch)
+        self._on_sent()
+        room = self._room
+        if room is not None and len(queue) < self.limit // 2:
+            room.set()
+
+    def send_frame(self, frame: bytes) -> None:
+        """Send one handshake frame now, ahead of batches (before the session is up)."""
+        try:
+            self.sock.send(frame, zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the handshake deadline will report it
+        self._on_sent()
+
+    def close(self) -> int:
+        """Forget the queue; returns how many messages were still in it."""
+        self.open = False
+        dropped = len(self.queue)
+        self.queue.clear()
+        if self._room is not None:
+            self._room.set()
+        return dropped

@@ -1,0 +1,194 @@
+"""Processes: an async function with a pid, a mailbox, links and monitors.
+
+Theory of operation
+-------------------
+A process is ``async def fn(proc, *args)`` run as an asyncio task by its node; ``proc`` is
+the :class:`Process` handle. Its mailbox is a deque. ``receive(match=...)`` is Erlang's
+selective receive: it takes the first message that ``match`` accepts and leaves the others
+in order. Messages that arrive while a receive waits wake it once per delivery burst, and
+the receive scans only the messages it has not seen, so a long mailbox is not rescanned.
+
+A process ends with a reason: ``"normal"`` when its function returns, ``"killed"`` when
+killed, the value given to :meth:`Process.exit`, or ``("error", type_name, message)``
+when it raised (the traceback is logged). Monitors then receive ``Down(ref, pid, reason)``
+and linked processes an exit signal: with ``trap_exits`` it arrives as an ``Exit(pid,
+reason)`` message, otherwise an abnormal reason ends the linked process too.
+
+Everything that crosses nodes (signals, monitors, spawn) goes through the node, which owns
+the process table; this module holds per-process state only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from fabric.errors import ReceiveTimeout
+from fabric.types import Pid, Ref
+
+if TYPE_CHECKING:
+    from fabric.node import Node
+
+__all__ = ["Down", "Exit", "NORMAL", "Process", "ProcessExit", "exception_reason"]
+
+NORMAL: Final = "normal"
+KILLED: Final = "killed"
+_NO_DEFAULT: Final = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Down:
+    """A monitored process (or its node) is gone. Delivered exactly once per monitor."""
+
+    ref: Ref
+    pid: Pid
+    reason: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """An exit signal from a linked process, received as a message with ``trap_exits``."""
+
+    pid: Pid
+    reason: Any
+
+
+class ProcessExit(BaseException):
+    """Raised inside a process to end it with ``reason`` (see :meth:`Process.exit`)."""
+
+    def __init__(self, reason: Any) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def exception_reason(exc: BaseException) -> tuple[str, str, str]:
+    """The exit reason of a process that raised ``exc``: msgpack-friendly."""
+    return ("error", type(exc).__qualname__, str(exc))
+
+
+class Process:
+    """A running process's handle, passed to its function as the first argument."""
+
+    def __init__(self, node: Node, pid: Pid) -> None:
+        self.node = node
+        self.self: Pid = pid  # Erlang's self()
+        self.trap_exits = False
+        self.mailbox: deque[Any] = deque()
+        self._scanned = 0  # mailbox[:_scanned] were rejected by the current receive
+        self._waiter: asyncio.Future[None] | None = None
+        self.links: set[Pid] = set()
+        self.monitors: dict[Ref, Pid] = {}  # monitors this process holds: ref -> target
+        self.monitored_by: dict[Ref, Pid] = {}  # monitors on this process: ref -> watcher
+        self.names: set[str] = set()  # local names registered to this process
+        self.task: asyncio.Task[Any] | None = None
+        self.exit_reason: Any = None  # set when the process has ended
+        self.pending_kill: Any = None  # reason of an exit signal that is ending it
+
+    # -- messaging ------------------------------------------------------------------------
+
+    def deliver(self, message: Any) -> None:
+        """Append ``message`` to the mailbox (called by the node)."""
+        self.mailbox.append(message)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def receive(
+        self,
+        match: Callable[[Any], bool] | None = None,
+        timeout: float | None = None,
+        default: Any = _NO_DEFAULT,
+    ) -> Any:
+        """Take the first message ``match`` accepts (any message when ``match`` is None).
+
+        Args:
+            match: a predicate; rejected messages stay in the mailbox in order.
+            timeout: seconds to wait; None waits forever, 0 only looks.
+            default: returned on timeout instead of raising.
+
+        Raises:
+            ReceiveTimeout: nothing matched within ``timeout`` and no default was given.
+        """
+        box = self.mailbox
+        if match is None and box:
+            return box.popleft()
+        self._scanned = 0
+        deadline = None if timeout is None else self.node.loop.time() + timeout
+        while True:
+            if match is None:
+                if box:
+                    return box.popleft()
+            else:
+                i = self._scanned
+                n = len(box)
+                while i < n:
+                    msg = box[i]
+                    if match(msg):
+                        del box[i]
+                        self._scanned = 0
+                        return msg
+                    i += 1
+                self._scanned = n
+            remaining = None if deadline is None else deadline - self.node.loop.time()
+            if remaining is not None and remaining <= 0:
+                if default is not _NO_DEFAULT:
+                    return default
+                raise ReceiveTimeout(f"no matching message within {timeout} s")
+            waiter = self.node.loop.create_future()
+            self._waiter = waiter
+            try:
+                if remaining is None:
+                    await waiter
+                else:
+                    await asyncio.wait_for(waiter, remaining)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                self._waiter = None
+
+    def send(self, dest: Any, message: Any) -> None:
+        """Send ``message`` to a pid, a local name or ``(name, node)``. Never blocks."""
+        self.node.send(dest, message)
+
+    async def send_wait(self, dest: Any, message: Any) -> None:
+        """Like :meth:`send`, but waits for room when the peer's buffer is full."""
+        await self.node.send_wait(dest, message)
+
+    # -- links and monitors ---------------------------------------------------------------
+
+    def link(self, pid: Pid) -> None:
+        """Link to ``pid``: an abnormal exit of either ends (or signals) the other."""
+        self.node._link(self, pid)
+
+    def unlink(self, pid: Pid) -> None:
+        self.node._unlink(self, pid)
+
+    def monitor(self, pid: Pid) -> Ref:
+        """Watch ``pid``: one ``Down(ref, pid, reason)`` message arrives when it ends."""
+        return self.node._monitor(self, pid)
+
+    def demonitor(self, ref: Ref) -> None:
+        """Stop a monitor; a ``Down`` already in the mailbox is removed too."""
+        self.node._demonitor(self, ref)
+        for i, msg in enumerate(self.mailbox):
+            if type(msg) is Down and msg.ref == ref:
+                del self.mailbox[i]
+                break
+
+    def register(self, name: str) -> None:
+        """Register a local name for this process (freed when it ends)."""
+        self.node.register(name, self.self)
+
+    def exit(self, reason: Any = NORMAL) -> None:
+        """End this process now with ``reason``; call it from inside the process."""
+        raise ProcessExit(reason)
+
+    @property
+    def alive(self) -> bool:
+        return self.exit_reason is None
+
+    def __repr__(self) -> str:
+        return f"<Process {self.self!r}>"

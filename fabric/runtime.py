@@ -1,0 +1,592 @@
+"""The process half of a node: the process table, signals, monitors, links, services.
+
+Theory of operation
+-------------------
+The node owns every local process (``_procs``: id -> :class:`Process`). A send to a local
+pid appends to its mailbox; a send to a remote pid queues ``[K_SEND, pid, msg]`` on that
+peer's ordered stream (connecting first if needed). Signals between processes on different
+nodes travel as ``[K_CTRL, op, ...]`` messages on the same stream, so a message sent before
+an exit is delivered before the exit signal:
+
+    ["link", from, to]            ["unlink", from, to]      ["exit", from, to, reason]
+    ["mon", watcher, target, ref] ["demon", watcher, target, ref]
+    ["down", ref, target, reason, watcher]
+    ["spawn", reply_to, ref, "module:function", args, link]
+    ["spawn_reply", ref, ok, pid_or_error_text]
+
+Because a nodedown ends a session for good, everything tied to a peer is indexed by node
+(``_remote_monitors``, ``_remote_links``, ``_watched_by_remote``) and resolved on its
+nodedown: monitors fire ``noconnection``, links send ``noconnection`` exit signals.
+
+Service cores (pg, global...) are hosted generically: their effects are executed here and
+their messages travel as ``[K_SERVICE, service, payload]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fabric.errors import (
+    BackpressureError,
+    ConfigError,
+    LocalProtocolError,
+    NameConflictError,
+    NodeDownError,
+    NotExportedError,
+)
+from fabric.exports import resolve_export
+from fabric.process import KILLED, NORMAL, Down, Exit, Process, ProcessExit, exception_reason
+from fabric.protocol.effects import (
+    CancelTimer,
+    Complete,
+    Deliver,
+    Publish,
+    Send,
+    ServiceCore,
+    SetTimer,
+    Subscribe,
+    Unsubscribe,
+)
+from fabric.protocol.messages import K_CTRL, K_REG_SEND, K_SEND, K_SERVICE
+from fabric.types import Pid, Ref
+
+__all__ = ["ProcessRuntime"]
+
+ProcessFn = Callable[..., Awaitable[Any]]
+
+
+class ProcessRuntime:
+    """Mixin of :class:`fabric.Node` holding process state. Not used on its own."""
+
+    # provided by Node
+    name: str
+    creation: int
+    loop: asyncio.AbstractEventLoop
+    log: Any
+    metrics: dict[str, int]
+    mesh: Any
+    codec: Any
+    config: Any
+    pub: Any
+    sub: Any
+    _channels: dict[str, Any]
+
+    def __init__(self) -> None:
+        self._procs: dict[int, Process] = {}  # local process id -> process
+        self._ids = itertools.count(1)
+        self._refs = itertools.count(1)
+        self._names: dict[str, Pid] = {}  # local registered names
+        # peer -> {ref: (watcher local pid, target remote pid)}: monitors we hold there
+        self._remote_monitors: dict[str, dict[Ref, tuple[Pid, Pid]]] = {}
+        # peer -> {(local pid, remote pid)}: links that cross to that peer
+        self._remote_links: dict[str, set[tuple[Pid, Pid]]] = {}
+        # peer -> {(local target pid, ref)}: monitors that peer's processes hold on ours
+        self._watched_by_remote: dict[str, set[tuple[Pid, Ref]]] = {}
+        self._spawn_waiters: dict[Ref, tuple[str, asyncio.Future[Pid]]] = {}
+        self._services: dict[str, ServiceCore] = {}
+        self._topic_handlers: dict[bytes, Callable[[bytes, bytes, float], None]] = {}
+        self._timers: dict[tuple[str, Any], asyncio.TimerHandle] = {}
+        self._completions: dict[Any, asyncio.Future[Any]] = {}
+        self._effect_handlers: dict[type, Callable[[str, Any], None]] = {}
+
+    # -- identifiers ----------------------------------------------------------------------
+
+    def make_ref(self) -> Ref:
+        """A reference unique within this node run."""
+        return Ref(self.name, next(self._refs), self.creation)
+
+    def is_local(self, pid: Pid) -> bool:
+        return pid.node == self.name
+
+    # -- spawning -------------------------------------------------------------------------
+
+    def spawn(self, fn: ProcessFn, *args: Any, link_to: Process | None = None,
+              name: str | None = None) -> Pid:
+        """Start ``async def fn(proc, *args)`` as a local process; returns its pid."""
+        self._require_started()  # type: ignore[attr-defined]
+        pid = Pid(self.name, next(self._ids), self.creation)
+        proc = Process(self, pid)  # type: ignore[arg-type]
+        self._procs[pid.id] = proc
+        if name is not None:
+            self.register(name, pid)
+        if link_to is not None:
+            proc.links.add(link_to.self)
+            link_to.links.add(pid)
+        proc.task = self.loop.create_task(self._run(proc, fn, args))
+        return pid
+
+    def new_mailbox(self) -> Process:
+        """A process without a task: a mailbox for code outside any process (calls)."""
+        pid = Pid(self.name, next(self._ids), self.creation)
+        proc = Process(self, pid)  # type: ignore[arg-type]
+        self._procs[pid.id] = proc
+        return proc
+
+    def close_mailbox(self, proc: Process) -> None:
+        if proc.alive:
+            self._exited(proc, NORMAL)
+
+    async def _run(self, proc: Process, fn: ProcessFn, args: tuple[Any, ...]) -> None:
+        reason: Any = NORMAL
+        try:
+            await fn(proc, *args)
+        except ProcessExit as exc:
+            reason = exc.reason
+        except asyncio.CancelledError:
+            reason = proc.pending_kill if proc.pending_kill is not None else KILLED
+        except Exception as exc:
+            reason = exception_reason(exc)
+            self.log.error("process_crashed", pid=repr(proc.self), error=repr(exc),
+                           traceback=traceback.format_exc())
+        self._exited(proc, reason)
+
+    async def spawn_on(self, node: str, spec: str, *args: Any, link_to: Process | None = None,
+                       timeout: float = 5.0) -> Pid:
+        """Spawn ``"module:function"`` on ``node``; only functions that node exports.
+
+        Raises:
+            NotExportedError: the function is unknown there or not exported.
+            NodeDownError: the node is unreachable or went down meanwhile.
+        """
+        if node == self.name:
+            fn = resolve_export(spec, self.config.allow_remote_spawn)
+            return self.spawn(fn, *args, link_to=link_to)
+        if not self.mesh.is_up(node) and not await self.connect(node):  # type: ignore[attr-defined]
+            raise NodeDownError(node, "noconnection")
+        ref = self.make_ref()
+        fut: asyncio.Future[Pid] = self.loop.create_future()
+        self._spawn_waiters[ref] = (node, fut)
+        reply_to = link_to.self if link_to is not None else None
+        self._ctrl(node, ["spawn", reply_to, ref, spec, list(args), link_to is not None])
+        try:
+            pid = await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise NodeDownError(node, "timeout") from None
+        finally:
+            self._spawn_waiters.pop(ref, None)
+        if link_to is not None:
+            link_to.links.add(pid)
+            self._remote_links.setdefault(node, set()).add((link_to.self, pid))
+        return pid
+
+    # -- names ----------------------------------------------------------------------------
+
+    def register(self, name: str, pid: Pid) -> None:
+        """Register a local name for a local, live process.
+
+        Raises:
+            NameConflictError: the name is taken, or the process already has another name.
+            LocalProtocolError: the pid is not local or not alive.
+        """
+        if type(name) is not str or not name:
+            raise ConfigError("a registered name must be a non-empty str")
+        proc = self._procs.get(pid.id) if self.is_local(pid) else None
+        if proc is None or proc.self != pid:
+            raise LocalProtocolError(f"{pid!r} is not a live local process")
+        if name in self._names:
+            raise NameConflictError(f"{name!r} is already registered to {self._names[name]!r}")
+        self._names[name] = pid
+        proc.names.add(name)
+
+    def unregister(self, name: str) -> None:
+        pid = self._names.pop(name, None)
+        if pid is not None:
+            proc = self._procs.get(pid.id)
+            if proc is not None:
+                proc.names.discard(name)
+
+    def whereis(self, name: str) -> Pid | None:
+        """The pid registered locally under ``name``, or None."""
+        return self._names.get(name)
+
+    def registered(self) -> list[str]:
+        return sorted(self._names)
+
+    # -- sending --------------------------------------------------------------------------
+
+    def send(self, dest: Any, message: Any) -> None:
+        """Send to a pid, a local name, or ``(name, node)``. Never blocks; never raises for
+        a dead or unknown destination (as in Erlang), but raises
+        :class:`BackpressureError` when the peer's outbound buffer is full."""
+        t = type(dest)
+        if t is Pid:
+            if dest.node == self.name:
+                self._deliver_pid(dest, message)
+            else:
+                self._push(dest.node, [K_SEND, dest, message])
+        elif t is str:
+            self._deliver_name(dest, message)
+        elif t is tuple and len(dest) == 2:
+            name, node = dest
+            if node == self.name:
+                self._deliver_name(name, message)
+            else:
+                self._push(node, [K_REG_SEND, name, message])
+        else:
+            raise LocalProtocolError(f"cannot send to {dest!r}: not a pid, name or (name, node)")
+
+    async def send_wait(self, dest: Any, message: Any) -> None:
+        """Like :meth:`send`, but waits for room in the peer's buffer instead of raising."""
+        while True:
+            try:
+                self.send(dest, message)
+                return
+            except BackpressureError as exc:
+                ch = self._channels.get(exc.node)
+                if ch is None:
+                    return
+                await ch.out.wait_for_room()
+
+    def _push(self, node: str, message: list[Any]) -> None:
+        ch = self._channels.get(node)
+        if ch is None:
+            if self.mesh.peers.get(node) is None:
+                try:
+                    self._exec(self.mesh.connect(node, self.loop.time()))  # type: ignore[attr-defined]
+                except ConfigError:
+                    self.metrics["undeliverable"] += 1
+                    return
+                ch = self._channels.get(node)
+            if ch is None:
+                self.metrics["undeliverable"] += 1
+                return
+        ch.out.push(message)
+
+    def _deliver_pid(self, pid: Any, message: Any) -> None:
+        proc = self._procs.get(pid.id) if type(pid) is Pid else None
+        if proc is None or proc.self != pid:
+            self.metrics["undeliverable"] += 1
+            return
+        proc.deliver(message)
+
+    def _deliver_name(self, name: Any, message: Any) -> None:
+        pid = self._names.get(name) if type(name) is str else None
+        if pid is None:
+            self.metrics["undeliverable"] += 1
+            return
+        self._deliver_pid(pid, message)
+
+    def _ctrl(self, node: str, args: list[Any]) -> None:
+        ch = self._channels.get(node)
+        if ch is not None:
+            ch.out.push_control([K_CTRL, *args])
+
+    # -- links, monitors, exits -----------------------------------------------------------
+
+    def _link(self, proc: Process, pid: Pid) -> None:
+        if pid in proc.links:
+            return
+        proc.links.add(pid)
+        if self.is_local(pid):
+            target = self._procs.get(pid.id)
+            if target is None or target.self != pid:
+                self._signal(proc, pid, "noproc")
+            else:
+                target.links.add(proc.self)
+        elif self.mesh.is_up(pid.node):
+            self._remote_links.setdefault(pid.node, set()).add((proc.self, pid))
+            self._ctrl(pid.node, ["link", proc.self, pid])
+        else:
+            self._signal(proc, pid, "noconnection")
+
+    def _unlink(self, proc: Process, pid: Pid) -> None:
+        proc.links.discard(pid)
+        if self.is_local(pid):
+            target = self._procs.get(pid.id)
+            if target is not None:
+                target.links.discard(proc.self)
+        else:
+            self._remote_links.get(pid.node, set()).discard((proc.self, pid))
+            self._ctrl(pid.node, ["unlink", proc.self, pid])
+
+    def _monitor(self, proc: Process, pid: Pid) -> Ref:
+        ref = self.make_ref()
+        proc.monitors[ref] = pid
+        if self.is_local(pid):
+            target = self._procs.get(pid.id)
+            if target is None or target.self != pid or not target.alive:
+                del proc.monitors[ref]
+                proc.deliver(Down(ref, pid, "noproc"))
+            else:
+                target.monitored_by[ref] = proc.self
+        elif self.mesh.is_up(pid.node):
+            self._remote_monitors.setdefault(pid.node, {})[ref] = (proc.self, pid)
+            self._ctrl(pid.node, ["mon", proc.self, pid, ref])
+        else:
+            del proc.monitors[ref]
+            proc.deliver(Down(ref, pid, "noconnection"))
+        return ref
+
+    def _demonitor(self, proc: Process, ref: Ref) -> None:
+        pid = proc.monitors.pop(ref, None)
+        if pid is None:
+            return
+        if self.is_local(pid):
+            target = self._procs.get(pid.id)
+            if target is not None:
+                target.monitored_by.pop(ref, None)
+        else:
+            self._remote_monitors.get(pid.node, {}).pop(ref, None)
+            self._ctrl(pid.node, ["demon", proc.self, pid, ref])
+
+    def exit(self, pid: Pid, reason: Any) -> None:
+        """Send an exit signal to ``pid`` (``"kill"`` kills even a trapping process)."""
+        if self.is_local(pid):
+            proc = self._procs.get(pid.id)
+            if proc is not None and proc.self == pid:
+                self._signal(proc, None, reason)
+        else:
+            self._ctrl(pid.node, ["exit", None, pid, reason])
+
+    def _signal(self, proc: Process, sender: Pid | None, reason: Any) -> None:
+        """Apply an exit signal from ``sender`` (None: an explicit ``exit``) to ``proc``."""
+        if not proc.alive:
+            return
+        if sender is not None:
+            proc.links.discard(sender)
+        if reason == "kill":
+            self._kill(proc, KILLED)
+        elif proc.trap_exits:
+            proc.deliver(Exit(sender if sender is not None else proc.self, reason))
+        elif reason != NORMAL:
+            self._kill(proc, reason)
+
+    def _kill(self, proc: Process, reason: Any) -> None:
+        if proc.task is None:
+            self._exited(proc, reason)
+        elif proc.pending_kill is None and not proc.task.done():
+            proc.pending_kill = reason
+            proc.task.cancel()
+
+    def _exited(self, proc: Process, reason: Any) -> None:
+        if not proc.alive:
+            return
+        proc.exit_reason = reason
+        pid = proc.self
+        self._procs.pop(pid.id, None)
+        for name in proc.names:
+            self._names.pop(name, None)
+        for ref, watcher in proc.monitored_by.items():
+            if self.is_local(watcher):
+                w = self._procs.get(watcher.id)
+                if w is not None and w.monitors.pop(ref, None) is not None:
+                    w.deliver(Down(ref, pid, reason))
+            else:
+                self._watched_by_remote.get(watcher.node, set()).discard((pid, ref))
+                self._ctrl(watcher.node, ["down", ref, pid, reason, watcher])
+        for other in proc.links:
+            if self.is_local(other):
+                o = self._procs.get(other.id)
+                if o is not None:
+                    self._signal(o, pid, reason)
+            else:
+                self._remote_links.get(other.node, set()).discard((pid, other))
+                self._ctrl(other.node, ["exit", pid, other, reason])
+        for ref, target in proc.monitors.items():
+            if not self.is_local(target):
+                self._remote_monitors.get(target.node, {}).pop(ref, None)
+        now = self.loop.time()
+        for service in list(self._services.values()):
+            self._exec_service(service.service, service.on_process_exit(pid, reason, now))
+
+    def _on_ctrl(self, peer: str, msg: list[Any]) -> None:
+        op = msg[1]
+        if op == "link":
+            _, _, src, dst = msg
+            proc = self._procs.get(dst.id) if self.is_local(dst) else None
+            if proc is None or proc.self != dst:
+                self._ctrl(peer, ["exit", dst, src, "noproc"])
+            else:
+                proc.links.add(src)
+                self._remote_links.setdefault(peer, set()).add((dst, src))
+        elif op == "unlink":
+            _, _, src, dst = msg
+            proc = self._procs.get(dst.id) if self.is_local(dst) else None
+            if proc is not None:
+                proc.links.discard(src)
+            self._remote_links.get(peer, set()).discard((dst, src))
+        elif op == "exit":
+            _, _, src, dst, reason = msg
+            proc = self._procs.get(dst.id) if self.is_local(dst) else None
+            if proc is not None and proc.self == dst:
+                if src is not None:
+                    self._remote_links.get(peer, set()).discard((dst, src))
+                    if src not in proc.links:
+                        return  # unlinked meanwhile: the signal no longer applies
+                self._signal(proc, src, reason)
+        elif op == "mon":
+            _, _, watcher, target, ref = msg
+            proc = self._procs.get(target.id) if self.is_local(target) else None
+            if proc is None or proc.self != target or not proc.alive:
+                self._ctrl(peer, ["down", ref, target, "noproc", watcher])
+            else:
+                proc.monitored_by[ref] = watcher
+                self._watched_by_remote.setdefault(peer, set()).add((target, ref))
+        elif op == "demon":
+            _, _, watcher, target, ref = msg
+            proc = self._procs.get(target.id) if self.is_local(target) else None
+            if proc is not None:
+                proc.monitored_by.pop(ref, None)
+            self._watched_by_remote.get(peer, set()).discard((target, ref))
+        elif op == "down":
+            _, _, ref, target, reason, watcher = msg
+            self._remote_monitors.get(peer, {}).pop(ref, None)
+            w = self._procs.get(watcher.id) if self.is_local(watcher) else None
+            if w is not None and w.monitors.pop(ref, None) is not None:
+                w.deliver(Down(ref, target, reason))
+        elif op == "spawn":
+            _, _, reply_to, ref, spec, args, link = msg
+            try:
+                fn = resolve_export(spec, self.config.allow_remote_spawn)
+                pid = self.spawn(fn, *args)
+            except NotExportedError as exc:
+                self._ctrl(peer, ["spawn_reply", ref, False, str(exc)])
+                return
+            if link and reply_to is not None:
+                self._procs[pid.id].links.add(reply_to)
+                self._remote_links.setdefault(peer, set()).add((pid, reply_to))
+            self._ctrl(peer, ["spawn_reply", ref, True, pid])
+        elif op == "spawn_reply":
+            _, _, ref, ok, value = msg
+            waiter = self._spawn_waiters.get(ref)
+            if waiter is not None and not waiter[1].done():
+                if ok:
+                    waiter[1].set_result(value)
+                else:
+                    waiter[1].set_exception(NotExportedError(value))
+        else:
+            raise ValueError(f"unknown control op {op!r}")
+
+    def _on_nodeup(self, peer: str) -> None:
+        now = self.loop.time()
+        for service in list(self._services.values()):
+            self._exec_service(service.service, service.on_nodeup(peer, now))
+
+    def _on_nodedown(self, peer: str, reason: str) -> None:
+        for ref, (watcher, target) in self._remote_monitors.pop(peer, {}).items():
+            w = self._procs.get(watcher.id)
+            if w is not None and w.monitors.pop(ref, None) is not None:
+                w.deliver(Down(ref, target, "noconnection"))
+        for local, remote in self._remote_links.pop(peer, set()):
+            proc = self._procs.get(local.id)
+            if proc is not None and remote in proc.links:
+                self._signal(proc, remote, "noconnection")
+        for target, ref in self._watched_by_remote.pop(peer, set()):
+            proc = self._procs.get(target.id)
+            if proc is not None:
+                proc.monitored_by.pop(ref, None)
+        for ref, (node, fut) in list(self._spawn_waiters.items()):
+            if node == peer and not fut.done():
+                fut.set_exception(NodeDownError(peer, reason))
+        now = self.loop.time()
+        for service in list(self._services.values()):
+            self._exec_service(service.service, service.on_nodedown(peer, reason, now))
+
+    async def _stop_processes(self) -> None:
+        procs = [p for p in self._procs.values() if p.alive]
+        for proc in procs:
+            self._kill(proc, "shutdown")
+        tasks = [p.task for p in procs if p.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.config.drain_timeout)
+
+    # -- services -------------------------------------------------------------------------
+
+    def add_service(self, core: ServiceCore) -> None:
+        """Host a service core (pg, global, ...) on this node."""
+        if core.service in self._services:
+            raise ConfigError(f"service {core.service!r} is already running")
+        self._services[core.service] = core
+        now = self.loop.time()
+        for peer in self.mesh.nodes() + self.mesh.hidden_nodes():
+            self._exec_service(core.service, core.on_nodeup(peer, now))
+
+    def service(self, name: str) -> Any:
+        return self._services[name]
+
+    def on_topic(self, prefix: bytes, handler: Callable[[bytes, bytes, float], None]) -> None:
+        """Route PUB/SUB messages whose topic starts with ``prefix`` to ``handler``."""
+        self._topic_handlers[prefix] = handler
+
+    def on_effect(self, effect_type: type, handler: Callable[[str, Any], None]) -> None:
+        """Teach the node a service-specific effect type."""
+        self._effect_handlers[effect_type] = handler
+
+    def expect(self, token: Any) -> asyncio.Future[Any]:
+        """A future resolved by a service's ``Complete(token, result)`` effect."""
+        fut: asyncio.Future[Any] = self.loop.create_future()
+        self._completions[token] = fut
+        return fut
+
+    def run_service(self, service: str, method: str, *args: Any) -> Any:
+        """Call ``core.method(*args, now)`` and execute its effects; returns the value of
+        a ``(value, effects)`` result, else None."""
+        result = getattr(self._services[service], method)(*args, self.loop.time())
+        if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], list):
+            self._exec_service(service, result[1])
+            return result[0]
+        self._exec_service(service, result)
+        return None
+
+    def _on_service_message(self, peer: str, service: str, payload: Any, now: float) -> None:
+        core = self._services.get(service)
+        if core is None:
+            self.metrics["undeliverable"] += 1
+            return
+        self._exec_service(service, core.on_message(peer, payload, now))
+
+    def _on_topic(self, topic: bytes, data: bytes, now: float) -> None:
+        for prefix, handler in self._topic_handlers.items():
+            if topic.startswith(prefix):
+                handler(topic, data, now)
+                return
+
+    def _exec_service_effect(self, eff: Any) -> None:
+        raise TypeError(f"node cannot execute {eff!r}")
+
+    def _exec_service(self, service: str, effects: list[Any]) -> None:
+        for eff in effects:
+            t = type(eff)
+            if t is Send:
+                if self.mesh.is_up(eff.peer):
+                    self._channels[eff.peer].out.push_control([K_SERVICE, service, eff.payload])
+            elif t is Deliver:
+                self._deliver_pid(eff.pid, eff.message)
+            elif t is Publish:
+                try:
+                    self.pub.send_multipart([eff.topic, self.codec.encode(eff.payload)])
+                except Exception:
+                    self.metrics["publish_dropped"] = self.metrics.get("publish_dropped", 0) + 1
+            elif t is Subscribe:
+                self.sub.setsockopt(1, eff.topic)  # zmq.SUBSCRIBE
+            elif t is Unsubscribe:
+                self.sub.setsockopt(2, eff.topic)  # zmq.UNSUBSCRIBE
+            elif t is SetTimer:
+                key = (service, eff.key)
+                old = self._timers.pop(key, None)
+                if old is not None:
+                    old.cancel()
+                self._timers[key] = self.loop.call_at(
+                    eff.at, self._fire_timer, service, eff.key)
+            elif t is CancelTimer:
+                old = self._timers.pop((service, eff.key), None)
+                if old is not None:
+                    old.cancel()
+            elif t is Complete:
+                fut = self._completions.pop(eff.token, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(eff.result)
+            elif t in self._effect_handlers:
+                self._effect_handlers[t](service, eff)
+            else:
+                self._exec([eff])  # type: ignore[attr-defined]
+
+    def _fire_timer(self, service: str, key: Any) -> None:
+        self._timers.pop((service, key), None)
+        core = self._services.get(service)
+        if core is not None:
+            self._exec_service(service, core.on_timer(key, self.loop.time()))

@@ -1,0 +1,114 @@
+"""The ZeroMQ transport: sockets, their options, and edge-triggered readiness on asyncio.
+
+Theory of operation
+-------------------
+A node binds one ROUTER (its inbox: every peer's DEALER connects to it) and one PUB
+(heartbeats and group topics), and holds one SUB connected to every peer's PUB plus one
+DEALER per peer. This module owns those sockets and nothing else: it knows no protocol.
+
+ZeroMQ signals readiness through one file descriptor per socket, edge-triggered: after a
+wakeup the socket must be drained until EAGAIN, and any send may consume the edge, so
+after a send the socket's ``EVENTS`` are checked again. :class:`Reader` wraps that dance:
+the owner's callback is called with the socket when it may have input, and must read until
+``zmq.Again`` (bounded per call; the reader re-arms itself if input remains).
+
+Socket monitors report a closed TCP connection as soon as the kernel does, which is how a
+killed peer is noticed within milliseconds instead of at the next heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+__all__ = ["Reader", "bind_in_range", "configure", "open_monitor"]
+
+
+def configure(sock: zmq.Socket[Any], *, max_frame: int, sndhwm: int, rcvhwm: int) -> None:
+    """Options every fabric socket gets: no linger on close, bounded frames and queues."""
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
+    sock.setsockopt(zmq.SNDHWM, sndhwm)
+    sock.setsockopt(zmq.RCVHWM, rcvhwm)
+    # Reconnect quickly after a drop; fabric decides when a peer is gone, not ZeroMQ.
+    sock.setsockopt(zmq.RECONNECT_IVL, 100)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+    # Keep a dead TCP peer from stalling traffic for minutes after a partition.
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 10)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 5)
+
+
+def bind_in_range(sock: zmq.Socket[Any], host: str, lo: int, hi: int) -> int:
+    """Bind ``sock`` to the first free port in ``[lo, hi]``; returns it.
+
+    Raises:
+        zmq.ZMQError: no port in the range is free.
+    """
+    last: zmq.ZMQError | None = None
+    h = f"[{host}]" if ":" in host else host
+    for port in range(lo, hi + 1):
+        try:
+            sock.bind(f"tcp://{h}:{port}")
+            return port
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EADDRINUSE:
+                raise
+            last = exc
+    assert last is not None
+    raise last
+
+
+def open_monitor(ctx: zmq.Context[Any], sock: zmq.Socket[Any], events: int) -> zmq.Socket[Any]:
+    """A PAIR socket receiving ``sock``'s monitor events (see ``zmq.utils.monitor``)."""
+    mon = sock.get_monitor_socket(events)
+    mon.setsockopt(zmq.LINGER, 0)
+    return mon
+
+
+class Reader:
+    """Calls ``on_ready(sock)`` whenever ``sock`` may be readable, on the event loop."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: zmq.Socket[Any],
+        on_ready: Callable[[zmq.Socket[Any]], bool],
+    ) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._on_ready = on_ready
+        self._scheduled = False
+        self._closed = False
+        self._fd = sock.getsockopt(zmq.FD)
+        loop.add_reader(self._fd, self._wake)
+        self.poke()  # input may already be queued: the edge could be gone
+
+    def poke(self) -> None:
+        """Re-check readiness soon (call after sending on the socket)."""
+        if not self._scheduled and not self._closed:
+            self._scheduled = True
+            self._loop.call_soon(self._run)
+
+    def _wake(self) -> None:
+        self.poke()
+
+    def _run(self) -> None:
+        self._scheduled = False
+        if self._closed:
+            return
+        try:
+            more = self._on_ready(self._sock)
+            if more or self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                self.poke()
+        except zmq.ZMQError as exc:
+            if exc.errno not in (zmq.ENOTSOCK, zmq.ETERM):
+                raise
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._loop.remove_reader(self._fd)
