@@ -1,0 +1,1 @@
+"""Benchmarks for fabric, each measured against a raw pyzmq baseline in the same run."""
