@@ -43,4 +43,4 @@ def resolve_export(spec: str, allowed: frozenset[str]) -> Callable[..., Any]:
         raise NotExportedError(f"{spec} is not callable")
     if spec not in allowed and not getattr(fn, "__fabric_export__", False):
         raise NotExportedError(f"{spec} is not exported (decorate it with @fabric.export)")
-    return fn  # type: ignore[return-value]
+    return fn

@@ -238,6 +238,7 @@ class Node(ProcessRuntime):
         return self.mesh.nodes()
 
     def hidden_nodes(self) -> list[str]:
+        """Hidden peers with a session up."""
         return self.mesh.hidden_nodes()
 
     async def connect(self, peer: str, timeout: float | None = None) -> bool:
@@ -271,7 +272,7 @@ class Node(ProcessRuntime):
     def disconnect(self, peer: str) -> bool:
         """End the session with ``peer`` (NodeDown reason ``disconnect``)."""
         self._require_started()
-        was_up = self.mesh.is_up(peer)
+        was_up: bool = self.mesh.is_up(peer)
         self._exec(self.mesh.disconnect(peer, self.loop.time()))
         return was_up
 
@@ -365,9 +366,9 @@ class Node(ProcessRuntime):
                     if not fut.done():
                         fut.set_result((eff.ok, eff.reason))
             elif t is m.Pong:
-                fut = self._ping_waiters.get(eff.token)
-                if fut is not None and not fut.done():
-                    fut.set_result(True)
+                pong = self._ping_waiters.get(eff.token)
+                if pong is not None and not pong.done():
+                    pong.set_result(True)
             elif t is Log:
                 getattr(self.log, eff.level)(eff.event, **eff.fields)
             else:

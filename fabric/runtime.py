@@ -51,6 +51,8 @@ from fabric.protocol.effects import (
     Subscribe,
     Unsubscribe,
 )
+from fabric.protocol.codec import Codec
+from fabric.protocol.mesh import MeshCore
 from fabric.protocol.messages import K_CTRL, K_REG_SEND, K_SEND, K_SERVICE
 from fabric.types import Pid, Ref
 
@@ -68,8 +70,8 @@ class ProcessRuntime:
     loop: asyncio.AbstractEventLoop
     log: Any
     metrics: dict[str, int]
-    mesh: Any
-    codec: Any
+    mesh: MeshCore
+    codec: Codec
     config: Any
     pub: Any
     sub: Any
@@ -163,7 +165,7 @@ class ProcessRuntime:
         reply_to = link_to.self if link_to is not None else None
         self._ctrl(node, ["spawn", reply_to, ref, spec, list(args), link_to is not None])
         try:
-            pid = await asyncio.wait_for(fut, timeout)
+            pid: Pid = await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
             raise NodeDownError(node, "timeout") from None
         finally:
@@ -479,7 +481,7 @@ class ProcessRuntime:
             proc = self._procs.get(target.id)
             if proc is not None:
                 proc.monitored_by.pop(ref, None)
-        for ref, (node, fut) in list(self._spawn_waiters.items()):
+        for node, fut in list(self._spawn_waiters.values()):
             if node == peer and not fut.done():
                 fut.set_exception(NodeDownError(peer, reason))
         now = self.loop.time()

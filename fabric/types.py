@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, TypeVar
 
 from fabric.errors import ConfigError
 
@@ -109,6 +109,9 @@ def _parse_port(text: str, port_text: str) -> int:
     return port
 
 
+_I = TypeVar("_I", bound="_Id")
+
+
 class _Id(tuple):  # type: ignore[type-arg]
     """Shared shape of Pid and Ref: an immutable ``(node, id, creation)`` triple.
 
@@ -119,7 +122,7 @@ class _Id(tuple):  # type: ignore[type-arg]
 
     __slots__ = ()
 
-    def __new__(cls, node: str, id: int, creation: int) -> Any:
+    def __new__(cls: type[_I], node: str, id: int, creation: int) -> _I:
         return tuple.__new__(cls, (node, id, creation))
 
     @property
@@ -138,7 +141,7 @@ class _Id(tuple):  # type: ignore[type-arg]
         return self[2]  # type: ignore[no-any-return]
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and tuple.__eq__(self, other)  # type: ignore[arg-type]
+        return type(other) is type(self) and tuple.__eq__(self, other)
 
     def __ne__(self, other: object) -> bool:
         return not self.__eq__(other)

@@ -114,7 +114,7 @@ class Codec:
         # sent as their base type; strict_types routes them here.
         for base in (bool, int, float, str, bytes, list, dict):
             if isinstance(obj, base):
-                return base(obj)
+                return base(obj)  # type: ignore[arg-type]
         if isinstance(obj, tuple):  # namedtuples travel as plain tuples
             return self._default(tuple(obj))
         raise TypeError(f"type {t.__name__} is not serializable (fabric never pickles)")
@@ -150,7 +150,7 @@ class Codec:
             if type(items) is not list:
                 raise RemoteProtocolError("tuple extension does not hold an array")
             return tuple(items)
-        if code == EXT_PID or code == EXT_REF:
+        if code in (EXT_PID, EXT_REF):
             key = (code, data)
             ident_obj = self._id_cache.get(key)
             if ident_obj is not None:
@@ -161,7 +161,7 @@ class Codec:
                 raise RemoteProtocolError("truncated pid/ref")
             creation, ident = _ID_LAYOUT.unpack_from(data)
             node = data[_ID_SIZE:].decode()
-            ident_obj = Pid(node, ident, creation) if code == EXT_PID else Ref(node, ident, creation)
+            ident_obj = (Pid if code == EXT_PID else Ref)(node, ident, creation)
             self._id_cache[key] = ident_obj
             return ident_obj
         raise RemoteProtocolError(f"unknown extension type {code}")

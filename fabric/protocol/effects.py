@@ -105,7 +105,9 @@ class Log:
     fields: dict[str, Any]
 
 
-Effect = Send | Deliver | Publish | Subscribe | Unsubscribe | SetTimer | CancelTimer | Complete | Log
+Effect = (
+    Send | Deliver | Publish | Subscribe | Unsubscribe | SetTimer | CancelTimer | Complete | Log
+)
 
 
 class ServiceCore(Protocol):

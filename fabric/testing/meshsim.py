@@ -20,6 +20,7 @@ import heapq
 import itertools
 import random
 from collections.abc import Callable
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,7 +121,7 @@ class MeshSim:
         node.channels.clear()
         for other in self.nodes.values():
             if other.up and (name in other.channels or name in other.subs):
-                self._after(self.latency, lambda o=other.name: self._closed(o, name))
+                self._after(self.latency, partial(self._closed, other.name, name))
 
     def freeze(self, name: str) -> None:
         """SIGSTOP: no ticks, nothing processed; sockets stay connected."""
@@ -236,8 +237,7 @@ class MeshSim:
                 self._identities[eff.identity] = (name, eff.peer)
                 target = self.nodes.get(eff.peer)
                 if target is None or not target.up:
-                    self._after(self.latency,
-                                lambda p=eff.peer, c=core: self._refused(name, c, p))
+                    self._after(self.latency, partial(self._refused, name, core, eff.peer))
             elif isinstance(eff, m.CloseChannel):
                 ident = node.channels.pop(eff.peer, None)
                 if ident is not None:
@@ -247,16 +247,14 @@ class MeshSim:
                 if ident is None:
                     continue
                 frame = eff.frame if isinstance(eff, m.ChannelSend) else [eff.message]
-                self._deliver(name, eff.peer,
-                              lambda d=eff.peer, i=ident, f=frame: self._at_router(d, i, f))
+                self._deliver(name, eff.peer, partial(self._at_router, eff.peer, ident, frame))
             elif isinstance(eff, m.RouterSend):
                 owner_peer = self._identities.get(eff.identity)
                 if owner_peer is None:
                     continue
                 owner, _ = owner_peer
                 self._deliver(name, owner,
-                              lambda o=owner, i=eff.identity, f=eff.frame, s=name:
-                              self._at_channel(o, i, s, f))
+                              partial(self._at_channel, owner, eff.identity, name, eff.frame))
             elif isinstance(eff, m.SubConnect):
                 node.subs.add(eff.peer)
             elif isinstance(eff, m.SubDisconnect):
@@ -265,8 +263,7 @@ class MeshSim:
                 for other in self.nodes.values():
                     if other.up and name in other.subs:
                         self._deliver(name, other.name,
-                                      lambda o=other.name, c=core.creation:
-                                      self.nodes[o].core.heartbeat(name, c, self.now))
+                                      partial(self._heartbeat, other.name, name, core.creation))
             elif isinstance(eff, m.PeerUp):
                 self.events[name].append(("up", eff.peer))
             elif isinstance(eff, m.PeerDown):
@@ -279,6 +276,9 @@ class MeshSim:
                 self.logs[name].append(eff)
             else:  # pragma: no cover
                 raise TypeError(f"simulator cannot execute {eff!r}")
+
+    def _heartbeat(self, at: str, sender: str, creation: int) -> None:
+        self.nodes[at].core.heartbeat(sender, creation, self.now)
 
     def _refused(self, owner: str, core: m.MeshCore, peer: str) -> None:
         node = self.nodes[owner]

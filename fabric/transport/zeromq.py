@@ -83,7 +83,7 @@ class Reader:
         self._on_ready = on_ready
         self._scheduled = False
         self._closed = False
-        self._fd = sock.getsockopt(zmq.FD)
+        self._fd: int = sock.getsockopt(zmq.FD)  # type: ignore[assignment]
         loop.add_reader(self._fd, self._wake)
         self.poke()  # input may already be queued: the edge could be gone
 
@@ -102,7 +102,7 @@ class Reader:
             return
         try:
             more = self._on_ready(self._sock)
-            if more or self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if more or int(self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 self.poke()
         except zmq.ZMQError as exc:
             if exc.errno not in (zmq.ENOTSOCK, zmq.ETERM):
