@@ -40,6 +40,7 @@ from fabric.errors import (
 )
 from fabric.exports import resolve_export
 from fabric.process import KILLED, NORMAL, Down, Exit, Process, ProcessExit, exception_reason
+from fabric.protocol.codec import Codec
 from fabric.protocol.effects import (
     CancelTimer,
     Complete,
@@ -51,7 +52,6 @@ from fabric.protocol.effects import (
     Subscribe,
     Unsubscribe,
 )
-from fabric.protocol.codec import Codec
 from fabric.protocol.mesh import MeshCore
 from fabric.protocol.messages import K_CTRL, K_REG_SEND, K_SEND, K_SERVICE
 from fabric.types import Pid, Ref

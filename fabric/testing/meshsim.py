@@ -20,8 +20,8 @@ import heapq
 import itertools
 import random
 from collections.abc import Callable
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from fabric.protocol import mesh as m
