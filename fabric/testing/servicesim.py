@@ -12,11 +12,17 @@ order after ``latency`` seconds; a partition drops whatever is in flight across 
 delivers ``on_nodedown`` on both sides after ``detect_delay``; a heal delivers
 ``on_nodeup`` on both sides after ``reconnect_delay``. A one-way cut ends in a symmetric
 nodedown, because the real mesh tears a session down as soon as either side stops
-hearing the other.
+hearing the other. A pair reconnects only after both sides saw the old session's nodedown,
+and nothing sent in one session arrives in a later one.
+
+``Publish`` effects model PUB/SUB: each connected peer whose subscriptions prefix-match the
+topic gets the payload once, through its core's ``on_publish(payload, now)`` (best effort:
+nothing is delivered across a cut). Every publication is also recorded in ``published``.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import random
@@ -87,6 +93,12 @@ class ServiceSim:
         self._links: set[frozenset[str]] = set()
         # Pairs the network currently blocks (symmetric).
         self._blocked: set[frozenset[str]] = set()
+        # Pairs whose session ended but whose nodedown is not delivered yet: they may not
+        # reconnect before it is, or a core would see nodeup, nodeup, nodedown.
+        self._closing: set[frozenset[str]] = set()
+        # Session number per pair, bumped on every link-up: a message or publication sent
+        # in one session never arrives in a later one.
+        self._session: dict[frozenset[str], int] = {}
         self.mailboxes: dict[Pid, list[Any]] = {}
         self.completed: dict[Any, Any] = {}
         self.logs: list[Log] = []
@@ -109,7 +121,7 @@ class ServiceSim:
     def spawn(self, name: str) -> Pid:
         """Mint a pid for a fresh simulated process on node ``name``."""
         node = self.nodes[name]
-        pid = Pid(name, node.next_pid, node.creation)
+        pid: Pid = Pid(name, node.next_pid, node.creation)
         node.next_pid += 1
         self.mailboxes[pid] = []
         return pid
@@ -127,6 +139,10 @@ class ServiceSim:
             value, effects = None, result
         self._execute(name, effects)
         return value
+
+    def execute(self, name: str, effects: list[Effect]) -> None:
+        """Execute effects that a test got by calling node ``name``'s core directly."""
+        self._execute(name, effects)
 
     def exit(self, pid: Pid, reason: Any = "normal") -> None:
         """Simulate the exit of process ``pid``."""
@@ -149,8 +165,7 @@ class ServiceSim:
             return
         self._blocked.add(pair)
         if pair in self._links:
-            self._links.discard(pair)
-            self._after(self.detect_delay, lambda: self._down_both(a, b, "heartbeat_timeout"))
+            self._close(a, b, self.detect_delay, "heartbeat_timeout")
 
     cut_oneway = cut  # the mesh turns a one-way cut into a symmetric nodedown
 
@@ -160,7 +175,7 @@ class ServiceSim:
         for pair in blocked:
             a, b = sorted(pair)
             if self.nodes[a].up and self.nodes[b].up:
-                self._after(self.reconnect_delay, lambda a=a, b=b: self._link_up(a, b))
+                self._after(self.reconnect_delay, functools.partial(self._link_up, a, b))
 
     def kill(self, name: str) -> None:
         """Stop node ``name`` abruptly: peers see ``connection_closed`` at once."""
@@ -170,18 +185,19 @@ class ServiceSim:
         for pid in [p for p in self.mailboxes if p.node == name]:
             del self.mailboxes[pid]
         for pair in [p for p in self._links if name in p]:
-            self._links.discard(pair)
             (other,) = pair - {name}
-            self._after(0.0, lambda o=other: self._down_one(o, name, "connection_closed"))
+            self._close(name, other, 0.0, "connection_closed")
 
     def restart(self, name: str) -> None:
         """Start node ``name`` again with a new core and a new creation; it reconnects."""
+        if self.nodes[name].up:
+            self.kill(name)  # a restart of a live node is a crash and a start
         node = self.nodes[name]
         creation = self._creation()
         self.nodes[name] = _SimNode(name, self.factory(name, creation), creation)
         for other, peer in self.nodes.items():
             if other != name and peer.up and frozenset((name, other)) not in self._blocked:
-                self._after(self.reconnect_delay, lambda o=other: self._link_up(name, o))
+                self._after(self.reconnect_delay, functools.partial(self._link_up, name, other))
         del node
 
     def connect(self, a: str, b: str) -> None:
@@ -227,18 +243,30 @@ class ServiceSim:
             return
         if not (self.nodes[a].up and self.nodes[b].up):
             return
+        if pair in self._closing:  # the old session's nodedown comes first: retry later
+            self._after(self.reconnect_delay, lambda: self._link_up(a, b))
+            return
         self._links.add(pair)
+        self._session[pair] = self._session.get(pair, 0) + 1
         self._execute(a, self.nodes[a].core.on_nodeup(b, self.now))
         self._execute(b, self.nodes[b].core.on_nodeup(a, self.now))
 
-    def _down_both(self, a: str, b: str, reason: str) -> None:
-        self._down_one(a, b, reason)
-        self._down_one(b, a, reason)
+    def _close(self, a: str, b: str, delay: float, reason: str) -> None:
+        """End the a-b session now; both sides see nodedown after ``delay``."""
+        pair = frozenset((a, b))
+        self._links.discard(pair)
+        self._closing.add(pair)
+        creations = {a: self.nodes[a].creation, b: self.nodes[b].creation}
 
-    def _down_one(self, at: str, peer: str, reason: str) -> None:
-        node = self.nodes[at]
-        if node.up:
-            self._execute(at, node.core.on_nodedown(peer, reason, self.now))
+        def down() -> None:
+            self._closing.discard(pair)
+            for at, peer in ((a, b), (b, a)):
+                node = self.nodes[at]
+                # A node that died (or died and restarted) never saw this session end.
+                if node.up and node.creation == creations[at]:
+                    self._execute(at, node.core.on_nodedown(peer, reason, self.now))
+
+        self._after(delay, down)
 
     def _execute(self, name: str, effects: list[Effect]) -> None:
         node = self.nodes[name]
@@ -265,6 +293,7 @@ class ServiceSim:
                 node.subscriptions.discard(eff.topic)
             elif isinstance(eff, Publish):
                 self.published.append((name, eff.topic, eff.payload))
+                self._publish(name, eff.topic, eff.payload)
             else:  # pragma: no cover - a new effect type must be taught here
                 raise TypeError(f"simulator cannot execute {eff!r}")
 
@@ -272,18 +301,41 @@ class ServiceSim:
         pair = frozenset((src, dst))
         if pair not in self._links:
             return  # no session: the runtime drops sends to a node that is not up
+        session = self._session[pair]
 
         def arrive() -> None:
             node = self.nodes.get(dst)
             sender = self.nodes[src]
-            # Dropped if the link broke meanwhile or either side restarted.
-            if pair not in self._links or node is None or not node.up:
+            # Dropped if the link broke meanwhile (even if it is up again) or a side restarted.
+            if pair not in self._links or self._session[pair] != session:
+                return
+            if node is None or not node.up:
                 return
             if sender.creation != creation:
                 return
             self._execute(dst, node.core.on_message(src, payload, self.now))
 
         self._after(self.latency, arrive)
+
+    def _publish(self, src: str, topic: bytes, payload: Any) -> None:
+        """PUB/SUB: connected peers whose subscriptions prefix-match ``topic`` get the
+        payload once, through their core's ``on_publish(payload, now)`` if it has one.
+        Subscriptions are checked on arrival (the SUB side filters)."""
+        for dst in self.nodes:
+            pair = frozenset((src, dst))
+            if dst == src or pair not in self._links:
+                continue
+            session = self._session[pair]
+
+            def arrive(dst: str = dst, pair: frozenset[str] = pair, session: int = session) -> None:
+                node = self.nodes[dst]
+                if pair not in self._links or self._session[pair] != session or not node.up:
+                    return
+                handler = getattr(node.core, "on_publish", None)
+                if handler is not None and any(topic.startswith(s) for s in node.subscriptions):
+                    self._execute(dst, handler(payload, self.now))
+
+            self._after(self.latency, arrive)
 
     def _arm(self, name: str, creation: int, key: Any, at: float) -> None:
         def fire() -> None:
