@@ -31,6 +31,7 @@ from zmq.utils.monitor import parse_monitor_message
 from fabric.config import NodeConfig, load_cookie
 from fabric.errors import ConfigError, RemoteProtocolError
 from fabric.outbound import Outbound
+from fabric.pg import Groups
 from fabric.protocol import mesh as m
 from fabric.protocol.codec import Codec
 from fabric.protocol.effects import Log
@@ -196,6 +197,8 @@ class Node(ProcessRuntime):
             reconnect_window=cfg.reconnect_window,
             reconnect_max_backoff=cfg.reconnect_max_backoff,
         )
+        # Services every node runs, so that views are complete wherever they are read.
+        self.pg = Groups(self)
         self._router_reader = Reader(self.loop, self.router, self._on_router)
         self._sub_reader = Reader(self.loop, self.sub, self._on_sub)
         self.started = True

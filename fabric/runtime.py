@@ -30,6 +30,8 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import zmq
+
 from fabric.errors import (
     BackpressureError,
     ConfigError,
@@ -103,6 +105,13 @@ class ProcessRuntime:
 
     def is_local(self, pid: Pid) -> bool:
         return pid.node == self.name
+
+    def is_alive(self, pid: Pid) -> bool:
+        """True if ``pid`` is a live process of this node run."""
+        if type(pid) is not Pid or pid[0] != self.name or pid[2] != self.creation:
+            return False
+        proc = self._procs.get(pid[1])
+        return proc is not None and proc.alive
 
     # -- spawning -------------------------------------------------------------------------
 
@@ -216,10 +225,15 @@ class ProcessRuntime:
         :class:`BackpressureError` when the peer's outbound buffer is full."""
         t = type(dest)
         if t is Pid:
-            if dest.node == self.name:
+            node = dest[0]
+            if node == self.name:
                 self._deliver_pid(dest, message)
             else:
-                self._push(dest.node, [K_SEND, dest, message])
+                ch = self._channels.get(node)
+                if ch is not None:
+                    ch.out.push([K_SEND, dest, message])
+                else:
+                    self._push(node, [K_SEND, dest, message])
         elif t is str:
             self._deliver_name(dest, message)
         elif t is tuple and len(dest) == 2:
@@ -259,11 +273,14 @@ class ProcessRuntime:
         ch.out.push(message)
 
     def _deliver_pid(self, pid: Any, message: Any) -> None:
-        proc = self._procs.get(pid.id) if type(pid) is Pid else None
-        if proc is None or proc.self != pid:
-            self.metrics["undeliverable"] += 1
-            return
-        proc.deliver(message)
+        # Hot path: index the pid tuple directly (its properties cost a Python call).
+        # A pid of another creation (from before a restart) reaches nothing.
+        if type(pid) is Pid and pid[2] == self.creation and pid[0] == self.name:
+            proc = self._procs.get(pid[1])
+            if proc is not None:
+                proc.deliver(message)
+                return
+        self.metrics["undeliverable"] += 1
 
     def _deliver_name(self, name: Any, message: Any) -> None:
         pid = self._names.get(name) if type(name) is str else None
@@ -564,9 +581,9 @@ class ProcessRuntime:
                 except Exception:
                     self.metrics["publish_dropped"] = self.metrics.get("publish_dropped", 0) + 1
             elif t is Subscribe:
-                self.sub.setsockopt(1, eff.topic)  # zmq.SUBSCRIBE
+                self.sub.setsockopt(zmq.SUBSCRIBE, eff.topic)
             elif t is Unsubscribe:
-                self.sub.setsockopt(2, eff.topic)  # zmq.UNSUBSCRIBE
+                self.sub.setsockopt(zmq.UNSUBSCRIBE, eff.topic)
             elif t is SetTimer:
                 key = (service, eff.key)
                 old = self._timers.pop(key, None)
