@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_SCOPE", "Groups", "pick_member"]
 
-STRATEGIES = ("local_first", "random", "round_robin", "hash")
+STRATEGIES: tuple[str, ...] = ("local_first", "random", "round_robin", "hash")
 
 
 def pick_member(

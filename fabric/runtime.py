@@ -28,7 +28,7 @@ import asyncio
 import itertools
 import traceback
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import zmq
 
@@ -58,9 +58,16 @@ from fabric.protocol.mesh import MeshCore
 from fabric.protocol.messages import K_CTRL, K_REG_SEND, K_SEND, K_SERVICE
 from fabric.types import Pid, Ref
 
-__all__ = ["ProcessRuntime"]
+__all__ = ["ProcessRuntime", "RegName"]
 
 ProcessFn = Callable[..., Awaitable[Any]]
+
+
+class RegName(NamedTuple):
+    """A monitor target given as ``(name, node)``: Erlang's ``{Name, Node}``."""
+
+    name: str
+    node: str
 
 
 class ProcessRuntime:
@@ -322,11 +329,16 @@ class ProcessRuntime:
             self._remote_links.get(pid.node, set()).discard((proc.self, pid))
             self._ctrl(pid.node, ["unlink", proc.self, pid])
 
-    def _monitor(self, proc: Process, pid: Pid) -> Ref:
+    def _monitor(self, proc: Process, dest: Pid | tuple[str, str]) -> Ref:
         ref = self.make_ref()
+        pid: Any = dest
+        if type(dest) is tuple:  # (name, node): a registered name, resolved by its node
+            pid = RegName(*dest)
+            if pid.node == self.name:
+                pid = self._names.get(pid.name, pid)
         proc.monitors[ref] = pid
         if self.is_local(pid):
-            target = self._procs.get(pid.id)
+            target = self._procs.get(pid.id) if type(pid) is Pid else None
             if target is None or target.self != pid or not target.alive:
                 del proc.monitors[ref]
                 proc.deliver(Down(ref, pid, "noproc"))
@@ -439,7 +451,10 @@ class ProcessRuntime:
                 self._signal(proc, src, reason)
         elif op == "mon":
             _, _, watcher, target, ref = msg
-            proc = self._procs.get(target.id) if self.is_local(target) else None
+            if type(target) is tuple:  # a monitor on a registered name: resolve it now
+                target = self._names.get(target[0], target)
+            local = type(target) is Pid and self.is_local(target)
+            proc = self._procs.get(target.id) if local else None
             if proc is None or proc.self != target or not proc.alive:
                 self._ctrl(peer, ["down", ref, target, "noproc", watcher])
             else:
@@ -447,7 +462,10 @@ class ProcessRuntime:
                 self._watched_by_remote.setdefault(peer, set()).add((target, ref))
         elif op == "demon":
             _, _, watcher, target, ref = msg
-            proc = self._procs.get(target.id) if self.is_local(target) else None
+            if type(target) is tuple:
+                target = self._names.get(target[0], target)
+            local = type(target) is Pid and self.is_local(target)
+            proc = self._procs.get(target.id) if local else None
             if proc is not None:
                 proc.monitored_by.pop(ref, None)
             self._watched_by_remote.get(peer, set()).discard((target, ref))
@@ -559,6 +577,7 @@ class ProcessRuntime:
         self._exec_service(service, core.on_message(peer, payload, now))
 
     def _on_topic(self, topic: bytes, data: bytes, now: float) -> None:
+        self.metrics["topic_in"] = self.metrics.get("topic_in", 0) + 1
         for prefix, handler in self._topic_handlers.items():
             if topic.startswith(prefix):
                 handler(topic, data, now)
