@@ -4,6 +4,7 @@ Named nodes that form a full mesh, processes with mailboxes addressed the same w
 node, monitors and links across nodes, and the tools built on them. See README.md.
 """
 
+from fabric import rpc
 from fabric.config import NodeConfig
 from fabric.errors import (
     AuthenticationError,
@@ -22,8 +23,10 @@ from fabric.errors import (
     RemoteProtocolError,
 )
 from fabric.exports import export
+from fabric.genserver import NOREPLY, From, GenServer, call, cast, reply
 from fabric.node import Node, NodeDown, NodeUp
 from fabric.process import Down, Exit, Process, ProcessExit
+from fabric.sync import SyncMailbox, SyncNode
 from fabric.types import NodeName, Pid, Ref, parse_node_name
 
 __all__ = [
@@ -34,7 +37,10 @@ __all__ = [
     "Down",
     "Exit",
     "FabricError",
+    "From",
+    "GenServer",
     "LocalProtocolError",
+    "NOREPLY",
     "NameConflictError",
     "Node",
     "NodeConfig",
@@ -52,6 +58,12 @@ __all__ = [
     "Ref",
     "RemoteError",
     "RemoteProtocolError",
+    "SyncMailbox",
+    "SyncNode",
+    "call",
+    "cast",
     "export",
     "parse_node_name",
+    "reply",
+    "rpc",
 ]

@@ -1,0 +1,166 @@
+"""Functions the test nodes export (spawned and rpc'd by name), and shared test helpers.
+
+Remote spawn and rpc name functions as ``"_exported:function"``: pytest puts ``tests/`` on
+``sys.path``, so every node in the test process imports this same module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import socket
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import fabric
+from fabric import Node, Process
+
+COOKIE = "fabric-test-cookie"
+TEST_TIMEOUT = 20.0  # a hung test fails instead of hanging the suite
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# -- exported process functions (for spawn_on) ----------------------------------------------
+
+
+@fabric.export
+async def hello_world(proc: Process) -> None:
+    """The seed's example: answer ``("hello", from)`` with ``("world", node_name)``."""
+    msg = await proc.receive(match=lambda m: type(m) is tuple and m[0] == "hello", timeout=5)
+    proc.send(msg[1], ("world", proc.node.name))
+
+
+@fabric.export
+async def echo(proc: Process) -> None:
+    """Echo ``(reply_to, payload)`` back as ``("echo", payload)`` until ``"stop"``."""
+    while True:
+        msg = await proc.receive()
+        if msg == "stop":
+            return
+        proc.send(msg[0], ("echo", msg[1]))
+
+
+@fabric.export
+async def crash_on(proc: Process, message: str) -> None:
+    """Raise ``ValueError(message)`` when any message arrives."""
+    await proc.receive()
+    raise ValueError(message)
+
+
+@fabric.export
+async def linker(proc: Process, peer: fabric.Pid, trap: bool, report_to: fabric.Pid) -> None:
+    """Link to ``peer``; report ``("linked", self)`` then every message to ``report_to``."""
+    proc.trap_exits = trap
+    proc.link(peer)
+    proc.send(report_to, ("linked", proc.self))
+    while True:
+        msg = await proc.receive()
+        if msg == "crash":
+            raise RuntimeError("asked to crash")
+        if msg == "stop":
+            return
+        proc.send(report_to, msg)
+
+
+async def not_exported(proc: Process) -> None:
+    """Not exported: remote spawns of it must fail."""
+
+
+# -- exported plain functions (for rpc) ------------------------------------------------------
+
+
+@fabric.export
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@fabric.export
+async def slow_double(x: int, delay: float) -> int:
+    await asyncio.sleep(delay)
+    return 2 * x
+
+
+@fabric.export
+def boom(message: str) -> None:
+    raise ValueError(message)
+
+
+def allowlisted_only() -> str:
+    """Not decorated: callable only where ``allow_remote_spawn`` lists it."""
+    return "allowed"
+
+
+def plain_function() -> str:
+    return "never"
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (bind to 0, read it back, close)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def new_name(prefix: str) -> str:
+    return f"{prefix}@127.0.0.1:{free_port()}"
+
+
+def async_test(fn: F) -> F:
+    """Run an ``async def test_...`` with ``asyncio.run`` and an overall deadline."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), TEST_TIMEOUT))
+
+    return wrapper  # type: ignore[return-value]
+
+
+async def wait_until(pred: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
+    """Poll ``pred`` until it holds; fail the test after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what or pred}")
+        await asyncio.sleep(0.005)
+
+
+@contextlib.asynccontextmanager
+async def cluster(n: int = 2, **options: Any) -> AsyncIterator[list[Node]]:
+    """``n`` started nodes on free 127.0.0.1 ports, fully meshed; stopped on exit."""
+    nodes = [Node(new_name(f"n{i}"), cookie=COOKIE, **options) for i in range(n)]
+    started: list[Node] = []
+    try:
+        for node in nodes:
+            await node.start()
+            started.append(node)
+        for other in nodes[1:]:
+            assert await nodes[0].connect(other.name), nodes[0].last_connect_error(other.name)
+        await wait_until(lambda: all(len(x.nodes()) == n - 1 for x in nodes), what="full mesh")
+        yield nodes
+    finally:
+        await asyncio.gather(*(x.stop() for x in started))
+
+
+async def collect(proc: Process, count: int, timeout: float = 5.0) -> list[Any]:
+    """The next ``count`` messages of ``proc``'s mailbox."""
+    return [await proc.receive(timeout=timeout) for _ in range(count)]
+
+
+def spawn_waiter(node: Node) -> fabric.Pid:
+    """A process on ``node`` that exits normally when it receives ``"stop"``."""
+
+    async def waiter(proc: Process) -> None:
+        await proc.receive(match=lambda m: m == "stop")
+
+    return node.spawn(waiter)
+
+
+def monitored_by(node: Node, pid: fabric.Pid) -> int:
+    """How many monitors are registered on the local process ``pid`` (0 if gone)."""
+    proc = node._procs.get(pid.id)
+    return 0 if proc is None else len(proc.monitored_by)

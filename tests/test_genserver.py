@@ -1,0 +1,373 @@
+"""GenServer, call, cast and reply across in-process nodes on 127.0.0.1.
+
+The contract of DESIGN.md section 3: ``call`` returns the reply, or raises RemoteError
+(type name, message, traceback), CallTimeout, NodeDownError or ProcessDeadError; a late
+reply never reaches the wrong call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from _exported import COOKIE, async_test, cluster, free_port, new_name, wait_until
+
+import fabric
+from fabric import NOREPLY, Down, Exit, From, GenServer, Node, Pid, Process, call, cast, reply
+from fabric import genserver as gs
+
+# -- servers used by the tests ---------------------------------------------------------------
+
+
+class Counter(GenServer):
+    """call "get" / ("add", n) / ("sleep", s) / "crash" / "exit"; cast n; info ("inc", n)."""
+
+    async def init(self, start: int = 0, events: list[Any] | None = None) -> None:
+        self.n = start
+        self.events = events if events is not None else []
+
+    async def handle_call(self, request: Any, from_: From) -> Any:
+        if request == "get":
+            return self.n
+        if request == "whoami":
+            return (self.pid, from_.pid)
+        if request == "crash":
+            raise KeyError("no such key")
+        if request == "exit":
+            self.proc.exit("leaving")
+        if request == "unencodable":
+            return {1, 2}
+        if type(request) is tuple and request[0] == "add":
+            self.n += request[1]
+            return self.n
+        if type(request) is tuple and request[0] == "sleep":
+            await asyncio.sleep(request[1])
+            return "slept"
+        if type(request) is tuple and request[0] == "later":
+            # Reply from another task, after handle_call returned (Erlang's noreply).
+            delay, value = request[1], request[2]
+            asyncio.get_running_loop().call_later(delay, reply, from_, value)
+            return NOREPLY
+        raise ValueError(f"unknown request {request!r}")
+
+    async def handle_cast(self, request: Any) -> None:
+        self.n += request
+
+    async def handle_info(self, message: Any) -> None:
+        if type(message) is tuple and message[0] == "inc":
+            self.n += message[1]
+        else:
+            self.events.append(message)
+
+    async def terminate(self, reason: Any) -> None:
+        self.events.append(("terminate", reason))
+
+
+class FailingInit(GenServer):
+    async def init(self, *args: Any) -> None:
+        raise RuntimeError(f"cannot start with {args!r}")
+
+
+class Singleton(GenServer):
+    """The seed's ClusterSingleton: one registered server that hands out unique ids."""
+
+    async def init(self) -> None:
+        self.next_id = 0
+        self.holders: dict[int, Pid] = {}
+
+    async def handle_call(self, request: Any, from_: From) -> Any:
+        assert request == "next_id"
+        self.next_id += 1
+        self.holders[self.next_id] = from_.pid
+        return (self.next_id, self.node.name)
+
+
+# -- basics ------------------------------------------------------------------------------------
+
+
+@async_test
+async def test_call_cast_and_info_locally_and_across_nodes() -> None:
+    async with cluster(2) as (a, b):
+        pid = await Counter.start(b, 10, name="counter")
+        assert b.whereis("counter") == pid
+        ways: list[tuple[Any, Node]] = [(pid, b), ("counter", b), (("counter", b.name), b),
+                                        (pid, a), (("counter", b.name), a)]
+        for server, node in ways:
+            before = await call(node, server, "get")
+            assert await call(node, server, ("add", 1)) == before + 1
+        cast(a, ("counter", b.name), 5)
+        cast(b, "counter", 5)
+        a.send(pid, ("inc", 100))
+        # 10 + 5 adds, then two casts and the info: messages from one node arrive in
+        # order, so a's cast and info precede a's call; b's cast was delivered at once.
+        assert await call(a, pid, "get") == 15 + 5 + 5 + 100
+
+
+@async_test
+async def test_call_from_inside_a_process_uses_its_mailbox() -> None:
+    async with cluster(2) as (a, b):
+        pid = await Counter.start(b)
+        results: list[Any] = []
+
+        async def client(proc: Process) -> None:
+            proc.send(proc.self, "unrelated")  # must stay in the mailbox, untouched
+            results.append(await call(proc, pid, "whoami"))
+            results.append(await proc.receive(timeout=1))
+            with pytest.raises(fabric.LocalProtocolError):
+                await call(proc, proc.self, "get")  # calling yourself would deadlock
+
+        client_pid = a.spawn(client)
+        watch = a.new_mailbox()
+        ref = watch.monitor(client_pid)
+        assert (await watch.receive(timeout=5)) == Down(ref, client_pid, "normal")
+        assert results == [(pid, client_pid), "unrelated"]
+        # The call's monitor is removed on the server's node too.
+        await wait_until(lambda: not b._procs[pid.id].monitored_by, what="demonitor")
+
+
+@async_test
+async def test_start_waits_for_init_and_raises_its_exception() -> None:
+    async with cluster(1) as (a,):
+        events: list[Any] = []
+        pid = await Counter.start(a, 7, events, name="c")
+        assert await call(a, "c", "get") == 7  # init had run
+        with pytest.raises(RuntimeError, match="cannot start with"):
+            await FailingInit.start(a, 1, 2, name="failing")
+        assert a.whereis("failing") is None
+        with pytest.raises(fabric.NameConflictError):
+            await Counter.start(a, name="c")
+        assert a.whereis("c") == pid
+
+        class SlowInit(GenServer):
+            async def init(self) -> None:
+                await asyncio.sleep(10)
+
+        with pytest.raises(fabric.CallTimeout):
+            await SlowInit.start(a, name="slow", timeout=0.05)
+        await wait_until(lambda: a.whereis("slow") is None, what="slow server killed")
+        # A linked starter does not also get killed by the failed init.
+        survived: list[bool] = []
+
+        async def starter(proc: Process) -> None:
+            try:
+                await FailingInit.start(proc.node, link_to=proc)
+            except RuntimeError:
+                survived.append(True)
+
+        sp = a.spawn(starter)
+        await wait_until(lambda: sp.id not in a._procs, what="starter done")
+        assert survived == [True]
+
+
+@async_test
+async def test_stop_runs_terminate_and_waits_for_the_exit() -> None:
+    async with cluster(2) as (a, b):
+        events: list[Any] = []
+        pid = await Counter.start(b, 0, events, name="c")
+        await gs.stop(a, ("c", b.name), "bye")
+        assert events == [("terminate", "bye")]
+        assert b.whereis("c") is None and pid.id not in b._procs
+        with pytest.raises(fabric.ProcessDeadError):
+            await gs.stop(a, pid)
+
+
+@async_test
+async def test_trap_exits_in_a_genserver_goes_to_handle_info() -> None:
+    async with cluster(1) as (a,):
+        events: list[Any] = []
+
+        class Trapper(Counter):
+            async def init(self, start: int = 0, events: list[Any] | None = None) -> None:
+                await super().init(start, events)
+                self.proc.trap_exits = True
+
+        pid = await Trapper.start(a, 0, events)
+
+        async def doomed(proc: Process) -> None:
+            proc.link(pid)
+            raise ValueError("doomed")
+
+        d = a.spawn(doomed)
+        await wait_until(lambda: len(events) == 1, what="Exit delivered")
+        assert events == [Exit(d, ("error", "ValueError", "doomed"))]
+        assert await call(a, pid, "get") == 0  # alive
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+
+@async_test
+async def test_call_timeout() -> None:
+    async with cluster(2) as (a, b):
+        pid = await Counter.start(b)
+        with pytest.raises(fabric.CallTimeout):
+            await call(a, pid, ("sleep", 1.0), timeout=0.05)
+        with pytest.raises(TimeoutError):  # CallTimeout is a TimeoutError
+            await call(a, pid, ("later", 5.0, "x"), timeout=0.05)
+
+
+@async_test
+async def test_process_dead_error_for_missing_or_exiting_servers() -> None:
+    async with cluster(2) as (a, b):
+        with pytest.raises(fabric.ProcessDeadError) as info:
+            await call(a, "nobody", "get")
+        assert info.value.reason == "noproc"
+        with pytest.raises(fabric.ProcessDeadError) as info:
+            await call(a, ("nobody", b.name), "get")
+        assert info.value.reason == "noproc"
+        with pytest.raises(fabric.ProcessDeadError) as info:
+            await call(a, Pid(b.name, 10**9, b.creation), "get")
+        assert info.value.reason == "noproc"
+        pid = await Counter.start(b, name="c")
+        with pytest.raises(fabric.ProcessDeadError) as info:
+            await call(a, ("c", b.name), "exit")  # the server exits without replying
+        assert info.value.reason == "leaving"
+        with pytest.raises(fabric.ProcessDeadError) as info:
+            await call(a, pid, "get")  # and is gone for good
+        assert info.value.reason == "noproc"
+
+
+@async_test
+async def test_remote_error_carries_type_message_traceback_and_crashes_server() -> None:
+    async with cluster(2) as (a, b):
+        pid = await Counter.start(b)
+        watch = a.new_mailbox()
+        ref = watch.monitor(pid)
+        with pytest.raises(fabric.RemoteError) as info:
+            await call(a, pid, "crash")
+        err = info.value
+        assert err.type_name == "KeyError" and err.message == "'no such key'"
+        assert "handle_call" in err.remote_traceback and "KeyError" in err.remote_traceback
+        assert "KeyError: 'no such key'" in str(err)
+        # Like Erlang, the server crashed with the exception as its reason.
+        assert await watch.receive(timeout=2) == Down(
+            ref, pid, ("error", "KeyError", "'no such key'"))
+
+
+@async_test
+async def test_node_down_error_when_the_node_goes_down_or_is_unreachable() -> None:
+    async with cluster(2, reconnect_window=0) as (a, b):
+        pid = await Counter.start(b)
+
+        async def cut() -> None:
+            await wait_until(lambda: len(b._procs[pid.id].monitored_by) == 1, what="call")
+            a.disconnect(b.name)
+
+        task = asyncio.get_running_loop().create_task(cut())
+        with pytest.raises(fabric.NodeDownError) as info:
+            await call(a, pid, ("sleep", 2.0), timeout=5)
+        assert info.value.node == b.name and info.value.reason == "noconnection"
+        await task
+        fast = Node(new_name("c"), cookie=COOKIE, handshake_timeout=0.3)
+        await fast.start()
+        try:
+            with pytest.raises(fabric.NodeDownError):
+                await call(fast, ("svc", f"ghost@127.0.0.1:{free_port()}"), "get", timeout=3)
+        finally:
+            await fast.stop()
+
+
+@async_test
+async def test_unencodable_request_or_reply_is_reported_not_lost() -> None:
+    async with cluster(2) as (a, b):
+        pid = await Counter.start(b)
+        with pytest.raises(fabric.LocalProtocolError):
+            await call(a, pid, {"a set": {1, 2}})
+        with pytest.raises(fabric.LocalProtocolError):
+            cast(a, pid, {1, 2})
+        with pytest.raises(fabric.RemoteError) as info:
+            await call(a, pid, "unencodable")
+        assert info.value.type_name == "LocalProtocolError"
+        assert await call(a, pid, "get") == 0  # the server and the channel are fine
+        assert await call(b, pid, "unencodable") == {1, 2}  # locally nothing is encoded
+
+
+# -- replies ---------------------------------------------------------------------------------------
+
+
+@async_test
+async def test_reply_later_with_reply_from() -> None:
+    async with cluster(2) as (a, b):
+        pid = await Counter.start(b)
+        assert await call(a, pid, ("later", 0.01, "deferred")) == "deferred"
+        # Calls are served while a deferred reply is pending.
+        slow = asyncio.get_running_loop().create_task(call(a, pid, ("later", 0.2, "slow")))
+        assert await call(a, pid, ("add", 2)) == 2
+        assert await slow == "slow"
+
+
+@async_test
+async def test_reply_from_another_process_on_another_node() -> None:
+    async with cluster(3) as (a, b, c):
+
+        class Delegator(GenServer):
+            async def handle_call(self, request: Any, from_: From) -> Any:
+                self.node.send(("helper", c.name), (request, from_))
+                return NOREPLY
+
+        async def helper(proc: Process) -> None:
+            while True:
+                request, from_ = await proc.receive()
+                reply(from_, ("helped", request), node=proc)
+
+        c.spawn(helper, name="helper")
+        pid = await Delegator.start(b)
+        assert await call(a, pid, "x") == ("helped", "x")
+        with pytest.raises(fabric.LocalProtocolError):
+            reply(From(pid, a.make_ref()), "outside any server")
+
+
+@pytest.mark.parametrize("inside_process", [False, True])
+@async_test
+async def test_a_late_reply_never_reaches_a_later_call(inside_process: bool) -> None:
+    async with cluster(2) as (a, b):
+        pid = await Counter.start(b)
+        results: list[Any] = []
+
+        async def client(proc: Process | Node) -> None:
+            with pytest.raises(fabric.CallTimeout):
+                await call(proc, pid, ("later", 0.15, "late"), timeout=0.05)
+            # The late reply arrives while this call waits; it must not be taken.
+            results.append(await call(proc, pid, ("later", 0.3, "mine"), timeout=2))
+            results.append(await call(proc, pid, "get"))
+
+        if inside_process:
+            box = a.new_mailbox()
+
+            async def run(proc: Process) -> None:
+                await client(proc)
+                # The stray late reply sits in this mailbox; no call ever matched it.
+                results.append(await proc.receive(timeout=1))
+                proc.send(box.self, "done")
+
+            a.spawn(run)
+            assert await box.receive(timeout=5) == "done"
+            stray = results.pop()
+            assert stray[0] == "$reply" and stray[3] == "late"
+        else:
+            await client(a)
+            await wait_until(lambda: a.metrics["undeliverable"] >= 1, what="late reply dropped")
+        assert results == ["mine", 0]
+
+
+# -- the seed's examples ---------------------------------------------------------------------------
+
+
+@async_test
+async def test_cluster_singleton_called_from_other_nodes() -> None:
+    async with cluster(3) as (a, b, c):
+        await Singleton.start(b, name="singleton")
+        where = ("singleton", b.name)
+        ids = await asyncio.gather(*(call(n, where, "next_id") for n in (a, c, a, c, b)))
+        assert sorted(i for i, _ in ids) == [1, 2, 3, 4, 5]
+        assert {node for _, node in ids} == {b.name}
+
+        async def client(proc: Process) -> None:
+            got = await call(proc, where, "next_id")
+            proc.send(("results", a.name), got)
+
+        box = a.new_mailbox()
+        a.register("results", box.self)
+        c.spawn(client)
+        assert await box.receive(timeout=2) == (6, b.name)
