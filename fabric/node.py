@@ -44,6 +44,7 @@ __all__ = ["Node", "NodeDown", "NodeMonitor", "NodeUp"]
 
 TICK: float = 0.05
 _MAX_READS = 512  # frames handled per wakeup before yielding to other callbacks
+_MAX_HANDSHAKE_FRAME = 4096  # bytes; the largest frame decoded from an unknown identity
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,7 +338,7 @@ class Node(ProcessRuntime):
             elif t is m.OpenChannel:
                 self._open_channel(eff.peer, eff.endpoint, eff.identity)
             elif t is m.CloseChannel:
-                self._close_channel(eff.peer, eff.flush)
+                self._close_channel(eff.peer, eff.flush, eff.handover)
             elif t is m.SubConnect:
                 self.sub.connect(eff.endpoint)
             elif t is m.SubDisconnect:
@@ -362,9 +363,12 @@ class Node(ProcessRuntime):
                 self._on_nodeup(eff.peer)
             elif t is m.PeerDown:
                 self.log.info("nodedown", peer=eff.peer, reason=eff.reason)
-                self._notify(NodeDown(eff.peer, eff.reason))
+                if not eff.hidden:
+                    self._notify(NodeDown(eff.peer, eff.reason))
                 self._on_nodedown(eff.peer, eff.reason)
             elif t is m.ConnectDone:
+                if not eff.ok:
+                    self.metrics["dropped_on_down"] += len(self._early.pop(eff.peer, ()))
                 for fut in self._connect_waiters.pop(eff.peer, []):
                     if not fut.done():
                         fut.set_result((eff.ok, eff.reason))
@@ -382,7 +386,7 @@ class Node(ProcessRuntime):
             q.put_nowait(event)
 
     def _open_channel(self, peer: str, endpoint: str, identity: bytes) -> None:
-        self._close_channel(peer, False)
+        self._close_channel(peer, False, True)
         cfg = self.config
         sock = self.ctx.socket(zmq.DEALER)
         configure(sock, max_frame=cfg.max_frame, sndhwm=cfg.sndhwm, rcvhwm=cfg.rcvhwm)
@@ -401,13 +405,21 @@ class Node(ProcessRuntime):
                       mon, Reader(self.loop, mon, lambda s: self._on_monitor(peer, sock, s)))
         holder.append(ch)
         self._channels[peer] = ch
+        # Messages sent while the session was being negotiated, in order.
+        early = self._early.pop(peer, None)
+        if early:
+            out.queue.extend(early)
 
-    def _close_channel(self, peer: str, flush: bool) -> None:
+    def _close_channel(self, peer: str, flush: bool, handover: bool = False) -> None:
         ch = self._channels.pop(peer, None)
         if ch is None:
             return
         if flush:
             ch.out.flush()
+        if handover and ch.out.queue:
+            # Not the end of the session, only of this socket: keep what was queued.
+            self._early.setdefault(peer, [])[:0] = ch.out.queue
+            ch.out.queue = []
         self.metrics["dropped_on_down"] += ch.out.close()
         ch.reader.close()
         ch.monitor_reader.close()
@@ -438,6 +450,10 @@ class Node(ProcessRuntime):
                 continue
             identity, data = frames
             peer = mesh.authenticated.get(identity)
+            if peer is None and len(data) > _MAX_HANDSHAKE_FRAME:
+                # Handshake frames are tiny: never spend a full decode on a stranger.
+                self._bad("oversized_stranger_frame", size=len(data))
+                continue
             try:
                 value = self.codec.decode(data)
             except RemoteProtocolError as exc:
@@ -468,7 +484,7 @@ class Node(ProcessRuntime):
                     self._on_ctrl(peer, msg)
                 else:
                     self._exec(self.mesh.control(peer, msg, now))
-            except (IndexError, TypeError, KeyError, ValueError) as exc:
+            except (AttributeError, IndexError, TypeError, KeyError, ValueError) as exc:
                 self._bad("bad_message", peer=peer, error=repr(exc)[:200])
 
     def _on_channel(self, peer: str, sock: zmq.Socket[Any]) -> bool:

@@ -23,7 +23,7 @@ from typing import Any, Final
 
 import zmq
 
-from fabric.errors import BackpressureError
+from fabric.errors import BackpressureError, LocalProtocolError
 
 __all__ = ["Outbound"]
 
@@ -56,6 +56,7 @@ class Outbound:
         self.sent_messages = 0
         self.sent_frames = 0
         self.refused = 0
+        self.unencodable = 0
 
     def push(self, message: Any) -> None:
         """Queue one message.
@@ -100,7 +101,14 @@ class Outbound:
         while queue:
             batch = queue[:MAX_BATCH]
             try:
-                self.sock.send(self._encode(batch), zmq.NOBLOCK)
+                frame = self._encode(batch)
+            except LocalProtocolError:
+                batch = self._drop_unencodable(batch)
+                if not batch:
+                    continue
+                frame = self._encode(batch)
+            try:
+                self.sock.send(frame, zmq.NOBLOCK)
             except zmq.Again:
                 self._scheduled = True
                 self.loop.call_later(RETRY_DELAY, self.flush)
@@ -114,6 +122,21 @@ class Outbound:
         room = self._room
         if room is not None and len(queue) < self.limit // 2:
             room.set()
+
+    def _drop_unencodable(self, batch: list[Any]) -> list[Any]:
+        """Remove from the queue the messages that cannot be encoded (counted in
+        ``unencodable``); return the rest of ``batch``. A send of a set, say, must not
+        jam the stream for every message behind it."""
+        good = []
+        for message in batch:
+            try:
+                self._encode([message])
+                good.append(message)
+            except LocalProtocolError:
+                self.unencodable += 1
+        del self.queue[: len(batch)]
+        self.queue[:0] = good
+        return good
 
     def send_frame(self, frame: bytes) -> None:
         """Send one handshake frame now, ahead of batches (before the session is up)."""

@@ -166,8 +166,9 @@ class Process:
     def unlink(self, pid: Pid) -> None:
         self.node._unlink(self, pid)
 
-    def monitor(self, pid: Pid) -> Ref:
-        """Watch ``pid``: one ``Down(ref, pid, reason)`` message arrives when it ends."""
+    def monitor(self, pid: Pid | tuple[str, str]) -> Ref:
+        """Watch ``pid`` (or a registered ``(name, node)``, resolved by that node): one
+        ``Down(ref, pid, reason)`` message arrives when it ends."""
         return self.node._monitor(self, pid)
 
     def demonitor(self, ref: Ref) -> None:

@@ -98,6 +98,8 @@ class ProcessRuntime:
         # peer -> {(local target pid, ref)}: monitors that peer's processes hold on ours
         self._watched_by_remote: dict[str, set[tuple[Pid, Ref]]] = {}
         self._spawn_waiters: dict[Ref, tuple[str, asyncio.Future[Pid]]] = {}
+        # peer -> messages sent while its session is being negotiated (no channel yet)
+        self._early: dict[str, list[Any]] = {}
         self._services: dict[str, ServiceCore] = {}
         self._topic_handlers: dict[bytes, Callable[[bytes, bytes, float], None]] = {}
         self._timers: dict[tuple[str, Any], asyncio.TimerHandle] = {}
@@ -265,6 +267,8 @@ class ProcessRuntime:
                 await ch.out.wait_for_room()
 
     def _push(self, node: str, message: list[Any]) -> None:
+        """Queue ``message`` for ``node``, connecting first if there is no session (as
+        Erlang auto-connects); queued messages wait for the session, in order."""
         ch = self._channels.get(node)
         if ch is None:
             if self.mesh.peers.get(node) is None:
@@ -275,7 +279,11 @@ class ProcessRuntime:
                     return
                 ch = self._channels.get(node)
             if ch is None:
-                self.metrics["undeliverable"] += 1
+                # A handshake we accept has no channel yet: hold the message for it.
+                early = self._early.setdefault(node, [])
+                if len(early) >= self.config.outbound_limit:
+                    raise BackpressureError(node, len(early))
+                early.append(message)
                 return
         ch.out.push(message)
 

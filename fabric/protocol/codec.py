@@ -78,7 +78,7 @@ class Codec:
         """
         try:
             return self._packer.pack(value)  # type: ignore[no-any-return]
-        except (TypeError, ValueError, OverflowError) as exc:
+        except (TypeError, ValueError, OverflowError, AttributeError, struct.error) as exc:
             self._packer.reset()
             self._depth = 0
             raise LocalProtocolError(f"cannot encode message: {exc}") from None

@@ -63,8 +63,18 @@ UP: Final = "up"
 
 # Abnormal ends after which the peer is retried; the others were meant.
 RETRY_REASONS: Final = frozenset({"heartbeat_timeout", "connection_closed"})
+# Refusals that another attempt would meet again: never retried automatically.
+FINAL_REFUSALS: Final = frozenset({"bad_cookie", "name_in_use", "version", "wrong_node",
+                                   "bad_name", "stopping"})
 # Cap on handshakes we accept concurrently: unauthenticated state must stay bounded.
 MAX_PENDING_ACCEPTS: Final = 256
+# Refusal reasons we count by name; anything else a stranger sends counts as "other".
+KNOWN_REASONS: Final = frozenset({
+    "bad_cookie", "name_in_use", "version", "simultaneous", "not_connected", "stopping",
+    "bad_name", "busy", "wrong_node", "timeout", "connection_refused",
+})
+# Warnings caused by strangers are rate-limited: at most this many per event per second.
+LOG_BUDGET: Final = 5
 
 
 # -- effects ------------------------------------------------------------------------------
@@ -81,10 +91,15 @@ class OpenChannel:
 
 @dataclass(frozen=True, slots=True)
 class CloseChannel:
-    """Close our DEALER to ``peer``; ``flush`` lets queued frames out first."""
+    """Close our DEALER to ``peer``; ``flush`` lets queued frames out first.
+
+    ``handover`` means the session is not ending, only this attempt's socket: messages
+    queued on it must be kept for the channel that replaces it.
+    """
 
     peer: str
     flush: bool = False
+    handover: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +156,7 @@ class PeerUp:
 class PeerDown:
     peer: str
     reason: str
+    hidden: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +189,7 @@ class _Peer:
     hidden: bool = False
     pub_endpoint: str = ""
     goodbye_acked: bool = False
+    auto: bool = False  # started by the mesh itself (peer list, retry), not by a user
 
 
 @dataclass
@@ -233,8 +250,14 @@ class MeshCore:
         self.peers: dict[str, _Peer] = {}
         # routing identity at our ROUTER -> peer name, for UP peers only (the hot path)
         self.authenticated: dict[bytes, str] = {}
-        # routing identity -> peer name for handshakes we accept that are not finished
-        self._pending_in: dict[bytes, str] = {}
+        # routing identity -> handshake we accept that is not finished. Kept apart from
+        # `peers` so that nothing a stranger sends before proving the cookie can change a
+        # session or an attempt of ours.
+        self._accepts: dict[bytes, _Peer] = {}
+        # name@host -> full name of every entry in `peers` (unique per cluster)
+        self._bases: dict[str, str] = {}
+        # event -> (second, count): rate limit of warnings strangers can trigger
+        self._log_window: dict[str, tuple[int, int]] = {}
         # peers lost abnormally that we keep trying to reach
         self._retry: dict[str, _Retry] = {}
         # set by stop(): no new sessions, no retries
@@ -336,13 +359,12 @@ class MeshCore:
         if isinstance(frame, hs.Bind):
             return self._on_bind(identity, frame, now)
         if isinstance(frame, hs.Refuse):
-            name = self._pending_in.pop(identity, None)
-            if name is None:
+            accept = self._accepts.pop(identity, None)
+            if accept is None:
                 return []
-            self.peers.pop(name, None)
             self._count_refusal(frame.reason)
-            return [Log("warning", "handshake_refused_by_peer",
-                        {"peer": name, "reason": frame.reason})]
+            return self._log(now, "warning", "handshake_refused_by_peer",
+                             peer=accept.name, reason=self._reason(frame.reason))
         self.stats.bad_frames += 1
         return []
 
@@ -366,11 +388,11 @@ class MeshCore:
                 return [CloseChannel(peer)]
             if p.state == UP:
                 return self._down(peer, "connection_closed", now, notify_peer=False)
-            self._count_refusal(frame.reason)
-            effects = self._drop_pending(peer, frame.reason)
-            return effects + [Log("warning", "connect_refused",
-                                  {"peer": peer, "reason": frame.reason,
-                                   "detail": frame.detail})]
+            reason = self._reason(frame.reason)
+            self._count_refusal(reason)
+            effects = self._drop_pending(peer, reason, now=now)
+            return effects + self._log(now, "warning", "connect_refused", peer=peer,
+                                       reason=reason, detail=frame.detail[:200])
         if isinstance(frame, hs.Challenge) and p.state == HELLO_SENT:
             return self._on_challenge(p, frame, now)
         self.stats.bad_frames += 1
@@ -395,6 +417,10 @@ class MeshCore:
                         effects += self.connect(name, now)
                     except ConfigError:
                         self.stats.bad_frames += 1
+                        continue
+                    attempt = self.peers.get(name)
+                    if attempt is not None:
+                        attempt.auto = True
             return effects
         if kind == K_GOODBYE:
             effects = [Control(peer, [K_GOODBYE_ACK])]
@@ -433,7 +459,7 @@ class MeshCore:
         p = self.peers.get(peer)
         if p is None or p.state != HELLO_SENT:
             return []
-        return self._drop_pending(peer, "connection_refused")
+        return self._drop_pending(peer, "connection_refused", now=now)
 
     def tick(self, now: float) -> list[Any]:
         """Heartbeats, silence, handshake deadlines and reconnects, at time ``now``."""
@@ -444,7 +470,10 @@ class MeshCore:
             effects += self._down(peer, "heartbeat_timeout", now)
         for p in list(self.peers.values()):
             if p.state != UP and now >= p.deadline:
-                effects += self._drop_pending(p.name, "timeout")
+                effects += self._drop_pending(p.name, "timeout", now=now)
+        for identity, accept in list(self._accepts.items()):
+            if now >= accept.deadline:
+                del self._accepts[identity]
         if not self.stopping:
             for name, retry in list(self._retry.items()):
                 if name in self.peers:
@@ -458,6 +487,7 @@ class MeshCore:
                     # noticed by the next fresh attempt, not wait out a stale one.
                     effects += self._initiate(name, parse_node_name(name), now,
                                               min(self.handshake_timeout, 1.0))
+                    self.peers[name].auto = True
         return effects
 
     # -- handshake steps ------------------------------------------------------------------
@@ -469,65 +499,59 @@ class MeshCore:
         p = _Peer(peer, HELLO_SENT, deadline, out_identity=identity,
                   my_challenge=self._entropy(hs.CHALLENGE_SIZE))
         self.peers[peer] = p
+        self._bases[parsed.base] = peer
         hello = hs.Hello(hs.PROTOCOL_VERSION, self.name, self.creation,
                          hs.FLAG_HIDDEN if self.hidden else 0, self._pub_port, p.my_challenge)
         return [OpenChannel(peer, parsed.endpoint(), identity), ChannelSend(peer, hello.frame())]
 
-    def _refuse(self, identity: bytes, reason: str, detail: str = "") -> list[Any]:
+    def _refuse(self, identity: bytes, reason: str, now: float,
+                detail: str = "") -> list[Any]:
         self._count_refusal(reason)
         return [RouterSend(identity, hs.Refuse(reason, detail).frame()),
-                Log("warning", "connect_refused_here", {"reason": reason, "detail": detail})]
+                *self._log(now, "warning", "connect_refused_here", reason=reason,
+                           detail=detail)]
 
     def _on_hello(self, identity: bytes, hello: hs.Hello, now: float) -> list[Any]:
         if self.stopping:
-            return self._refuse(identity, "stopping")
+            return self._refuse(identity, "stopping", now)
         if hello.version != hs.PROTOCOL_VERSION:
-            return self._refuse(identity, "version",
+            return self._refuse(identity, "version", now,
                                 f"we speak {hs.PROTOCOL_VERSION}, peer {hello.version}")
         try:
             parsed = parse_node_name(hello.name)
         except ConfigError:
-            return self._refuse(identity, "bad_name")
+            return self._refuse(identity, "bad_name", now)
         name = str(parsed)
         if parsed.port is None or parsed.base == self.parsed.base:
-            return self._refuse(identity, "name_in_use", name)
-        for other in self.peers.values():
-            if other.name != name and parse_node_name(other.name).base == parsed.base:
-                return self._refuse(identity, "name_in_use", name)
-        effects: list[Any] = []
+            return self._refuse(identity, "name_in_use", now, name)
+        holder = self._bases.get(parsed.base)
+        if holder is not None and holder != name:
+            return self._refuse(identity, "name_in_use", now, name)
         existing = self.peers.get(name)
-        if existing is not None:
-            if existing.state == UP:
-                # The peer lost our session (it restarted, or dropped us while we
-                # were frozen) and comes again: the old session is gone.
-                effects += self._down(name, "connection_closed", now, notify_peer=False)
-            elif existing.state == ANSWER_SENT or (
-                existing.state == HELLO_SENT and self.name < name
-            ):
-                # Simultaneous connect: the attempt of the smaller name wins. In
-                # ANSWER_SENT the peer already accepted ours, so this HELLO crossed it.
-                return self._refuse(identity, "simultaneous")
-            else:
-                # Their attempt wins (or replaces an older one of theirs): ours yields.
-                if existing.in_identity is not None:
-                    self._pending_in.pop(existing.in_identity, None)
-                if existing.out_identity is not None:
-                    effects.append(CloseChannel(name))
-        elif len(self._pending_in) >= MAX_PENDING_ACCEPTS:
-            return self._refuse(identity, "busy")
+        if existing is not None and (existing.state == ANSWER_SENT or (
+                existing.state == HELLO_SENT and self.name < name)):
+            # Simultaneous connect: the attempt of the smaller name wins. In ANSWER_SENT
+            # the peer already accepted ours, so this HELLO crossed it.
+            return self._refuse(identity, "simultaneous", now)
+        # One pending accept per identity and per name: a newer HELLO replaces an older
+        # one (a retry), which also bounds what one stranger can make us hold.
+        self._accepts.pop(identity, None)
+        for other_id, other in list(self._accepts.items()):
+            if other.name == name:
+                del self._accepts[other_id]
+        if len(self._accepts) >= MAX_PENDING_ACCEPTS:
+            return self._refuse(identity, "busy", now)
         p = _Peer(name, ACCEPTING, now + self.handshake_timeout, in_identity=identity,
                   my_challenge=self._entropy(hs.CHALLENGE_SIZE),
                   their_challenge=hello.challenge, creation=hello.creation,
                   hidden=bool(hello.flags & hs.FLAG_HIDDEN),
                   pub_endpoint=parsed.endpoint(hello.pub_port))
-        self.peers[name] = p
-        self._pending_in[identity] = name
+        self._accepts[identity] = p
         challenge = hs.Challenge(
             hs.PROTOCOL_VERSION, self.name, self.creation, hs.FLAG_HIDDEN if self.hidden else 0,
             self._pub_port, p.my_challenge,
             hs.proof(self._cookie, "challenge", hello.challenge, self.name, name))
-        effects.append(RouterSend(identity, challenge.frame()))
-        return effects
+        return [RouterSend(identity, challenge.frame())]
 
     def _on_challenge(self, p: _Peer, ch: hs.Challenge, now: float) -> list[Any]:
         expected = hs.proof(self._cookie, "challenge", p.my_challenge, p.name, self.name)
@@ -535,8 +559,8 @@ class MeshCore:
             reason = "bad_cookie" if ch.name == p.name else "wrong_node"
             self._count_refusal(reason)
             effects: list[Any] = [ChannelSend(p.name, hs.Refuse(reason).frame())]
-            return effects + self._drop_pending(p.name, reason, flush=True) + [
-                Log("warning", "handshake_failed", {"peer": p.name, "reason": reason})]
+            return effects + self._drop_pending(p.name, reason, flush=True) + self._log(
+                now, "warning", "handshake_failed", peer=p.name, reason=reason)
         p.state = ANSWER_SENT
         p.their_challenge = ch.challenge
         p.creation = ch.creation
@@ -546,24 +570,41 @@ class MeshCore:
         return [ChannelSend(p.name, answer.frame())]
 
     def _on_answer(self, identity: bytes, answer: hs.Answer, now: float) -> list[Any]:
-        name = self._pending_in.get(identity)
-        p = self.peers.get(name) if name is not None else None
-        if p is None or p.state != ACCEPTING:
+        p = self._accepts.pop(identity, None)
+        if p is None:
             self.stats.bad_frames += 1
             return []
         expected = hs.proof(self._cookie, "answer", p.my_challenge, p.name, self.name)
         if not hs.proofs_equal(expected, answer.proof):
-            del self._pending_in[identity]
-            del self.peers[p.name]
-            return self._refuse(identity, "bad_cookie") + [
-                Log("warning", "handshake_failed", {"peer": p.name, "reason": "bad_cookie"})]
-        del self._pending_in[identity]
+            return self._refuse(identity, "bad_cookie", now) + self._log(
+                now, "warning", "handshake_failed", peer=p.name, reason="bad_cookie")
+        holder = self._bases.get(parse_node_name(p.name).base)
+        if holder is not None and holder != p.name:
+            return self._refuse(identity, "name_in_use", now, p.name)
+        # The peer proved the cookie: only now may it replace what we had with it.
+        effects: list[Any] = []
+        existing = self.peers.get(p.name)
+        if existing is not None:
+            if existing.state == UP:
+                # It lost our session (it restarted, or dropped us while we were
+                # frozen) and comes again: the old session is over.
+                effects += self._down(p.name, "connection_closed", now, notify_peer=False)
+            elif existing.state == ANSWER_SENT:
+                return self._refuse(identity, "simultaneous", now)
+            else:
+                # Our own attempt yields to theirs; whoever waits for it is answered
+                # by this session, and what was queued on it moves to the new channel.
+                del self.peers[p.name]
+                if existing.out_identity is not None:
+                    effects.append(CloseChannel(p.name, handover=True))
+        self.peers[p.name] = p
+        self._bases[parse_node_name(p.name).base] = p.name
         out_identity = self.parsed.base.encode() + b"\x00" + self._entropy(8)
         p.out_identity = out_identity
         bind = hs.Bind(self.name, hs.proof(self._cookie, "bind",
                                            p.their_challenge + p.my_challenge,
                                            self.name, p.name, out_identity))
-        effects: list[Any] = [
+        effects += [
             OpenChannel(p.name, parse_node_name(p.name).endpoint(), out_identity),
             ChannelSend(p.name, bind.frame()),
         ]
@@ -578,7 +619,7 @@ class MeshCore:
                             p.name, self.name, identity)
         if not hs.proofs_equal(expected, bind.proof):
             self.stats.bad_frames += 1
-            return [Log("warning", "bad_bind_proof", {"peer": p.name})]
+            return self._log(now, "warning", "bad_bind_proof", peer=p.name)
         p.in_identity = identity
         return self._up(p, now)
 
@@ -608,7 +649,8 @@ class MeshCore:
         if p.state != UP:
             self.peers[peer] = p
             return self._drop_pending(peer, reason)
-        effects: list[Any] = [PeerDown(peer, reason)]
+        self._bases.pop(parse_node_name(peer).base, None)
+        effects: list[Any] = [PeerDown(peer, reason, p.hidden)]
         if p.in_identity is not None:
             self.authenticated.pop(p.in_identity, None)
             if notify_peer:
@@ -620,12 +662,18 @@ class MeshCore:
             self._retry[peer] = _Retry(now + 0.05, 0.05, now + self.reconnect_window)
         return effects
 
-    def _drop_pending(self, peer: str, reason: str, *, flush: bool = False) -> list[Any]:
+    def _drop_pending(self, peer: str, reason: str, *, flush: bool = False,
+                      now: float | None = None) -> list[Any]:
         p = self.peers.pop(peer, None)
         if p is None:
             return []
-        if p.in_identity is not None:
-            self._pending_in.pop(p.in_identity, None)
+        self._bases.pop(parse_node_name(peer).base, None)
+        if (p.auto and reason not in FINAL_REFUSALS and not self.stopping
+                and peer not in self._retry and self.reconnect_window > 0):
+            # A peer we learned of must not stay missing because one attempt failed:
+            # retry it as we retry a lost peer, or the mesh would stay incomplete.
+            at = p.deadline if now is None else now
+            self._retry[peer] = _Retry(at + 0.05, 0.05, at + self.reconnect_window)
         effects: list[Any] = []
         if p.out_identity is not None:
             effects.append(CloseChannel(peer, flush=flush))
@@ -633,4 +681,21 @@ class MeshCore:
         return effects
 
     def _count_refusal(self, reason: str) -> None:
+        reason = self._reason(reason)
         self.stats.refused[reason] = self.stats.refused.get(reason, 0) + 1
+
+    @staticmethod
+    def _reason(reason: str) -> str:
+        """A refusal reason as we record it: peers choose the text, we bound it."""
+        return reason if reason in KNOWN_REASONS else "other"
+
+    def _log(self, now: float, level: str, event: str, **fields: Any) -> list[Any]:
+        """A Log effect, unless ``event`` was logged LOG_BUDGET times this second."""
+        second = int(now)
+        window, count = self._log_window.get(event, (second, 0))
+        if window != second:
+            window, count = second, 0
+        self._log_window[event] = (window, count + 1)
+        if count >= LOG_BUDGET:
+            return []
+        return [Log(level, event, fields)]

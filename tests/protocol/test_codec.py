@@ -227,10 +227,6 @@ def test_ints_beyond_64_bits_raise_local_protocol_error(big: int) -> None:
     assert codec.encode((1, 2)) == bytes.fromhex("c70301920102")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: fabric/protocol/codec.py Codec._default packs pid/ref fields with struct "
-    "('>IQ'); a creation outside u32 or an id outside u64 raises struct.error (and a "
-    "non-str node AttributeError) instead of LocalProtocolError"))
 @pytest.mark.parametrize("ident", [Pid("n@h:1", 2**64, 1), Pid("n@h:1", -1, 1),
                                    Ref("n@h:1", 1, 2**32), Pid(5, 1, 1)],  # type: ignore[arg-type]
                          ids=["id_2**64", "id_negative", "creation_2**32", "node_not_str"])

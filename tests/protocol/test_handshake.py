@@ -340,11 +340,6 @@ def test_a_replayed_bind_from_another_identity_is_refused() -> None:
     assert a.stats.bad_frames == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: fabric/protocol/mesh.py MeshCore._on_hello ends an UP session "
-    "(self._down(name, 'connection_closed')) as soon as a HELLO naming that peer arrives, "
-    "before the new handshake proved the cookie: anyone who can reach the ROUTER can end "
-    "any session with one unauthenticated frame"))
 def test_unauthenticated_hello_cannot_end_a_session() -> None:
     a, b, _, _ = _up_pair()
     assert b.is_up(A)

@@ -32,7 +32,7 @@ def test_two_nodes_handshake_and_nodeup_on_both_sides() -> None:
 def test_five_node_transitive_mesh_from_one_seed_each() -> None:
     sim = MeshSim(N5, seed=3)
     # a chain: each node knows only its predecessor
-    for prev, node in zip(N5, N5[1:]):
+    for prev, node in zip(N5, N5[1:], strict=False):
         sim.connect(node, prev)
     took = sim.run_until(lambda: sim.full_mesh())
     assert took < 1.0
@@ -162,6 +162,18 @@ def test_flapping_link_converges() -> None:
     sim.run_until(lambda: sim.full_mesh(), timeout=5)
     sim.run_for(3.0)
     assert sim.full_mesh()
+
+
+def test_a_failed_transitive_connect_is_retried() -> None:
+    a, b, c = N5[:3]
+    sim = MeshSim([a, b, c])
+    sim.cut(a, c)  # a and c learn of each other through b but cannot talk yet
+    sim.connect(b, a)
+    sim.connect(c, b)
+    sim.run_for(5.0)  # longer than the handshake timeout: the first attempts failed
+    assert c not in sim.core(a).nodes() and a not in sim.core(c).nodes()
+    sim.heal()
+    sim.run_until(lambda: sim.full_mesh(), timeout=3)
 
 
 def test_restarted_node_rejoins_with_new_creation() -> None:
