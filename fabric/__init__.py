@@ -24,7 +24,7 @@ from fabric.errors import (
 )
 from fabric.exports import export
 from fabric.genserver import NOREPLY, From, GenServer, call, cast, reply
-from fabric.node import Node, NodeDown, NodeUp
+from fabric.node import Node, NodeDown, NodeMonitor, NodeUp
 from fabric.process import Down, Exit, Process, ProcessExit
 from fabric.sync import SyncMailbox, SyncNode
 from fabric.types import NodeName, Pid, Ref, parse_node_name
@@ -46,6 +46,7 @@ __all__ = [
     "NodeConfig",
     "NodeDown",
     "NodeDownError",
+    "NodeMonitor",
     "NodeName",
     "NodeUp",
     "NotExportedError",

@@ -7,6 +7,7 @@ construction, never later on the event loop.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import stat
@@ -61,6 +62,18 @@ class NodeConfig:
     allow_remote_spawn: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            expected = {"float": (int, float), "int": (int,), "bool": (bool,)}.get(str(f.type))
+            if expected is not None and (not isinstance(value, expected)
+                                         or (f.type != "bool" and isinstance(value, bool))):
+                raise ConfigError(f"{f.name} must be {f.type}, not {type(value).__name__}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number, not {value}")
+        if (not isinstance(self.port_range, tuple) or len(self.port_range) != 2
+                or not all(isinstance(p, int) for p in self.port_range)):
+            raise ConfigError(f"port_range must be a (lo, hi) pair of ints, not "
+                              f"{self.port_range!r}")
         lo, hi = self.port_range
         if not (0 < lo <= hi < 65536):
             raise ConfigError(f"port_range {self.port_range} must satisfy 0 < lo <= hi < 65536")

@@ -262,7 +262,7 @@ class Node(ProcessRuntime):
         self._exec(self.mesh.connect(peer, self.loop.time()))
         try:
             ok, reason = await asyncio.wait_for(
-                fut, timeout or self.config.handshake_timeout + 1.0)
+                fut, self.config.handshake_timeout + 1.0 if timeout is None else timeout)
         except asyncio.TimeoutError:
             ok, reason = False, "timeout"
         if not ok:

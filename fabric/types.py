@@ -22,8 +22,10 @@ from fabric.errors import ConfigError
 
 __all__ = ["NodeName", "Pid", "Ref", "parse_node_name"]
 
-_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
-_HOST_RE: Final = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9\-.]{0,252})$")
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
+_HOST_RE: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-.]{0,252})")
+# A routing identity is name@host + NUL + 8 random bytes and ZeroMQ caps it at 255 bytes.
+_MAX_BASE: Final = 255 - 9
 
 
 class NodeName(NamedTuple):
@@ -55,9 +57,9 @@ class NodeName(NamedTuple):
         return f"tcp://{host}:{p}"
 
     def __str__(self) -> str:
-        if self.port is None:
-            return self.base
         host = f"[{self.host}]" if ":" in self.host else self.host
+        if self.port is None:
+            return f"{self.name}@{host}"
         return f"{self.name}@{host}:{self.port}"
 
 
@@ -72,7 +74,7 @@ def parse_node_name(text: str) -> NodeName:
     name, sep, rest = text.partition("@")
     if not sep:
         raise ConfigError(f"node name {text!r} must look like name@host or name@host:port")
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise ConfigError(
             f"node name {text!r}: the part before '@' must be 1-64 letters, digits, '_', '-' or '.'"
         )
@@ -95,13 +97,15 @@ def parse_node_name(text: str) -> NodeName:
             host = rest
         else:
             port = _parse_port(text, port_text)
-        if not host or not _HOST_RE.match(host):
+        if not host or not _HOST_RE.fullmatch(host):
             raise ConfigError(f"node name {text!r}: {host!r} is not a valid host")
+    if len(f"{name}@{host}".encode()) > _MAX_BASE:
+        raise ConfigError(f"node name {text!r}: name@host must be at most {_MAX_BASE} bytes")
     return NodeName(name, host, port)
 
 
 def _parse_port(text: str, port_text: str) -> int:
-    if not port_text.isdigit():
+    if not (port_text.isascii() and port_text.isdigit()):
         raise ConfigError(f"node name {text!r}: port {port_text!r} is not a number")
     port = int(port_text)
     if not 0 < port < 65536:

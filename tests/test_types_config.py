@@ -104,38 +104,22 @@ def test_non_str_names_raise_config_error(bad: Any) -> None:
         parse_node_name(bad)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: fabric/types.py _parse_port checks str.isdigit(), which accepts non-ASCII "
-    "digits: '¹' then makes int() raise a bare ValueError (not ConfigError) and "
-    "'９１００' is silently accepted as 9100"))
 @pytest.mark.parametrize("text", ["n@h:¹", "n@h:９１００", "n@[::1]:²"])
 def test_ports_must_be_ascii_digits(text: str) -> None:
     with pytest.raises(ConfigError):
         parse_node_name(text)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: fabric/types.py _NAME_RE and _HOST_RE end in '$', which also matches before a "
-    "trailing newline, so 'n\\n@h' and 'n@h\\n' are accepted (use re.fullmatch or \\Z)"))
 @pytest.mark.parametrize("text", ["n\n@h:1", "n@h\n", "n@h\n:1"], ids=repr)
 def test_trailing_newlines_are_rejected(text: str) -> None:
     with pytest.raises(ConfigError):
         parse_node_name(text)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: fabric/types.py NodeName.__str__ returns self.base when there is no port, "
-    "which drops the brackets of an IPv6 host: str(parse_node_name('n@[::1]')) is "
-    "'n@::1', which parse_node_name rejects"))
 def test_str_of_an_ipv6_name_without_port_round_trips() -> None:
     assert parse_node_name(str(parse_node_name("n@[::1]"))) == NodeName("n", "::1", None)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: fabric/types.py accepts names whose base (name@host, up to 318 bytes) plus "
-    "NUL and 8 random bytes exceeds ZeroMQ's 255-byte routing-id limit; the node then "
-    "fails at connect time in fabric/node.py _open_channel (zmq.ZMQError EINVAL from "
-    "setsockopt(ROUTING_ID)) instead of at construction"))
 def test_names_too_long_for_a_routing_identity_are_rejected() -> None:
     text = "n" * 64 + "@" + "h" * 200 + ":9100"  # base is 265 bytes
     with pytest.raises(ConfigError):
@@ -225,9 +209,6 @@ def test_boundary_values_are_accepted() -> None:
                heartbeat_interval=0.5, heartbeat_timeout=1.0, max_frame=1)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: fabric/config.py NodeConfig.__post_init__ compares with <= / <, which are False "
-    "for NaN, so NaN timeouts pass validation (a NaN handshake_timeout never expires)"))
 @pytest.mark.parametrize("field", ["heartbeat_interval", "heartbeat_timeout",
                                    "handshake_timeout", "drain_timeout", "reconnect_window",
                                    "reconnect_max_backoff"])
@@ -236,10 +217,6 @@ def test_nan_is_rejected(field: str) -> None:
         NodeConfig(**{field: float("nan")})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: fabric/config.py NodeConfig.__post_init__ does not check types, so a value of "
-    "the wrong type raises TypeError/ValueError from a comparison or unpacking instead of "
-    "ConfigError"))
 @pytest.mark.parametrize("options", [{"heartbeat_interval": "0.5"}, {"max_frame": "1"},
                                      {"port_range": (9100,)}], ids=repr)
 def test_wrong_types_raise_config_error(options: dict[str, Any]) -> None:
