@@ -8,7 +8,7 @@ either too short (flaky) or too long (slow). :func:`wait_until` and
 :func:`async_wait_until` poll a condition until it holds or a deadline passes, and then
 fail with a message saying what was awaited.
 
-:class:`NodeProcess` starts ``python -m nodes.node --no-repl`` (see that module for the
+:class:`NodeProcess` starts ``python -m fabric.console --no-repl`` (the program behind ``nodes.node``) (see that module for the
 output contract). A reader thread turns the child's stdout into a list of events (dicts),
 so a test can wait for ``nodeup``/``nodedown`` lines, and the child's ``--status-file``
 shows its current membership. Every child is recorded in a registry until it has exited:
@@ -62,7 +62,7 @@ T = TypeVar("T")
 Event = dict[str, Any]
 
 DEFAULT_COOKIE = "fabric-test-cookie"
-# The checkout holding ``nodes/``: children need it on PYTHONPATH to run ``-m nodes.node``
+# The checkout holding ``fabric/``: children need it on PYTHONPATH to run ``-m fabric.console``
 # from any working directory.
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -184,7 +184,7 @@ atexit.register(kill_leftovers)
 
 
 class NodeProcess:
-    """A ``python -m nodes.node --no-repl`` child process.
+    """A ``python -m fabric.console --no-repl`` (the program behind ``nodes.node``) child process.
 
     Args:
         name: ``name@host:port``; ``name`` alone (or without a port) gets ``127.0.0.1``
@@ -194,7 +194,7 @@ class NodeProcess:
         connect: seeds (full node names).
         hidden: start a hidden node.
         heartbeat_interval, heartbeat_timeout, max_frame: node options.
-        spawn_echo: register the ``"echo"`` process (see ``nodes.node``).
+        spawn_echo: register the ``"echo"`` process (see :mod:`fabric.console`).
         repl: run the REPL instead of ``--no-repl``; :meth:`send_line` types into it.
         extra_args: more command-line arguments.
         env: extra environment variables.
@@ -268,7 +268,7 @@ class NodeProcess:
 
     def command(self) -> list[str]:
         """The child's command line."""
-        return [sys.executable, "-m", "nodes.node", *self.args]
+        return [sys.executable, "-m", "fabric.console", *self.args]
 
     def environment(self) -> dict[str, str]:
         """The child's environment: ours, the repo on PYTHONPATH, the cookie."""
