@@ -43,6 +43,7 @@ from fabric.protocol.effects import (
     Subscribe,
     Unsubscribe,
 )
+from fabric.protocol.global_resolve import ExitProcess
 from fabric.types import Pid
 
 __all__ = ["ServiceSim"]
@@ -103,6 +104,8 @@ class ServiceSim:
         self.completed: dict[Any, Any] = {}
         self.logs: list[Log] = []
         self.published: list[tuple[str, bytes, Any]] = []
+        # ExitProcess effects (pid, reason), in order; the process is then exited.
+        self.exited: list[tuple[Pid, Any]] = []
         for name in names:
             creation = self._creation()
             self.nodes[name] = _SimNode(name, factory(name, creation), creation)
@@ -294,8 +297,16 @@ class ServiceSim:
             elif isinstance(eff, Publish):
                 self.published.append((name, eff.topic, eff.payload))
                 self._publish(name, eff.topic, eff.payload)
+            elif isinstance(eff, ExitProcess):
+                self.exited.append((eff.pid, eff.reason))
+                # Like the runtime: kill the (live) process, which reports its exit.
+                self._after(0.0, functools.partial(self._kill_process, eff.pid, eff.reason))
             else:  # pragma: no cover - a new effect type must be taught here
                 raise TypeError(f"simulator cannot execute {eff!r}")
+
+    def _kill_process(self, pid: Pid, reason: Any) -> None:
+        if pid in self.mailboxes and self.nodes[pid.node].up:
+            self.exit(pid, reason)
 
     def _send(self, src: str, creation: int, dst: str, payload: Any) -> None:
         pair = frozenset((src, dst))

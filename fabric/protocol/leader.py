@@ -1,0 +1,308 @@
+"""Leader election with fencing terms, on top of ``global`` names (sans-I/O).
+
+Theory of operation
+-------------------
+:class:`LeaderCore` *is* a :class:`~fabric.protocol.global_.GlobalCore` (the runtime
+hosts it as the ``"global"`` service instead of the plain core) that adds candidates.
+A group's leader is whoever holds the global name ``("leader", group)``; the claim's
+``meta`` is the leader's **term**, a fencing token.
+
+* **Standing.** A local process calls :meth:`LeaderCore.stand`. When the group has no
+  leader, the node's oldest live candidate registers the name with
+  ``term = 1 + the highest term this node has seen``. Candidates on all nodes race;
+  ``global`` guarantees exactly one ``"yes"`` in a connected cluster.
+* **Terms only grow.** Every node remembers the highest term it has seen per group
+  (from claims, and from peers in the nodeup sync), and every grant of the
+  registration lock carries the granter's highest term: the term is fixed at commit, while
+  the requester holds the lock on every connected node, to one more than anything any of
+  them has seen. So a new leader's term is strictly greater than every earlier leader's
+  term known to the cluster.
+* **Watching.** Nobody monitors the leader directly: its name disappears everywhere when
+  it exits, resigns or its node goes down (that is ``global``'s job), and then every node
+  with candidates stands again.
+* **Split brain.** ``global`` has no quorum, so each side of a partition (a restarted
+  node that is still alone, too) may elect a leader. After the heal the claims conflict
+  and the ``"leader"`` resolver keeps the higher term (ties: the earlier registration).
+  The loser is told ``("leader_lost", group, its_term)`` and its claim goes; if the terms
+  were equal (or the node saw a higher one meanwhile) the winner takes a fresh term.
+  Nodes remember the two highest-term leaders that are gone and send them in the sync:
+  a leader that learns of a gone one (another claim) with a term at least as high as its
+  own (it was elected out of sight, say just restarted and alone) takes a fresh term. So
+  after a heal the surviving leader's term is strictly greater than the term of every
+  other leader the cluster has seen, and everybody is told the new term.
+
+Terms live in memory only: the term of a leader elected on a node that was cut off and
+died before it met anybody is forgotten (persist terms where that matters).
+
+API: ``stand(group, pid, now)``, ``resign(group, pid, now)`` (effects), and the reads
+``leader(group) -> (pid, term) | None``, ``max_term(group)``, ``candidates(group)``;
+everything of GlobalCore besides. Leader names use resolver method ``"leader"``.
+
+Messages delivered to local candidates (the runtime converts them to events)::
+
+    ("leader_elected", group, leader_pid, term)   to every local candidate, whenever the
+                                                  leader or its term changes (and at stand)
+    ("leader_lost", group, term)                  to a leader deposed by a conflict
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fabric.protocol.effects import Deliver, Effect, SetTimer
+from fabric.protocol.global_ import GlobalCore
+from fabric.protocol.global_resolve import Entry, Resolver, earliest_name
+from fabric.types import Pid
+
+__all__ = ["LEADER_TAG", "LeaderCore", "leader_name"]
+
+LEADER_TAG = "leader"
+_STAND = "leader_stand"  # timer key tag: (_STAND, group)
+
+
+def leader_name(group: Any) -> tuple[str, Any]:
+    """The global name a group's leader registers."""
+    return (LEADER_TAG, group)
+
+
+def _group_of(name: Any) -> tuple[bool, Any]:
+    if isinstance(name, tuple) and len(name) == 2 and name[0] == LEADER_TAG:
+        return True, name[1]
+    return False, None
+
+
+@dataclass(frozen=True, slots=True)
+class _Stand:
+    """Token of a registration started by standing for ``group``."""
+
+    group: Any
+    pid: Pid
+
+
+@dataclass(frozen=True, slots=True)
+class _Quiet:
+    """Token of an internal request whose completion nobody awaits."""
+
+
+class LeaderCore(GlobalCore):
+    """``global`` plus leader election. See the module docstring.
+
+    Args:
+        node, creation, resolver, seed, **kwargs: as for GlobalCore.
+        stand_backoff: pause before standing again after a lost race that left no leader.
+    """
+
+    def __init__(
+        self,
+        node: str,
+        creation: int,
+        resolver: Resolver = earliest_name,
+        *,
+        seed: int = 0,
+        stand_backoff: float = 0.05,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(node, creation, resolver, seed=seed, **kwargs)
+        # group -> local candidates, in the order they stood (the first stands first).
+        self._candidates: dict[Any, list[Pid]] = {}
+        # group -> the local candidate whose registration is in flight.
+        self._standing: dict[Any, Pid] = {}
+        # group -> the highest term this node has seen (never decreases).
+        self._terms: dict[Any, int] = {}
+        # group -> the (leader, term) last announced to local candidates.
+        self._told: dict[Any, tuple[Pid, int]] = {}
+        # group -> the (at most two, distinct) gone leaders with the highest terms this
+        # node knows of: what a leader elected out of sight must outbid (see sync).
+        self._gone: dict[Any, list[Entry]] = {}
+        self._stand_backoff = stand_backoff
+
+    # -- API ------------------------------------------------------------------------------
+
+    def stand(self, group: Any, pid: Pid, now: float) -> list[Effect]:
+        """Make the local ``pid`` a candidate for leading ``group``.
+
+        The candidate is told ``("leader_elected", group, leader, term)`` now if the group
+        has a leader, else when the election it takes part in ends.
+
+        Raises:
+            LocalProtocolError: ``pid`` is not a pid of this node run.
+        """
+        self._check(group, pid)
+
+        def go() -> None:
+            cands = self._candidates.setdefault(group, [])
+            if pid not in cands:
+                cands.append(pid)
+            current = self.leader(group)
+            if current is not None:
+                self._out.append(Deliver(pid, ("leader_elected", group, *current)))
+            self._try_stand(group)
+
+        return self._run(now, go)
+
+    def resign(self, group: Any, pid: Pid, now: float) -> list[Effect]:
+        """Withdraw ``pid``'s candidacy; a leader that resigns gives the name up."""
+
+        def go() -> None:
+            cands = self._candidates.get(group, [])
+            if pid in cands:
+                cands.remove(pid)
+            if not cands:
+                self._candidates.pop(group, None)
+                self._told.pop(group, None)
+            if self.whereis_name(leader_name(group)) == pid:
+                self._unregister(leader_name(group), _Quiet())
+
+        return self._run(now, go)
+
+    def leader(self, group: Any) -> tuple[Pid, int] | None:
+        """``(leader pid, term)`` of ``group`` as this node sees it, or None."""
+        entry = self.name_info(leader_name(group))
+        if entry is None:
+            return None
+        return entry.pid, self._term_of(entry)
+
+    def max_term(self, group: Any) -> int:
+        """The highest term of ``group`` this node has seen (0 if none)."""
+        return self._terms.get(group, 0)
+
+    def candidates(self, group: Any) -> list[Pid]:
+        """The local candidates of ``group``, in standing order."""
+        return list(self._candidates.get(group, ()))
+
+    # -- election -------------------------------------------------------------------------
+
+    @staticmethod
+    def _term_of(entry: Entry) -> int:
+        return entry.meta if isinstance(entry.meta, int) else 0
+
+    def _see_term(self, group: Any, term: Any) -> None:
+        if isinstance(term, int) and term > self._terms.get(group, 0):
+            self._terms[group] = term
+
+    def _try_stand(self, group: Any) -> None:
+        """Stand with the oldest local candidate if the group has no leader."""
+        cands = self._candidates.get(group)
+        if not cands or group in self._standing or leader_name(group) in self._claims:
+            return
+        pid = cands[0]
+        self._standing[group] = pid
+        term = self.max_term(group) + 1
+        self._register("register", leader_name(group), pid, _Stand(group, pid), LEADER_TAG, term)
+
+    def _announce(self, group: Any, entry: Entry) -> None:
+        told = (entry.pid, self._term_of(entry))
+        if self._told.get(group) == told:
+            return
+        self._told[group] = told
+        for pid in self._candidates.get(group, ()):
+            self._out.append(Deliver(pid, ("leader_elected", group, *told)))
+
+    # -- GlobalCore hooks -----------------------------------------------------------------
+
+    def _done(self, token: Any, result: Any) -> None:
+        if isinstance(token, _Quiet):
+            return
+        if not isinstance(token, _Stand):
+            super()._done(token, result)
+            return
+        if self._standing.get(token.group) == token.pid:
+            del self._standing[token.group]
+        if result != "yes" and leader_name(token.group) not in self._claims:
+            # Lost the race, yet no leader is visible (it died meanwhile, or the winner's
+            # claim is still on its way): look again a little later, never in a loop.
+            delay = self._stand_backoff * (1 + self._rng.random())
+            self._out.append(SetTimer((_STAND, token.group), self._now + delay))
+
+    def _extra_timer(self, key: Any) -> None:
+        if isinstance(key, tuple) and len(key) == 2 and key[0] == _STAND:
+            self._try_stand(key[1])
+
+    def _view_changed(self, name: Any, old: Entry | None, new: Entry | None) -> None:
+        is_leader, group = _group_of(name)
+        if not is_leader:
+            return
+        if old is not None and (new is None or new.ident != old.ident):
+            self._remember_gone(group, old)
+        if new is not None:
+            self._see_term(group, new.meta)
+            self._announce(group, new)
+        else:
+            self._told.pop(group, None)
+            self._try_stand(group)
+
+    def _on_claim(self, entry: Entry) -> None:
+        is_leader, group = _group_of(entry.name)
+        if is_leader:
+            self._see_term(group, entry.meta)
+
+    def _grant_extra(self, name: Any) -> Any:
+        is_leader, group = _group_of(name)
+        return self.max_term(group) if is_leader else None
+
+    def _finalize_meta(self, name: Any, meta: Any, extras: list[Any]) -> Any:
+        is_leader, group = _group_of(name)
+        if not is_leader:
+            return meta
+        seen = [x for x in extras if isinstance(x, int)] + [self.max_term(group)]
+        term = max(meta if isinstance(meta, int) else 0, max(seen) + 1)
+        self._see_term(group, term)
+        return term
+
+    def _conflict_outcome(self, name: Any, mine: Entry, other: Entry, won: bool) -> None:
+        is_leader, group = _group_of(name)
+        if not is_leader:
+            return
+        self._see_term(group, other.meta)
+        mine_term = self._term_of(mine)
+        if not won:
+            self._out.append(Deliver(mine.pid, ("leader_lost", group, mine_term)))
+        elif mine_term <= self._term_of(other) or mine_term < self.max_term(group):
+            # Equal terms on both sides of a healed split (or a higher one seen since):
+            # take a fresh term, so the survivor fences off every deposed leader.
+            self._bump(name, group)
+
+    def _bump(self, name: Any, group: Any) -> None:
+        term = self.max_term(group) + 1
+        self._see_term(group, term)
+        self._update_own_meta(name, term)
+
+    def _remember_gone(self, group: Any, entry: Entry) -> None:
+        kept = [e for e in self._gone.get(group, []) if e.ident != entry.ident] + [entry]
+        kept.sort(key=lambda e: (self._term_of(e), e.stamp), reverse=True)
+        self._gone[group] = kept[:2]
+
+    def _sync_extra(self) -> Any:
+        return [
+            (group, term, [e.wire() for e in self._gone.get(group, [])])
+            for group, term in self._terms.items()
+        ]
+
+    def _on_sync_extra(self, peer: str, extra: Any) -> None:
+        if not isinstance(extra, list):
+            return
+        for group, term, gone in extra:
+            self._see_term(group, term)
+            for wire in gone:
+                self._remember_gone(group, Entry.from_wire(wire))
+            name = leader_name(group)
+            shown = self.name_info(name)
+            if shown is None or shown.owner != self.node:
+                continue
+            outbid = [e for e in self._gone[group] if e.ident != shown.ident] if gone else []
+            if any(self._term_of(e) >= self._term_of(shown) for e in outbid):
+                # We lead, but a leader we never heard of (we were elected out of sight,
+                # e.g. just restarted) had a term at least as high: fence it off. Only
+                # gone leaders count: a live competing claim reaches us as a claim and
+                # the conflict resolution decides, so a bump never decides a conflict.
+                self._bump(name, group)
+
+    def _on_local_exit(self, pid: Pid) -> None:
+        for group in list(self._candidates):
+            cands = self._candidates[group]
+            if pid in cands:
+                cands.remove(pid)
+                if not cands:
+                    del self._candidates[group]
+                    self._told.pop(group, None)
