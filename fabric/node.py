@@ -30,6 +30,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from fabric.config import NodeConfig, load_cookie
 from fabric.errors import ConfigError, RemoteProtocolError
+from fabric.global_ import Global
 from fabric.outbound import Outbound
 from fabric.pg import Groups
 from fabric.protocol import mesh as m
@@ -200,6 +201,7 @@ class Node(ProcessRuntime):
         )
         # Services every node runs, so that views are complete wherever they are read.
         self.pg = Groups(self)
+        self.global_ = Global(self)
         self._router_reader = Reader(self.loop, self.router, self._on_router)
         self._sub_reader = Reader(self.loop, self.sub, self._on_sub)
         self.started = True
