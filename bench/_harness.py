@@ -3,8 +3,8 @@
 Every benchmark script runs its raw-pyzmq baseline in the same run and reports the
 median of several runs (with min and max) and the ratio to that baseline, because the
 ratio of two figures taken side by side, interleaved, on the same machine survives a
-noisy machine and a bare number does not.  A script looks like this (``bench/bench_baselines.py`` is the
-complete, runnable template)::
+noisy machine and a bare number does not. A script looks like this
+(``bench/bench_baselines.py`` is the complete, runnable template)::
 
     from bench import _harness as h
     from bench import baselines

@@ -8,8 +8,9 @@ either too short (flaky) or too long (slow). :func:`wait_until` and
 :func:`async_wait_until` poll a condition until it holds or a deadline passes, and then
 fail with a message saying what was awaited.
 
-:class:`NodeProcess` starts ``python -m fabric.console --no-repl`` (the program behind ``nodes.node``) (see that module for the
-output contract). A reader thread turns the child's stdout into a list of events (dicts),
+:class:`NodeProcess` starts ``python -m fabric.console --no-repl``, the program behind
+``nodes.node`` (see that module for the output contract). A reader thread turns the
+child's stdout into a list of events (dicts),
 so a test can wait for ``nodeup``/``nodedown`` lines, and the child's ``--status-file``
 shows its current membership. Every child is recorded in a registry until it has exited:
 :func:`kill_leftovers` (called by a pytest finalizer, and at interpreter exit) kills the
