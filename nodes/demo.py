@@ -1,29 +1,27 @@
-"""The fabric demo: a local 3-node cluster forms, loses a member to kill -9, and heals.
+"""The fabric demo: a local 3-node cluster forms, works, loses members to kill -9, and heals.
 
 Run ``python -m nodes.demo`` from the checkout. It exits 0 after a short summary, or
 non-zero with the step that failed and why. It takes a few seconds (30 s at most).
 
 Theory of operation
 -------------------
-This one module plays two parts.
+Two parts, two modules.
 
-* **Members** (``python -m nodes.demo --member NAME [--seed PEER]``): each starts a
-  fabric node on a port chosen by the parent, connects to its one seed (retrying until
-  the seed is up), and reports on stdout, one JSON object a line: ``started`` (with its
-  creation), then every ``nodeup`` / ``nodedown`` with its view (``node.nodes()``) at that
-  moment. Times are ``time.monotonic()``: the monotonic clock is system-wide, so the
-  parent can subtract its own timestamps (for instance the moment it sent SIGKILL) from
-  the members'. fabric's own log goes to stderr, which the parent keeps in a file and
-  shows only when something fails. A member stops gracefully on SIGTERM or SIGINT, and
-  on its own when the parent disappears or after ``--lifetime`` seconds.
+* **Members** (``python -m nodes.demo --member NAME [--seed PEER]``, the code is in
+  :mod:`nodes.demo_member`): each runs a fabric node that connects to its one seed and
+  reports ``started`` / ``nodeup`` / ``nodedown`` as JSON lines on stdout, with
+  ``time.monotonic()`` stamps (system-wide, so comparable with the narrator's). They also
+  export the process functions the steps spawn on them (hello/world, a counter GenServer,
+  group subscribers, election candidates), which report to the narrator over fabric.
 
-* **The narrator** (no arguments): launches the members, reads their reports on one
-  thread per member, and joins the cluster itself as a *hidden* node, so it can spawn
-  processes there and watch nodeup/nodedown without becoming a member (members do not
-  list it in ``nodes()`` and do not connect to it transitively). It runs the steps in
-  :data:`STEPS` in order; each is an async function that narrates and returns a one-line
-  result for the summary table. To add a part to the walkthrough, write a step function
-  and append it to :data:`STEPS`.
+* **The narrator** (no arguments, this module): launches the members, reads their
+  reports on one thread per member, and joins the cluster itself as a *hidden* node, so
+  it can spawn processes there, call them and watch nodeup/nodedown without becoming a
+  member (members do not list it in ``nodes()`` and do not connect to it transitively).
+  It runs the steps in :data:`STEPS` in order; each is an async function that narrates
+  and returns a one-line result for the summary table. To add a part to the walkthrough,
+  write a step function and append it to :data:`STEPS`. Steps share the cluster, so a
+  step that kills a member either restarts it or comes last (the leader election does).
 
 The cookie is random per run and reaches the members through ``FABRIC_COOKIE``: argv is
 visible to every user of the machine (``ps``), the environment is not.
@@ -38,8 +36,8 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -51,22 +49,24 @@ import tempfile
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-import structlog
-
 import fabric
+from nodes.demo_member import HOST, SPEC, WAIT, member_main, quiet_fabric_log
 
-HOST = "127.0.0.1"
 MEMBERS = 3
-WAIT = 10.0  # the longest any single wait may take, seconds
 BUDGET = 30.0  # the whole walkthrough, seconds
 TERM_GRACE = 3.0  # after SIGTERM, how long members get to stop before SIGKILL
-ROUND_TRIPS = 100  # hello/world round trips timed after the first one
+ROUND_TRIPS = 100  # hello/world round trips (and counter calls) timed after the first
 REPO = Path(__file__).resolve().parent.parent
+COUNTER = "counter"  # the local name of the counter GenServer (step 3)
+EVENTS = "events"  # the process group of step 4
+SUBSCRIBERS = 3  # members of EVENTS per member node
+ELECTION = "scheduler"  # the leader election group of step 7
 
 T = TypeVar("T")
 
@@ -78,6 +78,22 @@ class StepFailed(Exception):
 def short(name: str) -> str:
     """``n1@127.0.0.1:9100`` -> ``n1``: the narration uses short names."""
     return name.split("@", 1)[0]
+
+
+def spid(pid: fabric.Pid) -> str:
+    """``<n2@127.0.0.1:9101.7.1234>`` -> ``<n2.7>``: a pid as the narration shows it."""
+    return f"<{short(pid.node)}.{pid.id}>"
+
+
+def per_node(pids: list[fabric.Pid]) -> str:
+    """``n1 x3, n2 x3``: how many of ``pids`` live on each node."""
+    counts = Counter(short(p.node) for p in pids)
+    return ", ".join(f"{n} x{c}" for n, c in sorted(counts.items())) or "none"
+
+
+def tagged(*tags: str) -> Callable[[Any], bool]:
+    """A receive pattern: a tuple whose first element is one of ``tags``."""
+    return lambda msg: type(msg) is tuple and len(msg) > 0 and msg[0] in tags
 
 
 def free_ports(count: int) -> list[int]:
@@ -97,110 +113,6 @@ def free_ports(count: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
-
-
-def quiet_fabric_log(stream: TextIO) -> None:
-    """Send fabric's structlog output (warnings and up) to ``stream``.
-
-    structlog prints to stdout by default, which would mix with the narration (and, in a
-    member, with its JSON reports). Must run before any Node is created: a node binds its
-    logger at construction.
-    """
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(stream),
-        cache_logger_on_first_use=False,
-    )
-
-
-# -- the function the narrator spawns on a member -------------------------------------------
-
-
-@fabric.export
-async def hello_worker(proc: fabric.Process, idle_timeout: float = 10.0,
-                       max_messages: int = 10_000) -> None:
-    """Answer ``("hello", from_pid)`` with ``("world", this node's name)``.
-
-    Ends on ``"stop"``, after ``idle_timeout`` seconds without a message, or after
-    ``max_messages`` messages, so a forgotten worker does not live forever.
-    """
-    for _ in range(max_messages):
-        msg = await proc.receive(timeout=idle_timeout, default=None)
-        if msg is None or msg == "stop":
-            return
-        if type(msg) is tuple and len(msg) == 2 and msg[0] == "hello" \
-                and type(msg[1]) is fabric.Pid:
-            proc.send(msg[1], ("world", proc.node.name))
-
-
-# -- member mode ------------------------------------------------------------------------------
-
-
-def emit(event: str, **fields: Any) -> None:
-    """Report one event to the narrator as a JSON line on stdout."""
-    try:
-        print(json.dumps({"event": event, "t": time.monotonic(), **fields}), flush=True)
-    except (BrokenPipeError, ValueError):
-        pass  # the narrator is gone (or stdout closed): nobody left to tell
-
-
-async def join_seed(node: fabric.Node, seed: str, deadline: float) -> None:
-    """Connect to ``seed`` until the session is up or ``deadline`` (monotonic) passes.
-
-    Retries because members start at the same moment: the seed may not be listening yet
-    (``connection_refused``), and a restarted member may race the seed's own reconnect
-    attempts (the mesh then keeps one session, and we only need to see it up).
-    """
-    while time.monotonic() < deadline:
-        if seed in node.nodes():
-            return
-        if await node.connect(seed, timeout=1.0):
-            return
-        emit("connect_retry", peer=seed, reason=node.last_connect_error(seed))
-        await asyncio.sleep(0.1)
-    emit("seed_failed", peer=seed, reason=node.last_connect_error(seed))
-
-
-async def member_main(name: str, seed: str | None, pub_port: int, lifetime: float,
-                      parent: int | None) -> int:
-    """Run one member until SIGTERM/SIGINT, the exit of process ``parent`` (the
-    narrator), or ``lifetime`` seconds."""
-    quiet_fabric_log(sys.stderr)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    # The narrator passes its pid: reading os.getppid() here would be too late if it
-    # died while we were starting (we would already be someone else's child).
-    if parent is None:
-        parent = os.getppid()
-    # The cookie comes from FABRIC_COOKIE (set by the narrator), never from argv.
-    node = fabric.Node(name, pub_port=pub_port)
-    async with node:
-        events = node.monitor_nodes()  # subscribe before connecting: miss no nodeup
-        emit("started", name=node.name, creation=node.creation, pid=os.getpid())
-
-        async def pump() -> None:
-            async for ev in events:
-                if isinstance(ev, fabric.NodeUp):
-                    emit("nodeup", peer=ev.node, view=node.nodes())
-                else:
-                    emit("nodedown", peer=ev.node, reason=ev.reason, view=node.nodes())
-
-        pump_task = loop.create_task(pump())
-        seed_task = (loop.create_task(join_seed(node, seed, time.monotonic() + WAIT))
-                     if seed else None)
-        end = time.monotonic() + lifetime
-        # Poll for the parent's death: if the narrator is killed -9 it cannot clean up,
-        # and a broken stdout would only show at our next report, which may never come.
-        while not stop.is_set() and time.monotonic() < end and os.getppid() == parent:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.25)
-        for task in (seed_task, pump_task):
-            if task is not None:
-                task.cancel()
-        emit("stopping")
-    return 0
 
 
 # -- the narrator's view of a member -------------------------------------------------------------
@@ -383,17 +295,44 @@ class Demo:
             result = predicate()
             if result:
                 return result
-            for m in self.members:
-                if m.short in self.expect_alive and m.proc is not None \
-                        and m.proc.poll() is not None:
-                    raise StepFailed(f"{m.short} exited (code {m.proc.returncode}) "
-                                     f"while waiting for {what}")
+            self.check_alive(what)
             remaining = end - time.monotonic()
             if remaining <= 0:
                 raise StepFailed(f"timed out after {timeout:.0f} s waiting for {what}")
             # Wake on the next report, or every 0.1 s to notice a member's exit.
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(remaining, 0.1))
+
+    def check_alive(self, what: str) -> None:
+        """Fail if a member in :attr:`expect_alive` has exited."""
+        for m in self.members:
+            if m.short in self.expect_alive and m.proc is not None \
+                    and m.proc.poll() is not None:
+                raise StepFailed(f"{m.short} exited (code {m.proc.returncode}) "
+                                 f"while waiting for {what}")
+
+    async def receive(self, mbox: fabric.Process, what: str, match: Callable[[Any], bool],
+                      timeout: float = WAIT) -> Any:
+        """Take the first message ``match`` accepts from the narrator's mailbox ``mbox``.
+
+        Like :meth:`wait_for`: fails after ``timeout`` (or at the run's deadline), and at
+        once if a member that should be alive exits, instead of waiting out the deadline.
+        """
+        end = min(time.monotonic() + timeout, self.deadline)
+        while True:
+            msg = await mbox.receive(match, timeout=min(0.1, max(0.0, end - time.monotonic())),
+                                     default=None)
+            if msg is not None:
+                return msg
+            self.check_alive(what)
+            if time.monotonic() >= end:
+                raise StepFailed(f"timed out after {timeout:.0f} s waiting for {what}")
+
+    def node_up(self) -> fabric.Node:
+        """The narrator's node (started by the first step)."""
+        if self.node is None:
+            raise StepFailed("the narrator's node is not running (did step 1 fail?)")
+        return self.node
 
     def since(self, index: int, event: str, source: str | None = None,
               run: int | None = None) -> list[Report]:
@@ -570,7 +509,7 @@ async def step_spawn(demo: Demo) -> str:
     node = demo.node
     assert node is not None
     target = demo.member("n2")
-    spec = "nodes.demo:hello_worker"
+    spec = SPEC + "hello_worker"
     mbox = node.new_mailbox()  # the narrator's own mailbox: a pid the worker can answer
     try:
         t = time.monotonic()
@@ -607,12 +546,181 @@ async def step_spawn(demo: Demo) -> str:
     return f"('world', {target.short}) in {first * 1000:.2f} ms; median {p50:.2f} ms"
 
 
+async def step_genserver(demo: Demo) -> str:
+    """Start a counter GenServer on n1; call it from the narrator and from n2; make it
+    raise, and see the RemoteError (and the crash) on the calling side."""
+    node = demo.node_up()
+    home, other = demo.member("n1"), demo.member("n2")
+    server = (COUNTER, home.name)
+    mbox = node.new_mailbox()
+    try:
+        await node.spawn_on(home.name, SPEC + "start_counter", mbox.self, COUNTER,
+                            timeout=WAIT / 2)
+        started = await demo.receive(mbox, f"the counter to start on {home.short}",
+                                     tagged("counter_started", "counter_failed"))
+        if started[0] == "counter_failed":
+            raise StepFailed(f"the counter did not start on {home.short}: {started[2]}")
+        pid = started[2]
+        demo.say(f"spawn_on {home.short} start_counter -> Counter GenServer {spid(pid)}, "
+                 f"registered on {home.short} as {COUNTER!r}")
+        expected = 0
+        for _ in range(3):
+            t = time.monotonic()
+            value = await fabric.call(node, server, ("incr", 5), timeout=WAIT / 2)
+            ms = (time.monotonic() - t) * 1000
+            expected += 5
+            demo.say(f"  narrator call(({COUNTER!r}, {home.short}), ('incr', 5)) -> "
+                     f"{value:<3} in {ms:5.2f} ms")
+            if value != expected:
+                raise StepFailed(f"expected {expected}, the counter answered {value!r}")
+        # The same call from a process on another member: spawn a caller there, which
+        # reports its reply and its own timing back to our mailbox.
+        await node.spawn_on(other.name, SPEC + "call_counter", mbox.self, COUNTER,
+                            home.name, ("incr", 5), timeout=WAIT / 2)
+        _, _, _, outcome, secs = await demo.receive(
+            mbox, f"the call from {other.short}", tagged("called"))
+        expected += 5
+        if outcome != ("ok", expected):
+            raise StepFailed(f"the call from {other.short} got {outcome!r}, "
+                             f"expected ('ok', {expected})")
+        demo.say(f"  {other.short:<8} call(({COUNTER!r}, {home.short}), ('incr', 5)) -> "
+                 f"{outcome[1]:<3} in {secs * 1000:5.2f} ms")
+        samples = []
+        for _ in range(ROUND_TRIPS):
+            t = time.monotonic()
+            await fabric.call(node, server, "get", timeout=WAIT / 2)
+            samples.append(time.monotonic() - t)
+        p50 = statistics.median(samples) * 1000
+        demo.say(f"{ROUND_TRIPS} more calls ('get') from the narrator: median {p50:.2f} ms, "
+                 f"max {max(samples) * 1000:.2f} ms")
+        # handle_call raising: the caller gets RemoteError with the remote type name, and
+        # the server crashes (Erlang's policy): a monitor on it shows the exit reason.
+        ref = mbox.monitor(pid)
+        try:
+            await fabric.call(node, server, ("div", 0), timeout=WAIT / 2)
+        except fabric.RemoteError as exc:
+            error = exc
+        else:
+            raise StepFailed("('div', 0) did not raise")
+        frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', error.remote_traceback)
+        where = (f"{os.path.relpath(frames[-1][0], REPO)}:{frames[-1][1]} in {frames[-1][2]}"
+                 if frames else "?")
+        demo.say(f"  narrator call(({COUNTER!r}, {home.short}), ('div', 0))  -> RemoteError, "
+                 f"remote type {error.type_name}")
+        demo.say(f"    message {error.message!r}, raised at {where}")
+        down = await demo.receive(mbox, "the counter's Down",
+                                  lambda m: isinstance(m, fabric.Down) and m.ref == ref)
+        # The reason is ("error", type, message): the message was just shown.
+        reason = (repr(down.reason[:2])[:-1] + ", ...)" if type(down.reason) is tuple
+                  else repr(down.reason))
+        demo.say(f"    the server crashed, as in Erlang: Down reason {reason}")
+        if error.type_name != "ZeroDivisionError":
+            raise StepFailed(f"expected a remote ZeroDivisionError, got {error.type_name}")
+    finally:
+        node.close_mailbox(mbox)
+    return (f"5..{expected} from 2 nodes, p50 {p50:.2f} ms; "
+            f"RemoteError({error.type_name})")
+
+
+async def step_groups(demo: Demo) -> str:
+    """Subscribers on every member join a pg group; the narrator watches the group
+    converge, broadcasts to it (reliable, then best effort) and sends to one member."""
+    node = demo.node_up()
+    mbox = node.new_mailbox()
+    try:
+        token, _ = node.pg.monitor(EVENTS, mbox.self)
+        t0 = time.monotonic()
+        pids = list(await asyncio.gather(*(
+            node.spawn_on(m.name, SPEC + "subscriber", EVENTS, mbox.self, timeout=WAIT / 2)
+            for m in demo.members for _ in range(SUBSCRIBERS))))
+        demo.say(f"spawn_on subscriber x{SUBSCRIBERS} on each member: {len(pids)} processes "
+                 f"join {EVENTS!r} ({per_node(pids)})")
+        # The group monitor turns every change of the narrator's view into a pg_join /
+        # pg_leave message, delivered as the view changes: once the view is complete,
+        # every notification is already in the mailbox, and they replay its growth.
+        def note(m: Any) -> bool:
+            return tagged("pg_join", "pg_leave")(m) and m[1] == token
+
+        size, sizes = 0, []
+        while True:
+            if sorted(node.pg.get_members(EVENTS)) != sorted(pids):
+                change = await demo.receive(
+                    mbox, f"get_members({EVENTS!r}) to list all of them", note)
+            elif (change := await mbox.receive(note, timeout=0, default=None)) is None:
+                break
+            size += len(change[4]) * (1 if change[0] == "pg_join" else -1)
+            sizes.append(size)
+        done = time.monotonic()
+        node.pg.demonitor(token)
+        demo.say(f"narrator's get_members({EVENTS!r}): {' '.join(map(str, sizes))} pids "
+                 f"(pg_join notices), all {len(pids)} after {(done - t0) * 1000:.1f} ms")
+
+        async def deliveries(msg: Any, what: str, timeout: float,
+                             want: int = len(pids)) -> list[Any]:
+            """The ``delivered`` reports of ``msg``, until ``want`` came (default: one
+            per subscriber) or ``timeout`` passed (a best-effort broadcast may reach
+            fewer)."""
+            got: list[Any] = []
+            end = min(time.monotonic() + timeout, demo.deadline)
+            while len(got) < want and (left := end - time.monotonic()) > 0:
+                report = await mbox.receive(lambda m: tagged("delivered")(m) and m[2] == msg,
+                                            timeout=min(0.1, left), default=None)
+                if report is None:
+                    demo.check_alive(what)  # a dead member is the reason, not the count
+                else:
+                    got.append(report)
+            return got
+
+        msg: Any = ("event", 1)
+        t = time.monotonic()
+        node.pg.broadcast_reliable(EVENTS, msg)
+        got = await deliveries(msg, "the reliable broadcast", WAIT / 2)
+        if sorted(r[1] for r in got) != sorted(pids):
+            raise StepFailed(f"broadcast_reliable reached {len(got)} of {len(pids)}")
+        slowest = (max(r[3] for r in got) - t) * 1000
+        demo.say(f"broadcast_reliable {msg!r}: {len(got)}/{len(pids)} reported it "
+                 f"({per_node([r[1] for r in got])}) within {slowest:.1f} ms")
+        msg = ("event", 2)
+        node.pg.broadcast(EVENTS, msg)
+        # One publish on the narrator's PUB socket, fanned out by each node's SUB: it may
+        # drop at the high-water mark, so it is counted here, never required.
+        best = await deliveries(msg, "the best-effort broadcast", 1.0)
+        demo.say(f"broadcast {msg!r}:          {len(best)}/{len(pids)} reported it "
+                 "(best effort: one PUB/SUB publish, may drop)")
+        # send_to_one from a process on n2, local first: one of n2's own subscribers.
+        sender = demo.member("n2")
+        msg = ("event", 3)
+        await node.spawn_on(sender.name, SPEC + "send_one", EVENTS, msg, "local_first",
+                            mbox.self, timeout=WAIT / 2)
+        chosen = (await demo.receive(mbox, "send_one's report", tagged("sent_one")))[2]
+        got = await deliveries(msg, "the send_to_one delivery", WAIT / 2, want=1)
+        if chosen is None or short(chosen.node) != sender.short or [r[1] for r in got] \
+                != [chosen]:
+            raise StepFailed(f"send_to_one(local_first) from {sender.short} chose "
+                             f"{chosen!r}; delivered to {[r[1] for r in got]!r}")
+        demo.say(f"send_to_one {msg!r} local_first from {sender.short} -> {spid(chosen)}, "
+                 f"one of {sender.short}'s own members (it reported it)")
+        first, again = (node.pg.send_to_one(EVENTS, ("event", 4 + i),
+                                            strategy="hash", key="user:42") for i in range(2))
+        if first is None or again != first:
+            raise StepFailed(f"strategy hash chose {first!r}, then {again!r} for one key")
+        demo.say(f"send_to_one hash of key 'user:42' from the narrator, twice -> "
+                 f"{spid(first)} both times")
+    finally:
+        node.close_mailbox(mbox)
+    return (f"{len(pids)} members; reliable {len(pids)}/{len(pids)}, best effort "
+            f"{len(best)}/{len(pids)}; local_first on {sender.short}")
+
+
 async def step_kill(demo: Demo) -> str:
-    """kill -9 n3; every survivor must see NodeDown(connection_closed), and quickly."""
+    """kill -9 n3; every survivor must see NodeDown(connection_closed), and quickly; n3's
+    members of the process group must leave it in the narrator's view."""
     victim = demo.member("n3")
     survivors = [m.short for m in demo.members if m is not victim] + ["demo"]
     mark = len(demo.reports)
     assert victim.proc is not None
+    node = demo.node_up()
+    before = node.pg.get_members(EVENTS)
     demo.say(f"kill -9 {victim.short} (pid {victim.proc.pid})")
     t_kill = demo.kill9(victim)
 
@@ -638,8 +746,14 @@ async def step_kill(demo: Demo) -> str:
     for m in demo.members:
         if m is not victim:
             demo.say(f"  {m.short} now sees: {', '.join(sorted(demo.view(m) or ())) or '-'}")
+    # pg drops every member of a node on its nodedown: nothing needs to come from it.
+    after = node.pg.get_members(EVENTS)
+    if any(p.node == victim.name for p in after):
+        raise StepFailed(f"{victim.short}'s members are still in {EVENTS!r}: {after!r}")
+    demo.say(f"  group {EVENTS!r} in the narrator's view: {len(before)} -> {len(after)} "
+             f"members ({per_node(after)}); {victim.short}'s left with its nodedown")
     return (f"{', '.join(sorted(r.source for r in downs))}: connection_closed within "
-            f"{max(delays):.1f} ms")
+            f"{max(delays):.1f} ms; {EVENTS} {len(before)} -> {len(after)}")
 
 
 async def step_restart(demo: Demo) -> str:
@@ -678,11 +792,78 @@ async def step_restart(demo: Demo) -> str:
     return f"{m.short} back with a new creation; nodeup everywhere in {done - t:.2f} s"
 
 
+async def step_leader(demo: Demo) -> str:
+    """A candidate on every member stands for one group; kill -9 the leader's node and
+    time the election of a new leader, whose term must be higher."""
+    node = demo.node_up()
+    mbox = node.new_mailbox()
+    latest: dict[fabric.Pid, tuple[Any, ...]] = {}  # candidate -> its last report
+
+    def agreed(cands: list[fabric.Pid], above: int) -> tuple[fabric.Pid, int] | None:
+        """The (leader, term) all of ``cands`` were last told, if one and > ``above``."""
+        if any(c not in latest for c in cands):
+            return None
+        told = {latest[c][2][2:4] for c in cands if latest[c][2][0] == "leader_elected"}
+        if len(told) != 1:
+            return None
+        leader, term = told.pop()
+        return (leader, term) if term > above else None
+
+    async def election(cands: list[fabric.Pid], above: int, what: str) -> tuple[fabric.Pid, int]:
+        while (result := agreed(cands, above)) is None:
+            report = await demo.receive(mbox, what, tagged("candidate"))
+            latest[report[1]] = report
+        return result
+
+    try:
+        t0 = time.monotonic()
+        # All at once, so that they race: global lets exactly one register the name.
+        cands = list(await asyncio.gather(*(
+            node.spawn_on(m.name, SPEC + "candidate", ELECTION, mbox.self, timeout=WAIT / 2)
+            for m in demo.members)))
+        demo.say(f"spawn_on candidate on each member: {', '.join(map(spid, cands))} "
+                 f"stand for {ELECTION!r} at once")
+        leader, term = await election(cands, 0, "every candidate to agree on a leader")
+        last = max(latest[c][3] for c in cands)
+        demo.say(f"  all {len(cands)} told ('leader_elected', {ELECTION!r}, {spid(leader)}, "
+                 f"{term}) within {(last - t0) * 1000:.1f} ms; narrator: {_leader_str(node)}")
+        victim = next(m for m in demo.members if m.name == leader.node)
+        assert victim.proc is not None
+        survivors = [c for c in cands if c.node != victim.name]
+        demo.say(f"kill -9 {victim.short} (pid {victim.proc.pid}), the leader's node")
+        t_kill = demo.kill9(victim)
+        new, new_term = await election(survivors, term, "a new leader with a higher term")
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            victim.proc.wait(WAIT)  # reap it
+        for c in sorted(survivors, key=lambda c: latest[c][3]):
+            demo.say(f"  {spid(c):<7} told ('leader_elected', {ELECTION!r}, {spid(new)}, "
+                     f"{new_term}) {(latest[c][3] - t_kill) * 1000:6.1f} ms after the kill")
+        elected = max(latest[c][3] for c in survivors) - t_kill
+        if new.node == victim.name:
+            raise StepFailed(f"the new leader {new!r} is on the killed node")
+        demo.say(f"new leader {spid(new)} on {short(new.node)}, higher term {new_term} > {term} "
+                 f"(a fencing token), {elected * 1000:.1f} ms after the kill")
+        demo.say(f"  narrator: {_leader_str(node)}")
+    finally:
+        node.close_mailbox(mbox)
+    return (f"leader on {victim.short} (term {term}) killed; {short(new.node)} leads, "
+            f"term {new_term}, after {elected * 1000:.0f} ms")
+
+
+def _leader_str(node: fabric.Node) -> str:
+    """The narrator node's own view of the election's leader, for the narration."""
+    seen = node.global_.leader(ELECTION)
+    return "no leader" if seen is None else f"{spid(seen[0])} term {seen[1]}"
+
+
 STEPS: list[Step] = [
     Step("mesh forms: 3 members, one seed each", step_mesh),
     Step("processes across nodes: spawn_on + send", step_spawn),
-    Step("kill -9 n3: survivors see NodeDown", step_kill),
+    Step("GenServer across nodes: call, RemoteError", step_genserver),
+    Step("process groups: subscribers on every node", step_groups),
+    Step("kill -9 n3: NodeDown, the group shrinks", step_kill),
     Step("restart n3: NodeUp everywhere", step_restart),
+    Step("leader election: kill -9 the leader's node", step_leader),
 ]
 
 

@@ -12,12 +12,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+PID = r"<(n\d)\.\d+>"  # a pid as the narration shows it; group 1 is its node
 
 
 @pytest.mark.io
 def test_demo_runs_every_step_and_exits_0() -> None:
-    """The demo forms the mesh, round-trips hello/world, sees kill -9 as
-    connection_closed everywhere, sees the restarted node come back, and exits 0."""
+    """The demo forms the mesh, round-trips hello/world, calls a GenServer across nodes
+    (and sees its RemoteError), fans out to a process group, sees kill -9 as
+    connection_closed everywhere (and the group shrink), sees the restarted node come
+    back, elects a leader and a new one with a higher term after its node is killed, and
+    exits 0."""
     env = dict(os.environ)
     env.pop("FABRIC_COOKIE", None)  # the demo makes its own cookie
     start = time.monotonic()
@@ -33,15 +37,53 @@ def test_demo_runs_every_step_and_exits_0() -> None:
     assert "full mesh" in out
     # 2: a process spawned on n2 answers from n2.
     assert re.search(r"got \('world', 'n2@127\.0\.0\.1:\d+'\)", out), out
-    # 3: every survivor (n1, n2 and the hidden narrator) sees n3 down, connection_closed.
+
+    # 3: the counter on n1 answers the narrator and a process on n2, in order; ('div', 0)
+    # comes back as a RemoteError naming the remote type, and the server crashed.
+    for value in (5, 10, 15):
+        assert re.search(rf"narrator call\(\('counter', n1\), \('incr', 5\)\) -> {value}\s+in",
+                         out), out
+    assert re.search(r"n2\s+call\(\('counter', n1\), \('incr', 5\)\) -> 20\s+in", out), out
+    assert re.search(r"\('div', 0\)\)\s+-> RemoteError, remote type ZeroDivisionError", out), out
+    assert "raised at nodes/demo_member.py:" in out, out
+    assert "Down reason ('error', 'ZeroDivisionError'" in out, out
+
+    # 4: 3 subscribers on each of the 3 members; the narrator sees all 9; the reliable
+    # broadcast reaches all 9; local_first from n2 stays on n2; hashing a key is stable.
+    assert "9 processes join 'events' (n1 x3, n2 x3, n3 x3)" in out, out
+    assert re.search(r"get_members\('events'\): [\d ]*\b9 pids .* all 9 after", out), out
+    assert re.search(r"broadcast_reliable \('event', 1\): 9/9 reported it", out), out
+    assert re.search(r"broadcast \('event', 2\):\s+\d/9 reported it \(best effort", out), out
+    assert re.search(r"local_first from n2 -> <n2\.\d+>", out), out
+    assert re.search(rf"key 'user:42' from the narrator, twice -> {PID} both times", out), out
+
+    # 5: every survivor (n1, n2 and the hidden narrator) sees n3 down, connection_closed,
+    # and n3's 3 subscribers leave the group in the narrator's view.
     for who in ("n1", "n2", "demo (hidden)"):
         assert re.search(rf"{re.escape(who)}\s+nodedown\s+n3\s+reason connection_closed",
                          out), out
-    # 4: n3 is back with a new creation, and everyone sees its nodeup.
+    assert "group 'events' in the narrator's view: 9 -> 6 members (n1 x3, n2 x3)" in out, out
+
+    # 6: n3 is back with a new creation, and everyone sees its nodeup.
     assert re.search(r"n3 is listening again on port \d+, creation 0x[0-9a-f]+ \(was", out)
     for who in ("n1", "n2", "demo (hidden)"):
         assert re.search(rf"{re.escape(who)}\s+nodeup\s+n3\s+[\d.]+ ms after the restart",
                          out), out
-    # 5: the summary table, every step ok.
+
+    # 7: the three candidates agree on one leader; its node is the one killed; the two
+    # survivors agree on a new leader, elsewhere, with a higher term.
+    first = re.search(rf"all 3 told \('leader_elected', 'scheduler', {PID}, (\d+)\)", out)
+    assert first, out
+    leader_node, term = first.group(1), int(first.group(2))
+    assert re.search(rf"kill -9 {leader_node} \(pid \d+\), the leader's node", out), out
+    again = re.search(rf"new leader {PID} on (n\d), higher term (\d+) > (\d+)", out)
+    assert again, out
+    assert again.group(1) == again.group(2) != leader_node, out
+    assert int(again.group(3)) > term == int(again.group(4)), out
+    told = re.findall(rf"told \('leader_elected', 'scheduler', {PID}, (\d+)\)\s+[\d.]+ ms "
+                      "after the kill", out)
+    assert len(told) == 2 and set(told) == {(again.group(1), again.group(3))}, out
+
+    # The summary table, every step ok.
     assert re.search(r"all \d+ steps passed", out), out
     assert "FAIL" not in out

@@ -1,0 +1,266 @@
+"""The member side of ``python -m nodes.demo``: one cluster node, and what it exports.
+
+The narrator (:mod:`nodes.demo`) launches each member as ``python -m nodes.demo --member
+NAME [--seed PEER]``; :func:`member_main` runs it. A member starts a fabric node on a port
+chosen by the narrator, connects to its one seed (retrying until the seed is up), and
+reports on stdout, one JSON object a line: ``started`` (with its creation), then every
+``nodeup`` / ``nodedown`` with its view (``node.nodes()``) at that moment. Times are
+``time.monotonic()``: the monotonic clock is system-wide, so the narrator can subtract its
+own timestamps (for instance the moment it sent SIGKILL) from the members'. fabric's own
+log goes to stderr, which the narrator keeps in a file and shows only when something
+fails. A member stops gracefully on SIGTERM or SIGINT, and on its own when the narrator
+disappears or after ``--lifetime`` seconds.
+
+Everything else the walkthrough shows happens through fabric itself: the narrator
+``spawn_on``-s the exported process functions below on the members, and they answer by
+sending tuples to a pid the narrator passed them (the mailbox of the step that asked), with
+a ``time.monotonic()`` stamp where the narrator measures a delay. Every one of them ends by
+itself (a ``"stop"`` message, an idle timeout or a lifetime), so a forgotten process does
+not outlive the demo's budget by much; all of them die with their node anyway.
+
+Members run this module as ``nodes.demo_member`` (imported by ``nodes.demo``, which is
+``__main__``), so ``"nodes.demo_member:fn"`` resolves to these very functions, not to a
+second copy of the module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any, TextIO
+
+import structlog
+
+import fabric
+
+HOST = "127.0.0.1"
+WAIT = 10.0  # the longest any single wait may take, seconds
+LIFETIME = 60.0  # the longest an exported demo process lives (the demo takes far less)
+SPEC = "nodes.demo_member:"  # prefix of the spawn specs of the functions below
+
+
+def quiet_fabric_log(stream: TextIO) -> None:
+    """Send fabric's structlog output (warnings and up) to ``stream``.
+
+    structlog prints to stdout by default, which would mix with the narration (and, in a
+    member, with its JSON reports). Must run before any Node is created: a node binds its
+    logger at construction.
+    """
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+# -- step 2: hello/world ----------------------------------------------------------------------
+
+
+@fabric.export
+async def hello_worker(proc: fabric.Process, idle_timeout: float = 10.0,
+                       max_messages: int = 10_000) -> None:
+    """Answer ``("hello", from_pid)`` with ``("world", this node's name)``.
+
+    Ends on ``"stop"``, after ``idle_timeout`` seconds without a message, or after
+    ``max_messages`` messages, so a forgotten worker does not live forever.
+    """
+    for _ in range(max_messages):
+        msg = await proc.receive(timeout=idle_timeout, default=None)
+        if msg is None or msg == "stop":
+            return
+        if type(msg) is tuple and len(msg) == 2 and msg[0] == "hello" \
+                and type(msg[1]) is fabric.Pid:
+            proc.send(msg[1], ("world", proc.node.name))
+
+
+# -- step 3: a GenServer called across nodes --------------------------------------------------
+
+
+class Counter(fabric.GenServer):
+    """A ClusterSingleton-style counter: one instance, on one node, called from anywhere.
+
+    Requests: ``("incr", k)`` adds ``k`` and returns the new value; ``"get"`` returns it;
+    ``("div", d)`` returns ``value // d``, so ``("div", 0)`` raises ZeroDivisionError in
+    ``handle_call``: the caller gets a RemoteError, and the server crashes (Erlang's
+    policy, see :mod:`fabric.genserver`).
+    """
+
+    n: int
+
+    async def init(self, start: int = 0) -> None:
+        self.n = start
+
+    async def handle_call(self, request: Any, from_: fabric.From) -> Any:
+        if request == "get":
+            return self.n
+        if type(request) is tuple and len(request) == 2 and type(request[1]) is int:
+            op, arg = request
+            if op == "incr":
+                self.n += arg
+                return self.n
+            if op == "div":
+                return self.n // arg
+        raise ValueError(f"unknown request {request!r}")
+
+
+@fabric.export
+async def start_counter(proc: fabric.Process, reply_to: fabric.Pid, name: str,
+                        start: int = 0) -> None:
+    """Start a :class:`Counter` registered locally as ``name``; tell ``reply_to``.
+
+    Sends ``("counter_started", node, pid)``, or ``("counter_failed", node, why)``. This
+    process ends right after; the server is not linked to it, so it lives on.
+    """
+    node = proc.node
+    try:
+        pid = await Counter.start(node, start, name=name)
+    except Exception as exc:  # anything init or the registration raised: report it
+        proc.send(reply_to, ("counter_failed", node.name, f"{type(exc).__name__}: {exc}"))
+        return
+    proc.send(reply_to, ("counter_started", node.name, pid))
+
+
+@fabric.export
+async def call_counter(proc: fabric.Process, reply_to: fabric.Pid, name: str,
+                       where: str, request: Any) -> None:
+    """``fabric.call`` the server ``(name, where)`` from this node; report to ``reply_to``.
+
+    Sends ``("called", node, request, outcome, seconds)`` where ``outcome`` is
+    ``("ok", value)``, ``("RemoteError", type_name, message)`` or ``(error type, text)``.
+    """
+    t = time.monotonic()
+    outcome: tuple[Any, ...]
+    try:
+        outcome = ("ok", await fabric.call(proc, (name, where), request, timeout=WAIT / 2))
+    except fabric.RemoteError as exc:
+        outcome = ("RemoteError", exc.type_name, exc.message)
+    except fabric.FabricError as exc:
+        outcome = (type(exc).__name__, str(exc))
+    proc.send(reply_to, ("called", proc.node.name, request, outcome, time.monotonic() - t))
+
+
+# -- step 4: process groups -------------------------------------------------------------------
+
+
+@fabric.export
+async def subscriber(proc: fabric.Process, group: str, reply_to: fabric.Pid,
+                     lifetime: float = LIFETIME) -> None:
+    """Join ``group`` and report every message it receives to ``reply_to``.
+
+    Sends ``("delivered", own_pid, message, t)`` per message. Ends on ``"stop"`` or after
+    ``lifetime`` seconds; leaving the group is automatic when a member exits.
+    """
+    proc.node.pg.join(group, proc.self)
+    end = time.monotonic() + lifetime
+    while (left := end - time.monotonic()) > 0:
+        msg = await proc.receive(timeout=left, default=None)
+        if msg is None or msg == "stop":
+            return
+        proc.send(reply_to, ("delivered", proc.self, msg, time.monotonic()))
+
+
+@fabric.export
+async def send_one(proc: fabric.Process, group: str, message: Any, strategy: str,
+                   reply_to: fabric.Pid) -> None:
+    """``pg.send_to_one`` from this node; sends ``("sent_one", node, chosen_pid)``."""
+    chosen = proc.node.pg.send_to_one(group, message, strategy=strategy)
+    proc.send(reply_to, ("sent_one", proc.node.name, chosen))
+
+
+# -- step 7: leader election ------------------------------------------------------------------
+
+
+@fabric.export
+async def candidate(proc: fabric.Process, group: str, reply_to: fabric.Pid,
+                    lifetime: float = LIFETIME) -> None:
+    """Stand for leading ``group``; forward every election message to ``reply_to``.
+
+    Sends ``("candidate", own_pid, message, t)`` for each ``("leader_elected", group,
+    leader, term)`` or ``("leader_lost", group, term)``. ``t`` is taken on receipt here,
+    so the narrator measures the election, not the forwarding. Ends on ``"stop"`` or after
+    ``lifetime`` seconds (its candidacy ends with it).
+    """
+    proc.node.global_.stand(group, proc.self)
+    end = time.monotonic() + lifetime
+    while (left := end - time.monotonic()) > 0:
+        msg = await proc.receive(timeout=left, default=None)
+        if msg is None or msg == "stop":
+            return
+        if type(msg) is tuple and msg[:1] in (("leader_elected",), ("leader_lost",)):
+            proc.send(reply_to, ("candidate", proc.self, msg, time.monotonic()))
+
+
+# -- member mode ------------------------------------------------------------------------------
+
+
+def emit(event: str, **fields: Any) -> None:
+    """Report one event to the narrator as a JSON line on stdout."""
+    try:
+        print(json.dumps({"event": event, "t": time.monotonic(), **fields}), flush=True)
+    except (BrokenPipeError, ValueError):
+        pass  # the narrator is gone (or stdout closed): nobody left to tell
+
+
+async def join_seed(node: fabric.Node, seed: str, deadline: float) -> None:
+    """Connect to ``seed`` until the session is up or ``deadline`` (monotonic) passes.
+
+    Retries because members start at the same moment: the seed may not be listening yet
+    (``connection_refused``), and a restarted member may race the seed's own reconnect
+    attempts (the mesh then keeps one session, and we only need to see it up).
+    """
+    while time.monotonic() < deadline:
+        if seed in node.nodes():
+            return
+        if await node.connect(seed, timeout=1.0):
+            return
+        emit("connect_retry", peer=seed, reason=node.last_connect_error(seed))
+        await asyncio.sleep(0.1)
+    emit("seed_failed", peer=seed, reason=node.last_connect_error(seed))
+
+
+async def member_main(name: str, seed: str | None, pub_port: int, lifetime: float,
+                      parent: int | None) -> int:
+    """Run one member until SIGTERM/SIGINT, the exit of process ``parent`` (the
+    narrator), or ``lifetime`` seconds."""
+    quiet_fabric_log(sys.stderr)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # The narrator passes its pid: reading os.getppid() here would be too late if it
+    # died while we were starting (we would already be someone else's child).
+    if parent is None:
+        parent = os.getppid()
+    # The cookie comes from FABRIC_COOKIE (set by the narrator), never from argv.
+    node = fabric.Node(name, pub_port=pub_port)
+    async with node:
+        events = node.monitor_nodes()  # subscribe before connecting: miss no nodeup
+        emit("started", name=node.name, creation=node.creation, pid=os.getpid())
+
+        async def pump() -> None:
+            async for ev in events:
+                if isinstance(ev, fabric.NodeUp):
+                    emit("nodeup", peer=ev.node, view=node.nodes())
+                else:
+                    emit("nodedown", peer=ev.node, reason=ev.reason, view=node.nodes())
+
+        pump_task = loop.create_task(pump())
+        seed_task = (loop.create_task(join_seed(node, seed, time.monotonic() + WAIT))
+                     if seed else None)
+        end = time.monotonic() + lifetime
+        # Poll for the parent's death: if the narrator is killed -9 it cannot clean up,
+        # and a broken stdout would only show at our next report, which may never come.
+        while not stop.is_set() and time.monotonic() < end and os.getppid() == parent:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.25)
+        for task in (seed_task, pump_task):
+            if task is not None:
+                task.cancel()
+        emit("stopping")
+    return 0
