@@ -26,8 +26,10 @@ from fabric.exports import export
 from fabric.genserver import NOREPLY, From, GenServer, call, cast, reply
 from fabric.node import Node, NodeDown, NodeMonitor, NodeUp
 from fabric.process import Down, Exit, Process, ProcessExit
+from fabric.registry import Registry
 from fabric.sync import SyncMailbox, SyncNode
 from fabric.types import NodeName, Pid, Ref, parse_node_name
+from fabric.workers import Router
 
 __all__ = [
     "AuthenticationError",
@@ -57,8 +59,10 @@ __all__ = [
     "ProtocolError",
     "ReceiveTimeout",
     "Ref",
+    "Registry",
     "RemoteError",
     "RemoteProtocolError",
+    "Router",
     "SyncMailbox",
     "SyncNode",
     "call",
