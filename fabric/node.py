@@ -45,6 +45,9 @@ __all__ = ["Node", "NodeDown", "NodeMonitor", "NodeUp"]
 
 TICK: float = 0.05
 _MAX_READS = 512  # frames handled per wakeup before yielding to other callbacks
+# Messages dispatched per wakeup: a frame is a batch of up to 1024 messages, so a frame
+# budget alone would let a flood hold the loop for seconds and starve the heartbeats.
+_MAX_MESSAGES = 2048
 _MAX_HANDSHAKE_FRAME = 4096  # bytes; the largest frame decoded from an unknown identity
 
 
@@ -442,7 +445,10 @@ class Node(ProcessRuntime):
     def _on_router(self, sock: zmq.Socket[Any]) -> bool:
         mesh = self.mesh
         now = self.loop.time()
+        budget = _MAX_MESSAGES
         for _ in range(_MAX_READS):
+            if budget <= 0:
+                return True  # more may be waiting: the reader runs again next turn
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -468,6 +474,7 @@ class Node(ProcessRuntime):
             if type(value) is not list:
                 self._bad("not_a_batch", peer=peer)
                 continue
+            budget -= len(value)
             self._dispatch(peer, value, now)
         return True
 
