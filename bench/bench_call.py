@@ -1,0 +1,291 @@
+"""Call round trip to a remote process: p50, p99 and calls/s, next to raw pyzmq round trips.
+
+Run:  python -m bench.bench_call [--quick] [--runs N] [--out PATH]
+      (or python bench/bench_call.py)
+
+Two fabric nodes run as separate OS processes on 127.0.0.1.  A client process on node
+``cli`` makes N sequential calls (one in flight) to node ``srv``; each call's latency is
+taken in the client around send + receive of the reply (``time.perf_counter_ns``), after
+untimed warm-up calls; calls/s is N over the whole timed loop.  Two servers:
+
+* ``echo``: a plain process that takes ``(seq, client_pid)`` with ``await receive()`` and
+  sends ``(seq,)`` back; the client waits with ``await proc.receive()`` and checks the
+  sequence number.  This is fabric's messaging floor for a request/reply.
+* ``genserver``: a :class:`fabric.GenServer` whose ``handle_call`` returns the request,
+  called with ``fabric.genserver.call(proc, (name, node), request)`` (a monitor, a tagged
+  send and a selective receive per call, as Erlang's ``gen:call``).  Skipped, with a
+  note in the JSON, when ``fabric.genserver`` is not importable.
+
+Baselines, in the same run: raw pyzmq DEALER <-> ROUTER echo with msgpack, blocking
+(``roundtrip raw sync``) and on asyncio (``roundtrip raw asyncio``, the fair comparison:
+fabric runs on asyncio too).  Ratios are median / baseline median: above 1 is slower for
+latencies, faster for calls/s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+if not __package__:  # started as `python bench/bench_call.py`: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import _fabric as fb  # noqa: E402
+from bench import _harness as h  # noqa: E402
+from bench import baselines  # noqa: E402
+from bench.baselines import RoundTrip  # noqa: E402
+
+#: Longest wait for any one reply or step in a child: a stall means a broken benchmark.
+STALL_S = 10.0
+CHILD_TIMEOUT_S = 90.0
+WARMUP_CALLS = 200
+#: The registered name of the GenServer on the server node.
+SERVER_NAME = "bench_echo"
+#: Erlang/OTP 25 remote gen_server:call on this machine (issue 6) and fabric's goal.
+ERLANG_P50_US = 202.0
+ERLANG_P99_US = 1900.0
+GOAL_P50_US = 200.0
+
+KINDS = ("echo", "genserver")
+
+
+def genserver_available() -> bool:
+    """True when fabric has its GenServer module (it is being written in parallel)."""
+    return importlib.util.find_spec("fabric.genserver") is not None
+
+
+# --------------------------------------------------------------------------- server node
+
+
+async def _echo(proc: Any) -> None:
+    """The raw echo server: ``(seq, pid)`` in, ``(seq,)`` back, until ``("stop",)``."""
+    receive, send = proc.receive, proc.send
+    while True:
+        msg = await receive()
+        if msg[0] == "stop":
+            return
+        send(msg[1], (msg[0],))
+
+
+def _echo_server_class() -> Any:
+    # Defined on demand: fabric.genserver may not exist yet (see module doc).
+    import fabric.genserver as gs
+
+    class Echo(gs.GenServer):  # type: ignore[misc,name-defined,unused-ignore]
+        """Replies with the request."""
+
+        async def handle_call(self, request: Any, from_: Any) -> Any:
+            return request
+
+    return Echo
+
+
+async def _srv_main(port: int, kind: str) -> dict[str, Any]:
+    async with fb.new_node("srv", port) as node:
+        if kind == "genserver":
+            pid = await _echo_server_class().start(node, name=SERVER_NAME)
+        else:
+            pid = node.spawn(_echo)
+        h.emit("ready", node=node.name, pid=fb.pid_to_json(pid))
+        # Serve until the client node says goodbye (it stops when done), bounded.
+        events = node.monitor_nodes()
+        deadline = time.monotonic() + CHILD_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                event = await events.next(timeout=max(0.1, deadline - time.monotonic()))
+            except asyncio.TimeoutError:  # an alias of TimeoutError only from 3.11
+                break
+            if type(event).__name__ == "NodeDown":
+                break
+        events.close()
+    return {"stopped": True}
+
+
+def _srv(port: int, kind: str) -> dict[str, Any]:
+    """Child: node ``srv`` running the echo process or the echo GenServer."""
+    return fb.run_child(lambda: _srv_main(port, kind))
+
+
+# --------------------------------------------------------------------------- client node
+
+
+async def _client_echo(proc: Any, server: Any, n_calls: int, warmup: int) -> dict[str, float]:
+    receive, send, me = proc.receive, proc.send, proc.self
+    clock = time.perf_counter_ns
+    for i in range(warmup):
+        send(server, (i, me))
+        await receive(timeout=STALL_S)
+    samples = [0] * n_calls
+    t0 = time.perf_counter()
+    for i in range(n_calls):
+        start = clock()
+        send(server, (i, me))
+        reply = await receive(timeout=STALL_S)
+        samples[i] = clock() - start
+        if reply[0] != i:  # a crossed reply would make every figure meaningless
+            raise h.BenchError(f"reply {reply!r} to call {i}")
+    elapsed = time.perf_counter() - t0
+    return _figures(samples, elapsed)
+
+
+async def _client_genserver(
+    proc: Any, server: Any, n_calls: int, warmup: int
+) -> dict[str, float]:
+    from fabric.genserver import call
+
+    clock = time.perf_counter_ns
+    for i in range(warmup):
+        await call(proc, server, ("ping", i), STALL_S)
+    samples = [0] * n_calls
+    t0 = time.perf_counter()
+    for i in range(n_calls):
+        start = clock()
+        reply = await call(proc, server, ("ping", i), STALL_S)
+        samples[i] = clock() - start
+        if reply != ("ping", i):
+            raise h.BenchError(f"reply {reply!r} to call {i}")
+    elapsed = time.perf_counter() - t0
+    return _figures(samples, elapsed)
+
+
+def _figures(samples_ns: list[int], elapsed_s: float) -> dict[str, float]:
+    samples_ns.sort()
+    return {
+        "p50_us": h.percentile(samples_ns, 50) / 1000.0,
+        "p99_us": h.percentile(samples_ns, 99) / 1000.0,
+        "calls_per_s": len(samples_ns) / elapsed_s,
+    }
+
+
+async def _cli_main(
+    port: int, server_node: str, server_pid: list[Any], kind: str, n_calls: int, warmup: int
+) -> dict[str, Any]:
+    async with fb.new_node("cli", port) as node:
+        if not await node.connect(server_node, timeout=STALL_S):
+            raise h.BenchError(f"cannot connect: {node.last_connect_error(server_node)}")
+        watch = fb.LoopWatch(node)
+        done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+        async def client(proc: Any) -> None:
+            try:
+                if kind == "genserver":
+                    # By registered name on the remote node, as a user would address it.
+                    target: Any = (SERVER_NAME, server_node)
+                    got = await _client_genserver(proc, target, n_calls, warmup)
+                else:
+                    target = fb.pid_from_json(server_pid)
+                    got = await _client_echo(proc, target, n_calls, warmup)
+                    proc.send(target, ("stop",))
+                done.set_result(got)
+            except BaseException as exc:
+                if not done.done():
+                    done.set_exception(exc)
+                raise
+
+        node.spawn(client)
+        result = await watch.wait(done, CHILD_TIMEOUT_S)
+        info = watch.close()
+    if result is None:
+        raise h.BenchError(f"server node went down during the calls: {info['events']}")
+    result.update(info)
+    return result
+
+
+def _cli(
+    port: int, server_node: str, server_pid: list[Any], kind: str, n_calls: int, warmup: int
+) -> dict[str, Any]:
+    """Child: node ``cli`` with one client process making sequential calls."""
+    return fb.run_child(lambda: _cli_main(port, server_node, server_pid, kind, n_calls, warmup))
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+def roundtrip_fabric(n_calls: int, kind: str = "echo", warmup: int = WARMUP_CALLS) -> RoundTrip:
+    """One measurement of ``n_calls`` sequential calls from node cli to node srv."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}")
+    with h.Children() as kids:
+        srv = kids.function(_srv, port=fb.free_port(), kind=kind)
+        ready = srv.expect("ready", STALL_S)
+        cli = kids.function(
+            _cli,
+            port=fb.free_port(),
+            server_node=ready["node"],
+            server_pid=ready["pid"],
+            kind=kind,
+            n_calls=n_calls,
+            warmup=warmup,
+        )
+        got = cli.result(CHILD_TIMEOUT_S)
+        srv.result(CHILD_TIMEOUT_S)
+    return RoundTrip(got["p50_us"], got["p99_us"], got["calls_per_s"])
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Measure fabric call round trips next to the raw baselines; print and write JSON."""
+    args = h.parse_args(__doc__, argv)
+    n = h.sized(args, full=5_000, quick=2_000)
+    n_sync = h.sized(args, full=10_000, quick=2_000)
+    with_genserver = genserver_available()
+
+    report = fb.Report("bench_call", args)
+    report.extra = {
+        "reference": {
+            "erlang_otp25_call_p50_us": ERLANG_P50_US,
+            "erlang_otp25_call_p99_us": ERLANG_P99_US,
+            "goal_p50_us": GOAL_P50_US,
+            "source": "issue 6 (remote gen_server:call, Erlang/OTP 25 on this machine)",
+        },
+        "genserver_measured": with_genserver,
+    }
+    measurements: dict[str, Callable[[], RoundTrip]] = {
+        "rt_sync": lambda: baselines.roundtrip_raw_sync(n_sync),
+        "rt_async": lambda: baselines.roundtrip_raw_asyncio(n),
+        "echo": lambda: roundtrip_fabric(n, "echo"),
+    }
+    if with_genserver:
+        measurements["genserver"] = lambda: roundtrip_fabric(n, "genserver")
+    else:
+        # TODO(bench): fabric.genserver is not importable here; only the raw-echo
+        # variant ran.  The GenServer row appears by itself once the module exists.
+        report.extra["todo"] = "fabric.genserver missing: GenServer call not measured"
+    got = h.run_interleaved(measurements, args.runs)
+
+    def col(key: str, name: str) -> list[float]:
+        return [float(getattr(r, name)) for r in got[key]]
+
+    rows = (("p50", "us", "p50_us"), ("p99", "us", "p99_us"), ("rate", "calls/s", "calls_per_s"))
+    for metric, unit, attr in rows:
+        report.add("roundtrip raw sync", metric, unit, col("rt_sync", attr),
+                   note=f"blocking DEALER<->ROUTER echo, {n_sync} calls")
+    for metric, unit, attr in rows:
+        report.add("roundtrip raw asyncio", metric, unit, col("rt_async", attr),
+                   baseline="roundtrip raw sync", note=f"zmq.asyncio echo, {n} calls")
+    names = {"echo": "fabric echo process", "genserver": "fabric GenServer call"}
+    for kind in (k for k in KINDS if k in got):
+        for metric, unit, attr in rows:
+            values = col(kind, attr)
+            med = statistics.median(values)
+            note = f"{n} sequential calls"
+            if metric == "p50":
+                note += f"; {med / ERLANG_P50_US:.2f}x Erlang/OTP 25 p50 ({ERLANG_P50_US:g} us)"
+            elif metric == "p99":
+                note += f"; {med / ERLANG_P99_US:.2f}x Erlang/OTP 25 p99 ({ERLANG_P99_US:g} us)"
+            report.add(names[kind], metric, unit, values, baseline="roundtrip raw asyncio",
+                       note=note)
+    report.finish()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
