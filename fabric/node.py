@@ -31,7 +31,7 @@ from zmq.utils.monitor import parse_monitor_message
 from fabric.config import NodeConfig, load_cookie
 from fabric.errors import ConfigError, RemoteProtocolError
 from fabric.global_ import Global
-from fabric.outbound import Outbound
+from fabric.outbound import MAX_BATCH, Outbound
 from fabric.pg import Groups
 from fabric.protocol import mesh as m
 from fabric.protocol.codec import Codec
@@ -394,7 +394,10 @@ class Node(ProcessRuntime):
         self._close_channel(peer, False, True)
         cfg = self.config
         sock = self.ctx.socket(zmq.DEALER)
-        configure(sock, max_frame=cfg.max_frame, sndhwm=cfg.sndhwm, rcvhwm=cfg.rcvhwm)
+        # Frames hold up to MAX_BATCH messages: size the socket's queue from the message
+        # limit, or ZeroMQ would buffer far more than outbound_limit messages per peer.
+        hwm = min(cfg.sndhwm, max(16, cfg.outbound_limit // MAX_BATCH))
+        configure(sock, max_frame=cfg.max_frame, sndhwm=hwm, rcvhwm=cfg.rcvhwm)
         sock.setsockopt(zmq.ROUTING_ID, identity)
         mon = open_monitor(self.ctx, sock, zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
                            | zmq.EVENT_CONNECT_RETRIED)

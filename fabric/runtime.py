@@ -41,6 +41,7 @@ from fabric.errors import (
     NotExportedError,
 )
 from fabric.exports import resolve_export
+from fabric.outbound import MAX_BATCH
 from fabric.process import KILLED, NORMAL, Down, Exit, Process, ProcessExit, exception_reason
 from fabric.protocol.codec import Codec
 from fabric.protocol.effects import (
@@ -259,6 +260,12 @@ class ProcessRuntime:
         while True:
             try:
                 self.send(dest, message)
+                if type(dest) is Pid and dest[0] != self.name:
+                    ch = self._channels.get(dest[0])
+                    if ch is not None and len(ch.out.queue) >= MAX_BATCH:
+                        # A full batch is waiting: let the loop send it (and heartbeat)
+                        # instead of queueing up to the limit in one go.
+                        await asyncio.sleep(0)
                 return
             except BackpressureError as exc:
                 ch = self._channels.get(exc.node)

@@ -100,7 +100,8 @@ class Codec:
                 body = self._inner[depth].pack(list(obj))
             finally:
                 self._depth = depth
-            return msgpack.ExtType(EXT_TUPLE, body)
+            # ExtType's own constructor validates in Python; the fields are known good.
+            return tuple.__new__(msgpack.ExtType, (EXT_TUPLE, body))
         if t is Pid or t is Ref:
             ext = self._ext_cache.get(obj)
             if ext is None:
@@ -144,7 +145,9 @@ class Codec:
                 raise RemoteProtocolError("tuples nested deeper than 64 levels")
             self._decode_depth += 1
             try:
-                items = msgpack.unpackb(data, **self._unpack_kwargs)
+                # The outer unpack bounded every length by the frame's size already.
+                items = msgpack.unpackb(data, ext_hook=self._ext_hook, raw=False,
+                                        strict_map_key=False)
             finally:
                 self._decode_depth -= 1
             if type(items) is not list:

@@ -298,6 +298,8 @@ class MeshCore:
         existing = self.peers.get(peer)
         if existing is not None:
             return [ConnectDone(peer, True, "already_connected")] if existing.state == UP else []
+        if any(a.name == peer for a in self._accepts.values()):
+            return []  # the peer is connecting to us: its session answers this connect
         if self.stopping:
             return [ConnectDone(peer, False, "stopping")]
         return self._initiate(peer, parsed, now)
@@ -589,7 +591,9 @@ class MeshCore:
                 # It lost our session (it restarted, or dropped us while we were
                 # frozen) and comes again: the old session is over.
                 effects += self._down(p.name, "connection_closed", now, notify_peer=False)
-            elif existing.state == ANSWER_SENT:
+            elif existing.state == ANSWER_SENT and self.name < p.name:
+                # Both attempts got this far at once: the smaller name's attempt wins on
+                # both sides (the peer drops its own attempt when ours reaches it).
                 return self._refuse(identity, "simultaneous", now)
             else:
                 # Our own attempt yields to theirs; whoever waits for it is answered

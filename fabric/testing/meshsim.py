@@ -61,6 +61,7 @@ class MeshSim:
         *,
         seed: int = 0,
         latency: float = 0.0005,
+        jitter: float = 0.0,
         tick: float = 0.05,
         cookies: dict[str, bytes] | None = None,
         hidden: frozenset[str] = frozenset(),
@@ -69,6 +70,8 @@ class MeshSim:
         self.rng = random.Random(seed)
         self.now = 0.0
         self.latency = latency
+        self.jitter = jitter  # extra random delay per frame; each link stays FIFO
+        self._last_arrival: dict[tuple[str, str], float] = {}
         self.tick_interval = tick
         self.core_options = core_options
         self.hidden = hidden
@@ -216,7 +219,10 @@ class MeshSim:
             else:
                 action()
 
-        self._after(self.latency, arrive)
+        delay = self.latency + (self.rng.random() * self.jitter if self.jitter else 0.0)
+        at = max(self.now + delay, self._last_arrival.get((src, dst), 0.0))
+        self._last_arrival[(src, dst)] = at
+        self._after(at - self.now, arrive)
 
     def _closed(self, owner: str, peer: str) -> None:
         node = self.nodes[owner]

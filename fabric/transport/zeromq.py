@@ -94,7 +94,10 @@ class Reader:
             self._loop.call_soon(self._run)
 
     def _wake(self) -> None:
-        self.poke()
+        # Called by the selector: read now rather than one loop iteration later (a
+        # round trip pays this twice), unless a read is already scheduled.
+        if not self._scheduled:
+            self._run()
 
     def _run(self) -> None:
         self._scheduled = False

@@ -246,3 +246,31 @@ def test_garbage_handshake_frames_are_counted_not_fatal(junk: object) -> None:
     core.router_frame(b"id", junk, 0.0)
     assert not core.peers and not core.authenticated
     assert core.stats.bad_frames >= 1
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_everyone_connects_to_everyone_at_once(seed: int) -> None:
+    # Crossing HELLOs in every pair at once (and transitive connects on top) must end in
+    # one session per pair without waiting out a handshake timeout.
+    names = [f"m{i}@127.0.0.1:{9300 + i}" for i in range(8)]
+    sim = MeshSim(names, seed=seed, jitter=0.01)
+    order = [(a, b) for a in names for b in names if a != b]
+    sim.rng.shuffle(order)
+    for a, b in order:
+        sim.connect(a, b)
+    took = sim.run_until(lambda: sim.full_mesh(), timeout=10)
+    assert took < 1.0
+    for n in names:
+        assert len([e for e in sim.events[n] if e[0] == "up"]) == 7
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_many_nodes_joining_one_seed_form_the_mesh_quickly(seed: int) -> None:
+    # Each newcomer learns the others from the seed's peer list while they learn of it:
+    # connects cross, and some arrive while a handshake from the same peer is pending.
+    names = [f"j{i}@127.0.0.1:{9400 + i}" for i in range(12)]
+    sim = MeshSim(names, seed=seed, jitter=0.02)
+    for name in names[1:]:
+        sim._after(sim.rng.random() * 0.05, lambda n=name: sim.connect(n, names[0]))
+    took = sim.run_until(lambda: sim.full_mesh(), timeout=20)
+    assert took < 1.5
