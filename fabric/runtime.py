@@ -1,4 +1,4 @@
-"""The process half of a node: the process table, signals, monitors, links, services.
+"""The process half of a node: the process table, signals, monitors, links.
 
 Theory of operation
 -------------------
@@ -18,8 +18,7 @@ Because a nodedown ends a session for good, everything tied to a peer is indexed
 (``_remote_monitors``, ``_remote_links``, ``_watched_by_remote``) and resolved on its
 nodedown: monitors fire ``noconnection``, links send ``noconnection`` exit signals.
 
-Service cores (pg, global...) are hosted generically: their effects are executed here and
-their messages travel as ``[K_SERVICE, service, payload]``.
+Service cores (pg, global...) are hosted by :class:`fabric.services.ServiceHost`.
 """
 
 from __future__ import annotations
@@ -29,8 +28,6 @@ import itertools
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
-
-import zmq
 
 from fabric.errors import (
     BackpressureError,
@@ -44,19 +41,9 @@ from fabric.exports import resolve_export
 from fabric.outbound import MAX_BATCH
 from fabric.process import KILLED, NORMAL, Down, Exit, Process, ProcessExit, exception_reason
 from fabric.protocol.codec import Codec
-from fabric.protocol.effects import (
-    CancelTimer,
-    Complete,
-    Deliver,
-    Publish,
-    Send,
-    ServiceCore,
-    SetTimer,
-    Subscribe,
-    Unsubscribe,
-)
 from fabric.protocol.mesh import MeshCore
-from fabric.protocol.messages import K_CTRL, K_REG_SEND, K_SEND, K_SERVICE
+from fabric.protocol.messages import K_CTRL, K_REG_SEND, K_SEND
+from fabric.services import ServiceHost
 from fabric.types import Pid, Ref
 
 __all__ = ["ProcessRuntime", "RegName"]
@@ -71,7 +58,7 @@ class RegName(NamedTuple):
     node: str
 
 
-class ProcessRuntime:
+class ProcessRuntime(ServiceHost):
     """Mixin of :class:`fabric.Node` holding process state. Not used on its own."""
 
     # provided by Node
@@ -101,11 +88,7 @@ class ProcessRuntime:
         self._spawn_waiters: dict[Ref, tuple[str, asyncio.Future[Pid]]] = {}
         # peer -> messages sent while its session is being negotiated (no channel yet)
         self._early: dict[str, list[Any]] = {}
-        self._services: dict[str, ServiceCore] = {}
-        self._topic_handlers: dict[bytes, Callable[[bytes, bytes, float], None]] = {}
-        self._timers: dict[tuple[str, Any], asyncio.TimerHandle] = {}
-        self._completions: dict[Any, asyncio.Future[Any]] = {}
-        self._effect_handlers: dict[type, Callable[[str, Any], None]] = {}
+        ServiceHost.__init__(self)
 
     # -- identifiers ----------------------------------------------------------------------
 
@@ -280,7 +263,7 @@ class ProcessRuntime:
         if ch is None:
             if self.mesh.peers.get(node) is None:
                 try:
-                    self._exec(self.mesh.connect(node, self.loop.time()))  # type: ignore[attr-defined]
+                    self._exec(self.mesh.connect(node, self.loop.time()))
                 except ConfigError:
                     self.metrics["undeliverable"] += 1
                     return
@@ -545,101 +528,3 @@ class ProcessRuntime:
         tasks = [p.task for p in procs if p.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=self.config.drain_timeout)
-
-    # -- services -------------------------------------------------------------------------
-
-    def add_service(self, core: ServiceCore) -> None:
-        """Host a service core (pg, global, ...) on this node."""
-        if core.service in self._services:
-            raise ConfigError(f"service {core.service!r} is already running")
-        self._services[core.service] = core
-        now = self.loop.time()
-        for peer in self.mesh.nodes() + self.mesh.hidden_nodes():
-            self._exec_service(core.service, core.on_nodeup(peer, now))
-
-    def service(self, name: str) -> Any:
-        return self._services[name]
-
-    def on_topic(self, prefix: bytes, handler: Callable[[bytes, bytes, float], None]) -> None:
-        """Route PUB/SUB messages whose topic starts with ``prefix`` to ``handler``."""
-        self._topic_handlers[prefix] = handler
-
-    def on_effect(self, effect_type: type, handler: Callable[[str, Any], None]) -> None:
-        """Teach the node a service-specific effect type."""
-        self._effect_handlers[effect_type] = handler
-
-    def expect(self, token: Any) -> asyncio.Future[Any]:
-        """A future resolved by a service's ``Complete(token, result)`` effect."""
-        fut: asyncio.Future[Any] = self.loop.create_future()
-        self._completions[token] = fut
-        return fut
-
-    def run_service(self, service: str, method: str, *args: Any) -> Any:
-        """Call ``core.method(*args, now)`` and execute its effects; returns the value of
-        a ``(value, effects)`` result, else None."""
-        result = getattr(self._services[service], method)(*args, self.loop.time())
-        if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], list):
-            self._exec_service(service, result[1])
-            return result[0]
-        self._exec_service(service, result)
-        return None
-
-    def _on_service_message(self, peer: str, service: str, payload: Any, now: float) -> None:
-        core = self._services.get(service)
-        if core is None:
-            self.metrics["undeliverable"] += 1
-            return
-        self._exec_service(service, core.on_message(peer, payload, now))
-
-    def _on_topic(self, topic: bytes, data: bytes, now: float) -> None:
-        self.metrics["topic_in"] = self.metrics.get("topic_in", 0) + 1
-        for prefix, handler in self._topic_handlers.items():
-            if topic.startswith(prefix):
-                handler(topic, data, now)
-                return
-
-    def _exec_service_effect(self, eff: Any) -> None:
-        raise TypeError(f"node cannot execute {eff!r}")
-
-    def _exec_service(self, service: str, effects: list[Any]) -> None:
-        for eff in effects:
-            t = type(eff)
-            if t is Send:
-                if self.mesh.is_up(eff.peer):
-                    self._channels[eff.peer].out.push_control([K_SERVICE, service, eff.payload])
-            elif t is Deliver:
-                self._deliver_pid(eff.pid, eff.message)
-            elif t is Publish:
-                try:
-                    self.pub.send_multipart([eff.topic, self.codec.encode(eff.payload)])
-                except Exception:
-                    self.metrics["publish_dropped"] = self.metrics.get("publish_dropped", 0) + 1
-            elif t is Subscribe:
-                self.sub.setsockopt(zmq.SUBSCRIBE, eff.topic)
-            elif t is Unsubscribe:
-                self.sub.setsockopt(zmq.UNSUBSCRIBE, eff.topic)
-            elif t is SetTimer:
-                key = (service, eff.key)
-                old = self._timers.pop(key, None)
-                if old is not None:
-                    old.cancel()
-                self._timers[key] = self.loop.call_at(
-                    eff.at, self._fire_timer, service, eff.key)
-            elif t is CancelTimer:
-                old = self._timers.pop((service, eff.key), None)
-                if old is not None:
-                    old.cancel()
-            elif t is Complete:
-                fut = self._completions.pop(eff.token, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(eff.result)
-            elif t in self._effect_handlers:
-                self._effect_handlers[t](service, eff)
-            else:
-                self._exec([eff])  # type: ignore[attr-defined]
-
-    def _fire_timer(self, service: str, key: Any) -> None:
-        self._timers.pop((service, key), None)
-        core = self._services.get(service)
-        if core is not None:
-            self._exec_service(service, core.on_timer(key, self.loop.time()))
