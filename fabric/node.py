@@ -48,6 +48,9 @@ _MAX_READS = 512  # frames handled per wakeup before yielding to other callbacks
 # Messages dispatched per wakeup: a frame is a batch of up to 1024 messages, so a frame
 # budget alone would let a flood hold the loop for seconds and starve the heartbeats.
 _MAX_MESSAGES = 2048
+# And a time budget per wakeup, whatever a message costs (one pg broadcast is delivered
+# to every local member): other callbacks, heartbeats among them, run in between.
+_MAX_BUSY = 0.005
 _MAX_HANDSHAKE_FRAME = 4096  # bytes; the largest frame decoded from an unknown identity
 
 
@@ -174,8 +177,12 @@ class Node(ProcessRuntime):
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.pub = self.ctx.socket(zmq.PUB)
         configure(self.pub, **opts)
+        # Two SUB sockets, so two connections to each peer's PUB: heartbeats never queue
+        # behind a backlog of group publishes (nor get dropped with them at the HWM).
         self.sub = self.ctx.socket(zmq.SUB)
         configure(self.sub, **opts)
+        self.hb_sub = self.ctx.socket(zmq.SUB)
+        configure(self.hb_sub, **opts)
         try:
             if self._requested.port is not None:
                 port = bind_in_range(self.router, host, self._requested.port,
@@ -191,7 +198,7 @@ class Node(ProcessRuntime):
         except zmq.ZMQError as exc:
             self.ctx.destroy(linger=0)
             raise ConfigError(f"cannot bind {self._requested} on {host}: {exc}") from None
-        self.sub.setsockopt(zmq.SUBSCRIBE, HEARTBEAT_TOPIC)
+        self.hb_sub.setsockopt(zmq.SUBSCRIBE, HEARTBEAT_TOPIC)
         self.name = str(self._requested.with_port(port))
         self.creation = secrets.randbits(32) or 1
         self.log = structlog.get_logger("fabric").bind(node=self.name)
@@ -207,6 +214,7 @@ class Node(ProcessRuntime):
         self.global_ = Global(self)
         self._router_reader = Reader(self.loop, self.router, self._on_router)
         self._sub_reader = Reader(self.loop, self.sub, self._on_sub)
+        self._hb_reader = Reader(self.loop, self.hb_sub, self._on_sub)
         self.started = True
         self._tick()
         self.log.info("node_started", pub_port=self.pub_port, hidden=cfg.hidden)
@@ -232,6 +240,7 @@ class Node(ProcessRuntime):
             self._tick_handle.cancel()
         self._router_reader.close()
         self._sub_reader.close()
+        self._hb_reader.close()
         for fut in self._ping_waiters.values():
             if not fut.done():
                 fut.set_result(False)
@@ -346,9 +355,11 @@ class Node(ProcessRuntime):
                 self._close_channel(eff.peer, eff.flush, eff.handover)
             elif t is m.SubConnect:
                 self.sub.connect(eff.endpoint)
+                self.hb_sub.connect(eff.endpoint)
             elif t is m.SubDisconnect:
                 try:
                     self.sub.disconnect(eff.endpoint)
+                    self.hb_sub.disconnect(eff.endpoint)
                 except zmq.ZMQError:
                     pass
             elif t is m.PublishHeartbeat:
@@ -441,7 +452,7 @@ class Node(ProcessRuntime):
     # -- inputs ---------------------------------------------------------------------------
 
     def _tick(self) -> None:
-        self._on_sub(self.sub)  # heartbeats first: do not judge peers on unread evidence
+        self._on_sub(self.hb_sub)  # heartbeats first: do not judge peers on unread evidence
         self._exec(self.mesh.tick(self.loop.time()))
         self._tick_handle = self.loop.call_later(TICK, self._tick)
 
@@ -449,8 +460,10 @@ class Node(ProcessRuntime):
         mesh = self.mesh
         now = self.loop.time()
         budget = _MAX_MESSAGES
+        clock = time.monotonic
+        give_up = clock() + _MAX_BUSY
         for _ in range(_MAX_READS):
-            if budget <= 0:
+            if budget <= 0 or clock() > give_up:
                 return True  # more may be waiting: the reader runs again next turn
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
@@ -536,7 +549,10 @@ class Node(ProcessRuntime):
 
     def _on_sub(self, sock: zmq.Socket[Any]) -> bool:
         now = self.loop.time()
+        give_up = time.monotonic() + _MAX_BUSY
         for _ in range(_MAX_READS):
+            if time.monotonic() > give_up:
+                return True
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
