@@ -28,7 +28,7 @@ from fabric.node import Node, NodeDown, NodeMonitor, NodeUp
 from fabric.process import Down, Exit, Process, ProcessExit
 from fabric.registry import Registry
 from fabric.sync import SyncMailbox, SyncNode
-from fabric.types import NodeName, Pid, Ref, parse_node_name
+from fabric.types import GlobalName, NodeName, Pid, Ref, parse_node_name
 from fabric.workers import Router
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "FabricError",
     "From",
     "GenServer",
+    "GlobalName",
     "LocalProtocolError",
     "NOREPLY",
     "NameConflictError",

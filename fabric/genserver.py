@@ -68,7 +68,7 @@ from fabric.errors import (
     RemoteError,
 )
 from fabric.process import KILLED, NORMAL, Down, Process, ProcessExit, exception_reason
-from fabric.types import Pid, Ref
+from fabric.types import GlobalName, Pid, Ref
 
 if TYPE_CHECKING:
     from fabric.node import Node
@@ -84,8 +84,9 @@ __all__ = [
     "stop",
 ]
 
-Server = Pid | str | tuple[str, str]
-"""Where a server is: a pid, a name registered on the caller's node, or ``(name, node)``."""
+Server = Pid | str | tuple[str, str] | GlobalName
+"""Where a server is: a pid, a name registered on the caller's node, ``(name, node)``, or a
+:class:`~fabric.types.GlobalName` registered cluster-wide."""
 
 CALL: Final = "$call"
 REPLY: Final = "$reply"
@@ -405,6 +406,9 @@ def _target(node: Node, server: Server) -> tuple[Pid | tuple[str, str] | None, s
     is not registered."""
     if isinstance(server, Pid):
         return server, server.node
+    if type(server) is GlobalName:
+        pid = node.global_.whereis_name(server.name)
+        return pid, pid.node if pid is not None else node.name
     if isinstance(server, str):
         return node.whereis(server), node.name
     if isinstance(server, tuple) and len(server) == 2:

@@ -27,7 +27,7 @@ import asyncio
 import itertools
 import traceback
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from fabric.errors import (
     BackpressureError,
@@ -44,7 +44,10 @@ from fabric.protocol.codec import Codec
 from fabric.protocol.mesh import MeshCore
 from fabric.protocol.messages import K_CTRL, K_REG_SEND, K_SEND
 from fabric.services import ServiceHost
-from fabric.types import Pid, Ref
+
+if TYPE_CHECKING:
+    from fabric.global_ import Global
+from fabric.types import GlobalName, Pid, Ref
 
 __all__ = ["ProcessRuntime", "RegName"]
 
@@ -72,6 +75,7 @@ class ProcessRuntime(ServiceHost):
     config: Any
     pub: Any
     sub: Any
+    global_: Global
     _channels: dict[str, Any]
 
     def __init__(self) -> None:
@@ -229,6 +233,12 @@ class ProcessRuntime(ServiceHost):
                     self._push(node, [K_SEND, dest, message])
         elif t is str:
             self._deliver_name(dest, message)
+        elif t is GlobalName:
+            pid = self.global_.whereis_name(dest.name)
+            if pid is None:
+                self.metrics["undeliverable"] += 1
+            else:
+                self.send(pid, message)
         elif t is tuple and len(dest) == 2:
             name, node = dest
             if node == self.name:

@@ -20,7 +20,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 
 from fabric.errors import ConfigError
 
-__all__ = ["NodeName", "Pid", "Ref", "parse_node_name"]
+__all__ = ["GlobalName", "NodeName", "Pid", "Ref", "parse_node_name"]
 
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
 _HOST_RE: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-.]{0,252})")
@@ -176,3 +176,12 @@ class Ref(_Id):
 
     def __repr__(self) -> str:
         return f"#Ref<{self[0]}.{self[1]}.{self[2]}>"
+
+
+class GlobalName(NamedTuple):
+    """A cluster-wide name registered with ``node.global_``, usable wherever a server or
+    a destination is expected: ``await fabric.call(node, GlobalName("scheduler"), req)``,
+    ``node.send(GlobalName("scheduler"), msg)``. Resolved on the caller's node with no
+    round trip."""
+
+    name: Any

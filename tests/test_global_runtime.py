@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from fabric.errors import LocalProtocolError, ProcessDeadError
-from fabric.genserver import GenServer
+from fabric.genserver import GenServer, call
 from fabric.process import Process
 from fabric.testing.cluster import LocalCluster
+from fabric.types import GlobalName
 
 FAST = dict(heartbeat_interval=0.05, heartbeat_timeout=0.3)
 
@@ -170,5 +171,24 @@ def test_unknown_resolver_method_is_refused() -> None:
                 await a.global_.register_name("x", a.spawn(idle), method="nope")
             assert await a.global_.register_name("x", a.spawn(idle),
                                                   method="random_exit") == "yes"
+
+    run(main)
+
+
+def test_global_name_as_a_call_and_send_destination() -> None:
+    class Echo(GenServer):
+        async def handle_call(self, request: Any, from_: Any) -> Any:
+            return ("echo", request)
+
+    async def main() -> None:
+        async with LocalCluster(2, **FAST) as (a, b):
+            pid = await Echo.start(a)
+            assert await a.global_.register_name("echo", pid) == "yes"
+            await until(lambda: b.global_.whereis_name("echo") == pid)
+            assert await call(b, GlobalName("echo"), 1) == ("echo", 1)
+            b.send(GlobalName("nobody"), "lost")  # undeliverable, counted, no error
+            assert b.metrics["undeliverable"] >= 1
+            with pytest.raises(ProcessDeadError):
+                await call(b, GlobalName("nobody"), 1, timeout=1)
 
     run(main)
