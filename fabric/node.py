@@ -78,6 +78,8 @@ class NodeMonitor:
         self._node = node
         self._queue: asyncio.Queue[NodeUp | NodeDown | None] = asyncio.Queue()
         node._watchers.append(self._queue)
+        if node.stopped:
+            self._queue.put_nowait(None)  # nothing will ever come: end at once
 
     def __aiter__(self) -> NodeMonitor:
         return self
