@@ -36,7 +36,14 @@ from fabric.pg import Groups
 from fabric.protocol import mesh as m
 from fabric.protocol.codec import Codec
 from fabric.protocol.effects import Log
-from fabric.protocol.messages import HEARTBEAT_TOPIC, K_CTRL, K_REG_SEND, K_SEND, K_SERVICE
+from fabric.protocol.messages import (
+    HEARTBEAT_TOPIC,
+    K_CTRL,
+    K_REG_SEND,
+    K_SEND,
+    K_SEND_TUPLE,
+    K_SERVICE,
+)
 from fabric.runtime import ProcessRuntime
 from fabric.transport.zeromq import Reader, bind_in_range, configure, open_monitor
 from fabric.types import parse_node_name
@@ -501,7 +508,9 @@ class Node(ProcessRuntime):
         for msg in batch:
             try:
                 kind = msg[0]
-                if kind == K_SEND:
+                if kind == K_SEND_TUPLE:
+                    deliver(msg[1], tuple(msg[2:]))
+                elif kind == K_SEND:
                     deliver(msg[1], msg[2])
                 elif kind == K_REG_SEND:
                     self._deliver_name(msg[1], msg[2])

@@ -42,7 +42,7 @@ from fabric.outbound import MAX_BATCH
 from fabric.process import KILLED, NORMAL, Down, Exit, Process, ProcessExit, exception_reason
 from fabric.protocol.codec import Codec
 from fabric.protocol.mesh import MeshCore
-from fabric.protocol.messages import K_CTRL, K_REG_SEND, K_SEND
+from fabric.protocol.messages import K_CTRL, K_REG_SEND, K_SEND, K_SEND_TUPLE
 from fabric.services import ServiceHost
 
 if TYPE_CHECKING:
@@ -226,11 +226,13 @@ class ProcessRuntime(ServiceHost):
             if node == self.name:
                 self._deliver_pid(dest, message)
             else:
+                envelope = ([K_SEND_TUPLE, dest, *message] if type(message) is tuple
+                            else [K_SEND, dest, message])
                 ch = self._channels.get(node)
                 if ch is not None:
-                    ch.out.push([K_SEND, dest, message])
+                    ch.out.push(envelope)
                 else:
-                    self._push(node, [K_SEND, dest, message])
+                    self._push(node, envelope)
         elif t is str:
             self._deliver_name(dest, message)
         elif t is GlobalName:

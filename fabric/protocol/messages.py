@@ -26,12 +26,16 @@ __all__ = [
     "K_PONG",
     "K_REG_SEND",
     "K_SEND",
+    "K_SEND_TUPLE",
     "K_SERVICE",
     "MESH_KINDS",
 ]
 
 # Process traffic (handled by the process layer).
 K_SEND: Final = 1  # [1, to_pid, message]
+# [5, to_pid, item...]: a message that is a tuple, flattened into the envelope. Tuples are
+# the common message shape and a nested tuple costs an ext encode and decode per message.
+K_SEND_TUPLE: Final = 5
 K_REG_SEND: Final = 2  # [2, to_name, message]
 K_SERVICE: Final = 3  # [3, service_name, payload]  (pg, global, ...)
 K_CTRL: Final = 4  # [4, op, args...]  links, monitors, exits, spawn (see fabric.process)

@@ -33,6 +33,7 @@ from fabric.protocol.messages import (
     K_PONG,
     K_REG_SEND,
     K_SEND,
+    K_SEND_TUPLE,
     K_SERVICE,
 )
 from fabric.types import Pid, Ref
@@ -161,8 +162,8 @@ def test_invalid_frames_are_rejected(why: str, hex_: str) -> None:
         Codec().decode(unhex(hex_))
 
 
-_KINDS = {K_SEND, K_REG_SEND, K_SERVICE, K_CTRL, K_PEERS, K_GOODBYE, K_GOODBYE_ACK, K_PING,
-          K_PONG}
+_KINDS = {K_SEND, K_SEND_TUPLE, K_REG_SEND, K_SERVICE, K_CTRL, K_PEERS, K_GOODBYE,
+          K_GOODBYE_ACK, K_PING, K_PONG}
 
 
 @pytest.mark.parametrize("expr, hex_", BATCHES, ids=_ids(BATCHES))
