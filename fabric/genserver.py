@@ -56,7 +56,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import traceback
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar
 
 from fabric.errors import (
     BackpressureError,
@@ -83,6 +84,8 @@ __all__ = [
     "reply",
     "stop",
 ]
+
+T = TypeVar("T")
 
 Server = Pid | str | tuple[str, str] | GlobalName
 """Where a server is: a pid, a name registered on the caller's node, ``(name, node)``, or a
@@ -453,13 +456,7 @@ async def call(
         LocalProtocolError: ``server`` is malformed, the caller calls itself, or the
             request cannot be encoded for another node.
     """
-    if isinstance(node_or_proc, Process):
-        return await _call(node_or_proc, server, request, timeout)
-    proc = node_or_proc.new_mailbox()
-    try:
-        return await _call(proc, server, request, timeout)
-    finally:
-        node_or_proc.close_mailbox(proc)
+    return await _as_process(node_or_proc, _call, server, request, timeout)
 
 
 async def _call(proc: Process, server: Server, request: Any, timeout: float | None) -> Any:
@@ -546,11 +543,18 @@ async def stop(
         NodeDownError: its node is unreachable or went down.
         CallTimeout: it did not exit within ``timeout``.
     """
+    await _as_process(node_or_proc, _stop, server, reason, timeout)
+
+
+async def _as_process(node_or_proc: Node | Process,
+                      fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Run ``fn(proc, *args)`` in the given process, or in a temporary mailbox of the
+    given node (closed afterwards, so a late reply to it is simply dropped)."""
     if isinstance(node_or_proc, Process):
-        return await _stop(node_or_proc, server, reason, timeout)
+        return await fn(node_or_proc, *args)
     proc = node_or_proc.new_mailbox()
     try:
-        return await _stop(proc, server, reason, timeout)
+        return await fn(proc, *args)
     finally:
         node_or_proc.close_mailbox(proc)
 
