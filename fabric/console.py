@@ -49,7 +49,6 @@ import concurrent.futures
 import contextlib
 import inspect
 import json
-import logging
 import os
 import signal
 import sys
@@ -59,10 +58,9 @@ import types
 from pathlib import Path
 from typing import IO, Any
 
-import structlog
-
 import fabric
 from fabric.errors import ConfigError, FabricError
+from fabric.logs import configure_logging
 from fabric.node import Node, NodeDown, NodeUp
 from fabric.process import Process
 from fabric.types import Pid, parse_node_name
@@ -73,8 +71,7 @@ __all__ = ["main", "parse_args"]
 _PERMANENT_REFUSALS = frozenset({"bad_cookie", "name_in_use", "version", "bad_name",
                                  "wrong_node", "stopping"})
 _STATUS_POLL = 0.1  # hidden peers raise no events: membership is also polled this often
-_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-               "error": logging.ERROR}
+_LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 # -- command line -------------------------------------------------------------------------
@@ -137,22 +134,6 @@ def node_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.max_frame is not None:
         opts["max_frame"] = args.max_frame
     return opts
-
-
-def configure_logging(level: str, fmt: str) -> None:
-    """Send structlog output to stderr: stdout belongs to the machine-readable contract."""
-    renderer: Any
-    if fmt == "json":
-        renderer = structlog.processors.JSONRenderer()
-    else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    structlog.configure(
-        processors=[structlog.processors.add_log_level,
-                    structlog.processors.TimeStamper(fmt="iso"), renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(_LOG_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
-    )
 
 
 # -- output -------------------------------------------------------------------------------
@@ -441,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m nodes.node``; returns the exit code."""
     args = parse_args(argv)
     configure_logging(args.log_level or ("info" if args.no_repl else "warning"),
-                      args.log_format)
+                      json=args.log_format == "json")
     out = Output(sys.stdout)
     try:
         code = asyncio.run(run(args, out))
