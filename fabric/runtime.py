@@ -281,6 +281,11 @@ class ProcessRuntime(ServiceHost):
                     return
                 ch = self._channels.get(node)
             if ch is None:
+                if not self.mesh.negotiating(node):
+                    # The attempt failed at once (stopping, bad name): nothing will
+                    # ever take these messages, so do not hold them.
+                    self.metrics["undeliverable"] += 1
+                    return
                 # A handshake we accept has no channel yet: hold the message for it.
                 early = self._early.setdefault(node, [])
                 if len(early) >= self.config.outbound_limit:

@@ -12,7 +12,7 @@ from fabric.errors import LocalProtocolError, ProcessDeadError
 from fabric.genserver import GenServer, call
 from fabric.process import Process
 from fabric.testing.cluster import LocalCluster
-from fabric.types import GlobalName
+from fabric.types import GlobalName, Pid
 
 FAST = dict(heartbeat_interval=0.05, heartbeat_timeout=0.3)
 
@@ -190,5 +190,18 @@ def test_global_name_as_a_call_and_send_destination() -> None:
             assert b.metrics["undeliverable"] >= 1
             with pytest.raises(ProcessDeadError):
                 await call(b, GlobalName("nobody"), 1, timeout=1)
+
+    run(main)
+
+
+def test_send_to_an_unreachable_attempt_is_not_held() -> None:
+    async def main() -> None:
+        async with LocalCluster(1, **FAST) as (a,):
+            a.mesh.stopping = True  # every new attempt now fails at once ("stopping")
+            before = a.metrics["undeliverable"]
+            a.send(Pid("ghost@127.0.0.1:1", 1, 1), ("hello",))
+            assert a.metrics["undeliverable"] == before + 1
+            assert a._early == {}
+            a.mesh.stopping = False
 
     run(main)

@@ -193,6 +193,13 @@ class MeshCore:
         p = self.peers.get(peer)
         return p is not None and p.state == UP
 
+    def negotiating(self, peer: str) -> bool:
+        """A session with ``peer`` is being set up (ours or theirs), not yet up."""
+        p = self.peers.get(peer)
+        if p is not None:
+            return p.state != UP
+        return any(a.name == peer for a in self._accepts.values())
+
     def all_acked(self) -> bool:
         """During a graceful stop: every peer acknowledged our goodbye."""
         return all(p.goodbye_acked for p in self.peers.values() if p.state == UP)
