@@ -119,14 +119,7 @@ _MAX_ATTEMPTS = 200
 class GlobalCore(GlobalNames):
     """Cluster-wide names and locks for one node (a ``ServiceCore``, service "global").
 
-    Args:
-        node: this node's full name.
-        creation: this node run's creation (pids of earlier runs are refused).
-        resolver: the default name-conflict resolver (must be the same on every node).
-        seed: seeds the backoff jitter, so simulations are reproducible.
-        resolvers: extra named resolvers, selectable per registration by ``method``.
-        lock_retries: default number of retries of ``set_lock`` on a held lock.
-        retry_base: first backoff, seconds; doubled per refusal up to ``retry_cap``.
+    Constructor arguments: see :class:`~fabric.protocol.global_base.GlobalBase`.
     """
 
     # -- requests -------------------------------------------------------------------------
