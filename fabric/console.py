@@ -61,7 +61,7 @@ from typing import IO, Any
 import fabric
 from fabric.errors import ConfigError, FabricError
 from fabric.logs import configure_logging
-from fabric.node import Node, NodeDown, NodeUp
+from fabric.node import Node, NodeDown, NodeMonitor, NodeUp
 from fabric.process import Process
 from fabric.types import Pid, parse_node_name
 
@@ -329,8 +329,8 @@ async def _connect_seed(node: Node, peer: str, timeout: float, out: Output,
     out.event("connect", node=peer, ok=ok, reason=reason, attempts=attempts)
 
 
-async def _pump_events(node: Node, out: Output, status: StatusFile | None) -> None:
-    async for ev in node.monitor_nodes():
+async def _pump_events(events: NodeMonitor, out: Output, status: StatusFile | None) -> None:
+    async for ev in events:
         if isinstance(ev, NodeUp):
             out.event("nodeup", node=ev.node)
         elif isinstance(ev, NodeDown):
@@ -369,9 +369,12 @@ async def run(args: argparse.Namespace, out: Output) -> int:
     stop = asyncio.Event()
     exit_code = [0]
     node = Node(args.name, args.cookie, **node_options(args))
+    # Subscribe before starting: a peer that was already dialling can complete its
+    # handshake in the very first read, before any task created after start() runs.
+    events = node.monitor_nodes()
     await node.start()
     status = StatusFile(args.status_file, node) if args.status_file else None
-    monitor_task = loop.create_task(_pump_events(node, out, status))
+    monitor_task = loop.create_task(_pump_events(events, out, status))
     background: list[asyncio.Task[Any]] = []
     if status is not None:
         status.update()

@@ -332,6 +332,9 @@ class Node(ProcessRuntime):
 
         Use as ``async for event in node.monitor_nodes(): ...``; events are queued from
         the moment of the call, so none is missed between subscribing and iterating.
+        It may be called before :meth:`start`: a peer already dialling this node's port can
+        complete its handshake in the node's very first read, before any task created
+        after ``start()`` runs, so a program that must see every event subscribes first.
         Iteration ends when the node stops; ``close()`` unsubscribes early.
         """
         return NodeMonitor(self)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from fabric import Node
+from fabric import Node, NodeDown, NodeUp
 from fabric.testing import (
     LocalCluster,
     NodeProcess,
@@ -62,7 +62,10 @@ def test_mesh_of_five_from_one_seed_each() -> None:
             assert sorted(p.nodes()) == sorted(names - {p.name})
             # every peer was announced, including those met only transitively
             wait_until(functools.partial(announced_all, p), 5,
-                       message=f"{p.name} announces nodeup for every peer")
+                       message=lambda p=p: (  # type: ignore[misc]
+                           f"{p.name} announces nodeup for every peer; its events: "
+                           f"{p.events}\n"
+                           f"{p.describe(60)}"))
             assert not [e for e in p.events if e["event"] == "nodedown"]
 
 
@@ -251,5 +254,22 @@ def test_local_cluster_forms_a_mesh_and_delivers(arun: Callable[..., Any]) -> No
             nodes[0].send(box.self, ("hello", nodes[0].name))
             assert await box.receive(timeout=5) == ("hello", nodes[0].name)
             assert await nodes[1].ping(nodes[0].name) == "pong"
+
+    arun(body())
+
+
+def test_monitor_nodes_may_subscribe_before_start(arun: Callable[..., Any]) -> None:
+    # The console's event pump relies on this: a peer that was already dialling can be up
+    # after the node's first read, before any task created after start() has run (seen
+    # in CI as a missing nodeup line), so the pump subscribes before start().
+    async def body() -> None:
+        async with LocalCluster(1, cookie="c") as (early,):
+            late = Node(f"late@127.0.0.1:{free_port()}", "c")
+            events = late.monitor_nodes()
+            async with late:
+                assert await early.connect(late.name, timeout=5.0) is True
+                assert await events.next(timeout=5) == NodeUp(early.name)
+            # Our own view of the session ending, then the end of the iteration.
+            assert [ev async for ev in events] == [NodeDown(early.name, "shutdown")]
 
     arun(body())
