@@ -12,7 +12,10 @@ process takes one message at a time from its mailbox and hands it to ``handle_ca
 tagged with the monitor's ref, and waits for the first message that is either the reply
 carrying that ref or the ``Down`` of that monitor. One monitor, one send, one selective
 receive; the monitor is what turns a dead server into :class:`ProcessDeadError` and a
-dead node into :class:`NodeDownError` at once instead of at the timeout. A server given
+dead node into :class:`NodeDownError` at once instead of at the timeout. Across nodes the
+monitor and the request travel as one ``K_CALL`` message, and a server that answers from
+its loop drops the monitor as it replies (``released`` in the reply), so the caller needs
+no ``demon`` message: one message each way, as Erlang's alias-based calls aim for. A server given
 as ``(name, node)`` is monitored by name: its node resolves the name when the monitor
 request arrives, and the call follows it on the same ordered stream, so both reach the
 same process. A caller not yet connected to the server's node connects first, as in
@@ -35,8 +38,8 @@ on every exit except a brutal kill (reason ``"killed"``).
 Wire format (all tuples, which the codec keeps distinct from lists):
 
     call:   ("$call", (caller_pid, ref), request)
-    reply:  ("$reply", ref, True, value)
-            ("$reply", ref, False, (type_name, message, formatted_traceback))
+    reply:  ("$reply", ref, True, value, released)
+            ("$reply", ref, False, (type_name, message, formatted_traceback), released)
     cast:   ("$cast", request)
     stop:   ("$stop", reason)                  (see :func:`stop`)
 
@@ -69,6 +72,7 @@ from fabric.errors import (
     RemoteError,
 )
 from fabric.process import KILLED, NORMAL, Down, Process, ProcessExit, exception_reason
+from fabric.protocol.messages import CALL_TAG, REPLY_TAG
 from fabric.types import GlobalName, Pid, Ref
 
 if TYPE_CHECKING:
@@ -91,8 +95,8 @@ Server = Pid | str | tuple[str, str] | GlobalName
 """Where a server is: a pid, a name registered on the caller's node, ``(name, node)``, or a
 :class:`~fabric.types.GlobalName` registered cluster-wide."""
 
-CALL: Final = "$call"
-REPLY: Final = "$reply"
+CALL: Final = CALL_TAG
+REPLY: Final = REPLY_TAG
 CAST: Final = "$cast"
 STOP: Final = "$stop"
 
@@ -312,21 +316,23 @@ async def _loop(proc: Process, server: GenServer) -> None:
             if tag == CALL and len(msg) == 3:
                 caller = msg[1]
                 if type(caller) is tuple and len(caller) == 2 and type(caller[0]) is Pid:
-                    from_ = From(caller[0], caller[1])
+                    from_ = tuple.__new__(From, caller)  # From's own __new__ runs in Python
                     try:
                         result = await server.handle_call(msg[2], from_)
                     except Exception as exc:
-                        await _send_reply(node, from_, False, error_info(exc))
+                        await _send_reply(node, from_, False, error_info(exc),
+                                          node._release_call(proc, *from_))
                         raise
                     if result is not NOREPLY:
-                        await _send_reply(node, from_, True, result)
+                        await _send_reply(node, from_, True, result,
+                                          node._release_call(proc, *from_))
                     continue
             elif tag == CAST and len(msg) == 2:
                 await server.handle_cast(msg[1])
                 continue
             elif tag == STOP and len(msg) == 2:
                 raise ProcessExit(msg[1])
-            elif tag == REPLY and len(msg) == 4 and type(msg[1]) is Ref:
+            elif tag == REPLY and len(msg) == 5 and type(msg[1]) is Ref:
                 # A reply that came after its call timed out (this server called another
                 # one from a handler). Its call is over; nobody can want it.
                 continue
@@ -356,20 +362,23 @@ def check_encodable(node: Node, value: Any) -> None:
         node.codec.encode(value)
 
 
-def reply_message(node: Node, from_: tuple[Pid, Ref], ok: bool, value: Any) -> tuple[Any, ...]:
-    """The ``$reply`` message for ``from_``; an error reply if ``value`` cannot travel."""
+def reply_message(node: Node, from_: tuple[Pid, Ref], ok: bool, value: Any,
+                  released: bool = False) -> tuple[Any, ...]:
+    """The ``$reply`` message for ``from_``; an error reply if ``value`` cannot travel.
+    ``released``: the server's node dropped the call's monitor (the caller need not)."""
     pid, ref = from_
     if pid.node != node.name:
         try:
             check_encodable(node, value)
         except LocalProtocolError as exc:
             return (REPLY, ref, False,
-                    ("LocalProtocolError", f"the reply cannot be sent: {exc}", ""))
-    return (REPLY, ref, ok, value)
+                    ("LocalProtocolError", f"the reply cannot be sent: {exc}", ""), released)
+    return (REPLY, ref, ok, value, released)
 
 
-async def _send_reply(node: Node, from_: tuple[Pid, Ref], ok: bool, value: Any) -> None:
-    msg = reply_message(node, from_, ok, value)
+async def _send_reply(node: Node, from_: tuple[Pid, Ref], ok: bool, value: Any,
+                      released: bool = False) -> None:
+    msg = reply_message(node, from_, ok, value, released)
     try:
         node.send(from_[0], msg)
     except BackpressureError:
@@ -407,6 +416,9 @@ def _node_of(node_or_proc: Node | Process) -> Node:
 def _target(node: Node, server: Server) -> tuple[Pid | tuple[str, str] | None, str]:
     """What to monitor and send to for ``server``, and its node. None: a local name that
     is not registered."""
+    if (type(server) is tuple and len(server) == 2 and type(server[0]) is str
+            and type(server[1]) is str and server[1] != node.name):
+        return server, server[1]  # (name, node) elsewhere: the common remote spelling
     if isinstance(server, Pid):
         return server, server.node
     if type(server) is GlobalName:
@@ -456,6 +468,8 @@ async def call(
         LocalProtocolError: ``server`` is malformed, the caller calls itself, or the
             request cannot be encoded for another node.
     """
+    if type(node_or_proc) is Process:  # the common case, without a wrapper coroutine
+        return await _call(node_or_proc, server, request, timeout)
     return await _as_process(node_or_proc, _call, server, request, timeout)
 
 
@@ -470,30 +484,43 @@ async def _call(proc: Process, server: Server, request: Any, timeout: float | No
     target, where = _target(node, server)
     if target is None:
         raise ProcessDeadError(server, "noproc")
-    if target == proc.self:
-        raise LocalProtocolError(f"{proc.self!r} called itself: that would deadlock")
-    if where != node.name:
-        check_encodable(node, request)
-        await ensure_connected(node, where, timeout)
-    ref = proc.monitor(target)
-    msg = (CALL, (proc.self, ref), request)
-
-    def match(m: Any) -> bool:
-        t = type(m)
-        if t is tuple:
-            return len(m) == 4 and m[0] == REPLY and m[1] == ref
-        return t is Down and m.ref == ref
-
+    answer: Any = None
+    ref: Ref | None = None
     try:
-        try:
-            node.send(target, msg)
-        except BackpressureError:
-            await asyncio.wait_for(node.send_wait(target, msg), remaining())
+        if where != node.name:
+            check_encodable(node, request)
+            if not node.mesh.is_up(where):
+                await ensure_connected(node, where, timeout)
+            # The monitor and the request travel as one message (see fabric.runtime).
+            ref, unsent = node._call_send(proc, target, request)
+            if unsent is not None:
+                await asyncio.wait_for(node._push_wait(where, unsent), remaining())
+        else:
+            if target == proc.self:
+                raise LocalProtocolError(f"{proc.self!r} called itself: that would deadlock")
+            ref = proc.monitor(target)
+            msg = (CALL, (proc.self, ref), request)
+            try:
+                node.send(target, msg)
+            except BackpressureError:
+                await asyncio.wait_for(node.send_wait(target, msg), remaining())
+
+        def match(m: Any) -> bool:
+            t = type(m)
+            if t is tuple:
+                return len(m) == 5 and m[0] == REPLY and m[1] == ref
+            return t is Down and m.ref == ref
+
         answer = await proc.receive(match, remaining())
     except (ReceiveTimeout, asyncio.TimeoutError):
         raise CallTimeout(f"no reply from {server!r} within {timeout} s") from None
     finally:
-        proc.demonitor(ref)  # also drops a Down that arrived meanwhile
+        if ref is None:
+            pass  # refused before anything was sent
+        elif type(answer) is tuple and answer[4]:
+            node._forget_monitor(proc, ref)  # the server's node dropped it already
+        else:
+            proc.demonitor(ref)  # also drops a Down that arrived meanwhile
     if type(answer) is Down:
         if answer.reason == "noconnection":
             raise NodeDownError(where, "noconnection")

@@ -38,6 +38,7 @@ from fabric.protocol.codec import Codec
 from fabric.protocol.effects import Log
 from fabric.protocol.messages import (
     HEARTBEAT_TOPIC,
+    K_CALL,
     K_CTRL,
     K_REG_SEND,
     K_SEND,
@@ -429,11 +430,17 @@ class Node(ProcessRuntime):
         sock.connect(endpoint)
         holder: list[_Channel] = []
 
-        def poke() -> None:
-            if holder:
-                holder[0].reader.poke()
+        def after_send() -> None:
+            # A send can consume the edge of the socket's descriptor: look at its state now
+            # (cheaper than scheduling a read that nearly always finds nothing).
+            try:
+                if holder and sock.getsockopt(_EVENTS) & _POLLIN:
+                    holder[0].reader.poke()
+            except zmq.ZMQError:
+                pass  # closed under a pending flush: the session is over
 
-        out = Outbound(self.loop, peer, sock, self.codec.encode, cfg.outbound_limit, poke)
+        out = Outbound(self.loop, peer, sock, self.codec.encode, cfg.outbound_limit,
+                       after_send)
         ch = _Channel(sock, out, Reader(self.loop, sock, lambda s: self._on_channel(peer, s)),
                       mon, Reader(self.loop, mon, lambda s: self._on_monitor(peer, sock, s)))
         holder.append(ch)
@@ -524,6 +531,8 @@ class Node(ProcessRuntime):
                     self._on_service_message(peer, msg[1], msg[2], now)
                 elif kind == K_CTRL:
                     self._on_ctrl(peer, msg)
+                elif kind == K_CALL:
+                    self._on_call(peer, msg)
                 else:
                     self._exec(self.mesh.control(peer, msg, now))
             except (AttributeError, IndexError, TypeError, KeyError, ValueError) as exc:

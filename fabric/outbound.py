@@ -7,6 +7,11 @@ the message to its peer's queue and, if no flush is pending, schedules one with
 ``call_soon``; every message queued during the same loop turn leaves in one frame (one
 encode call, one ZeroMQ send). Frames are capped at ``max_batch`` messages.
 
+Latency comes first for the first message of a turn: when no flush is pending it is sent at
+once, and only what follows it in the same turn waits for the flush (as Nagle's algorithm
+sends the first segment and coalesces the rest). A request or a reply thus leaves without
+waiting one more loop turn, and a burst costs one extra frame, its first message.
+
 Flow control is ZeroMQ's: when the DEALER's high-water mark is reached the send fails with
 EAGAIN, the queue keeps its messages and a retry is scheduled. Memory stays bounded by
 ``limit`` messages per peer (Erlang's dist buffer busy limit): past it a plain send raises
@@ -70,15 +75,19 @@ class Outbound:
             raise BackpressureError(self.peer, len(queue))
         queue.append(message)
         if not self._scheduled and self.open:
-            self._scheduled = True
-            self.loop.call_soon(self.flush)
+            self._first_of_turn()
 
     def push_control(self, message: Any) -> None:
         """Queue a control message; never refused (control traffic is small and vital)."""
         self.queue.append(message)
         if not self._scheduled and self.open:
-            self._scheduled = True
-            self.loop.call_soon(self.flush)
+            self._first_of_turn()
+
+    def _first_of_turn(self) -> None:
+        # Nothing pending: send this message now, and coalesce the rest of the turn.
+        self._scheduled = True
+        self.loop.call_soon(self.flush)
+        self._write()
 
     def start(self) -> None:
         """The session is up: let queued messages flow."""
@@ -96,8 +105,17 @@ class Outbound:
             await self._room.wait()
 
     def flush(self) -> None:
+        """Send everything queued (the end of a turn); retry soon if ZeroMQ is full."""
         self._scheduled = False
+        if not self._write():
+            self._scheduled = True
+            self.loop.call_later(RETRY_DELAY, self.flush)
+
+    def _write(self) -> bool:
+        """Send the queue in frames of at most MAX_BATCH messages; False if ZeroMQ's
+        buffer filled up first (what is left stays queued, in order)."""
         queue = self.queue
+        done = True
         while queue:
             batch = queue[:MAX_BATCH]
             try:
@@ -110,11 +128,10 @@ class Outbound:
             try:
                 self.sock.send(frame, zmq.NOBLOCK)
             except zmq.Again:
-                self._scheduled = True
-                self.loop.call_later(RETRY_DELAY, self.flush)
+                done = False
                 break
             except zmq.ZMQError:
-                return  # socket closed under us: the session is ending
+                return True  # socket closed under us: the session is ending
             del queue[: len(batch)]
             self.sent_frames += 1
             self.sent_messages += len(batch)
@@ -122,6 +139,7 @@ class Outbound:
         room = self._room
         if room is not None and len(queue) < self.limit // 2:
             room.set()
+        return done
 
     def _drop_unencodable(self, batch: list[Any]) -> list[Any]:
         """Remove from the queue the messages that cannot be encoded (counted in

@@ -132,17 +132,16 @@ class Process:
                         return msg
                     i += 1
                 self._scanned = n
-            remaining = None if deadline is None else deadline - self.node.loop.time()
-            if remaining is not None and remaining <= 0:
+            loop = self.node.loop
+            if deadline is not None and deadline - loop.time() <= 0:
                 if default is not _NO_DEFAULT:
                     return default
                 raise ReceiveTimeout(f"no matching message within {timeout} s")
-            loop = self.node.loop
             waiter = loop.create_future()
             self._waiter = waiter
             # A plain timer that wakes the waiter is much cheaper than wait_for, and a
             # call's reply pays for it on every receive with a timeout.
-            timer = None if remaining is None else loop.call_later(remaining, _wake, waiter)
+            timer = None if deadline is None else loop.call_at(deadline, _wake, waiter)
             try:
                 await waiter
             finally:

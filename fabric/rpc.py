@@ -6,7 +6,7 @@ Theory of operation
 exported fabric function) on ``target`` with a reply-to pid and a tag. The worker resolves
 the named function with :func:`fabric.exports.resolve_export` under the *target's* rules
 (``@fabric.export`` or its ``allow_remote_spawn``), runs it (awaiting it if it is a
-coroutine function), and sends ``("$reply", tag, ok, value)`` back, in the same shape as a
+coroutine function), and sends ``("$reply", tag, ok, value, False)`` back, in the same shape as a
 GenServer reply. The caller monitors the worker once its pid is known: the reply is sent
 before the worker exits and travels on the same ordered stream as the ``Down``, so a
 ``Down`` matched first means the worker really died without answering.
@@ -123,7 +123,7 @@ async def call(
         def match(m: Any) -> bool:
             t = type(m)
             if t is tuple:
-                return len(m) == 4 and m[0] == REPLY and m[1] == tag
+                return len(m) == 5 and m[0] == REPLY and m[1] == tag
             return t is Down and m.ref == monitor_ref
 
         try:

@@ -14,6 +14,12 @@ an exit is delivered before the exit signal:
     ["spawn", reply_to, ref, "module:function", args, link]
     ["spawn_reply", ref, ok, pid_or_error_text]
 
+A GenServer call to another node is one ``[K_CALL, target, caller, ref, request]`` message:
+the receiving node installs the monitor and delivers the request in one step (what a
+``mon`` followed by a send would do). When the server answers straight from its loop it
+releases that monitor itself and says so in the reply, so the caller forgets its side
+without a ``demon`` message: a call costs one message each way.
+
 Because a nodedown ends a session for good, everything tied to a peer is indexed by node
 (``_remote_monitors``, ``_remote_links``, ``_watched_by_remote``) and resolved on its
 nodedown: monitors fire ``noconnection``, links send ``noconnection`` exit signals.
@@ -42,7 +48,7 @@ from fabric.outbound import MAX_BATCH
 from fabric.process import KILLED, NORMAL, Down, Exit, Process, ProcessExit, exception_reason
 from fabric.protocol.codec import Codec
 from fabric.protocol.mesh import MeshCore
-from fabric.protocol.messages import K_CTRL, K_REG_SEND, K_SEND, K_SEND_TUPLE
+from fabric.protocol.messages import CALL_TAG, K_CALL, K_CTRL, K_REG_SEND, K_SEND, K_SEND_TUPLE
 from fabric.services import ServiceHost
 
 if TYPE_CHECKING:
@@ -263,10 +269,17 @@ class ProcessRuntime(ServiceHost):
                         await asyncio.sleep(0)
                 return
             except BackpressureError as exc:
-                ch = self._channels.get(exc.node)
-                if ch is None:
+                if not await self._wait_for_room(exc.node):
                     return
-                await ch.out.wait_for_room()
+
+    async def _wait_for_room(self, node: str) -> bool:
+        """Wait until ``node``'s outbound buffer has room; False if it has no channel
+        (the message cannot be queued: like Erlang, the send is dropped)."""
+        ch = self._channels.get(node)
+        if ch is None:
+            return False
+        await ch.out.wait_for_room()
+        return True
 
     def _push(self, node: str, message: list[Any]) -> None:
         """Queue ``message`` for ``node``, connecting first if there is no session (as
@@ -366,6 +379,82 @@ class ProcessRuntime(ServiceHost):
             del proc.monitors[ref]
             proc.deliver(Down(ref, pid, "noconnection"))
         return ref
+
+    def _call_send(self, proc: Process, target: Pid | tuple[str, str],
+                   request: Any) -> tuple[Ref, list[Any] | None]:
+        """Monitor a remote ``target`` and send it a GenServer call, in one K_CALL message.
+
+        Returns the monitor's ref and, when the peer's buffer was full, the message still
+        to send (see :meth:`_push_wait`). An unreachable node gives ``Down(noconnection)``.
+        """
+        ref = self.make_ref()
+        if type(target) is Pid:
+            node: str = target[0]
+            to: Any = target
+            watched: Any = target
+        else:
+            to, node = target
+            watched = RegName(to, node)
+        if not self.mesh.is_up(node):
+            proc.deliver(Down(ref, watched, "noconnection"))
+            return ref, None
+        proc.monitors[ref] = watched
+        self._remote_monitors.setdefault(node, {})[ref] = (proc.self, watched)
+        message = [K_CALL, to, proc.self, ref, request]
+        try:
+            self._push(node, message)
+        except BackpressureError:
+            return ref, message
+        return ref, None
+
+    async def _push_wait(self, node: str, message: list[Any]) -> None:
+        """Queue ``message`` for ``node``, waiting for room in its buffer (as send_wait)."""
+        while True:
+            try:
+                self._push(node, message)
+                return
+            except BackpressureError as exc:
+                if not await self._wait_for_room(exc.node):
+                    return
+
+    def _on_call(self, peer: str, msg: list[Any]) -> None:
+        _, to, caller, ref, request = msg
+        if type(caller) is not Pid or type(ref) is not Ref:
+            raise TypeError("call without a caller pid and a ref")
+        if type(to) is str:
+            pid: Any = self._names.get(to)
+            gone: Any = (to, self.name)  # as a "mon" on (name, node) reports it
+        else:
+            pid = gone = to
+        proc = self._procs.get(pid[1]) if type(pid) is Pid and self.is_local(pid) else None
+        if proc is None or proc.self != pid or not proc.alive:
+            self._ctrl(peer, ["down", ref, gone, "noproc", caller])
+            return
+        proc.monitored_by[ref] = caller
+        watched = self._watched_by_remote.get(peer)
+        if watched is None:
+            watched = self._watched_by_remote[peer] = set()
+        watched.add((pid, ref))
+        proc.deliver((CALL_TAG, (caller, ref), request))
+
+    def _release_call(self, proc: Process, caller: Pid, ref: Ref) -> bool:
+        """The server ``proc`` answered the call ``(caller, ref)``: drop the monitor the
+        call installed on it. True if there was one (the caller then drops its side
+        without a ``demon``)."""
+        watcher = proc.monitored_by.get(ref)
+        # Identity first: the From a server answers holds the very pid stored here.
+        if watcher is not caller and (watcher is None or watcher != caller):
+            return False
+        del proc.monitored_by[ref]
+        if caller[0] != self.name:
+            self._watched_by_remote.get(caller[0], set()).discard((proc.self, ref))
+        return True
+
+    def _forget_monitor(self, proc: Process, ref: Ref) -> None:
+        """Drop our side of a monitor the target's node already released."""
+        target = proc.monitors.pop(ref, None)
+        if target is not None and not self.is_local(target):
+            self._remote_monitors.get(target.node, {}).pop(ref, None)
 
     def _demonitor(self, proc: Process, ref: Ref) -> None:
         pid = proc.monitors.pop(ref, None)

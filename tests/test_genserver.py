@@ -127,6 +127,43 @@ async def test_call_from_inside_a_process_uses_its_mailbox() -> None:
 
 
 @async_test
+async def test_a_remote_call_is_one_message_each_way_and_leaves_no_monitor_behind() -> None:
+    # A remote call travels as one K_CALL message (monitor + request), and a server that
+    # answers from its loop releases the monitor itself: no "mon" or "demon" control
+    # message, and no monitor state left on either node, whichever way the call ends.
+    async with cluster(2) as (a, b):
+        pid = await Counter.start(b, name="counter")
+        sent = a._channels[b.name].out
+        received = b._channels[a.name].out
+
+        def monitors_left() -> list[Any]:
+            return [b._procs[pid.id].monitored_by, b._watched_by_remote.get(a.name),
+                    a._remote_monitors.get(b.name)]
+
+        before = (sent.sent_messages, received.sent_messages)
+        for server in (pid, ("counter", b.name)):
+            assert await call(a, server, ("add", 1)) in (1, 2)
+        assert (sent.sent_messages - before[0], received.sent_messages - before[1]) == (2, 2)
+        assert not any(monitors_left())
+        # A reply sent later with reply() does not release it: the caller's demonitor does.
+        assert await call(a, pid, ("later", 0.01, "deferred")) == "deferred"
+        await wait_until(lambda: not any(monitors_left()), what="demonitor after reply()")
+        # A timed-out call is demonitored too, and its late reply is dropped.
+        with pytest.raises(fabric.CallTimeout):
+            await call(a, pid, ("sleep", 0.3), timeout=0.05)
+        await wait_until(lambda: not any(monitors_left()), what="demonitor after a timeout")
+        # A call to a name nobody holds fails at once, and one to a crashing server
+        # reports the crash; neither leaves a monitor.
+        with pytest.raises(fabric.ProcessDeadError) as dead:
+            await call(a, ("nobody", b.name), "get")
+        assert dead.value.reason == "noproc"
+        with pytest.raises(fabric.RemoteError):
+            await call(a, pid, "crash")
+        await wait_until(lambda: pid.id not in b._procs, what="server crashed")
+        assert not b._watched_by_remote.get(a.name) and not a._remote_monitors.get(b.name)
+
+
+@async_test
 async def test_start_waits_for_init_and_raises_its_exception() -> None:
     async with cluster(1) as (a,):
         events: list[Any] = []

@@ -66,7 +66,7 @@ class Codec:
         )
         self._decode_depth = 0
         self._ext_cache: dict[Any, msgpack.ExtType] = {}
-        self._id_cache: dict[tuple[int, bytes], Any] = {}
+        self._id_cache: dict[bytes, Pid] = {}
 
     # -- encoding -------------------------------------------------------------------------
 
@@ -102,15 +102,16 @@ class Codec:
                 self._depth = depth
             # ExtType's own constructor validates in Python; the fields are known good.
             return tuple.__new__(msgpack.ExtType, (EXT_TUPLE, body))
-        if t is Pid or t is Ref:
+        if t is Pid:
             ext = self._ext_cache.get(obj)
             if ext is None:
                 if len(self._ext_cache) >= _CACHE_SIZE:
                     self._ext_cache.clear()
-                code = EXT_PID if t is Pid else EXT_REF
-                ext = msgpack.ExtType(code, _ID_LAYOUT.pack(obj[2], obj[1]) + obj[0].encode())
+                ext = tuple.__new__(msgpack.ExtType, (EXT_PID, _id_body(obj)))
                 self._ext_cache[obj] = ext
             return ext
+        if t is Ref:  # refs are made for one use: caching them would only evict pids
+            return tuple.__new__(msgpack.ExtType, (EXT_REF, _id_body(obj)))
         # Subclasses of the plain types (IntEnum, str subclasses, OrderedDict...) are
         # sent as their base type; strict_types routes them here.
         for base in (bool, int, float, str, bytes, list, dict):
@@ -153,18 +154,25 @@ class Codec:
             if type(items) is not list:
                 raise RemoteProtocolError("tuple extension does not hold an array")
             return tuple(items)
-        if code in (EXT_PID, EXT_REF):
-            key = (code, data)
-            ident_obj = self._id_cache.get(key)
-            if ident_obj is not None:
-                return ident_obj
-            if len(self._id_cache) >= _CACHE_SIZE:
-                self._id_cache.clear()
-            if len(data) < _ID_SIZE:
-                raise RemoteProtocolError("truncated pid/ref")
-            creation, ident = _ID_LAYOUT.unpack_from(data)
-            node = data[_ID_SIZE:].decode()
-            ident_obj = (Pid if code == EXT_PID else Ref)(node, ident, creation)
-            self._id_cache[key] = ident_obj
-            return ident_obj
+        if code == EXT_PID:
+            pid = self._id_cache.get(data)
+            if pid is None:
+                if len(self._id_cache) >= _CACHE_SIZE:
+                    self._id_cache.clear()
+                pid = self._id_cache[data] = _id_from(Pid, data)
+            return pid
+        if code == EXT_REF:
+            return _id_from(Ref, data)
         raise RemoteProtocolError(f"unknown extension type {code}")
+
+
+def _id_body(ident: Pid | Ref) -> bytes:
+    return _ID_LAYOUT.pack(ident[2], ident[1]) + ident[0].encode()  # type: ignore[no-any-return]
+
+
+def _id_from(cls: type[Pid] | type[Ref], data: bytes) -> Any:
+    if len(data) < _ID_SIZE:
+        raise RemoteProtocolError("truncated pid/ref")
+    creation, ident = _ID_LAYOUT.unpack_from(data)
+    # tuple.__new__ skips the Python-level constructor: this runs per decoded pid.
+    return tuple.__new__(cls, (data[_ID_SIZE:].decode(), ident, creation))

@@ -17,7 +17,9 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "CALL_TAG",
     "HEARTBEAT_TOPIC",
+    "K_CALL",
     "K_CTRL",
     "K_GOODBYE",
     "K_GOODBYE_ACK",
@@ -29,6 +31,7 @@ __all__ = [
     "K_SEND_TUPLE",
     "K_SERVICE",
     "MESH_KINDS",
+    "REPLY_TAG",
 ]
 
 # Process traffic (handled by the process layer).
@@ -39,6 +42,15 @@ K_SEND_TUPLE: Final = 5
 K_REG_SEND: Final = 2  # [2, to_name, message]
 K_SERVICE: Final = 3  # [3, service_name, payload]  (pg, global, ...)
 K_CTRL: Final = 4  # [4, op, args...]  links, monitors, exits, spawn (see fabric.process)
+# [6, to_pid_or_name, caller_pid, ref, request]: a GenServer call in one message. The
+# receiving node installs the caller's monitor (ref) on the target and delivers
+# (CALL_TAG, (caller_pid, ref), request) to it, as a "mon" control op followed by a send
+# would, at the cost of one small message instead of two with nested tuples.
+K_CALL: Final = 6
+
+# The first item of the tuples GenServer calls and replies travel as (fabric.genserver).
+CALL_TAG: Final = "$call"
+REPLY_TAG: Final = "$reply"
 
 # Mesh control (handled by the mesh core).
 K_PEERS: Final = 10  # [10, [full node names]]  transitive connect

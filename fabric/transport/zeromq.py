@@ -27,8 +27,6 @@ import zmq
 
 __all__ = ["Reader", "bind_in_range", "configure", "open_monitor"]
 
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
 
 
 def configure(sock: zmq.Socket[Any], *, max_frame: int, sndhwm: int, rcvhwm: int) -> None:
@@ -74,7 +72,13 @@ def open_monitor(ctx: zmq.Context[Any], sock: zmq.Socket[Any], events: int) -> z
 
 
 class Reader:
-    """Calls ``on_ready(sock)`` whenever ``sock`` may be readable, on the event loop."""
+    """Calls ``on_ready(sock)`` whenever ``sock`` may be readable, on the event loop.
+
+    ``on_ready`` reads what it can and returns True if more may be waiting (it stopped on
+    a budget), False once it has seen the socket without ``POLLIN``: ZeroMQ's descriptor
+    is edge-triggered, so it may only stop on that evidence. Whoever sends on the socket
+    must check ``EVENTS`` afterwards (or call :meth:`poke`): a send can consume the edge.
+    """
 
     def __init__(
         self,
@@ -108,8 +112,7 @@ class Reader:
         if self._closed:
             return
         try:
-            more = self._on_ready(self._sock)
-            if more or self._sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
+            if self._on_ready(self._sock):
                 self.poke()
         except zmq.ZMQError as exc:
             if exc.errno not in (zmq.ENOTSOCK, zmq.ETERM):
