@@ -324,8 +324,12 @@ async def _loop(proc: Process, server: GenServer) -> None:
                                           node._release_call(proc, *from_))
                         raise
                     if result is not NOREPLY:
-                        await _send_reply(node, from_, True, result,
-                                          node._release_call(proc, *from_))
+                        answer = reply_message(node, from_, True, result,
+                                               node._release_call(proc, *from_))
+                        try:  # inline: the common case needs no coroutine
+                            node.send(from_[0], answer)
+                        except BackpressureError:
+                            await node.send_wait(from_[0], answer)
                     continue
             elif tag == CAST and len(msg) == 2:
                 await server.handle_cast(msg[1])

@@ -107,6 +107,8 @@ class Outbound:
     def flush(self) -> None:
         """Send everything queued (the end of a turn); retry soon if ZeroMQ is full."""
         self._scheduled = False
+        if not self.queue:
+            return  # the turn's first message left at once and nothing followed it
         if not self._write():
             self._scheduled = True
             self.loop.call_later(RETRY_DELAY, self.flush)
