@@ -33,6 +33,7 @@ from fabric.errors import ConfigError, RemoteProtocolError
 from fabric.global_ import Global
 from fabric.outbound import MAX_BATCH, Outbound
 from fabric.pg import Groups
+from fabric.protocol import handshake as hs
 from fabric.protocol import mesh as m
 from fabric.protocol.codec import Codec
 from fabric.protocol.effects import Log
@@ -46,7 +47,13 @@ from fabric.protocol.messages import (
     K_SERVICE,
 )
 from fabric.runtime import ProcessRuntime
-from fabric.transport.zeromq import Reader, bind_in_range, configure, open_monitor
+from fabric.transport.zeromq import (
+    Reader,
+    bind_in_range,
+    configure,
+    open_monitor,
+    secure_pub_plane,
+)
 from fabric.types import parse_node_name
 
 __all__ = ["Node", "NodeDown", "NodeMonitor", "NodeUp"]
@@ -195,6 +202,12 @@ class Node(ProcessRuntime):
         configure(self.sub, **opts)
         self.hb_sub = self.ctx.socket(zmq.SUB)
         configure(self.hb_sub, **opts)
+        try:
+            secure_pub_plane(self.pub, [self.sub, self.hb_sub],
+                             *hs.pub_plane_secrets(self._cookie))
+        except ConfigError:
+            self.ctx.destroy(linger=0)
+            raise
         try:
             if self._requested.port is not None:
                 port = bind_in_range(self.router, host, self._requested.port,

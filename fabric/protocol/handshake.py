@@ -21,6 +21,11 @@ into another session, another direction or another socket. Either side refuses w
 ``simultaneous``, ``not_connected``...). Every frame is a msgpack array whose first item
 is the frame's type as a string; data-plane batches are arrays of arrays, so the first
 item tells the two apart.
+
+The PUB/SUB plane has no handshake of its own: it is ZeroMQ CURVE with keys derived from
+the cookie (:func:`pub_plane_secrets`). Every PUB is a CURVE server with the same secret
+key and every SUB a CURVE client with the same client key, so a SUB that does not know
+the cookie cannot complete CURVE's handshake with any node's PUB, and reads nothing.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ __all__ = [
     "Refuse",
     "parse_handshake",
     "proof",
+    "pub_plane_secrets",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -61,6 +67,17 @@ def proof(cookie: bytes, label: str, challenge: bytes, *parts: str | bytes) -> b
 
 def proofs_equal(a: bytes, b: bytes) -> bool:
     return hmac.compare_digest(a, b)
+
+
+def pub_plane_secrets(cookie: bytes) -> tuple[bytes, bytes]:
+    """The CURVE secret keys (32 bytes each) of the PUB/SUB plane: ``(server, client)``.
+
+    Both are HMAC-SHA256 of the cookie over a label, so every node of a cluster derives
+    the same pair and nobody without the cookie can. The public keys follow from them
+    (Curve25519 scalar multiplication, done by the transport: this module is pure).
+    """
+    return (hmac.new(cookie, b"fabric pub-plane curve server", hashlib.sha256).digest(),
+            hmac.new(cookie, b"fabric pub-plane curve client", hashlib.sha256).digest())
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,9 @@ the owner's callback is called with the socket when it may have input, and must 
 the socket's ``EVENTS`` show no input (bounded per call; the reader re-arms itself if input
 remains). Checking ``EVENTS`` first is cheaper than reading until ``zmq.Again``.
 
+The PUB/SUB plane is CURVE-secured with cookie-derived keys (:func:`secure_pub_plane`):
+the PUB port serves heartbeats and group topics only to SUBs that know the cookie.
+
 Socket monitors report a closed TCP connection as soon as the kernel does, which is how a
 killed peer is noticed within milliseconds instead of at the next heartbeat.
 """
@@ -24,6 +27,9 @@ from collections.abc import Callable
 from typing import Any
 
 import zmq
+from zmq.utils import z85
+
+from fabric.errors import ConfigError
 
 __all__ = ["Reader", "bind_in_range", "configure", "open_monitor"]
 
@@ -42,6 +48,30 @@ def configure(sock: zmq.Socket[Any], *, max_frame: int, sndhwm: int, rcvhwm: int
     sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
     sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 10)
     sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 5)
+
+
+def secure_pub_plane(pub: zmq.Socket[Any], subs: list[zmq.Socket[Any]],
+                     server_secret: bytes, client_secret: bytes) -> None:
+    """Make ``pub`` a CURVE server and ``subs`` its CURVE clients (before bind/connect).
+
+    Raises:
+        ConfigError: this libzmq was built without CURVE.
+    """
+    if not zmq.has("curve"):
+        raise ConfigError("this libzmq has no CURVE support: the PUB/SUB plane needs it "
+                          "(pyzmq's wheels include it; rebuild libzmq with libsodium)")
+    pub.curve_secretkey = z85.encode(server_secret)
+    pub.curve_server = True
+    for sub in subs:
+        curve_client(sub, server_secret, client_secret)
+
+
+def curve_client(sock: zmq.Socket[Any], server_secret: bytes, client_secret: bytes) -> None:
+    """Make ``sock`` a CURVE client of the servers keyed with ``server_secret``."""
+    client_secret_z85 = z85.encode(client_secret)
+    sock.curve_serverkey = zmq.curve_public(z85.encode(server_secret))
+    sock.curve_publickey = zmq.curve_public(client_secret_z85)
+    sock.curve_secretkey = client_secret_z85
 
 
 def bind_in_range(sock: zmq.Socket[Any], host: str, lo: int, hi: int) -> int:

@@ -36,6 +36,7 @@ from fabric.protocol.codec import EXT_PID, EXT_TUPLE, Codec
 from fabric.protocol.mesh import MAX_PENDING_ACCEPTS
 from fabric.protocol.messages import K_CTRL, K_GOODBYE, K_PEERS, K_PING, K_REG_SEND, K_SEND
 from fabric.testing import LocalCluster, NodeProcess, async_wait_until, wait_until
+from fabric.transport.zeromq import curve_client
 from fabric.types import parse_node_name
 
 pytestmark = pytest.mark.io
@@ -398,18 +399,26 @@ def test_foreign_socket_types_on_the_pub_port(arun: Callable[..., Any]) -> None:
     arun(body())
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "fabric/node.py binds a plain PUB socket: any SUB that connects reads the heartbeats "
-    "(and later every group topic) without a handshake; DESIGN.md sec. 2 says "
-    "unauthenticated sockets must not read group traffic (needs ZAP/CURVE or sealed "
-    "payloads)"))
 def test_an_unauthenticated_sub_reads_nothing(arun: Callable[..., Any]) -> None:
+    # DESIGN.md sec. 2: unauthenticated sockets must not read group traffic. The PUB is a
+    # CURVE server keyed from the cookie: a plain SUB, or a CURVE SUB keyed from another
+    # cookie, never completes the handshake. The right keys do read (the control case).
     async def body() -> None:
         async with victim_with_friend() as (victim, _friend, _sink), Attacker() as atk:
-            sub = atk.socket(zmq.SUB, victim.pub_port)
-            sub.setsockopt(zmq.SUBSCRIBE, b"")
-            got = await asyncio.to_thread(sub.poll, 1000)  # 10 heartbeat intervals
-            assert not got, f"read {sub.recv_multipart()!r} from the PUB port"
+            readers = {}
+            for label, cookie in (("plain", None), ("wrong cookie", b"guess"),
+                                  ("right cookie", victim._cookie)):
+                sub: zmq.Socket[Any] = atk.ctx.socket(zmq.SUB)
+                sub.setsockopt(zmq.LINGER, 0)
+                if cookie is not None:
+                    curve_client(sub, *hs.pub_plane_secrets(cookie))
+                sub.setsockopt(zmq.SUBSCRIBE, b"")
+                sub.connect(f"tcp://127.0.0.1:{victim.pub_port}")
+                readers[label] = sub
+            # 10 heartbeat intervals for each; the victim publishes all along.
+            got = {label: await asyncio.to_thread(sub.poll, 1000)
+                   for label, sub in readers.items()}
+            assert got == {"plain": 0, "wrong cookie": 0, "right cookie": zmq.POLLIN}, got
 
     arun(body())
 

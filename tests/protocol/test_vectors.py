@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
+from zmq.utils import z85
 
 from fabric.errors import RemoteProtocolError
 from fabric.protocol import handshake as hs
@@ -114,6 +116,7 @@ REJECTED = tables("rejected")
 PROOFS = tables("proofs")
 HANDSHAKE = tables("handshake")
 PG_TOPICS = tables("pg-topics")
+PUB_PLANE = tables("pub-plane")
 
 
 # -- the parser itself ----------------------------------------------------------------------
@@ -121,7 +124,7 @@ PG_TOPICS = tables("pg-topics")
 
 def test_vector_tables_are_not_empty_and_well_formed() -> None:
     for rows, width in [(VALUES, 2), (BATCHES, 2), (DECODE_ONLY, 2), (REJECTED, 2),
-                        (PROOFS, 3), (HANDSHAKE, 4), (PG_TOPICS, 3)]:
+                        (PROOFS, 3), (HANDSHAKE, 4), (PG_TOPICS, 3), (PUB_PLANE, 3)]:
         assert rows
         for row in rows:
             assert len(row) == width, row
@@ -213,6 +216,26 @@ _PROOF_NAMES = dict(cookie=COOKIE, c_a=C_A, c_b=C_B, A=A, B=B, I_B=I_B)
 def test_proof_vectors(name: str, expr: str, hex_: str) -> None:
     assert value(expr, proof=hs.proof, **_PROOF_NAMES).hex() == hex_
     assert value(expr, proof=_independent_proof, **_PROOF_NAMES).hex() == hex_
+
+
+def _independent_pub_plane_secrets(cookie: bytes) -> tuple[bytes, bytes]:
+    return tuple(hmac.new(cookie, f"fabric pub-plane curve {role}".encode(),  # type: ignore
+                          hashlib.sha256).digest() for role in ("server", "client"))
+
+
+@pytest.mark.parametrize("name, expr, hex_", PUB_PLANE, ids=_ids(PUB_PLANE))
+def test_pub_plane_key_vectors(name: str, expr: str, hex_: str) -> None:
+    assert value(expr, pub_plane_secrets=hs.pub_plane_secrets, cookie=COOKIE).hex() == hex_
+    assert value(expr, pub_plane_secrets=_independent_pub_plane_secrets,
+                 cookie=COOKIE).hex() == hex_
+
+
+def test_pub_plane_public_keys_in_the_doc() -> None:
+    server, client = hs.pub_plane_secrets(COOKIE)
+    text = DOC.read_text(encoding="utf-8")
+    for role, secret in (("server", server), ("client", client)):
+        public = zmq.curve_public(z85.encode(secret)).decode()
+        assert f"{role} `{public}`" in text, (role, public)
 
 
 # -- the handshake transcript ----------------------------------------------------------------
