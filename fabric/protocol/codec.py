@@ -132,13 +132,20 @@ class Codec:
         if len(frame) > self.max_frame:
             raise RemoteProtocolError(f"frame of {len(frame)} bytes exceeds {self.max_frame}")
         try:
-            return msgpack.unpackb(frame, **self._unpack_kwargs)
+            value = msgpack.unpackb(frame, **self._unpack_kwargs)
         except RemoteProtocolError:
             raise
         except Exception as exc:  # msgpack raises a zoo of types on bad input
             raise RemoteProtocolError(f"undecodable frame: {type(exc).__name__}: {exc}") from None
         finally:
             self._decode_depth = 0
+        # msgpack decodes ext type -1 (timestamp) itself, without asking _ext_hook. Its
+        # three encodings are rare byte pairs: only a frame holding one is walked.
+        if (b"\xd6\xff" in frame or b"\xd7\xff" in frame or b"\xc7\x0c\xff" in frame) \
+                and _holds_timestamp(value):
+            raise RemoteProtocolError("undecodable frame: ext type -1 (timestamp) is not "
+                                      "a fabric type")
+        return value
 
     def _ext_hook(self, code: int, data: bytes) -> Any:
         if code == EXT_TUPLE:
@@ -176,3 +183,19 @@ def _id_from(cls: type[Pid] | type[Ref], data: bytes) -> Any:
     creation, ident = _ID_LAYOUT.unpack_from(data)
     # tuple.__new__ skips the Python-level constructor: this runs per decoded pid.
     return tuple.__new__(cls, (data[_ID_SIZE:].decode(), ident, creation))
+
+
+def _holds_timestamp(value: Any) -> bool:
+    # Iterative: a decoded frame can nest deeper than Python's recursion limit.
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        t = type(item)
+        if t is msgpack.Timestamp:
+            return True
+        if t is list or t is tuple:
+            stack.extend(item)
+        elif t is dict:
+            stack.extend(item.keys())
+            stack.extend(item.values())
+    return False

@@ -314,13 +314,27 @@ def test_unknown_ext_types_are_rejected() -> None:
             Codec().decode(ext(code, b"\x90"))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: fabric/protocol/codec.py does not pass timestamp handling to msgpack, so the "
-    "timestamp ext type -1 decodes into msgpack.Timestamp instead of being rejected like "
-    "every ext type other than 1, 2, 3"))
-def test_timestamp_ext_is_rejected() -> None:
-    with pytest.raises(RemoteProtocolError):
-        Codec().decode(bytes.fromhex("d6ff00000000"))
+@pytest.mark.parametrize("ts", ["d6ff00000000", "d7ff0000000000000000",
+                                "c70cff000000000000000000000000"])
+def test_timestamp_ext_is_rejected(ts: str) -> None:
+    # msgpack decodes ext -1 without calling the ext hook: alone, in a list, in a map, in
+    # a tuple ext and in a batch, every timestamp encoding is refused like any other ext.
+    codec = Codec()
+    stamp = bytes.fromhex(ts)
+    tuple_body = b"\x91" + stamp
+    frames = [stamp, b"\x92\x01" + stamp, b"\x81\xa1k" + stamp,
+              b"\xc7" + bytes([len(tuple_body), EXT_TUPLE]) + tuple_body,
+              b"\x91\x93\x01\xa1x" + stamp]
+    for frame in frames:
+        with pytest.raises(RemoteProtocolError, match="timestamp"):
+            codec.decode(frame)
+
+
+def test_timestamp_like_bytes_inside_strings_are_data() -> None:
+    # The byte pairs that flag a timestamp also occur inside ordinary strings and bytes.
+    codec = Codec()
+    for value in [b"\xd6\xff\x00\x00\x00\x00", "\u00ff", [b"\xc7\x0c\xff" * 3, 255, -1]]:
+        assert codec.decode(codec.encode(value)) == value
 
 
 # -- nesting ---------------------------------------------------------------------------------
