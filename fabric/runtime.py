@@ -1,24 +1,11 @@
-"""The process half of a node: the process table, signals, monitors, links.
+"""The process half of a node: the process table, spawning, names, sending, exits.
 
 Theory of operation
 -------------------
 The node owns every local process (``_procs``: id -> :class:`Process`). A send to a local
 pid appends to its mailbox; a send to a remote pid queues ``[K_SEND, pid, msg]`` on that
-peer's ordered stream (connecting first if needed). Signals between processes on different
-nodes travel as ``[K_CTRL, op, ...]`` messages on the same stream, so a message sent before
-an exit is delivered before the exit signal:
-
-    ["link", from, to]            ["unlink", from, to]      ["exit", from, to, reason]
-    ["mon", watcher, target, ref] ["demon", watcher, target, ref]
-    ["down", ref, target, reason, watcher]
-    ["spawn", reply_to, ref, "module:function", args, link]
-    ["spawn_reply", ref, ok, pid_or_error_text]
-
-A GenServer call to another node is one ``[K_CALL, target, caller, ref, request]`` message:
-the receiving node installs the monitor and delivers the request in one step (what a
-``mon`` followed by a send would do). When the server answers straight from its loop it
-releases that monitor itself and says so in the reply, so the caller forgets its side
-without a ``demon`` message: a call costs one message each way.
+peer's ordered stream (connecting first if needed). Links, monitors, exit signals and the
+control ops that carry them live in :mod:`fabric.signals`, a mixin of this class.
 
 Because a nodedown ends a session for good, everything tied to a peer is indexed by node
 (``_remote_monitors``, ``_remote_links``, ``_watched_by_remote``) and resolved on its
@@ -33,7 +20,7 @@ import asyncio
 import itertools
 import traceback
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from fabric.errors import (
     BackpressureError,
@@ -41,15 +28,15 @@ from fabric.errors import (
     LocalProtocolError,
     NameConflictError,
     NodeDownError,
-    NotExportedError,
 )
 from fabric.exports import resolve_export
 from fabric.outbound import MAX_BATCH
-from fabric.process import KILLED, NORMAL, Down, Exit, Process, ProcessExit, exception_reason
+from fabric.process import KILLED, NORMAL, Down, Process, ProcessExit, exception_reason
 from fabric.protocol.codec import Codec
 from fabric.protocol.mesh import MeshCore
-from fabric.protocol.messages import CALL_TAG, K_CALL, K_CTRL, K_REG_SEND, K_SEND, K_SEND_TUPLE
+from fabric.protocol.messages import K_REG_SEND, K_SEND, K_SEND_TUPLE
 from fabric.services import ServiceHost
+from fabric.signals import RegName, Signals
 
 if TYPE_CHECKING:
     from fabric.global_ import Global
@@ -60,14 +47,7 @@ __all__ = ["ProcessRuntime", "RegName"]
 ProcessFn = Callable[..., Awaitable[Any]]
 
 
-class RegName(NamedTuple):
-    """A monitor target given as ``(name, node)``: Erlang's ``{Name, Node}``."""
-
-    name: str
-    node: str
-
-
-class ProcessRuntime(ServiceHost):
+class ProcessRuntime(Signals, ServiceHost):
     """Mixin of :class:`fabric.Node` holding process state. Not used on its own."""
 
     # provided by Node
@@ -324,179 +304,6 @@ class ProcessRuntime(ServiceHost):
             return
         self._deliver_pid(pid, message)
 
-    def _ctrl(self, node: str, args: list[Any]) -> None:
-        ch = self._channels.get(node)
-        if ch is not None:
-            ch.out.push_control([K_CTRL, *args])
-
-    # -- links, monitors, exits -----------------------------------------------------------
-
-    def _link(self, proc: Process, pid: Pid) -> None:
-        if pid in proc.links:
-            return
-        proc.links.add(pid)
-        if self.is_local(pid):
-            target = self._procs.get(pid.id)
-            if target is None or target.self != pid:
-                self._signal(proc, pid, "noproc")
-            else:
-                target.links.add(proc.self)
-        elif self.mesh.is_up(pid.node):
-            self._remote_links.setdefault(pid.node, set()).add((proc.self, pid))
-            self._ctrl(pid.node, ["link", proc.self, pid])
-        else:
-            self._signal(proc, pid, "noconnection")
-
-    def _unlink(self, proc: Process, pid: Pid) -> None:
-        proc.links.discard(pid)
-        if self.is_local(pid):
-            target = self._procs.get(pid.id)
-            if target is not None:
-                target.links.discard(proc.self)
-        else:
-            self._remote_links.get(pid.node, set()).discard((proc.self, pid))
-            self._ctrl(pid.node, ["unlink", proc.self, pid])
-
-    def _monitor(self, proc: Process, dest: Pid | tuple[str, str]) -> Ref:
-        ref = self.make_ref()
-        pid: Any = dest
-        if type(dest) is tuple:  # (name, node): a registered name, resolved by its node
-            pid = RegName(*dest)
-            if pid.node == self.name:
-                pid = self._names.get(pid.name, pid)
-        proc.monitors[ref] = pid
-        if self.is_local(pid):
-            target = self._procs.get(pid.id) if type(pid) is Pid else None
-            if target is None or target.self != pid or not target.alive:
-                del proc.monitors[ref]
-                proc.deliver(Down(ref, pid, "noproc"))
-            else:
-                target.monitored_by[ref] = proc.self
-        elif self.mesh.is_up(pid.node):
-            self._remote_monitors.setdefault(pid.node, {})[ref] = (proc.self, pid)
-            self._ctrl(pid.node, ["mon", proc.self, pid, ref])
-        else:
-            del proc.monitors[ref]
-            proc.deliver(Down(ref, pid, "noconnection"))
-        return ref
-
-    def _call_send(self, proc: Process, target: Pid | tuple[str, str],
-                   request: Any) -> tuple[Ref, list[Any] | None]:
-        """Monitor a remote ``target`` and send it a GenServer call, in one K_CALL message.
-
-        Returns the monitor's ref and, when the peer's buffer was full, the message still
-        to send (see :meth:`_push_wait`). An unreachable node gives ``Down(noconnection)``.
-        """
-        ref = self.make_ref()
-        if type(target) is Pid:
-            node: str = target[0]
-            to: Any = target
-            watched: Any = target
-        else:
-            to, node = target
-            watched = RegName(to, node)
-        if not self.mesh.is_up(node):
-            proc.deliver(Down(ref, watched, "noconnection"))
-            return ref, None
-        proc.monitors[ref] = watched
-        self._remote_monitors.setdefault(node, {})[ref] = (proc.self, watched)
-        message = [K_CALL, to, proc.self, ref, request]
-        try:
-            self._push(node, message)
-        except BackpressureError:
-            return ref, message
-        return ref, None
-
-    async def _push_wait(self, node: str, message: list[Any]) -> None:
-        """Queue ``message`` for ``node``, waiting for room in its buffer (as send_wait)."""
-        while True:
-            try:
-                self._push(node, message)
-                return
-            except BackpressureError as exc:
-                if not await self._wait_for_room(exc.node):
-                    return
-
-    def _on_call(self, peer: str, msg: list[Any]) -> None:
-        _, to, caller, ref, request = msg
-        if type(caller) is not Pid or type(ref) is not Ref:
-            raise TypeError("call without a caller pid and a ref")
-        if type(to) is str:
-            pid: Any = self._names.get(to)
-            gone: Any = (to, self.name)  # as a "mon" on (name, node) reports it
-        else:
-            pid = gone = to
-        proc = self._procs.get(pid[1]) if type(pid) is Pid and self.is_local(pid) else None
-        if proc is None or proc.self != pid or not proc.alive:
-            self._ctrl(peer, ["down", ref, gone, "noproc", caller])
-            return
-        proc.monitored_by[ref] = caller
-        watched = self._watched_by_remote.get(peer)
-        if watched is None:
-            watched = self._watched_by_remote[peer] = set()
-        watched.add((pid, ref))
-        proc.deliver((CALL_TAG, (caller, ref), request))
-
-    def _release_call(self, proc: Process, caller: Pid, ref: Ref) -> bool:
-        """The server ``proc`` answered the call ``(caller, ref)``: drop the monitor the
-        call installed on it. True if there was one (the caller then drops its side
-        without a ``demon``)."""
-        watcher = proc.monitored_by.get(ref)
-        # Identity first: the From a server answers holds the very pid stored here.
-        if watcher is not caller and (watcher is None or watcher != caller):
-            return False
-        del proc.monitored_by[ref]
-        if caller[0] != self.name:
-            self._watched_by_remote.get(caller[0], set()).discard((proc.self, ref))
-        return True
-
-    def _forget_monitor(self, proc: Process, ref: Ref) -> None:
-        """Drop our side of a monitor the target's node already released."""
-        target = proc.monitors.pop(ref, None)
-        if target is not None and not self.is_local(target):
-            self._remote_monitors.get(target.node, {}).pop(ref, None)
-
-    def _demonitor(self, proc: Process, ref: Ref) -> None:
-        pid = proc.monitors.pop(ref, None)
-        if pid is None:
-            return
-        if self.is_local(pid):
-            target = self._procs.get(pid.id)
-            if target is not None:
-                target.monitored_by.pop(ref, None)
-        else:
-            self._remote_monitors.get(pid.node, {}).pop(ref, None)
-            self._ctrl(pid.node, ["demon", proc.self, pid, ref])
-
-    def exit(self, pid: Pid, reason: Any) -> None:
-        """Send an exit signal to ``pid`` (``"kill"`` kills even a trapping process)."""
-        if self.is_local(pid):
-            proc = self._procs.get(pid.id)
-            if proc is not None and proc.self == pid:
-                self._signal(proc, None, reason)
-        else:
-            self._ctrl(pid.node, ["exit", None, pid, reason])
-
-    def _signal(self, proc: Process, sender: Pid | None, reason: Any) -> None:
-        """Apply an exit signal from ``sender`` (None: an explicit ``exit``) to ``proc``."""
-        if not proc.alive:
-            return
-        if sender is not None:
-            proc.links.discard(sender)
-        if reason == "kill":
-            self._kill(proc, KILLED)
-        elif proc.trap_exits:
-            proc.deliver(Exit(sender if sender is not None else proc.self, reason))
-        elif reason != NORMAL:
-            self._kill(proc, reason)
-
-    def _kill(self, proc: Process, reason: Any) -> None:
-        if proc.task is None:
-            self._exited(proc, reason)
-        elif proc.pending_kill is None and not proc.task.done():
-            proc.pending_kill = reason
-            proc.task.cancel()
-
     def _exited(self, proc: Process, reason: Any) -> None:
         if not proc.alive:
             return
@@ -527,80 +334,6 @@ class ProcessRuntime(ServiceHost):
         now = self.loop.time()
         for service in list(self._services.values()):
             self._exec_service(service.service, service.on_process_exit(pid, reason, now))
-
-    def _on_ctrl(self, peer: str, msg: list[Any]) -> None:
-        op = msg[1]
-        if op == "link":
-            _, _, src, dst = msg
-            proc = self._procs.get(dst.id) if self.is_local(dst) else None
-            if proc is None or proc.self != dst:
-                self._ctrl(peer, ["exit", dst, src, "noproc"])
-            else:
-                proc.links.add(src)
-                self._remote_links.setdefault(peer, set()).add((dst, src))
-        elif op == "unlink":
-            _, _, src, dst = msg
-            proc = self._procs.get(dst.id) if self.is_local(dst) else None
-            if proc is not None:
-                proc.links.discard(src)
-            self._remote_links.get(peer, set()).discard((dst, src))
-        elif op == "exit":
-            _, _, src, dst, reason = msg
-            proc = self._procs.get(dst.id) if self.is_local(dst) else None
-            if proc is not None and proc.self == dst:
-                if src is not None:
-                    self._remote_links.get(peer, set()).discard((dst, src))
-                    if src not in proc.links:
-                        return  # unlinked meanwhile: the signal no longer applies
-                self._signal(proc, src, reason)
-        elif op == "mon":
-            _, _, watcher, target, ref = msg
-            if type(target) is tuple:  # a monitor on a registered name: resolve it now
-                target = self._names.get(target[0], target)
-            local = type(target) is Pid and self.is_local(target)
-            proc = self._procs.get(target.id) if local else None
-            if proc is None or proc.self != target or not proc.alive:
-                self._ctrl(peer, ["down", ref, target, "noproc", watcher])
-            else:
-                proc.monitored_by[ref] = watcher
-                self._watched_by_remote.setdefault(peer, set()).add((target, ref))
-        elif op == "demon":
-            _, _, watcher, target, ref = msg
-            if type(target) is tuple:
-                target = self._names.get(target[0], target)
-            local = type(target) is Pid and self.is_local(target)
-            proc = self._procs.get(target.id) if local else None
-            if proc is not None:
-                proc.monitored_by.pop(ref, None)
-            self._watched_by_remote.get(peer, set()).discard((target, ref))
-        elif op == "down":
-            _, _, ref, target, reason, watcher = msg
-            self._remote_monitors.get(peer, {}).pop(ref, None)
-            w = self._procs.get(watcher.id) if self.is_local(watcher) else None
-            if w is not None and w.monitors.pop(ref, None) is not None:
-                w.deliver(Down(ref, target, reason))
-        elif op == "spawn":
-            _, _, reply_to, ref, spec, args, link = msg
-            try:
-                fn = resolve_export(spec, self.config.allow_remote_spawn)
-                pid = self.spawn(fn, *args)
-            except NotExportedError as exc:
-                self._ctrl(peer, ["spawn_reply", ref, False, str(exc)])
-                return
-            if link and reply_to is not None:
-                self._procs[pid.id].links.add(reply_to)
-                self._remote_links.setdefault(peer, set()).add((pid, reply_to))
-            self._ctrl(peer, ["spawn_reply", ref, True, pid])
-        elif op == "spawn_reply":
-            _, _, ref, ok, value = msg
-            waiter = self._spawn_waiters.get(ref)
-            if waiter is not None and not waiter[1].done():
-                if ok:
-                    waiter[1].set_result(value)
-                else:
-                    waiter[1].set_exception(NotExportedError(value))
-        else:
-            raise ValueError(f"unknown control op {op!r}")
 
     def _on_nodeup(self, peer: str) -> None:
         now = self.loop.time()

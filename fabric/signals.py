@@ -1,0 +1,320 @@
+"""Signals between processes: links, monitors, exit signals, and the calls' monitors.
+
+Theory of operation
+-------------------
+Signals between processes on different nodes travel as ``[K_CTRL, op, ...]`` messages on
+the same ordered stream as messages, so a message sent before an exit is delivered before
+the exit signal:
+
+    ["link", from, to]            ["unlink", from, to]      ["exit", from, to, reason]
+    ["mon", watcher, target, ref] ["demon", watcher, target, ref]
+    ["down", ref, target, reason, watcher]
+    ["spawn", reply_to, ref, "module:function", args, link]
+    ["spawn_reply", ref, ok, pid_or_error_text]
+
+A GenServer call to another node is one ``[K_CALL, target, caller, ref, request]`` message:
+the receiving node installs the monitor and delivers the request in one step (what a
+``mon`` followed by a send would do). When the server answers straight from its loop it
+releases that monitor itself and says so in the reply, so the caller forgets its side
+without a ``demon`` message: a call costs one message each way.
+
+Each side keeps its half of every cross-node link and monitor, indexed by peer
+(``_remote_monitors``, ``_remote_links``, ``_watched_by_remote``), so that a nodedown
+resolves them all locally (see :meth:`fabric.runtime.ProcessRuntime._on_nodedown`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from fabric.errors import BackpressureError, NotExportedError
+from fabric.exports import resolve_export
+from fabric.process import KILLED, NORMAL, Down, Exit, Process
+from fabric.protocol.messages import CALL_TAG, K_CALL, K_CTRL
+from fabric.types import Pid, Ref
+
+if TYPE_CHECKING:
+    from fabric.protocol.mesh import MeshCore
+
+__all__ = ["RegName", "Signals"]
+
+
+class RegName(NamedTuple):
+    """A monitor target given as ``(name, node)``: Erlang's ``{Name, Node}``."""
+
+    name: str
+    node: str
+
+
+class Signals:
+    """Mixin of :class:`fabric.runtime.ProcessRuntime`: links, monitors, exit signals and
+    control ops. Not used on its own; the state it reads is the runtime's."""
+
+    # provided by ProcessRuntime / Node
+    name: str
+    config: Any
+    mesh: MeshCore
+    _channels: dict[str, Any]
+    _procs: dict[int, Process]
+    _names: dict[str, Pid]
+    _remote_monitors: dict[str, dict[Ref, tuple[Pid, Pid]]]
+    _remote_links: dict[str, set[tuple[Pid, Pid]]]
+    _watched_by_remote: dict[str, set[tuple[Pid, Ref]]]
+    _spawn_waiters: dict[Ref, tuple[str, asyncio.Future[Pid]]]
+
+    if TYPE_CHECKING:
+        def make_ref(self) -> Ref: ...
+        def is_local(self, pid: Pid) -> bool: ...
+        def spawn(self, fn: Any, *args: Any, link_to: Process | None = None,
+                  name: str | None = None) -> Pid: ...
+        def _push(self, node: str, message: list[Any]) -> None: ...
+        def _exited(self, proc: Process, reason: Any) -> None: ...
+        async def _wait_for_room(self, node: str) -> bool: ...
+
+    def _ctrl(self, node: str, args: list[Any]) -> None:
+        ch = self._channels.get(node)
+        if ch is not None:
+            ch.out.push_control([K_CTRL, *args])
+
+    # -- links, monitors, exits -----------------------------------------------------------
+
+    def _link(self, proc: Process, pid: Pid) -> None:
+        if pid in proc.links:
+            return
+        proc.links.add(pid)
+        if self.is_local(pid):
+            target = self._procs.get(pid.id)
+            if target is None or target.self != pid:
+                self._signal(proc, pid, "noproc")
+            else:
+                target.links.add(proc.self)
+        elif self.mesh.is_up(pid.node):
+            self._remote_links.setdefault(pid.node, set()).add((proc.self, pid))
+            self._ctrl(pid.node, ["link", proc.self, pid])
+        else:
+            self._signal(proc, pid, "noconnection")
+
+    def _unlink(self, proc: Process, pid: Pid) -> None:
+        proc.links.discard(pid)
+        if self.is_local(pid):
+            target = self._procs.get(pid.id)
+            if target is not None:
+                target.links.discard(proc.self)
+        else:
+            self._remote_links.get(pid.node, set()).discard((proc.self, pid))
+            self._ctrl(pid.node, ["unlink", proc.self, pid])
+
+    def _monitor(self, proc: Process, dest: Pid | tuple[str, str]) -> Ref:
+        ref = self.make_ref()
+        pid: Any = dest
+        if type(dest) is tuple:  # (name, node): a registered name, resolved by its node
+            pid = RegName(*dest)
+            if pid.node == self.name:
+                pid = self._names.get(pid.name, pid)
+        proc.monitors[ref] = pid
+        if self.is_local(pid):
+            target = self._procs.get(pid.id) if type(pid) is Pid else None
+            if target is None or target.self != pid or not target.alive:
+                del proc.monitors[ref]
+                proc.deliver(Down(ref, pid, "noproc"))
+            else:
+                target.monitored_by[ref] = proc.self
+        elif self.mesh.is_up(pid.node):
+            self._remote_monitors.setdefault(pid.node, {})[ref] = (proc.self, pid)
+            self._ctrl(pid.node, ["mon", proc.self, pid, ref])
+        else:
+            del proc.monitors[ref]
+            proc.deliver(Down(ref, pid, "noconnection"))
+        return ref
+
+    def _call_send(self, proc: Process, target: Pid | tuple[str, str],
+                   request: Any) -> tuple[Ref, list[Any] | None]:
+        """Monitor a remote ``target`` and send it a GenServer call, in one K_CALL message.
+
+        Returns the monitor's ref and, when the peer's buffer was full, the message still
+        to send (see :meth:`_push_wait`). An unreachable node gives ``Down(noconnection)``.
+        """
+        ref = self.make_ref()
+        if type(target) is Pid:
+            node: str = target[0]
+            to: Any = target
+            watched: Any = target
+        else:
+            to, node = target
+            watched = RegName(to, node)
+        if not self.mesh.is_up(node):
+            proc.deliver(Down(ref, watched, "noconnection"))
+            return ref, None
+        proc.monitors[ref] = watched
+        self._remote_monitors.setdefault(node, {})[ref] = (proc.self, watched)
+        message = [K_CALL, to, proc.self, ref, request]
+        try:
+            self._push(node, message)
+        except BackpressureError:
+            return ref, message
+        return ref, None
+
+    async def _push_wait(self, node: str, message: list[Any]) -> None:
+        """Queue ``message`` for ``node``, waiting for room in its buffer (as send_wait)."""
+        while True:
+            try:
+                self._push(node, message)
+                return
+            except BackpressureError as exc:
+                if not await self._wait_for_room(exc.node):
+                    return
+
+    def _on_call(self, peer: str, msg: list[Any]) -> None:
+        _, to, caller, ref, request = msg
+        if type(caller) is not Pid or type(ref) is not Ref:
+            raise TypeError("call without a caller pid and a ref")
+        if type(to) is str:
+            pid: Any = self._names.get(to)
+            gone: Any = (to, self.name)  # as a "mon" on (name, node) reports it
+        else:
+            pid = gone = to
+        proc = self._procs.get(pid[1]) if type(pid) is Pid and self.is_local(pid) else None
+        if proc is None or proc.self != pid or not proc.alive:
+            self._ctrl(peer, ["down", ref, gone, "noproc", caller])
+            return
+        proc.monitored_by[ref] = caller
+        watched = self._watched_by_remote.get(peer)
+        if watched is None:
+            watched = self._watched_by_remote[peer] = set()
+        watched.add((pid, ref))
+        proc.deliver((CALL_TAG, (caller, ref), request))
+
+    def _release_call(self, proc: Process, caller: Pid, ref: Ref) -> bool:
+        """The server ``proc`` answered the call ``(caller, ref)``: drop the monitor the
+        call installed on it. True if there was one (the caller then drops its side
+        without a ``demon``)."""
+        watcher = proc.monitored_by.get(ref)
+        # Identity first: the From a server answers holds the very pid stored here.
+        if watcher is not caller and (watcher is None or watcher != caller):
+            return False
+        del proc.monitored_by[ref]
+        if caller[0] != self.name:
+            self._watched_by_remote.get(caller[0], set()).discard((proc.self, ref))
+        return True
+
+    def _forget_monitor(self, proc: Process, ref: Ref) -> None:
+        """Drop our side of a monitor the target's node already released."""
+        target = proc.monitors.pop(ref, None)
+        if target is not None and not self.is_local(target):
+            self._remote_monitors.get(target.node, {}).pop(ref, None)
+
+    def _demonitor(self, proc: Process, ref: Ref) -> None:
+        pid = proc.monitors.pop(ref, None)
+        if pid is None:
+            return
+        if self.is_local(pid):
+            target = self._procs.get(pid.id)
+            if target is not None:
+                target.monitored_by.pop(ref, None)
+        else:
+            self._remote_monitors.get(pid.node, {}).pop(ref, None)
+            self._ctrl(pid.node, ["demon", proc.self, pid, ref])
+
+    def exit(self, pid: Pid, reason: Any) -> None:
+        """Send an exit signal to ``pid`` (``"kill"`` kills even a trapping process)."""
+        if self.is_local(pid):
+            proc = self._procs.get(pid.id)
+            if proc is not None and proc.self == pid:
+                self._signal(proc, None, reason)
+        else:
+            self._ctrl(pid.node, ["exit", None, pid, reason])
+
+    def _signal(self, proc: Process, sender: Pid | None, reason: Any) -> None:
+        """Apply an exit signal from ``sender`` (None: an explicit ``exit``) to ``proc``."""
+        if not proc.alive:
+            return
+        if sender is not None:
+            proc.links.discard(sender)
+        if reason == "kill":
+            self._kill(proc, KILLED)
+        elif proc.trap_exits:
+            proc.deliver(Exit(sender if sender is not None else proc.self, reason))
+        elif reason != NORMAL:
+            self._kill(proc, reason)
+
+    def _kill(self, proc: Process, reason: Any) -> None:
+        if proc.task is None:
+            self._exited(proc, reason)
+        elif proc.pending_kill is None and not proc.task.done():
+            proc.pending_kill = reason
+            proc.task.cancel()
+
+    def _on_ctrl(self, peer: str, msg: list[Any]) -> None:
+        op = msg[1]
+        if op == "link":
+            _, _, src, dst = msg
+            proc = self._procs.get(dst.id) if self.is_local(dst) else None
+            if proc is None or proc.self != dst:
+                self._ctrl(peer, ["exit", dst, src, "noproc"])
+            else:
+                proc.links.add(src)
+                self._remote_links.setdefault(peer, set()).add((dst, src))
+        elif op == "unlink":
+            _, _, src, dst = msg
+            proc = self._procs.get(dst.id) if self.is_local(dst) else None
+            if proc is not None:
+                proc.links.discard(src)
+            self._remote_links.get(peer, set()).discard((dst, src))
+        elif op == "exit":
+            _, _, src, dst, reason = msg
+            proc = self._procs.get(dst.id) if self.is_local(dst) else None
+            if proc is not None and proc.self == dst:
+                if src is not None:
+                    self._remote_links.get(peer, set()).discard((dst, src))
+                    if src not in proc.links:
+                        return  # unlinked meanwhile: the signal no longer applies
+                self._signal(proc, src, reason)
+        elif op == "mon":
+            _, _, watcher, target, ref = msg
+            if type(target) is tuple:  # a monitor on a registered name: resolve it now
+                target = self._names.get(target[0], target)
+            local = type(target) is Pid and self.is_local(target)
+            proc = self._procs.get(target.id) if local else None
+            if proc is None or proc.self != target or not proc.alive:
+                self._ctrl(peer, ["down", ref, target, "noproc", watcher])
+            else:
+                proc.monitored_by[ref] = watcher
+                self._watched_by_remote.setdefault(peer, set()).add((target, ref))
+        elif op == "demon":
+            _, _, watcher, target, ref = msg
+            if type(target) is tuple:
+                target = self._names.get(target[0], target)
+            local = type(target) is Pid and self.is_local(target)
+            proc = self._procs.get(target.id) if local else None
+            if proc is not None:
+                proc.monitored_by.pop(ref, None)
+            self._watched_by_remote.get(peer, set()).discard((target, ref))
+        elif op == "down":
+            _, _, ref, target, reason, watcher = msg
+            self._remote_monitors.get(peer, {}).pop(ref, None)
+            w = self._procs.get(watcher.id) if self.is_local(watcher) else None
+            if w is not None and w.monitors.pop(ref, None) is not None:
+                w.deliver(Down(ref, target, reason))
+        elif op == "spawn":
+            _, _, reply_to, ref, spec, args, link = msg
+            try:
+                fn = resolve_export(spec, self.config.allow_remote_spawn)
+                pid = self.spawn(fn, *args)
+            except NotExportedError as exc:
+                self._ctrl(peer, ["spawn_reply", ref, False, str(exc)])
+                return
+            if link and reply_to is not None:
+                self._procs[pid.id].links.add(reply_to)
+                self._remote_links.setdefault(peer, set()).add((pid, reply_to))
+            self._ctrl(peer, ["spawn_reply", ref, True, pid])
+        elif op == "spawn_reply":
+            _, _, ref, ok, value = msg
+            waiter = self._spawn_waiters.get(ref)
+            if waiter is not None and not waiter[1].done():
+                if ok:
+                    waiter[1].set_result(value)
+                else:
+                    waiter[1].set_exception(NotExportedError(value))
+        else:
+            raise ValueError(f"unknown control op {op!r}")
