@@ -13,15 +13,17 @@ nothing else ever introduces a claim, so a stale one cannot come back from a thi
 ``("n", name)`` on this node and on every connected node (:mod:`.global_locks`: wait-die
 on a fixed ``(lamport, node, txn)`` priority, so no deadlock and no livelock, whatever the
 timing; randomness only jitters the retry of a request that lost), each grant reporting
-whether that node sees a claim on the name. If any does, the answer is ``"no"``; else the
-claim is stamped, sent to every node (which applies it, then drops the lock) and
-``"yes"`` comes once every node acknowledged it, so ``whereis_name`` anywhere sees it
-after the reply (as Erlang's ``multi_call``). Two requesters that are connected, or share
-a connected node, both lock that node, which serialises them: exactly one ``"yes"``. A
-request in flight is extended to a peer that comes up meanwhile. ``re_register_name``
-commits in two rounds: every node first drops the other claims (their owners retract
-them, without notification, like Erlang) and acks, then the new claim is sent, so no two
-connected nodes ever show the old and the new pid at once.
+whether that node sees a claim on the name; a claim that reaches a granter while its grant
+is outstanding (synced by a peer that came up, so it took no lock) is reported too
+(``taken``). If any does, the answer is ``"no"``; else the claim is stamped, sent to every
+node (which applies it, then drops the lock) and ``"yes"`` comes once every node
+acknowledged it, so ``whereis_name`` anywhere sees it after the reply (as Erlang's
+``multi_call``). Two requesters that are connected, or share a connected node, both lock
+that node, which serialises them: exactly one ``"yes"``. A request in flight is extended
+to a peer that comes up meanwhile. ``re_register_name`` commits in two rounds: every node
+first drops the other claims (their owners retract them, without notification, like
+Erlang) and acks, then the new claim is sent, so no two connected nodes ever show the old
+and the new pid at once.
 
 **Removal** needs no lock because only the owner removes: a retract is broadcast when
 the process exits, on ``unregister_name`` (forwarded to the owner; the reply waits for
@@ -60,6 +62,7 @@ attempt)``, ``prio = (lamport, node, txn)``)::
     ("conflict", name, entry, entry)                  ("supersede", name, entry)
     ("req", rid, key, prio, pid|None)                 ("grant", rid, (taken, extra)|None)
     ("deny", rid, "younger"|"held")                   ("release", rid)
+    ("taken", rid)
     ("hold", rid, pid)     ("unlock", resource, pid)  ("unlock_pid", pid)
     ("unreg", rid, name, pid)                         ("unreg_ok", rid)
     ("clear", name, rid)
@@ -431,6 +434,12 @@ class GlobalCore(GlobalNames):
             txn.taken = txn.taken or bool(taken)
             txn.extras.append(extra)
         self._progress(txn)
+
+    def _h_taken(self, peer: str, rid: Any) -> None:
+        # A granter saw a claim on the name arrive after it granted: the answer is "no".
+        txn = self._txn_of(rid)
+        if txn is not None and txn.phase == "lock" and peer in txn.asked:
+            txn.taken = True
 
     def _h_deny(self, peer: str, rid: Any, why: Any) -> None:
         txn = self._txn_of(rid)

@@ -148,6 +148,11 @@ class LockTable:
             out += self.release(rid)
         return out
 
+    def tentative(self, key: Any) -> LockReq | None:
+        """The request whose grant on ``key`` is outstanding here, if any."""
+        slot = self._slots.get(key)
+        return slot.tentative if slot else None
+
     def holders(self, key: Any) -> frozenset[Pid]:
         """The pids holding user lock ``key``."""
         slot = self._slots.get(key)

@@ -45,10 +45,23 @@ class GlobalNames(GlobalBase):
                 self._forget_local(previous)
             self._local.setdefault(entry.pid, set()).add(name)
         self._on_claim(entry)
+        self._stale_grant(entry)
         for other in list(claims.values()):
             if other.owner != entry.owner:
                 self._report(entry, other)
         self._refresh(name)
+
+    def _stale_grant(self, entry: Entry) -> None:
+        """A claim arrived while this node's grant on its name is outstanding.
+
+        The grant told its requester whether the name was free when it was given; a claim
+        that arrives without passing that lock (a peer that came up synced it) makes that
+        answer stale, so the requester is told the name is taken. Without this it would
+        commit a claim that is known, on this node, to conflict with one shown here.
+        """
+        req = self._locks.tentative(("n", entry.name))
+        if req is not None and req.rid[0] != entry.owner:  # not the requester's own claim
+            self._send(req.rid[0], ("taken", req.rid))
 
     def _drop_others(self, name: Any, keep: str) -> None:
         """Drop every claim on ``name`` but ``keep``'s (a re-registration supersedes)."""

@@ -85,10 +85,26 @@ def where(sim: ServiceSim, name: Any) -> dict[str, Pid | None]:
 GRACE = 0.005  # one sync round after a link comes up: sync, report, retract (+ slack)
 
 
+def undetected_dead_session(sim: ServiceSim, node: str, pid: Pid | None) -> bool:
+    """``node`` shows a pid of a node whose session with it died (a cut, or a crash while
+    cut) without ``node`` being told yet: its nodedown waits for failure detection.
+
+    Such a claim may be stale: only its owner retracts it (D12), and the owner's retract
+    (its process exited, it lost a conflict, or it restarted) is lost with the session.
+    No message can tell ``node`` sooner (no third node relays claims, so that a stale
+    claim never comes back), so the claim goes only at the nodedown, ``detect_delay`` at
+    most after the cut. :func:`assert_agree` ignores such views, and only those.
+    """
+    if pid is None or pid.node == node:
+        return False
+    return frozenset((node, pid.node)) in sim._closing  # nodedown not delivered yet
+
+
 def assert_agree(sim: ServiceSim, names: Iterable[Any]) -> None:
     """No two connected nodes show different pids for a name (None is not a pid), except
     during the first sync round after some link came up (a heal: the claims of the two
-    sides meet, are reported to their owners, and the losers retract)."""
+    sides meet, are reported to their owners, and the losers retract), and except a view
+    that failure detection has not caught up with (:func:`undetected_dead_session`)."""
     names = list(names)
     seen: set[frozenset[str]] = sim.__dict__.setdefault("links_seen", set())
     links = {frozenset(pair) for pair in itertools.combinations(up(sim), 2) if sim.connected(*pair)}
@@ -102,6 +118,8 @@ def assert_agree(sim: ServiceSim, names: Iterable[Any]) -> None:
         a, b = sorted(pair)
         for name in names:
             pa, pb = sim.core(a).whereis_name(name), sim.core(b).whereis_name(name)
+            if undetected_dead_session(sim, a, pa) or undetected_dead_session(sim, b, pb):
+                continue
             assert pa is None or pb is None or pa == pb, (sim.now, name, a, pa, b, pb)
 
 
@@ -497,6 +515,56 @@ def test_partial_heal_relay_resolves_conflict_it_alone_sees() -> None:
     assert sim.mailboxes[pc] == [("global_name_conflict", "x", pa)]
 
 
+def test_claim_synced_to_a_granter_after_its_grant_makes_the_answer_no() -> None:
+    """B granted A's request for "x" while A still waited for C's grant. C died unseen by A
+    (A-C was cut first), and C's next run registered "x" alone and synced it to B when
+    they met: B's grant ("x" is free) went stale, so B tells A ("taken"). A answers "no"
+    instead of committing, at its nodedown of C, a claim that A would show next to B
+    showing C's (until a conflict round decided, against the pid that had a "yes" first)."""
+    sim = make_sim()
+    pa = sim.spawn(A)
+    sim.call(A, "register_name", "x", pa, "a")  # asks A, B and C
+    sim.cut(A, C)  # the request to C is lost; A learns that C is gone after detect_delay
+    sim.restart(C)  # B sees C go down at once, A does not
+    sim.advance(0.01)
+    pc = sim.spawn(C)
+    sim.call(C, "register_name", "x", pc, "c")
+    assert sim.completed["c"] == "yes"  # C is alone
+    run_checked(sim, ["x"], 1.5, drain=False)  # B-C up at 0.5 (sync), A sees C down at 1.0
+    assert sim.completed["a"] == "no"
+    assert where(sim, "x") == {A: None, B: pc, C: pc}
+    sim.heal()
+    run_checked(sim, ["x"], 1.0)
+    assert where(sim, "x") == dict.fromkeys(NAMES, pc)
+    assert sim.mailboxes[pa] == sim.mailboxes[pc] == []  # no conflict was ever needed
+
+
+def test_stale_claim_of_a_silently_dead_session_lasts_until_nodedown() -> None:
+    """The limit of owner authority (D12): A's retract cannot reach a node whose session
+    with A died unnoticed, and no third node relays it, so that node shows the stale claim
+    until its failure detector reports A down (``detect_delay``), even while a connected
+    node shows A's new claim. Then it shows nothing, and after the heal all agree."""
+    sim = make_sim()
+    pa = sim.spawn(A)
+    sim.call(A, "register_name", "x", pa, 1)
+    settle(sim)
+    cut_at = sim.now
+    sim.cut(A, C)
+    sim.restart(A)  # B sees A go down at once, C does not
+    sim.advance(0.01)
+    pa2 = sim.spawn(A)
+    sim.call(A, "register_name", "x", pa2, 2)
+    assert sim.completed[2] == "yes"  # A is alone
+    run_checked(sim, ["x"], 0.6, drain=False)  # A-B up again at 0.5
+    assert where(sim, "x") == {A: pa2, B: pa2, C: pa}  # C's view is stale...
+    assert sim.connected(B, C) and undetected_dead_session(sim, C, pa)  # ...and known so
+    run_checked(sim, ["x"], cut_at + sim.detect_delay + 0.002 - sim.now, drain=False)
+    assert where(sim, "x") == {A: pa2, B: pa2, C: None}
+    sim.heal()
+    run_checked(sim, ["x"], 1.0)
+    assert where(sim, "x") == dict.fromkeys(NAMES, pa2)
+
+
 def test_heal_merges_disjoint_names_without_conflict() -> None:
     sim = make_sim()
     sim.partition([A, B], [C])
@@ -577,6 +645,44 @@ def test_property_chaos_converges_to_one_owner(
     """Registrations, exits, splits, cuts and restarts in any order: connected nodes never
     show two pids for a name beyond a sync round, and after the final heal every node
     shows the same live owner (or nobody) for every name."""
+    run_chaos(seed, ops)
+
+
+@pytest.mark.parametrize(
+    ("seed", "ops"),
+    [
+        # A stale claim of a silently dead session (see test_stale_claim_of_a_silently_...):
+        # n1 lost a conflict to n2's restarted run and retracted, but n1-n3 was cut and not
+        # yet detected, so n3 kept n1's claim next to n0 (restarted), which shows n2's.
+        (
+            44504,
+            [
+                ("split", 0, 1, 0.001), ("heal", 0, 0, 0.6), ("reg", 1, 1, 0.01),
+                ("reg", 2, 1, 0.01), ("heal", 3, 1, 0.6), ("exit", 0, 0, 0.6),
+                ("cut", 3, 1, 0.0), ("cut", 2, 0, 0.001), ("restart", 2, 1, 0.01),
+                ("reg", 2, 1, 0.001), ("restart", 0, 0, 0.001), ("restart", 2, 1, 0.6),
+            ],
+        ),
+        # Its minimal form: n2 registers, n2-n3 is cut, n2 restarts and registers again.
+        (
+            0,
+            [
+                ("reg", 2, 1, 0.0), ("exit", 0, 0, 0.01), ("cut", 2, 0, 0.0),
+                ("restart", 2, 1, 0.0), ("reg", 2, 1, 0.0),
+            ],
+        ),
+        # A claim synced to granters after their grant (see test_claim_synced_to_a_...).
+        (0, [("reg", 1, 1, 0.0), ("cut", 1, 1, 0.0), ("restart", 3, 0, 0.0), ("reg", 3, 1, 0.01)]),
+    ],
+)  # fmt: skip
+def test_chaos_counterexamples_found_by_hypothesis(
+    seed: int, ops: list[tuple[str, int, int, float]]
+) -> None:
+    run_chaos(seed, ops)
+
+
+def run_chaos(seed: int, ops: list[tuple[str, int, int, float]]) -> None:
+    """The body of test_property_chaos_converges_to_one_owner."""
     names = [f"n{i}@h:{i + 1}" for i in range(4)]
     sim = make_sim(names, seed=seed)
     keys = ["k0", "k1"]
