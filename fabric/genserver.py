@@ -320,16 +320,14 @@ async def _loop(proc: Process, server: GenServer) -> None:
                     try:
                         result = await server.handle_call(msg[2], from_)
                     except Exception as exc:
-                        await _send_reply(node, from_, False, error_info(exc),
-                                          node._release_call(proc, *from_))
+                        unsent = _reply_now(proc, from_, False, error_info(exc))
+                        if unsent is not None:
+                            await node.send_wait(from_[0], unsent)
                         raise
                     if result is not NOREPLY:
-                        answer = reply_message(node, from_, True, result,
-                                               node._release_call(proc, *from_))
-                        try:  # inline: the common case needs no coroutine
-                            node.send(from_[0], answer)
-                        except BackpressureError:
-                            await node.send_wait(from_[0], answer)
+                        unsent = _reply_now(proc, from_, True, result)
+                        if unsent is not None:  # a server slows down rather than drop it
+                            await node.send_wait(from_[0], unsent)
                     continue
             elif tag == CAST and len(msg) == 2:
                 await server.handle_cast(msg[1])
@@ -380,13 +378,17 @@ def reply_message(node: Node, from_: tuple[Pid, Ref], ok: bool, value: Any,
     return (REPLY, ref, ok, value, released)
 
 
-async def _send_reply(node: Node, from_: tuple[Pid, Ref], ok: bool, value: Any,
-                      released: bool = False) -> None:
-    msg = reply_message(node, from_, ok, value, released)
+def _reply_now(proc: Process, from_: From, ok: bool, value: Any) -> tuple[Any, ...] | None:
+    """The server ``proc`` answers ``from_`` (releasing the call's monitor): sends the
+    reply, or returns it when the caller's buffer is full (the loop then waits for room;
+    a plain function, so the common case costs no coroutine)."""
+    node = proc.node
+    msg = reply_message(node, from_, ok, value, node._release_call(proc, *from_))
     try:
         node.send(from_[0], msg)
     except BackpressureError:
-        await node.send_wait(from_[0], msg)  # a server slows down rather than drop a reply
+        return msg
+    return None
 
 
 # -- the client side ------------------------------------------------------------------------
@@ -495,7 +497,7 @@ async def _call(proc: Process, server: Server, request: Any, timeout: float | No
             check_encodable(node, request)
             if not node.mesh.is_up(where):
                 await ensure_connected(node, where, timeout)
-            # The monitor and the request travel as one message (see fabric.runtime).
+            # The monitor and the request travel as one message (see fabric.signals).
             ref, unsent = node._call_send(proc, target, request)
             if unsent is not None:
                 await asyncio.wait_for(node._push_wait(where, unsent), remaining())
