@@ -40,6 +40,9 @@ Wire format (all tuples, which the codec keeps distinct from lists):
     call:   ("$call", (caller_pid, ref), request)
     reply:  ("$reply", ref, True, value, released)
             ("$reply", ref, False, (type_name, message, formatted_traceback), released)
+
+(across nodes a call and a reply travel as the compact ``K_CALL`` and ``K_REPLY``
+messages of :mod:`fabric.protocol.messages`, and are delivered as these tuples)
     cast:   ("$cast", request)
     stop:   ("$stop", reason)                  (see :func:`stop`)
 
@@ -49,9 +52,9 @@ Wire format (all tuples, which the codec keeps distinct from lists):
 A message that cannot be encoded (a set, an object...) is refused at the call site with
 :class:`~fabric.errors.LocalProtocolError` when it is bound for another node: ``call`` and
 ``cast`` check the request, and a reply that cannot be encoded reaches the caller as a
-``RemoteError`` instead. The check costs one extra encode of each remote request and
-reply that is not a plain scalar (it goes once the outbound path can report such errors
-to the sender itself).
+``RemoteError`` instead. A remote request or reply is checked as it is queued
+(:meth:`fabric.outbound.Outbound.push_checked`): when it is the first message of its loop
+turn, as a call's usually is, the check is the encode of the frame it leaves in.
 """
 
 from __future__ import annotations
@@ -364,31 +367,37 @@ def check_encodable(node: Node, value: Any) -> None:
         node.codec.encode(value)
 
 
-def reply_message(node: Node, from_: tuple[Pid, Ref], ok: bool, value: Any,
-                  released: bool = False) -> tuple[Any, ...]:
-    """The ``$reply`` message for ``from_``; an error reply if ``value`` cannot travel.
-    ``released``: the server's node dropped the call's monitor (the caller need not)."""
+def send_reply(node: Node, from_: tuple[Pid, Ref], ok: bool, value: Any,
+               released: bool = False) -> tuple[Any, ...] | None:
+    """Send the reply to the call ``from_``; an error reply if ``value`` cannot travel.
+
+    ``released``: the server's node dropped the call's monitor (the caller need not). A
+    plain function, so a server's loop pays no coroutine per reply.
+
+    Returns:
+        None once sent, or the reply message when the caller's buffer is full: send it
+        with ``node.send_wait(from_[0], message)``.
+    """
     pid, ref = from_
-    if pid.node != node.name:
-        try:
-            check_encodable(node, value)
-        except LocalProtocolError as exc:
-            return (REPLY, ref, False,
-                    ("LocalProtocolError", f"the reply cannot be sent: {exc}", ""), released)
-    return (REPLY, ref, ok, value, released)
+    try:
+        node._send_reply(pid, ref, ok, value, released)
+        return None
+    except LocalProtocolError as exc:
+        ok, value = False, ("LocalProtocolError", f"the reply cannot be sent: {exc}", "")
+    except BackpressureError:
+        return (REPLY, ref, ok, value, released)
+    try:
+        node._send_reply(pid, ref, ok, value, released)  # three strings: always encodable
+    except BackpressureError:
+        return (REPLY, ref, ok, value, released)
+    return None
 
 
 def _reply_now(proc: Process, from_: From, ok: bool, value: Any) -> tuple[Any, ...] | None:
-    """The server ``proc`` answers ``from_`` (releasing the call's monitor): sends the
-    reply, or returns it when the caller's buffer is full (the loop then waits for room;
-    a plain function, so the common case costs no coroutine)."""
+    """The server ``proc`` answers ``from_``, releasing the call's monitor (see
+    :func:`send_reply`)."""
     node = proc.node
-    msg = reply_message(node, from_, ok, value, node._release_call(proc, *from_))
-    try:
-        node.send(from_[0], msg)
-    except BackpressureError:
-        return msg
-    return None
+    return send_reply(node, from_, ok, value, node._release_call(proc, *from_))
 
 
 # -- the client side ------------------------------------------------------------------------
@@ -412,7 +421,8 @@ def reply(from_: tuple[Pid, Ref], value: Any, *, node: Node | Process | None = N
     n = _node_of(node) if node is not None else _current_node.get()
     if n is None:
         raise LocalProtocolError("reply() called outside a GenServer: pass node=")
-    n.send(from_[0], reply_message(n, from_, True, value))
+    if send_reply(n, from_, True, value) is not None:
+        raise BackpressureError(from_[0].node, n.config.outbound_limit)
 
 
 def _node_of(node_or_proc: Node | Process) -> Node:
@@ -494,10 +504,10 @@ async def _call(proc: Process, server: Server, request: Any, timeout: float | No
     ref: Ref | None = None
     try:
         if where != node.name:
-            check_encodable(node, request)
             if not node.mesh.is_up(where):
                 await ensure_connected(node, where, timeout)
-            # The monitor and the request travel as one message (see fabric.signals).
+            # The monitor and the request travel as one message (see fabric.signals),
+            # checked for encodability as it is sent.
             ref, unsent = node._call_send(proc, target, request)
             if unsent is not None:
                 await asyncio.wait_for(node._push_wait(where, unsent), remaining())
@@ -514,7 +524,7 @@ async def _call(proc: Process, server: Server, request: Any, timeout: float | No
         def match(m: Any) -> bool:
             t = type(m)
             if t is tuple:
-                return len(m) == 5 and m[0] == REPLY and m[1] == ref
+                return len(m) == 5 and m[1] == ref and m[0] == REPLY
             return t is Down and m.ref == ref
 
         answer = await proc.receive(match, remaining())

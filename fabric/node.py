@@ -42,6 +42,7 @@ from fabric.protocol.messages import (
     K_CALL,
     K_CTRL,
     K_REG_SEND,
+    K_REPLY,
     K_SEND,
     K_SEND_TUPLE,
     K_SERVICE,
@@ -544,6 +545,8 @@ class Node(ProcessRuntime):
                     self._on_service_message(peer, msg[1], msg[2], now)
                 elif kind == K_CTRL:
                     self._on_ctrl(peer, msg)
+                elif kind == K_REPLY:
+                    self._on_reply(msg)
                 elif kind == K_CALL:
                     self._on_call(peer, msg)
                 else:

@@ -83,6 +83,37 @@ class Outbound:
         if not self._scheduled and self.open:
             self._first_of_turn()
 
+    def push_checked(self, message: Any) -> None:
+        """Queue one message, refusing it here if it cannot be encoded.
+
+        A call or a reply must report an unencodable value to whoever sent it, which a
+        later flush cannot do. The first message of a turn is encoded once, as the frame
+        it leaves in; any other is encoded once more on its own to check it.
+
+        Raises:
+            LocalProtocolError: ``message`` holds something the codec refuses (nothing
+                is queued).
+            BackpressureError: as :meth:`push`.
+        """
+        queue = self.queue
+        if queue or self._scheduled or not self.open:
+            self._encode([message])
+            self.push(message)
+            return
+        frame = self._encode([message])
+        self._scheduled = True
+        self.loop.call_soon(self.flush)
+        try:
+            self.sock.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            queue.append(message)  # the flush retries it, in order
+            return
+        except zmq.ZMQError:
+            return  # socket closed under us: the session is ending
+        self.sent_frames += 1
+        self.sent_messages += 1
+        self._on_sent()
+
     def _first_of_turn(self) -> None:
         # Nothing pending: send this message now, and coalesce the rest of the turn.
         self._scheduled = True

@@ -29,7 +29,6 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from fabric.errors import (
-    BackpressureError,
     CallTimeout,
     NodeDownError,
     NotExportedError,
@@ -38,7 +37,7 @@ from fabric.errors import (
     RemoteError,
 )
 from fabric.exports import export, resolve_export
-from fabric.genserver import REPLY, ensure_connected, error_info, remote_error, reply_message
+from fabric.genserver import REPLY, ensure_connected, error_info, remote_error, send_reply
 from fabric.process import Down, Process
 from fabric.types import Pid, Ref
 
@@ -64,11 +63,9 @@ async def worker(proc: Process, reply_to: Pid, tag: Ref, spec: str, args: list[A
         ok, value = False, ("NotExportedError", str(exc), "")
     except Exception as exc:
         ok, value = False, error_info(exc)
-    msg = reply_message(node, (reply_to, tag), ok, value)
-    try:
-        node.send(reply_to, msg)
-    except BackpressureError:
-        await node.send_wait(reply_to, msg)
+    unsent = send_reply(node, (reply_to, tag), ok, value)
+    if unsent is not None:
+        await node.send_wait(reply_to, unsent)
 
 
 async def call(

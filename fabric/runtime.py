@@ -84,7 +84,7 @@ class ProcessRuntime(Signals, ServiceHost):
 
     def make_ref(self) -> Ref:
         """A reference unique within this node run."""
-        return Ref(self.name, next(self._refs), self.creation)
+        return tuple.__new__(Ref, (self.name, next(self._refs), self.creation))  # C only
 
     def is_local(self, pid: Pid) -> bool:
         return pid.node == self.name

@@ -31,10 +31,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from fabric.errors import BackpressureError, NotExportedError
 from fabric.exports import resolve_export
 from fabric.process import KILLED, NORMAL, Down, Exit, Process
-from fabric.protocol.messages import CALL_TAG, K_CALL, K_CTRL
+from fabric.protocol.messages import CALL_TAG, K_CALL, K_CTRL, K_REPLY
+from fabric.protocol.messages import REPLY_TAG as CALL_REPLY
 from fabric.types import Pid, Ref
 
 if TYPE_CHECKING:
+    from fabric.protocol.codec import Codec
     from fabric.protocol.mesh import MeshCore
 
 __all__ = ["RegName", "Signals"]
@@ -53,7 +55,10 @@ class Signals:
 
     # provided by ProcessRuntime / Node
     name: str
+    creation: int
     config: Any
+    codec: Codec
+    metrics: dict[str, int]
     mesh: MeshCore
     _channels: dict[str, Any]
     _procs: dict[int, Process]
@@ -70,6 +75,8 @@ class Signals:
                   name: str | None = None) -> Pid: ...
         def _push(self, node: str, message: list[Any]) -> None: ...
         def _exited(self, proc: Process, reason: Any) -> None: ...
+        def _deliver_pid(self, pid: Any, message: Any) -> None: ...
+        def send(self, dest: Any, message: Any) -> None: ...
         async def _wait_for_room(self, node: str) -> bool: ...
 
     def _ctrl(self, node: str, args: list[Any]) -> None:
@@ -134,6 +141,9 @@ class Signals:
 
         Returns the monitor's ref and, when the peer's buffer was full, the message still
         to send (see :meth:`_push_wait`). An unreachable node gives ``Down(noconnection)``.
+
+        Raises:
+            LocalProtocolError: ``request`` cannot be encoded (nothing was sent).
         """
         ref = self.make_ref()
         if type(target) is Pid:
@@ -143,17 +153,25 @@ class Signals:
         else:
             to, node = target
             watched = RegName(to, node)
-        if not self.mesh.is_up(node):
+        ch = self._channels.get(node)
+        if ch is None or not self.mesh.is_up(node):
             proc.deliver(Down(ref, watched, "noconnection"))
             return ref, None
-        proc.monitors[ref] = watched
-        self._remote_monitors.setdefault(node, {})[ref] = (proc.self, watched)
-        message = [K_CALL, to, proc.self, ref, request]
+        # The caller and the ref are ours: the receiver knows our name, so they travel
+        # as integers (see K_CALL).
+        message = [K_CALL, to, self.creation, proc.self[1], ref[1], request]
         try:
-            self._push(node, message)
+            ch.out.push_checked(message)
         except BackpressureError:
-            return ref, message
-        return ref, None
+            unsent: list[Any] | None = message
+        else:
+            unsent = None
+        proc.monitors[ref] = watched
+        monitors = self._remote_monitors.get(node)
+        if monitors is None:
+            monitors = self._remote_monitors[node] = {}
+        monitors[ref] = (proc.self, watched)
+        return ref, unsent
 
     async def _push_wait(self, node: str, message: list[Any]) -> None:
         """Queue ``message`` for ``node``, waiting for room in its buffer (as send_wait)."""
@@ -166,16 +184,20 @@ class Signals:
                     return
 
     def _on_call(self, peer: str, msg: list[Any]) -> None:
-        _, to, caller, ref, request = msg
-        if type(caller) is not Pid or type(ref) is not Ref:
-            raise TypeError("call without a caller pid and a ref")
+        _, to, creation, caller_id, ref_id, request = msg
+        if type(creation) is not int or type(caller_id) is not int or type(ref_id) is not int:
+            raise TypeError("call without a caller and a ref")
+        # Built in C, as the codec builds decoded pids: this runs once per call.
+        caller = tuple.__new__(Pid, (peer, caller_id, creation))
+        ref = tuple.__new__(Ref, (peer, ref_id, creation))
         if type(to) is str:
             pid: Any = self._names.get(to)
             gone: Any = (to, self.name)  # as a "mon" on (name, node) reports it
         else:
             pid = gone = to
-        proc = self._procs.get(pid[1]) if type(pid) is Pid and self.is_local(pid) else None
-        if proc is None or proc.self != pid or not proc.alive:
+        proc = self._procs.get(pid[1]) if type(pid) is Pid and pid[0] == self.name else None
+        # Identity first: a registered name maps to the very pid object of the process.
+        if proc is None or (proc.self is not pid and proc.self != pid) or not proc.alive:
             self._ctrl(peer, ["down", ref, gone, "noproc", caller])
             return
         proc.monitored_by[ref] = caller
@@ -195,14 +217,53 @@ class Signals:
             return False
         del proc.monitored_by[ref]
         if caller[0] != self.name:
-            self._watched_by_remote.get(caller[0], set()).discard((proc.self, ref))
+            watched = self._watched_by_remote.get(caller[0])
+            if watched is not None:
+                watched.discard((proc.self, ref))
         return True
+
+    def _send_reply(self, caller: Pid, ref: Ref, ok: bool, value: Any,
+                    released: bool) -> None:
+        """Send a call's reply ``(REPLY_TAG, ref, ok, value, released)`` to ``caller``.
+
+        Raises:
+            LocalProtocolError: the reply is bound for another node and cannot be encoded
+                (nothing was sent).
+            BackpressureError: the caller's node's buffer is full.
+        """
+        node = caller[0] if type(caller) is Pid else None
+        if node == self.name:
+            self._deliver_pid(caller, (CALL_REPLY, ref, ok, value, released))
+            return
+        ch = self._channels.get(node) if node is not None else None
+        if ch is not None and type(ref) is Ref and ref[0] == node and ref[2] == caller[2]:
+            # The caller and the ref belong to the receiver: integers suffice (K_REPLY).
+            ch.out.push_checked([K_REPLY, caller[2], caller[1], ref[1], ok, value, released])
+            return
+        message = (CALL_REPLY, ref, ok, value, released)
+        self.codec.encode(message)  # refuse it here, as push_checked does
+        self.send(caller, message)
+
+    def _on_reply(self, msg: list[Any]) -> None:
+        _, creation, pid_id, ref_id, ok, value, released = msg
+        if creation == self.creation and type(ref_id) is int:
+            proc = self._procs.get(pid_id)
+            if proc is not None:
+                ref = tuple.__new__(Ref, (self.name, ref_id, creation))
+                proc.deliver((CALL_REPLY, ref, ok, value, released))
+                return
+        self.metrics["undeliverable"] += 1
 
     def _forget_monitor(self, proc: Process, ref: Ref) -> None:
         """Drop our side of a monitor the target's node already released."""
         target = proc.monitors.pop(ref, None)
-        if target is not None and not self.is_local(target):
-            self._remote_monitors.get(target.node, {}).pop(ref, None)
+        if target is None:
+            return
+        node = target[0] if type(target) is Pid else target.node  # RegName
+        if node != self.name:
+            monitors = self._remote_monitors.get(node)
+            if monitors is not None:
+                monitors.pop(ref, None)
 
     def _demonitor(self, proc: Process, ref: Ref) -> None:
         pid = proc.monitors.pop(ref, None)

@@ -147,8 +147,8 @@ class _Id(tuple):  # type: ignore[type-arg]
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and tuple.__eq__(self, other)
 
-    def __ne__(self, other: object) -> bool:
-        return not self.__eq__(other)
+    def __ne__(self, other: object) -> bool:  # not via __eq__: one Python call, not two
+        return type(other) is not type(self) or tuple.__ne__(self, other)
 
     __hash__ = tuple.__hash__
 

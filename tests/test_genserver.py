@@ -16,6 +16,8 @@ from _exported import COOKIE, async_test, cluster, free_port, new_name, wait_unt
 import fabric
 from fabric import NOREPLY, Down, Exit, From, GenServer, Node, Pid, Process, call, cast, reply
 from fabric import genserver as gs
+from fabric.protocol.messages import K_CALL, K_REPLY
+from fabric.types import Ref
 
 # -- servers used by the tests ---------------------------------------------------------------
 
@@ -161,6 +163,33 @@ async def test_a_remote_call_is_one_message_each_way_and_leaves_no_monitor_behin
             await call(a, pid, "crash")
         await wait_until(lambda: pid.id not in b._procs, what="server crashed")
         assert not b._watched_by_remote.get(a.name) and not a._remote_monitors.get(b.name)
+
+
+@async_test
+async def test_compact_call_and_reply_messages_are_checked_on_arrival() -> None:
+    # K_CALL and K_REPLY carry the caller's pid and ref as integers: the receiver rebuilds
+    # them from its peer's name (a call) or its own (a reply), and checks the run.
+    async with cluster(2) as (a, b):
+        pid = await Counter.start(b, name="counter")
+        box = a.new_mailbox()
+        now = a.loop.time()
+        a._dispatch(b.name, [[K_REPLY, a.creation, box.self.id, 99, True, "v", True]], now)
+        assert list(box.mailbox) == [("$reply", Ref(a.name, 99, a.creation), True, "v", True)]
+        # A reply to a pid of another run (from before a restart) reaches nothing.
+        undeliverable = a.metrics["undeliverable"]
+        a._dispatch(b.name, [[K_REPLY, a.creation + 1, box.self.id, 99, True, "v", True]], now)
+        assert a.metrics["undeliverable"] == undeliverable + 1 and len(box.mailbox) == 1
+        # A call whose caller is not an integer is a bad message: no monitor, no request.
+        bad = b.metrics.get("bad_input", 0)
+        b._dispatch(a.name, [[K_CALL, "counter", a.creation, "me", 1, "get"]], now)
+        assert b.metrics["bad_input"] == bad + 1
+        assert not b._procs[pid.id].monitored_by and not b._procs[pid.id].mailbox
+        # A well-formed one installs the caller's monitor and delivers the request.
+        b._dispatch(a.name, [[K_CALL, "counter", a.creation, box.self.id, 7, "get"]], now)
+        ref = Ref(a.name, 7, a.creation)
+        assert b._procs[pid.id].monitored_by == {ref: box.self}
+        await wait_until(lambda: len(box.mailbox) == 2, what="the reply")
+        assert box.mailbox[1] == ("$reply", ref, True, 0, True)
 
 
 @async_test
@@ -311,13 +340,18 @@ async def test_unencodable_request_or_reply_is_reported_not_lost() -> None:
         pid = await Counter.start(b)
         with pytest.raises(fabric.LocalProtocolError):
             await call(a, pid, {"a set": {1, 2}})
+        # Not the first message of its loop turn: the request is checked on its own.
+        a.send(pid, ("inc", 1))
+        with pytest.raises(fabric.LocalProtocolError):
+            await call(a, pid, {"a set": {1, 2}})
         with pytest.raises(fabric.LocalProtocolError):
             cast(a, pid, {1, 2})
         with pytest.raises(fabric.RemoteError) as info:
             await call(a, pid, "unencodable")
         assert info.value.type_name == "LocalProtocolError"
-        assert await call(a, pid, "get") == 0  # the server and the channel are fine
+        assert await call(a, pid, "get") == 1  # the server and the channel are fine
         assert await call(b, pid, "unencodable") == {1, 2}  # locally nothing is encoded
+        assert not a._remote_monitors.get(b.name)  # a refused call leaves no monitor
 
 
 # -- replies ---------------------------------------------------------------------------------------

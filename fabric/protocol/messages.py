@@ -27,6 +27,7 @@ __all__ = [
     "K_PING",
     "K_PONG",
     "K_REG_SEND",
+    "K_REPLY",
     "K_SEND",
     "K_SEND_TUPLE",
     "K_SERVICE",
@@ -42,11 +43,17 @@ K_SEND_TUPLE: Final = 5
 K_REG_SEND: Final = 2  # [2, to_name, message]
 K_SERVICE: Final = 3  # [3, service_name, payload]  (pg, global, ...)
 K_CTRL: Final = 4  # [4, op, args...]  links, monitors, exits, spawn (see fabric.process)
-# [6, to_pid_or_name, caller_pid, ref, request]: a GenServer call in one message. The
-# receiving node installs the caller's monitor (ref) on the target and delivers
+# [6, to_pid_or_name, creation, caller_id, ref_id, request]: a GenServer call in one
+# message. The caller and its monitor ref live on the sending node, so they travel as
+# integers (node: the sender; creation: its run) instead of two pid/ref exts. The
+# receiving node installs the caller's monitor on the target and delivers
 # (CALL_TAG, (caller_pid, ref), request) to it, as a "mon" control op followed by a send
 # would, at the cost of one small message instead of two with nested tuples.
 K_CALL: Final = 6
+# [7, creation, pid_id, ref_id, ok, value, released]: a call's reply to a process of the
+# receiving node: (REPLY_TAG, ref, ok, value, released) with the pid and ref rebuilt from
+# the receiver's own name (a reply to another creation reaches nothing).
+K_REPLY: Final = 7
 
 # The first item of the tuples GenServer calls and replies travel as (fabric.genserver).
 CALL_TAG: Final = "$call"
