@@ -484,19 +484,13 @@ async def call(
         LocalProtocolError: ``server`` is malformed, the caller calls itself, or the
             request cannot be encoded for another node.
     """
-    if type(node_or_proc) is Process:  # the common case, without a wrapper coroutine
-        return await _call(node_or_proc, server, request, timeout)
-    return await _as_process(node_or_proc, _call, server, request, timeout)
-
-
-async def _call(proc: Process, server: Server, request: Any, timeout: float | None) -> Any:
+    if not isinstance(node_or_proc, Process):
+        return await _as_process(node_or_proc, call, server, request, timeout)
+    # The body is here rather than in a helper: one coroutine less per call.
+    proc = node_or_proc
     node = proc.node
     loop = node.loop
     deadline = None if timeout is None else loop.time() + timeout
-
-    def remaining() -> float | None:
-        return None if deadline is None else max(0.0, deadline - loop.time())
-
     target, where = _target(node, server)
     if target is None:
         raise ProcessDeadError(server, "noproc")
@@ -510,7 +504,7 @@ async def _call(proc: Process, server: Server, request: Any, timeout: float | No
             # checked for encodability as it is sent.
             ref, unsent = node._call_send(proc, target, request)
             if unsent is not None:
-                await asyncio.wait_for(node._push_wait(where, unsent), remaining())
+                await asyncio.wait_for(node._push_wait(where, unsent), _left(loop, deadline))
         else:
             if target == proc.self:
                 raise LocalProtocolError(f"{proc.self!r} called itself: that would deadlock")
@@ -519,7 +513,7 @@ async def _call(proc: Process, server: Server, request: Any, timeout: float | No
             try:
                 node.send(target, msg)
             except BackpressureError:
-                await asyncio.wait_for(node.send_wait(target, msg), remaining())
+                await asyncio.wait_for(node.send_wait(target, msg), _left(loop, deadline))
 
         def match(m: Any) -> bool:
             t = type(m)
@@ -527,7 +521,7 @@ async def _call(proc: Process, server: Server, request: Any, timeout: float | No
                 return len(m) == 5 and m[1] == ref and m[0] == REPLY
             return t is Down and m.ref == ref
 
-        answer = await proc.receive(match, remaining())
+        answer = await proc.receive(match, _left(loop, deadline))
     except (ReceiveTimeout, asyncio.TimeoutError):
         raise CallTimeout(f"no reply from {server!r} within {timeout} s") from None
     finally:
@@ -544,6 +538,11 @@ async def _call(proc: Process, server: Server, request: Any, timeout: float | No
     if answer[2]:
         return answer[3]
     raise remote_error(answer[3])
+
+
+def _left(loop: asyncio.AbstractEventLoop, deadline: float | None) -> float | None:
+    """Seconds until ``deadline`` (None: no deadline), never negative."""
+    return None if deadline is None else max(0.0, deadline - loop.time())
 
 
 def remote_error(info: Any) -> RemoteError:
