@@ -16,6 +16,11 @@ untimed warm-up calls; calls/s is N over the whole timed loop.  Two servers:
   send and a selective receive per call, as Erlang's ``gen:call``).  Skipped, with a
   note in the JSON, when ``fabric.genserver`` is not importable.
 
+* ``paired``: one server node hosts both, and one client alternates blocks of
+  ``PAIR_BLOCK`` echo round trips and GenServer calls (the order flips every block). Both
+  share the same two processes, sockets and moment, so their ratio is the cost of the
+  call itself with the machine's swings (run to run, +-30% here) taken out.
+
 Baselines, in the same run: raw pyzmq DEALER <-> ROUTER echo with msgpack, blocking
 (``roundtrip raw sync``) and on asyncio (``roundtrip raw asyncio``, the fair comparison:
 fabric runs on asyncio too).  Ratios are median / baseline median: above 1 is slower for
@@ -52,7 +57,9 @@ ERLANG_P50_US = 202.0
 ERLANG_P99_US = 1900.0
 GOAL_P50_US = 200.0
 
-KINDS = ("echo", "genserver")
+KINDS = ("echo", "genserver", "paired")
+#: Round trips per block in the paired measurement (blocks alternate echo / GenServer).
+PAIR_BLOCK = 250
 
 
 def genserver_available() -> bool:
@@ -88,8 +95,10 @@ def _echo_server_class() -> Any:
 
 async def _srv_main(port: int, kind: str) -> dict[str, Any]:
     async with fb.new_node("srv", port) as node:
+        if kind in ("genserver", "paired"):
+            await _echo_server_class().start(node, name=SERVER_NAME)
         if kind == "genserver":
-            pid = await _echo_server_class().start(node, name=SERVER_NAME)
+            pid = node.whereis(SERVER_NAME)
         else:
             pid = node.spawn(_echo)
         h.emit("ready", node=node.name, pid=fb.pid_to_json(pid))
@@ -154,6 +163,40 @@ async def _client_genserver(
     return _figures(samples, elapsed)
 
 
+async def _client_paired(
+    proc: Any, echo: Any, server: Any, n_calls: int, warmup: int
+) -> dict[str, Any]:
+    from fabric.genserver import call
+
+    receive, send, me = proc.receive, proc.send, proc.self
+    clock = time.perf_counter_ns
+    for i in range(warmup):
+        send(echo, (i, me))
+        await receive(timeout=STALL_S)
+        await call(proc, server, ("ping", i), STALL_S)
+    samples: dict[str, list[int]] = {"echo": [], "genserver": []}
+    elapsed = {"echo": 0.0, "genserver": 0.0}
+    blocks = max(2, n_calls // PAIR_BLOCK)
+    for block in range(blocks):
+        for kind in (("echo", "genserver") if block % 2 == 0 else ("genserver", "echo")):
+            got = samples[kind]
+            t0 = time.perf_counter()
+            for i in range(PAIR_BLOCK):
+                start = clock()
+                if kind == "echo":
+                    send(echo, (i, me))
+                    reply = await receive(timeout=STALL_S)
+                    ok = reply[0] == i
+                else:
+                    ok = await call(proc, server, ("ping", i), STALL_S) == ("ping", i)
+                got.append(clock() - start)
+                if not ok:
+                    raise h.BenchError(f"crossed reply in the paired {kind} block {block}")
+            elapsed[kind] += time.perf_counter() - t0
+    send(echo, ("stop",))
+    return {kind: _figures(samples[kind], elapsed[kind]) for kind in samples}
+
+
 def _figures(samples_ns: list[int], elapsed_s: float) -> dict[str, float]:
     samples_ns.sort()
     return {
@@ -178,6 +221,9 @@ async def _cli_main(
                     # By registered name on the remote node, as a user would address it.
                     target: Any = (SERVER_NAME, server_node)
                     got = await _client_genserver(proc, target, n_calls, warmup)
+                elif kind == "paired":
+                    got = await _client_paired(proc, fb.pid_from_json(server_pid),
+                                               (SERVER_NAME, server_node), n_calls, warmup)
                 else:
                     target = fb.pid_from_json(server_pid)
                     got = await _client_echo(proc, target, n_calls, warmup)
@@ -209,8 +255,8 @@ def _cli(
 
 def roundtrip_fabric(n_calls: int, kind: str = "echo", warmup: int = WARMUP_CALLS) -> RoundTrip:
     """One measurement of ``n_calls`` sequential calls from node cli to node srv."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}")
+    if kind not in ("echo", "genserver"):
+        raise ValueError("kind must be echo or genserver (see roundtrip_paired)")
     with h.Children() as kids:
         srv = kids.function(_srv, port=fb.free_port(), kind=kind)
         ready = srv.expect("ready", STALL_S)
@@ -225,7 +271,31 @@ def roundtrip_fabric(n_calls: int, kind: str = "echo", warmup: int = WARMUP_CALL
         )
         got = cli.result(CHILD_TIMEOUT_S)
         srv.result(CHILD_TIMEOUT_S)
+    return _round_trip(got)
+
+
+def _round_trip(got: dict[str, float]) -> RoundTrip:
     return RoundTrip(got["p50_us"], got["p99_us"], got["calls_per_s"])
+
+
+def roundtrip_paired(n_calls: int, warmup: int = WARMUP_CALLS) -> tuple[RoundTrip, RoundTrip]:
+    """Echo and GenServer round trips in alternating blocks on one node pair:
+    ``(echo, genserver)``, ``n_calls`` of each."""
+    with h.Children() as kids:
+        srv = kids.function(_srv, port=fb.free_port(), kind="paired")
+        ready = srv.expect("ready", STALL_S)
+        cli = kids.function(
+            _cli,
+            port=fb.free_port(),
+            server_node=ready["node"],
+            server_pid=ready["pid"],
+            kind="paired",
+            n_calls=n_calls,
+            warmup=warmup,
+        )
+        got = cli.result(CHILD_TIMEOUT_S)
+        srv.result(CHILD_TIMEOUT_S)
+    return _round_trip(got["echo"]), _round_trip(got["genserver"])
 
 
 # --------------------------------------------------------------------------- main
@@ -255,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if with_genserver:
         measurements["genserver"] = lambda: roundtrip_fabric(n, "genserver")
+        measurements["paired"] = lambda: roundtrip_paired(n)  # type: ignore[assignment,return-value]
     else:
         # TODO(bench): fabric.genserver is not importable here; only the raw-echo
         # variant ran.  The GenServer row appears by itself once the module exists.
@@ -272,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.add("roundtrip raw asyncio", metric, unit, col("rt_async", attr),
                    baseline="roundtrip raw sync", note=f"zmq.asyncio echo, {n} calls")
     names = {"echo": "fabric echo process", "genserver": "fabric GenServer call"}
-    for kind in (k for k in KINDS if k in got):
+    for kind in (k for k in ("echo", "genserver") if k in got):
         for metric, unit, attr in rows:
             values = col(kind, attr)
             med = statistics.median(values)
@@ -283,6 +354,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 note += f"; {med / ERLANG_P99_US:.2f}x Erlang/OTP 25 p99 ({ERLANG_P99_US:g} us)"
             report.add(names[kind], metric, unit, values, baseline="roundtrip raw asyncio",
                        note=note)
+    if "paired" in got:
+        pairs: list[Any] = got["paired"]
+        for metric, unit, attr in rows:
+            report.add("paired: echo process", metric, unit,
+                       [float(getattr(echo, attr)) for echo, _ in pairs],
+                       baseline="roundtrip raw asyncio",
+                       note=f"alternating blocks of {PAIR_BLOCK} with the GenServer call")
+        for metric, unit, attr in rows:
+            report.add("paired: GenServer call", metric, unit,
+                       [float(getattr(gen, attr)) for _, gen in pairs],
+                       baseline="paired: echo process",
+                       note="same node pair and moment as the paired echo: the ratio is "
+                            "the call's own cost")
     report.finish()
     return 0
 
