@@ -166,6 +166,7 @@ class Node(ProcessRuntime):
         self._last_connect_error: dict[str, str] = {}
         self._bad_input = 0
         self._bad_input_logged = 0.0
+        self._router_draining = False  # see _on_router
         self.metrics: dict[str, int] = {"dropped_on_down": 0, "undeliverable": 0}
         self._tick_handle: asyncio.TimerHandle | None = None
         super().__init__()
@@ -503,6 +504,7 @@ class Node(ProcessRuntime):
             # Ask before reading: a read that finds nothing raises zmq.Again, and building
             # that exception costs more than the readiness check (it happens every wakeup).
             if not sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
+                self._router_draining = False
                 return False
             frames = sock.recv_multipart(zmq.NOBLOCK)
             if len(frames) != 2:
@@ -528,6 +530,13 @@ class Node(ProcessRuntime):
                 continue
             budget -= len(value)
             self._dispatch(peer, value, now)
+            if not self._router_draining:
+                # Latency first: the processes this batch woke run in the next loop turn,
+                # and the readiness check that usually finds nothing more would delay them
+                # (a pyzmq EVENTS read costs microseconds). So yield now; the re-run the
+                # Reader schedules looks again and drains whatever came meanwhile.
+                self._router_draining = True
+                return True
         return True
 
     def _dispatch(self, peer: str, batch: list[Any], now: float) -> None:
