@@ -501,12 +501,20 @@ class Node(ProcessRuntime):
         for _ in range(_MAX_READS):
             if budget <= 0 or clock() > give_up:
                 return True  # more may be waiting: the reader runs again next turn
-            # Ask before reading: a read that finds nothing raises zmq.Again, and building
-            # that exception costs more than the readiness check (it happens every wakeup).
-            if not sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
-                self._router_draining = False
-                return False
-            frames = sock.recv_multipart(zmq.NOBLOCK)
+            if self._router_draining:
+                # Ask before reading: a read that finds nothing raises zmq.Again, which
+                # costs twice the readiness check, and here it nearly always finds nothing.
+                if not sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
+                    self._router_draining = False
+                    return False
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            else:
+                # A fresh wakeup: input is all but certain (3 empty of 16,549 in the call
+                # benchmark), so read without asking and spare the request that check.
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    return False
             if len(frames) != 2:
                 self._bad("router_frame_count")
                 continue
