@@ -107,12 +107,12 @@ class Outbound:
             self.sock.send(frame, zmq.NOBLOCK)
         except zmq.Again:
             queue.append(message)  # the flush retries it, in order
-            return
         except zmq.ZMQError:
             return  # socket closed under us: the session is ending
-        self.sent_frames += 1
-        self.sent_messages += 1
-        self._on_sent()
+        else:
+            self.sent_frames += 1
+            self.sent_messages += 1
+        self._on_sent()  # a refused send may consume the socket's edge too, as in _write
 
     def _first_of_turn(self) -> None:
         # Nothing pending: send this message now, and coalesce the rest of the turn.

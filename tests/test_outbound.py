@@ -89,8 +89,11 @@ def test_push_checked_refuses_an_unencodable_message_and_queues_nothing(
 
 def test_push_checked_keeps_the_message_when_zeromq_is_full_and_the_flush_retries() -> None:
     out, loop, sock, codec = _outbound()
+    looks: list[int] = []
+    out._on_sent = lambda: looks.append(1)  # type: ignore[method-assign]
     sock.full = True
     out.push_checked([6, "srv", 1, 2, 3, "first"])
+    assert looks  # a refused send may consume the socket's edge: the transport looks
     out.push([1, "x", "second"])
     assert out.queue == [[6, "srv", 1, 2, 3, "first"], [1, "x", "second"]]
     loop.end_turn()  # still full: the flush reschedules itself
