@@ -106,7 +106,7 @@ class Global:
         Raises:
             ProcessDeadError: no process is registered under ``name`` (or it died).
         """
-        from fabric.genserver import call
+        from fabric.calls import call
 
         pid = self.whereis_name(name)
         if pid is None:

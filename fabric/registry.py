@@ -71,8 +71,8 @@ class Registry:
         Raises:
             ProcessDeadError: nobody is registered under ``name``.
         """
+        from fabric.calls import call
         from fabric.errors import ProcessDeadError
-        from fabric.genserver import call
 
         pid = self.whereis(name)
         if pid is None:

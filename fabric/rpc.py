@@ -28,6 +28,7 @@ import inspect
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+from fabric.calls import REPLY, ensure_connected, error_info, remote_error, send_reply
 from fabric.errors import (
     CallTimeout,
     NodeDownError,
@@ -37,7 +38,6 @@ from fabric.errors import (
     RemoteError,
 )
 from fabric.exports import export, resolve_export
-from fabric.genserver import REPLY, ensure_connected, error_info, remote_error, send_reply
 from fabric.process import Down, Process
 from fabric.types import Pid, Ref
 

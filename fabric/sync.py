@@ -30,7 +30,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, Final, TypeVar
 
-from fabric import genserver, rpc
+from fabric import calls, rpc
 from fabric.config import NodeConfig
 from fabric.node import Node
 from fabric.process import Process
@@ -201,14 +201,14 @@ class SyncNode:
         """Spawn the exported ``"module:function"`` on ``peer`` (see :meth:`Node.spawn_on`)."""
         return self._wait(self.node.spawn_on(peer, spec, *args, timeout=timeout))
 
-    def call(self, server: genserver.Server, request: Any, timeout: float | None = 5.0) -> Any:
+    def call(self, server: calls.Server, request: Any, timeout: float | None = 5.0) -> Any:
         """:func:`fabric.call` from this node: returns the reply or raises (CallTimeout,
         NodeDownError, ProcessDeadError, RemoteError)."""
-        return self._wait(genserver.call(self.node, server, request, timeout))
+        return self._wait(calls.call(self.node, server, request, timeout))
 
-    def cast(self, server: genserver.Server, request: Any) -> None:
+    def cast(self, server: calls.Server, request: Any) -> None:
         """:func:`fabric.cast` from this node; returns once queued."""
-        self._invoke(genserver.cast, self.node, server, request)
+        self._invoke(calls.cast, self.node, server, request)
 
     def rpc(self, target: str, spec: str, args: Sequence[Any] = (),
             timeout: float | None = 5.0) -> Any:

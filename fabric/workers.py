@@ -59,7 +59,7 @@ class Router:
         Raises:
             ProcessDeadError: the group is empty.
         """
-        from fabric.genserver import call
+        from fabric.calls import call
 
         pid = self.pick(key)
         if pid is None:

@@ -38,7 +38,7 @@ NOT_EXPORTED = {
 
 # Top-level modules whose export decisions belong to the subsystems' owners (their names
 # exist and they declare __all__; completeness is not enforced here yet), and internals.
-SUBSYSTEMS = ["genserver", "global_", "logs", "pg", "registry", "rpc", "sync", "workers"]
+SUBSYSTEMS = ["calls", "genserver", "global_", "logs", "pg", "registry", "rpc", "sync", "workers"]
 # Programs: the console (interactive node) and the `fabric` command.
 PROGRAMS = ["cli", "console"]
 INTERNAL = ["outbound", "runtime", "services", "signals"]

@@ -55,7 +55,7 @@ K_CALL: Final = 6
 # the receiver's own name (a reply to another creation reaches nothing).
 K_REPLY: Final = 7
 
-# The first item of the tuples GenServer calls and replies travel as (fabric.genserver).
+# The first item of the tuples GenServer calls and replies travel as (fabric.calls).
 CALL_TAG: Final = "$call"
 REPLY_TAG: Final = "$reply"
 
