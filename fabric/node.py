@@ -19,18 +19,17 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 import structlog
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from fabric.config import NodeConfig, load_cookie
-from fabric.errors import ConfigError, RemoteProtocolError
+from fabric.errors import ConfigError
 from fabric.global_ import Global
+from fabric.inputs import _EVENTS, _POLLIN, Inputs
 from fabric.outbound import MAX_BATCH, Outbound
 from fabric.pg import Groups
 from fabric.protocol import handshake as hs
@@ -39,13 +38,6 @@ from fabric.protocol.codec import Codec
 from fabric.protocol.effects import Log
 from fabric.protocol.messages import (
     HEARTBEAT_TOPIC,
-    K_CALL,
-    K_CTRL,
-    K_REG_SEND,
-    K_REPLY,
-    K_SEND,
-    K_SEND_TUPLE,
-    K_SERVICE,
 )
 from fabric.runtime import ProcessRuntime
 from fabric.transport.zeromq import (
@@ -60,16 +52,6 @@ from fabric.types import parse_node_name
 __all__ = ["Node", "NodeDown", "NodeMonitor", "NodeUp"]
 
 TICK: float = 0.05
-_MAX_READS = 512  # frames handled per wakeup before yielding to other callbacks
-# Messages dispatched per wakeup: a frame is a batch of up to 1024 messages, so a frame
-# budget alone would let a flood hold the loop for seconds and starve the heartbeats.
-_MAX_MESSAGES = 2048
-# And a time budget per wakeup, whatever a message costs (one pg broadcast is delivered
-# to every local member): other callbacks, heartbeats among them, run in between.
-_MAX_BUSY = 0.005
-_MAX_HANDSHAKE_FRAME = 4096
-_EVENTS = int(zmq.EVENTS)  # plain ints: the enum members cost a Python-level conversion
-_POLLIN = int(zmq.POLLIN)  # bytes; the largest frame decoded from an unknown identity
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +110,7 @@ class _Channel:
     connected: bool = False
 
 
-class Node(ProcessRuntime):
+class Node(Inputs, ProcessRuntime):
     """A named fabric node.
 
     Args:
@@ -491,150 +473,3 @@ class Node(ProcessRuntime):
         self._on_sub(self.hb_sub)  # heartbeats first: do not judge peers on unread evidence
         self._exec(self.mesh.tick(self.loop.time()))
         self._tick_handle = self.loop.call_later(TICK, self._tick)
-
-    def _on_router(self, sock: zmq.Socket[Any]) -> bool:
-        mesh = self.mesh
-        now = self.loop.time()
-        budget = _MAX_MESSAGES
-        clock = time.monotonic
-        give_up = clock() + _MAX_BUSY
-        for _ in range(_MAX_READS):
-            if budget <= 0 or clock() > give_up:
-                return True  # more may be waiting: the reader runs again next turn
-            if self._router_draining:
-                # Ask before reading: a read that finds nothing raises zmq.Again, which
-                # costs twice the readiness check, and here it nearly always finds nothing.
-                if not sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
-                    self._router_draining = False
-                    return False
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            else:
-                # A fresh wakeup: input is all but certain (3 empty of 16,549 in the call
-                # benchmark), so read without asking and spare the request that check.
-                try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    return False
-            if len(frames) != 2:
-                self._bad("router_frame_count")
-                continue
-            identity, data = frames
-            peer = mesh.authenticated.get(identity)
-            if peer is None and len(data) > _MAX_HANDSHAKE_FRAME:
-                # Handshake frames are tiny: never spend a full decode on a stranger.
-                self._bad("oversized_stranger_frame", size=len(data))
-                continue
-            try:
-                value = self.codec.decode(data)
-            except RemoteProtocolError as exc:
-                self._bad("undecodable", error=str(exc), peer=peer)
-                continue
-            if peer is None:
-                self._exec(mesh.router_frame(identity, value, now))
-                continue
-            mesh.heard(peer, now)
-            if type(value) is not list:
-                self._bad("not_a_batch", peer=peer)
-                continue
-            budget -= len(value)
-            self._dispatch(peer, value, now)
-            if not self._router_draining:
-                # Latency first: the processes this batch woke run in the next loop turn,
-                # and the readiness check that usually finds nothing more would delay them
-                # (a pyzmq EVENTS read costs microseconds). So yield now; the re-run the
-                # Reader schedules looks again and drains whatever came meanwhile.
-                self._router_draining = True
-                return True
-        return True
-
-    def _dispatch(self, peer: str, batch: list[Any], now: float) -> None:
-        deliver = self._deliver_pid
-        for msg in batch:
-            try:
-                kind = msg[0]
-                if kind == K_SEND_TUPLE:
-                    deliver(msg[1], tuple(msg[2:]))
-                elif kind == K_SEND:
-                    deliver(msg[1], msg[2])
-                elif kind == K_REG_SEND:
-                    self._deliver_name(msg[1], msg[2])
-                elif kind == K_SERVICE:
-                    self._on_service_message(peer, msg[1], msg[2], now)
-                elif kind == K_CTRL:
-                    self._on_ctrl(peer, msg)
-                elif kind == K_REPLY:
-                    self._on_reply(msg)
-                elif kind == K_CALL:
-                    self._on_call(peer, msg)
-                else:
-                    self._exec(self.mesh.control(peer, msg, now))
-            except (AttributeError, IndexError, TypeError, KeyError, ValueError) as exc:
-                self._bad("bad_message", peer=peer, error=repr(exc)[:200])
-
-    def _on_channel(self, peer: str, sock: zmq.Socket[Any]) -> bool:
-        for _ in range(_MAX_READS):
-            if not sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
-                return False
-            data = sock.recv(zmq.NOBLOCK)
-            try:
-                value = self.codec.decode(data)
-            except RemoteProtocolError as exc:
-                self._bad("undecodable", error=str(exc), peer=peer)
-                continue
-            self._exec(self.mesh.channel_frame(peer, value, self.loop.time()))
-            if self._channels.get(peer) is None or self._channels[peer].sock is not sock:
-                return False  # the channel was replaced or closed by that frame
-        return True
-
-    def _on_monitor(self, peer: str, sock: zmq.Socket[Any], mon: zmq.Socket[Any]) -> bool:
-        for _ in range(64):
-            if not mon.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
-                return False
-            msg = parse_monitor_message(mon.recv_multipart(zmq.NOBLOCK))
-            ch = self._channels.get(peer)
-            if ch is None or ch.sock is not sock:
-                return False
-            event = msg["event"]
-            now = self.loop.time()
-            if event == zmq.EVENT_CONNECTED:
-                ch.connected = True
-            elif event == zmq.EVENT_DISCONNECTED:
-                self._exec(self.mesh.channel_closed(peer, now))
-            elif event == zmq.EVENT_CONNECT_RETRIED and not ch.connected:
-                self._exec(self.mesh.channel_refused(peer, now))
-        return True
-
-    def _on_sub(self, sock: zmq.Socket[Any]) -> bool:
-        now = self.loop.time()
-        give_up = time.monotonic() + _MAX_BUSY
-        for _ in range(_MAX_READS):
-            if time.monotonic() > give_up:
-                return True
-            try:
-                if not sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
-                    return False
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.ZMQError:
-                return False
-            if len(frames) != 2:
-                self._bad("sub_frame_count")
-                continue
-            topic, data = frames
-            if topic == HEARTBEAT_TOPIC:
-                try:
-                    name, creation = msgpack.unpackb(data)
-                    self.mesh.heartbeat(name, creation, now)
-                except Exception:
-                    self._bad("bad_heartbeat")
-            else:
-                self._on_topic(topic, data, now)
-        return True
-
-    def _bad(self, what: str, **fields: Any) -> None:
-        """Count bad input; log it at most once a second (an attacker controls the rate)."""
-        self._bad_input += 1
-        self.metrics["bad_input"] = self._bad_input
-        t = time.monotonic()
-        if t - self._bad_input_logged >= 1.0:
-            self._bad_input_logged = t
-            self.log.warning("bad_input", what=what, total=self._bad_input, **fields)
