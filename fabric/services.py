@@ -23,6 +23,7 @@ from fabric.protocol.effects import (
     CancelTimer,
     Complete,
     Deliver,
+    DeliverMany,
     Publish,
     Send,
     ServiceCore,
@@ -123,6 +124,10 @@ class ServiceHost:
             if t is Send:
                 if self.mesh.is_up(eff.peer):
                     self._channels[eff.peer].out.push_control([K_SERVICE, service, eff.payload])
+            elif t is DeliverMany:
+                deliver, message = self._deliver_pid, eff.message
+                for pid in eff.pids:
+                    deliver(pid, message)
             elif t is Deliver:
                 self._deliver_pid(eff.pid, eff.message)
             elif t is Publish:

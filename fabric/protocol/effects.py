@@ -24,6 +24,7 @@ __all__ = [
     "CancelTimer",
     "Complete",
     "Deliver",
+    "DeliverMany",
     "Effect",
     "Log",
     "Publish",
@@ -48,6 +49,15 @@ class Deliver:
     """Put ``message`` in the mailbox of the local process ``pid``."""
 
     pid: Pid
+    message: Any
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverMany:
+    """Put ``message`` in the mailbox of each local process in ``pids`` (a fan-out: one
+    effect for the whole group instead of one per member)."""
+
+    pids: tuple[Pid, ...]
     message: Any
 
 
@@ -106,7 +116,8 @@ class Log:
 
 
 Effect = (
-    Send | Deliver | Publish | Subscribe | Unsubscribe | SetTimer | CancelTimer | Complete | Log
+    Send | Deliver | DeliverMany | Publish | Subscribe | Unsubscribe | SetTimer | CancelTimer
+    | Complete | Log
 )
 
 

@@ -40,7 +40,9 @@ last local member leaves or exits). :meth:`PgCore.broadcast` publishes ``(scope,
 msg)`` once under that topic (best effort, PUB/SUB may drop) and delivers to the local
 members; :meth:`PgCore.broadcast_reliable` sends one ``bcast`` per node that has members
 over the ordered mesh instead. Both deliver a message once per distinct member pid, even
-when the pid joined several times.
+when the pid joined several times, with one ``DeliverMany`` effect: each view keeps its
+distinct local members and its member nodes up to date on every change, so a broadcast
+(frequent) does not recompute them from the members (joins and leaves are rare).
 """
 
 from __future__ import annotations
@@ -53,7 +55,16 @@ from typing import Any, Final
 import msgpack  # type: ignore[import-untyped,unused-ignore]
 
 from fabric.errors import LocalProtocolError
-from fabric.protocol.effects import Deliver, Effect, Log, Publish, Send, Subscribe, Unsubscribe
+from fabric.protocol.effects import (
+    Deliver,
+    DeliverMany,
+    Effect,
+    Log,
+    Publish,
+    Send,
+    Subscribe,
+    Unsubscribe,
+)
 from fabric.types import Pid, Ref
 
 __all__ = ["DEFAULT_SCOPE", "PgCore", "group_topic"]
@@ -92,11 +103,14 @@ def group_topic(scope: str, group: Hashable) -> bytes:
 class _View:
     """What this node knows about one (scope, group)."""
 
-    __slots__ = ("all", "local", "topic")
+    __slots__ = ("all", "local", "nodes", "recipients", "topic")
 
     def __init__(self, topic: bytes) -> None:
         self.all: list[Pid] = []  # every known member, one entry per join (local + remote)
         self.local: list[Pid] = []  # the local members, one entry per join
+        # Kept up to date on join and leave (rare) for the broadcasts (frequent):
+        self.recipients: tuple[Pid, ...] = ()  # the distinct local members, first-joined first
+        self.nodes: dict[str, int] = {}  # other node -> how many entries of `all` are its
         self.topic = topic  # group_topic(scope, group), computed once
 
 
@@ -272,8 +286,7 @@ class PgCore:
         out: list[Effect] = []
         view = self._views.get(scope, {}).get(group)
         if view is not None:
-            nodes = dict.fromkeys(p.node for p in view.all if p.node != self.node)
-            for node in nodes:
+            for node in view.nodes:
                 out.append(Send(node, ("bcast", scope, group, msg)))
         self._deliver_local(scope, group, msg, out)
         return out
@@ -404,10 +417,14 @@ class PgCore:
         view = groups.get(group)
         if view is None:
             view = groups[group] = _View(group_topic(scope, group))
-        if pids[0].node == self.node:
+        node = pids[0].node
+        if node == self.node:
             if not view.local:
                 out.append(Subscribe(view.topic))
             view.local.extend(pids)
+            view.recipients = tuple(dict.fromkeys(view.local))
+        else:
+            view.nodes[node] = view.nodes.get(node, 0) + len(pids)
         view.all.extend(pids)
         self._notify("pg_join", scope, group, pids, out)
 
@@ -421,14 +438,23 @@ class PgCore:
             return []
         had_local = bool(view.local)
         removed: list[Pid] = []
+        local_removed = False
         for pid in pids:
             try:
                 view.all.remove(pid)
             except ValueError:
                 continue
-            if pid.node == self.node:
+            node = pid.node
+            if node == self.node:
                 view.local.remove(pid)
+                local_removed = True
+            elif view.nodes[node] == 1:
+                del view.nodes[node]
+            else:
+                view.nodes[node] -= 1
             removed.append(pid)
+        if local_removed:
+            view.recipients = tuple(dict.fromkeys(view.local))
         if had_local and not view.local:
             out.append(Unsubscribe(view.topic))
         if not view.all:
@@ -495,6 +521,5 @@ class PgCore:
 
     def _deliver_local(self, scope: str, group: Hashable, msg: Any, out: list[Effect]) -> None:
         view = self._views.get(scope, {}).get(group)
-        if view is not None:
-            for pid in dict.fromkeys(view.local):
-                out.append(Deliver(pid, msg))
+        if view is not None and view.recipients:
+            out.append(DeliverMany(view.recipients, msg))

@@ -34,6 +34,7 @@ from fabric.protocol.effects import (
     CancelTimer,
     Complete,
     Deliver,
+    DeliverMany,
     Effect,
     Log,
     Publish,
@@ -281,6 +282,11 @@ class ServiceSim:
                 box = self.mailboxes.get(eff.pid)
                 if box is not None:
                     box.append(eff.message)
+            elif isinstance(eff, DeliverMany):
+                for pid in eff.pids:
+                    box = self.mailboxes.get(pid)
+                    if box is not None:
+                        box.append(eff.message)
             elif isinstance(eff, SetTimer):
                 node.timers[eff.key] = eff.at
                 self._arm(name, creation, eff.key, eff.at)

@@ -16,7 +16,15 @@ from hypothesis import strategies as st
 
 from fabric.errors import LocalProtocolError
 from fabric.protocol.codec import Codec
-from fabric.protocol.effects import Deliver, Log, Publish, Send, Subscribe, Unsubscribe
+from fabric.protocol.effects import (
+    Deliver,
+    DeliverMany,
+    Log,
+    Publish,
+    Send,
+    Subscribe,
+    Unsubscribe,
+)
 from fabric.protocol.pg import DEFAULT_SCOPE, PgCore, group_topic
 from fabric.testing import ServiceSim
 from fabric.types import Pid
@@ -384,8 +392,7 @@ def test_broadcast_delivers_to_local_members_and_publishes_once() -> None:
     effects = sim.core(A).broadcast(S, "g", "m", sim.now)
     assert effects == [
         Publish(group_topic(S, "g"), (S, "g", "m")),
-        Deliver(a1, "m"),
-        Deliver(a2, "m"),
+        DeliverMany((a1, a2), "m"),  # once per distinct member, in one effect
     ]
     sim.call(A, "broadcast", S, "g", "hello")
     assert sim.published == [(A, group_topic(S, "g"), (S, "g", "hello"))]
@@ -414,6 +421,43 @@ def test_reliable_broadcast_reaches_every_member_exactly_once() -> None:
     for p in pids:
         assert sim.mailboxes[p] == [("m", 1)], p
     assert sim.mailboxes[d] == []
+
+
+def test_broadcast_recipients_and_nodes_follow_joins_leaves_exits_and_nodedowns() -> None:
+    # The view keeps the distinct local members and the member nodes for the broadcasts;
+    # every way a member goes must update them.
+    sim = make_sim()
+    a1, a2, b1, b2, c1 = (sim.spawn(n) for n in (A, A, B, B, C))
+    sim.call(A, "join", S, "g", [a1, a2, a1])
+    sim.call(B, "join", S, "g", [b1, b2])
+    sim.call(C, "join", S, "g", c1)
+    sim.run()
+
+    def fan_out() -> tuple[list[Any], list[str]]:
+        effects = sim.core(A).broadcast_reliable(S, "g", "m", sim.now)
+        many = [e.pids for e in effects if isinstance(e, DeliverMany)]
+        assert all(len(set(pids)) == len(pids) for pids in many)  # each member once
+        return [set(pids) for pids in many], sorted(e.peer for e in effects
+                                                    if isinstance(e, Send))
+
+    assert fan_out() == ([{a1, a2}], [B, C])
+    sim.call(A, "leave", S, "g", a1)  # a1 joined twice: still a member
+    sim.call(B, "leave", S, "g", b1)  # b2 is still there: B stays
+    sim.run()
+    assert fan_out() == ([{a1, a2}], [B, C])
+    sim.call(A, "leave", S, "g", a1)
+    sim.exit(b2)
+    sim.run()
+    assert fan_out() == ([{a2}], [C])
+    sim.cut(A, C)  # nodedown: C's member goes
+    sim.run()
+    assert fan_out() == ([{a2}], [])
+    sim.heal()  # nodeup: C's sync brings it back
+    sim.run()
+    assert fan_out() == ([{a2}], [C])
+    sim.exit(a2)  # no local member left; C's still is
+    sim.run()
+    assert fan_out() == ([], [C])
 
 
 # -- scenarios (after OTP's pg_SUITE) ----------------------------------------------------
