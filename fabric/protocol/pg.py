@@ -110,7 +110,8 @@ class _View:
         self.local: list[Pid] = []  # the local members, one entry per join
         # Kept up to date on join and leave (rare) for the broadcasts (frequent):
         self.recipients: tuple[Pid, ...] = ()  # the distinct local members, first-joined first
-        self.nodes: dict[str, int] = {}  # other node -> how many entries of `all` are its
+        # other node -> how many entries of `all` are its (key order is not meaningful)
+        self.nodes: dict[str, int] = {}
         self.topic = topic  # group_topic(scope, group), computed once
 
 
@@ -269,7 +270,8 @@ class PgCore:
         return True
 
     def broadcast(self, scope: str, group: Hashable, msg: Any, now: float) -> list[Effect]:
-        """Best-effort fan-out: one ``Publish`` for remote nodes, ``Deliver`` to local members.
+        """Best-effort fan-out: one ``Publish`` for remote nodes, ``DeliverMany`` to the local
+        members.
 
         The published payload is ``(scope, group, msg)``; receiving nodes pass it to
         :meth:`on_publish`.
@@ -282,7 +284,7 @@ class PgCore:
 
     def broadcast_reliable(self, scope: str, group: Hashable, msg: Any, now: float) -> list[Effect]:
         """Fan-out over the ordered mesh: one ``("bcast", scope, group, msg)`` Send per
-        remote node that has members in our view, plus ``Deliver`` to local members."""
+        remote node that has members in our view, plus ``DeliverMany`` to local members."""
         out: list[Effect] = []
         view = self._views.get(scope, {}).get(group)
         if view is not None:

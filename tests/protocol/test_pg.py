@@ -54,10 +54,46 @@ class _WireCore:
         return getattr(self.core, name)
 
 
+def assert_caches(core: PgCore) -> None:
+    """Each view's cached broadcast fields equal what they stand for, recomputed."""
+    for groups in core._views.values():
+        assert groups
+        for v in groups.values():
+            assert v.all
+            assert v.local == [p for p in v.all if p.node == core.node]
+            assert v.recipients == tuple(dict.fromkeys(v.local))
+            assert v.nodes == Counter(p.node for p in v.all if p.node != core.node)
+
+
+class _CheckedCore:
+    """Checks the views' caches (``assert_caches``) after every call into the core."""
+
+    def __init__(self, outer: Any, core: PgCore) -> None:
+        self.outer = outer  # what the simulator talks to (the core, or its wire wrapper)
+        self.core = core
+        self.service = core.service
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.outer, name)
+        if name.startswith("_") or not callable(attr):
+            return attr
+
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            result = attr(*args, **kwargs)
+            assert_caches(self.core)
+            return result
+
+        return checked
+
+
 def make_sim(names: list[str] = NAMES, *, wire: bool = False, **kw: Any) -> ServiceSim:
-    if wire:
-        return ServiceSim(lambda n, c: _WireCore(PgCore(n, c)), names, **kw)
-    return ServiceSim(lambda n, c: PgCore(n, c), names, **kw)
+    """A simulated cluster of PgCores whose caches are checked after every input."""
+
+    def build(name: str, creation: int) -> Any:
+        core = PgCore(name, creation)
+        return _CheckedCore(_WireCore(core) if wire else core, core)
+
+    return ServiceSim(build, names, **kw)
 
 
 def view(sim: ServiceSim, node: str, scope: str = S) -> dict[Any, Counter[Pid]]:
