@@ -148,7 +148,8 @@ def send_reply(node: Node, from_: tuple[Pid, Ref], ok: bool, value: Any,
     except BackpressureError:
         return (REPLY, ref, ok, value, released)
     try:
-        node._send_reply(pid, ref, ok, value, released)  # three strings: always encodable
+        # Three strings always encode; a from_ that names no pid fails again, and raises.
+        node._send_reply(pid, ref, ok, value, released)
     except BackpressureError:
         return (REPLY, ref, ok, value, released)
     return None

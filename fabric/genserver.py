@@ -285,6 +285,15 @@ async def _loop(proc: Process, server: GenServer) -> None:
 
 def _reply_now(proc: Process, from_: From, ok: bool, value: Any) -> tuple[Any, ...] | None:
     """The server ``proc`` answers ``from_``, releasing the call's monitor (see
-    :func:`send_reply`)."""
+    :func:`send_reply`). A reply that has to wait for room in the caller's buffer keeps
+    the monitor (it is returned with ``released`` False), so that a server killed while
+    it waits still sends the caller its ``Down``."""
     node = proc.node
-    return send_reply(node, from_, ok, value, node._release_call(proc, *from_))
+    caller, ref = from_
+    if not node._release_call(proc, caller, ref):
+        return send_reply(node, from_, ok, value)
+    unsent = send_reply(node, from_, ok, value, True)
+    if unsent is None:
+        return None
+    node._hold_call(proc, caller, ref)
+    return (*unsent[:4], False)

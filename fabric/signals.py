@@ -12,11 +12,15 @@ the exit signal:
     ["spawn", reply_to, ref, "module:function", args, link]
     ["spawn_reply", ref, ok, pid_or_error_text]
 
-A GenServer call to another node is one ``[K_CALL, target, caller, ref, request]`` message:
-the receiving node installs the monitor and delivers the request in one step (what a
-``mon`` followed by a send would do). When the server answers straight from its loop it
-releases that monitor itself and says so in the reply, so the caller forgets its side
-without a ``demon`` message: a call costs one message each way.
+A GenServer call to another node is one ``[K_CALL, target, creation, caller_id, ref_id,
+request]`` message (the caller and its ref live on the sending node, so integers name
+them): the receiving node installs the monitor and delivers the request in one step (what
+a ``mon`` followed by a send would do). When the server answers straight from its loop
+it releases that monitor itself and says so in the reply (``[K_REPLY, creation, pid_id,
+ref_id, ok, value, released]``), so the caller forgets its side without a ``demon``
+message: a call costs one message each way. A reply that must wait for room in the
+caller's buffer keeps the monitor until it is queued, so a server killed meanwhile still
+reports ``Down``.
 
 Each side keeps its half of every cross-node link and monitor, indexed by peer
 (``_remote_monitors``, ``_remote_links``, ``_watched_by_remote``), so that a nodedown
@@ -40,6 +44,8 @@ if TYPE_CHECKING:
     from fabric.protocol.mesh import MeshCore
 
 __all__ = ["RegName", "Signals"]
+
+_U64 = 1 << 64  # pid and ref ids are u64 on the wire (PROTOCOL.md section 5)
 
 
 class RegName(NamedTuple):
@@ -185,8 +191,14 @@ class Signals:
 
     def _on_call(self, peer: str, msg: list[Any]) -> None:
         _, to, creation, caller_id, ref_id, request = msg
-        if type(creation) is not int or type(caller_id) is not int or type(ref_id) is not int:
+        if type(caller_id) is not int or type(ref_id) is not int:
             raise TypeError("call without a caller and a ref")
+        # The caller is the peer's: its run and ids as a pid/ref ext would bound them (a
+        # pid this node cannot encode must not reach a server's From).
+        session = self.mesh.peers.get(peer)
+        if (session is None or creation != session.creation
+                or not (0 <= caller_id < _U64 and 0 <= ref_id < _U64)):
+            raise ValueError("call from another run of the peer, or ids out of range")
         # Built in C, as the codec builds decoded pids: this runs once per call.
         caller = tuple.__new__(Pid, (peer, caller_id, creation))
         ref = tuple.__new__(Ref, (peer, ref_id, creation))
@@ -222,6 +234,15 @@ class Signals:
                 watched.discard((proc.self, ref))
         return True
 
+    def _hold_call(self, proc: Process, caller: Pid, ref: Ref) -> None:
+        """Undo :meth:`_release_call`: the reply could not be queued yet."""
+        proc.monitored_by[ref] = caller
+        if caller[0] != self.name:
+            watched = self._watched_by_remote.get(caller[0])
+            if watched is None:
+                watched = self._watched_by_remote[caller[0]] = set()
+            watched.add((proc.self, ref))
+
     def _send_reply(self, caller: Pid, ref: Ref, ok: bool, value: Any,
                     released: bool) -> None:
         """Send a call's reply ``(REPLY_TAG, ref, ok, value, released)`` to ``caller``.
@@ -246,7 +267,11 @@ class Signals:
 
     def _on_reply(self, msg: list[Any]) -> None:
         _, creation, pid_id, ref_id, ok, value, released = msg
-        if creation == self.creation and type(ref_id) is int:
+        if (type(creation) is not int or type(pid_id) is not int or type(ref_id) is not int
+                or type(ok) is not bool or type(released) is not bool
+                or not 0 <= ref_id < _U64):
+            raise TypeError("reply fields of the wrong type or range")
+        if creation == self.creation:  # else it is for a pid of an earlier run
             proc = self._procs.get(pid_id)
             if proc is not None:
                 ref = tuple.__new__(Ref, (self.name, ref_id, creation))

@@ -179,17 +179,70 @@ async def test_compact_call_and_reply_messages_are_checked_on_arrival() -> None:
         undeliverable = a.metrics["undeliverable"]
         a._dispatch(b.name, [[K_REPLY, a.creation + 1, box.self.id, 99, True, "v", True]], now)
         assert a.metrics["undeliverable"] == undeliverable + 1 and len(box.mailbox) == 1
-        # A call whose caller is not an integer is a bad message: no monitor, no request.
+        # Malformed: counted as bad input, and nothing delivered, monitored or answered.
+        malformed = [
+            [K_CALL, "counter", a.creation, "me", 1, "get"],  # caller not an integer
+            [K_CALL, "counter", a.creation + 1, box.self.id, 1, "get"],  # another run
+            [K_CALL, "counter", a.creation, -1, 1, "get"],  # ids are u64
+            [K_CALL, "counter", a.creation, box.self.id, 1 << 64, "get"],
+            [K_CALL, "counter", a.creation, box.self.id, 1],  # too short
+            [K_REPLY, a.creation, float(box.self.id), 9, True, "v", True],
+            [K_REPLY, a.creation, box.self.id, 9, 1, "v", True],  # ok is a bool
+            [K_REPLY, a.creation, box.self.id, 1 << 64, True, "v", True],
+        ]
         bad = b.metrics.get("bad_input", 0)
-        b._dispatch(a.name, [[K_CALL, "counter", a.creation, "me", 1, "get"]], now)
-        assert b.metrics["bad_input"] == bad + 1
+        b._dispatch(a.name, malformed, now)
+        assert b.metrics["bad_input"] == bad + len(malformed)
         assert not b._procs[pid.id].monitored_by and not b._procs[pid.id].mailbox
+        assert len(box.mailbox) == 1 and not b._channels[a.name].out.queue
         # A well-formed one installs the caller's monitor and delivers the request.
         b._dispatch(a.name, [[K_CALL, "counter", a.creation, box.self.id, 7, "get"]], now)
         ref = Ref(a.name, 7, a.creation)
         assert b._procs[pid.id].monitored_by == {ref: box.self}
         await wait_until(lambda: len(box.mailbox) == 2, what="the reply")
         assert box.mailbox[1] == ("$reply", ref, True, 0, True)
+        # A real call's reply travels as K_REPLY.
+        replies: list[Any] = []
+        on_reply = a._on_reply
+        a._on_reply = lambda msg: (replies.append(msg), on_reply(msg))  # type: ignore[method-assign]
+        assert await call(a, pid, "get") == 0
+        assert [m[0] for m in replies] == [K_REPLY]
+
+
+class Flooder(GenServer):
+    """Fills the caller's node's buffer, then replies; asked to, is killed first."""
+
+    async def handle_call(self, request: Any, from_: From) -> Any:
+        sink, count, die = request
+        for i in range(count):  # one loop turn: all but the first wait in the queue
+            self.node.send(sink, i)
+        if die:
+            self.node.exit(self.pid, "kill")  # takes effect at the next await
+        return "done"
+
+
+@async_test
+async def test_a_reply_that_waits_for_room_keeps_the_monitor_until_it_is_queued() -> None:
+    # The reply finds the caller's buffer full and waits for room. Meanwhile the server's
+    # node keeps the call's monitor, so a server killed while waiting still sends Down
+    # (the caller would otherwise wait for its timeout), and one that gets to send its
+    # reply marks it not released, so the caller's demonitor cleans up both sides.
+    limit = 50
+    async with cluster(2, outbound_limit=limit) as (a, b):
+        sink = a.new_mailbox()
+        pid = await Flooder.start(b)
+        out = b._channels[a.name].out
+        # The first send leaves at once and `limit` more fill the queue: the reply waits.
+        assert await call(a, pid, (sink.self, limit + 1, False), timeout=5) == "done"
+        refused = out.refused
+        assert refused > 0
+        await wait_until(lambda: not b._procs[pid.id].monitored_by
+                         and not b._watched_by_remote.get(a.name)
+                         and not a._remote_monitors.get(b.name), what="monitors gone")
+        with pytest.raises(fabric.ProcessDeadError) as dead:
+            await call(a, pid, (sink.self, limit + 1, True), timeout=5)
+        assert dead.value.reason == "killed" and out.refused > refused
+        await wait_until(lambda: len(sink.mailbox) == 2 * (limit + 1), what="the flood")
 
 
 @async_test
