@@ -253,10 +253,8 @@ def _cli(
 # --------------------------------------------------------------------------- measurement
 
 
-def roundtrip_fabric(n_calls: int, kind: str = "echo", warmup: int = WARMUP_CALLS) -> RoundTrip:
-    """One measurement of ``n_calls`` sequential calls from node cli to node srv."""
-    if kind not in ("echo", "genserver"):
-        raise ValueError("kind must be echo or genserver (see roundtrip_paired)")
+def _run_pair(kind: str, n_calls: int, warmup: int) -> dict[str, Any]:
+    """Start node srv (serving ``kind``) and node cli (calling it); the client's result."""
     with h.Children() as kids:
         srv = kids.function(_srv, port=fb.free_port(), kind=kind)
         ready = srv.expect("ready", STALL_S)
@@ -269,32 +267,26 @@ def roundtrip_fabric(n_calls: int, kind: str = "echo", warmup: int = WARMUP_CALL
             n_calls=n_calls,
             warmup=warmup,
         )
-        got = cli.result(CHILD_TIMEOUT_S)
+        got: dict[str, Any] = cli.result(CHILD_TIMEOUT_S)
         srv.result(CHILD_TIMEOUT_S)
-    return _round_trip(got)
+    return got
 
 
 def _round_trip(got: dict[str, float]) -> RoundTrip:
     return RoundTrip(got["p50_us"], got["p99_us"], got["calls_per_s"])
 
 
+def roundtrip_fabric(n_calls: int, kind: str = "echo", warmup: int = WARMUP_CALLS) -> RoundTrip:
+    """One measurement of ``n_calls`` sequential calls from node cli to node srv."""
+    if kind not in ("echo", "genserver"):
+        raise ValueError("kind must be echo or genserver (see roundtrip_paired)")
+    return _round_trip(_run_pair(kind, n_calls, warmup))
+
+
 def roundtrip_paired(n_calls: int, warmup: int = WARMUP_CALLS) -> tuple[RoundTrip, RoundTrip]:
     """Echo and GenServer round trips in alternating blocks on one node pair:
     ``(echo, genserver)``, ``n_calls`` of each."""
-    with h.Children() as kids:
-        srv = kids.function(_srv, port=fb.free_port(), kind="paired")
-        ready = srv.expect("ready", STALL_S)
-        cli = kids.function(
-            _cli,
-            port=fb.free_port(),
-            server_node=ready["node"],
-            server_pid=ready["pid"],
-            kind="paired",
-            n_calls=n_calls,
-            warmup=warmup,
-        )
-        got = cli.result(CHILD_TIMEOUT_S)
-        srv.result(CHILD_TIMEOUT_S)
+    got = _run_pair("paired", n_calls, warmup)
     return _round_trip(got["echo"]), _round_trip(got["genserver"])
 
 
