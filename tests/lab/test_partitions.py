@@ -226,10 +226,14 @@ def test_messages_across_heal(lab: Lab, cluster: Any, fault: str) -> None:
              "(send errors: %s)", fault, done["sent"], len(got), missing, gaps,
              done["errors"])
     # Loss is allowed only across a nodedown (as in Erlang): at most one gap per session
-    # that ended between the two nodes, as seen from either end.
+    # that ended between the two nodes, as seen from either end, *in each direction*. An
+    # echo crosses twice: the requests n1 queued for a session that died are one gap; the
+    # echoes n3 sends on that session before it learns it died are another. After a
+    # freeze n3 wakes with old requests in its buffers and may answer the first ones on
+    # the dead session and the rest on the new one, so both gaps can show, apart.
     downs = max(len(events_since(n1, since[0], "nodedown", n3.name)),
                 len(events_since(n3, since[2], "nodedown", n1.name)))
-    assert len(gaps) <= downs, f"{len(gaps)} gaps {gaps} for {downs} nodedown(s)"
+    assert len(gaps) <= 2 * downs, f"{len(gaps)} gaps {gaps} for {downs} nodedown(s)"
 
 
 def _disorder(seq: list[int]) -> str:
