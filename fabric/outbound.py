@@ -101,24 +101,14 @@ class Outbound:
             self.push(message)
             return
         frame = self._encode([message])
-        self._scheduled = True
-        self.loop.call_soon(self.flush)
-        try:
-            self.sock.send(frame, zmq.NOBLOCK)
-        except zmq.Again:
-            queue.append(message)  # the flush retries it, in order
-        except zmq.ZMQError:
-            return  # socket closed under us: the session is ending
-        else:
-            self.sent_frames += 1
-            self.sent_messages += 1
-        self._on_sent()  # a refused send may consume the socket's edge too, as in _write
+        queue.append(message)
+        self._first_of_turn(frame)
 
-    def _first_of_turn(self) -> None:
+    def _first_of_turn(self, frame: bytes | None = None) -> None:
         # Nothing pending: send this message now, and coalesce the rest of the turn.
         self._scheduled = True
         self.loop.call_soon(self.flush)
-        self._write()
+        self._write(frame)
 
     def start(self) -> None:
         """The session is up: let queued messages flow."""
@@ -144,15 +134,17 @@ class Outbound:
             self._scheduled = True
             self.loop.call_later(RETRY_DELAY, self.flush)
 
-    def _write(self) -> bool:
+    def _write(self, frame: bytes | None = None) -> bool:
         """Send the queue in frames of at most MAX_BATCH messages; False if ZeroMQ's
-        buffer filled up first (what is left stays queued, in order)."""
+        buffer filled up first (what is left stays queued, in order). ``frame``: the
+        first batch already encoded (by :meth:`push_checked`)."""
         queue = self.queue
         done = True
         while queue:
             batch = queue[:MAX_BATCH]
             try:
-                frame = self._encode(batch)
+                if frame is None:
+                    frame = self._encode(batch)
             except LocalProtocolError:
                 batch = self._drop_unencodable(batch)
                 if not batch:
@@ -168,6 +160,7 @@ class Outbound:
             del queue[: len(batch)]
             self.sent_frames += 1
             self.sent_messages += len(batch)
+            frame = None
         self._on_sent()
         room = self._room
         if room is not None and len(queue) < self.limit // 2:
