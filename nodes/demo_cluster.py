@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 import fabric
+from fabric.testing import child_pythonpath
 from nodes.demo_member import HOST, WAIT, quiet_fabric_log
 
 MEMBERS = 3
@@ -172,12 +173,12 @@ class Demo:
         if m.seed is not None:
             cmd += ["--seed", m.seed.name]
         env = dict(os.environ, FABRIC_COOKIE=self.cookie, PYTHONUNBUFFERED="1")
-        # The members import nodes.demo (and fabric) from this checkout, wherever the
-        # narrator was started from.
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+        # The members import nodes.demo from this checkout and the same fabric as the
+        # narrator (the installed one, if that is what the narrator runs), wherever the
+        # narrator was started from; their working directory holds no fabric/ to shadow it.
+        env["PYTHONPATH"] = child_pythonpath(REPO)
         with open(m.stderr_path, "w") as err:
-            m.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+            m.proc = subprocess.Popen(cmd, cwd=self.tmp, env=env, stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=err, text=True)
         self.expect_alive.add(m.short)
         reader = threading.Thread(target=self._read, args=(m, m.run, m.proc),

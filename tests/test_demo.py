@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from fabric.testing import child_pythonpath
+
 REPO = Path(__file__).resolve().parent.parent
 PID = r"<(n\d)\.\d+>"  # a pid as the narration shows it; group 1 is its node
 
 
 @pytest.mark.io
-def test_demo_runs_every_step_and_exits_0() -> None:
+def test_demo_runs_every_step_and_exits_0(tmp_path: Path) -> None:
     """The demo forms the mesh, round-trips hello/world, calls a GenServer across nodes
     (and sees its RemoteError), fans out to a process group, sees kill -9 as
     connection_closed everywhere (and the group shrink), sees the restarted node come
@@ -24,8 +26,10 @@ def test_demo_runs_every_step_and_exits_0() -> None:
     exits 0."""
     env = dict(os.environ)
     env.pop("FABRIC_COOKIE", None)  # the demo makes its own cookie
+    # nodes.demo from this checkout, fabric as this test run imports it (installed, in tox)
+    env["PYTHONPATH"] = child_pythonpath(REPO)
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "nodes.demo"], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "nodes.demo"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=90)
     elapsed = time.monotonic() - start
     out = proc.stdout

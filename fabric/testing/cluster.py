@@ -49,6 +49,7 @@ from fabric.errors import ConfigError
 from fabric.node import Node
 
 __all__ = [
+    "child_pythonpath",
     "LocalCluster",
     "NodeProcess",
     "ProcessCluster",
@@ -63,9 +64,22 @@ T = TypeVar("T")
 Event = dict[str, Any]
 
 DEFAULT_COOKIE = "fabric-test-cookie"
-# The checkout holding ``fabric/``: children need it on PYTHONPATH to run ``-m fabric.console``
-# from any working directory.
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def child_pythonpath(*extra: str | os.PathLike[str]) -> str:
+    """A PYTHONPATH under which a child Python imports what this process imports.
+
+    It is this process's ``sys.path`` in order (the working directory written out), then
+    ``extra`` (for example a checkout whose ``nodes`` the child runs), then any PYTHONPATH
+    already set. So a child of an *installed* fabric runs that fabric, a child of a
+    checkout's runs the checkout's, and modules this process can import (a test's exported
+    functions) can be spawned there too. Start such a child in a working directory that
+    holds no other ``fabric/``: ``python -m`` puts the working directory first.
+    """
+    paths = [os.getcwd() if p == "" else p for p in sys.path]
+    paths += [os.fspath(p) for p in extra]
+    paths += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join(dict.fromkeys(paths))
 
 
 # -- waiting ------------------------------------------------------------------------------
@@ -272,11 +286,10 @@ class NodeProcess:
         return [sys.executable, "-m", "fabric.console", *self.args]
 
     def environment(self) -> dict[str, str]:
-        """The child's environment: ours, the repo on PYTHONPATH, the cookie."""
+        """The child's environment: ours, our import path (:func:`child_pythonpath`), the
+        cookie."""
         env = dict(os.environ)
-        paths = [str(_REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
-                                     if p]
-        env["PYTHONPATH"] = os.pathsep.join(paths)
+        env["PYTHONPATH"] = child_pythonpath()
         env["PYTHONUNBUFFERED"] = "1"
         if self.cookie is not None:
             env["FABRIC_COOKIE"] = self.cookie

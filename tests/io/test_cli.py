@@ -6,17 +6,14 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from fabric.testing.cluster import DEFAULT_COOKIE, NodeProcess
-
-ROOT = Path(__file__).resolve().parents[2]
+from fabric.testing.cluster import DEFAULT_COOKIE, NodeProcess, child_pythonpath
 
 
 def fabric_cli(*args: str, cookie: str = DEFAULT_COOKIE) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "FABRIC_COOKIE": cookie, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "FABRIC_COOKIE": cookie, "PYTHONPATH": child_pythonpath()}
     return subprocess.run([sys.executable, "-m", "fabric.cli", *args], env=env,
                           capture_output=True, text=True, timeout=60)
 

@@ -25,6 +25,7 @@ from fabric.testing import (
     NodeProcess,
     ProcessCluster,
     async_wait_until,
+    child_pythonpath,
     free_port,
     wait_until,
 )
@@ -167,7 +168,7 @@ def test_repl_runs_top_level_await_on_the_node() -> None:
 
 
 def test_bad_command_lines_fail_with_a_clear_message() -> None:
-    env = dict(os.environ, PYTHONPATH=str(REPO), FABRIC_COOKIE="c")
+    env = dict(os.environ, PYTHONPATH=child_pythonpath(REPO), FABRIC_COOKIE="c")
     cmd = [sys.executable, "-m", "nodes.node", "--no-repl"]
     bad_name = subprocess.run(cmd + ["--name", "no-at-sign"], env=env, capture_output=True,
                               text=True, timeout=30)

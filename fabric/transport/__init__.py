@@ -1,0 +1,1 @@
+"""Transports: the sockets under the mesh (today ZeroMQ's ROUTER/DEALER and PUB/SUB)."""
