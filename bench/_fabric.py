@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import logging
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import structlog
-
 import fabric
 from bench import _harness as h
+from fabric.logs import configure_logging
 from fabric.types import Pid
 
 T = TypeVar("T")
@@ -35,17 +32,12 @@ HOST = "127.0.0.1"
 
 
 def quiet_logs() -> None:
-    """Send fabric's structlog output to stderr, warnings and up only.
+    """Send fabric's log events to stderr, warnings and up only.
 
-    The default structlog setup prints every ``nodeup``/``nodedown`` to stdout, which is the
-    channel a child uses to talk to its parent, and formatting log lines on the event loop
-    would be counted as fabric's cost in a throughput figure.
+    stdout is the channel a child uses to talk to its parent, and formatting info lines on
+    the event loop would be counted as fabric's cost in a throughput figure.
     """
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
-    )
+    configure_logging("warning")
 
 
 def pid_to_json(pid: Pid) -> list[Any]:

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-import structlog
 import zmq
 
 from fabric.config import NodeConfig, load_cookie
 from fabric.errors import ConfigError
 from fabric.global_ import Global
 from fabric.inputs import _EVENTS, _POLLIN, Inputs
+from fabric.logs import get_logger
 from fabric.outbound import MAX_BATCH, Outbound
 from fabric.pg import Groups
 from fabric.protocol import handshake as hs
@@ -138,7 +138,7 @@ class Node(Inputs, ProcessRuntime):
         self.name = str(self._requested)
         self.creation = 0
         self.codec = Codec(self.config.max_frame)
-        self.log: Any = structlog.get_logger("fabric").bind(node=self.name)
+        self.log: Any = get_logger(node=self.name)
         self.started = False
         self.stopped = False
         self._channels: dict[str, _Channel] = {}
@@ -210,7 +210,7 @@ class Node(Inputs, ProcessRuntime):
         self.hb_sub.setsockopt(zmq.SUBSCRIBE, HEARTBEAT_TOPIC)
         self.name = str(self._requested.with_port(port))
         self.creation = secrets.randbits(32) or 1
-        self.log = structlog.get_logger("fabric").bind(node=self.name)
+        self.log = get_logger(node=self.name)
         self.mesh = m.MeshCore(
             self.name, self.creation, self._cookie, self.pub_port, os.urandom,
             hidden=cfg.hidden, heartbeat_interval=cfg.heartbeat_interval,

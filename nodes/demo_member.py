@@ -28,16 +28,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import signal
 import sys
 import time
 from typing import Any, TextIO
 
-import structlog
-
 import fabric
+from fabric.logs import configure_logging
 
 HOST = "127.0.0.1"
 WAIT = 10.0  # the longest any single wait may take, seconds
@@ -46,17 +44,9 @@ SPEC = "nodes.demo_member:"  # prefix of the spawn specs of the functions below
 
 
 def quiet_fabric_log(stream: TextIO) -> None:
-    """Send fabric's structlog output (warnings and up) to ``stream``.
-
-    structlog prints to stdout by default, which would mix with the narration (and, in a
-    member, with its JSON reports). Must run before any Node is created: a node binds its
-    logger at construction.
-    """
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(stream),
-        cache_logger_on_first_use=False,
-    )
+    """Send fabric's log events (warnings and up) to ``stream``, away from the narration
+    on stdout (and, in a member, from its JSON reports)."""
+    configure_logging("warning", stream=stream)
 
 
 # -- step 2: hello/world ----------------------------------------------------------------------

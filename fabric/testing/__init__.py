@@ -11,6 +11,7 @@ from fabric.testing.cluster import (
     kill_leftovers,
     wait_until,
 )
+from fabric.testing.logcapture import capture_logs
 from fabric.testing.servicesim import ServiceSim
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "ProcessCluster",
     "ServiceSim",
     "async_wait_until",
+    "capture_logs",
     "child_pythonpath",
     "free_port",
     "free_ports",
