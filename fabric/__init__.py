@@ -12,6 +12,7 @@ from fabric.errors import (
     CallTimeout,
     ConfigError,
     FabricError,
+    FabricTimeout,
     LocalProtocolError,
     NameConflictError,
     NodeDownError,
@@ -21,6 +22,7 @@ from fabric.errors import (
     ReceiveTimeout,
     RemoteError,
     RemoteProtocolError,
+    SpawnTimeout,
 )
 from fabric.exports import export
 from fabric.genserver import NOREPLY, From, GenServer, call, cast, reply
@@ -39,6 +41,7 @@ __all__ = [
     "Down",
     "Exit",
     "FabricError",
+    "FabricTimeout",
     "From",
     "GenServer",
     "GlobalName",
@@ -64,6 +67,7 @@ __all__ = [
     "RemoteError",
     "RemoteProtocolError",
     "Router",
+    "SpawnTimeout",
     "SyncMailbox",
     "SyncNode",
     "call",

@@ -13,6 +13,7 @@ __all__ = [
     "CallTimeout",
     "ConfigError",
     "FabricError",
+    "FabricTimeout",
     "LocalProtocolError",
     "NameConflictError",
     "NodeDownError",
@@ -22,6 +23,7 @@ __all__ = [
     "ReceiveTimeout",
     "RemoteError",
     "RemoteProtocolError",
+    "SpawnTimeout",
 ]
 
 
@@ -67,12 +69,25 @@ class ProcessDeadError(FabricError):
         self.reason = reason
 
 
-class CallTimeout(FabricError, TimeoutError):
-    """Raised by ``call`` when no reply came within the timeout."""
+class FabricTimeout(FabricError, TimeoutError):
+    """Raised when a wait with a deadline ran out (``NodeMonitor.next``, ``global_``
+    requests, ``SyncNode.run``, ...); the base of every timeout fabric raises.
+
+    It is the builtin ``TimeoutError`` on every supported Python (before 3.11,
+    ``asyncio.TimeoutError`` is not), so ``except TimeoutError`` catches it.
+    """
 
 
-class ReceiveTimeout(FabricError, TimeoutError):
+class CallTimeout(FabricTimeout):
+    """Raised by ``call`` (and ``rpc.call``) when no reply came within the timeout."""
+
+
+class ReceiveTimeout(FabricTimeout):
     """Raised by ``receive`` when no matching message came within the timeout."""
+
+
+class SpawnTimeout(FabricTimeout):
+    """Raised by ``spawn_on`` when the node is up but did not answer within the timeout."""
 
 
 class NameConflictError(FabricError):

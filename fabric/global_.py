@@ -165,12 +165,12 @@ class Global:
 
     async def _request(self, start: Callable[[Any, float], list[Any]],
                        timeout: float | None) -> Any:
-        import asyncio
+        from fabric.timeouts import wait_for
 
         token = self.node.make_ref()
         fut = self.node.expect(token)
         self.node._exec_service("global", start(token, self.node.loop.time()))
-        return await asyncio.wait_for(fut, timeout)
+        return await wait_for(fut, timeout, "global request")
 
     def _exit_process(self, service: str, effect: ExitProcess) -> None:
         self.node.exit(effect.pid, effect.reason)

@@ -40,6 +40,7 @@ from fabric.protocol.messages import (
     HEARTBEAT_TOPIC,
 )
 from fabric.runtime import ProcessRuntime
+from fabric.timeouts import wait_for
 from fabric.transport.zeromq import (
     Reader,
     bind_in_range,
@@ -92,8 +93,13 @@ class NodeMonitor:
         return event
 
     async def next(self, timeout: float | None = None) -> NodeUp | NodeDown:
-        """The next event, waiting at most ``timeout`` seconds (``TimeoutError``)."""
-        return await asyncio.wait_for(self.__anext__(), timeout)
+        """The next event, waiting at most ``timeout`` seconds.
+
+        Raises:
+            FabricTimeout: nothing happened within ``timeout`` (a ``TimeoutError``).
+            StopAsyncIteration: the node stopped.
+        """
+        return await wait_for(self.__anext__(), timeout, "NodeMonitor.next")
 
     def close(self) -> None:
         if self._queue in self._node._watchers:

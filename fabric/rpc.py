@@ -36,6 +36,7 @@ from fabric.errors import (
     ProcessDeadError,
     ReceiveTimeout,
     RemoteError,
+    SpawnTimeout,
 )
 from fabric.exports import export, resolve_export
 from fabric.process import Down, Process
@@ -109,11 +110,9 @@ async def call(
         try:
             pid = await node.spawn_on(target, WORKER, mailbox.self, tag, spec, list(args),
                                       timeout=1e9 if spawn_timeout is None else spawn_timeout)
-        except NodeDownError as exc:
-            if exc.reason == "timeout":
-                raise CallTimeout(f"rpc {spec} on {target}: no answer within {timeout} s") \
-                    from None
-            raise
+        except SpawnTimeout:
+            raise CallTimeout(f"rpc {spec} on {target}: no answer within {timeout} s") \
+                from None
         ref = mailbox.monitor(pid)
         monitor_ref = ref
 

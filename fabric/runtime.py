@@ -28,6 +28,7 @@ from fabric.errors import (
     LocalProtocolError,
     NameConflictError,
     NodeDownError,
+    SpawnTimeout,
 )
 from fabric.exports import resolve_export
 from fabric.outbound import MAX_BATCH
@@ -37,6 +38,7 @@ from fabric.protocol.mesh import MeshCore
 from fabric.protocol.messages import K_REG_SEND, K_SEND, K_SEND_TUPLE
 from fabric.services import ServiceHost
 from fabric.signals import RegName, Signals
+from fabric.timeouts import wait_for
 
 if TYPE_CHECKING:
     from fabric.global_ import Global
@@ -145,6 +147,7 @@ class ProcessRuntime(Signals, ServiceHost):
         Raises:
             NotExportedError: the function is unknown there or not exported.
             NodeDownError: the node is unreachable or went down meanwhile.
+            SpawnTimeout: the node is up but did not answer within ``timeout``.
         """
         if node == self.name:
             fn = resolve_export(spec, self.config.allow_remote_spawn)
@@ -157,9 +160,7 @@ class ProcessRuntime(Signals, ServiceHost):
         reply_to = link_to.self if link_to is not None else None
         self._ctrl(node, ["spawn", reply_to, ref, spec, list(args), link_to is not None])
         try:
-            pid: Pid = await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
-            raise NodeDownError(node, "timeout") from None
+            pid: Pid = await wait_for(fut, timeout, f"spawn_on {node} {spec}", SpawnTimeout)
         finally:
             self._spawn_waiters.pop(ref, None)
         if link_to is not None:

@@ -32,6 +32,7 @@ from typing import Any, Final, TypeVar
 
 from fabric import calls, rpc
 from fabric.config import NodeConfig
+from fabric.errors import FabricTimeout
 from fabric.node import Node
 from fabric.process import Process
 from fabric.types import Pid
@@ -114,6 +115,11 @@ class SyncNode:
         fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
             return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            if fut.done():
+                raise  # the coroutine's own timeout (a CallTimeout, ...), not the wait's
+            fut.cancel()  # before 3.11 not the builtin TimeoutError: raise one that is
+            raise FabricTimeout(f"SyncNode.run: nothing within {timeout} s") from None
         except BaseException:
             fut.cancel()  # e.g. KeyboardInterrupt in the REPL: do not leave it running
             raise
@@ -140,7 +146,8 @@ class SyncNode:
         ``sync.run(MyServer.start(sync.node, name="srv"))``.
 
         Raises:
-            TimeoutError: ``timeout`` passed first (the awaitable is cancelled).
+            FabricTimeout: ``timeout`` passed first (the awaitable is cancelled); a
+                ``TimeoutError``.
         """
         try:
             self._check()
