@@ -2,13 +2,15 @@
 
     fabric node --name n1@127.0.0.1:9100 [--connect PEER ...]   # as python -m nodes.node
     fabric ping n1@127.0.0.1:9100                                # pong / pang
-    fabric status n1@127.0.0.1:9100 [--json]                     # what that node sees
+    fabric status n1@127.0.0.1:9100 [--json]                     # every node of its cluster
 
 ``ping`` and ``status`` join the cluster as a short-lived *hidden* node (peers do not list
 it and it does not connect to the rest of the mesh), with the cookie from ``--cookie``,
-``FABRIC_COOKIE`` or ``~/.fabric.cookie``. ``status`` spawns :func:`report` on the target
-(it is exported) and prints its answer: peers, processes, registered names, groups and
-counters.
+``FABRIC_COOKIE`` or an existing ``~/.fabric.cookie``; with none of them they fail (a
+client must use the cluster's cookie: a new random one could never match). ``status``
+spawns :func:`report` (it is exported) on the target and on each of its peers, and prints
+what each node sees: its peers, process count, locally registered and global names, groups
+and counters. The probe itself is left out of the nodes' hidden peers.
 """
 
 from __future__ import annotations
@@ -18,29 +20,35 @@ import asyncio
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
-from fabric.errors import FabricError
+from fabric.config import load_cookie
+from fabric.errors import ConfigError, FabricError
 from fabric.exports import export
 from fabric.logs import configure_logging
 from fabric.node import Node
 from fabric.process import Process
 from fabric.types import Pid, parse_node_name
 
-__all__ = ["main", "report"]
+__all__ = ["client_cookie", "main", "report"]
 
 
 @export
 async def report(proc: Process, reply_to: Pid) -> None:
-    """Send ``("fabric_status", {...})`` about this node to ``reply_to``."""
+    """Send ``("fabric_status", {...})`` about this node to ``reply_to``.
+
+    The asking node (``reply_to``'s, the CLI's probe) is not listed among the hidden peers.
+    """
     node = proc.node
     info = {
         "name": node.name,
         "creation": node.creation,
         "nodes": node.nodes(),
-        "hidden_nodes": node.hidden_nodes(),
+        "hidden_nodes": [n for n in node.hidden_nodes() if n != reply_to.node],
         "processes": len(node._procs),
         "registered": node.registered(),
+        "global_names": sorted(str(n) for n in node.global_.registered_names()),
         "groups": sorted(str(g) for g in node.pg.which_groups()),
         "metrics": dict(node.metrics),
         "refused": dict(node.mesh.stats.refused),
@@ -48,8 +56,26 @@ async def report(proc: Process, reply_to: Pid) -> None:
     proc.send(reply_to, ("fabric_status", info))
 
 
-async def _with_probe(target: str, cookie: str | None, timeout: float,
-                      body: Any) -> int:
+def client_cookie(cookie: str | None, *, home: Path | None = None) -> str | bytes:
+    """The cookie a client command uses: ``--cookie``, ``FABRIC_COOKIE`` or an existing
+    ``~/.fabric.cookie``. Never a new one: a random cookie cannot match the cluster's.
+
+    Raises:
+        ConfigError: none of the three is there (or the file is unsafe or empty).
+    """
+    if cookie is not None:
+        return cookie
+    if "FABRIC_COOKIE" in os.environ:
+        return os.environ["FABRIC_COOKIE"]
+    path = (home or Path.home()) / ".fabric.cookie"
+    if not path.exists():
+        raise ConfigError(
+            "no cookie: pass --cookie, set FABRIC_COOKIE or put the cluster's cookie in "
+            f"{path} (a client must use the cookie of the nodes it talks to)")
+    return load_cookie(None, home=home)
+
+
+async def _with_probe(target: str, cookie: str | bytes, body: Any) -> int:
     host = parse_node_name(target).host
     probe = Node(f"fabric-cli-{os.getpid()}@{host}", cookie=cookie, hidden=True,
                  port_range=(20000, 60000), reconnect_window=0)
@@ -61,43 +87,67 @@ async def _with_probe(target: str, cookie: str | None, timeout: float,
         await probe.stop()
 
 
-async def _ping(args: argparse.Namespace) -> int:
+async def _ping(args: argparse.Namespace, cookie: str | bytes) -> int:
     async def body(probe: Node) -> int:
         answer = await probe.ping(args.node, timeout=args.timeout)
         why = probe.last_connect_error(args.node) if answer == "pang" else None
         print(answer if why is None else f"{answer} ({why})")
         return 0 if answer == "pong" else 1
 
-    return await _with_probe(args.node, args.cookie, args.timeout, body)
+    return await _with_probe(args.node, cookie, body)
 
 
-async def _status(args: argparse.Namespace) -> int:
+async def _report_of(probe: Node, node: str, timeout: float) -> dict[str, Any]:
+    """What :func:`report` says on ``node``; ``{"name", "error"}`` if it cannot answer."""
+    if not await probe.connect(node, timeout=timeout):
+        return {"name": node, "error": f"unreachable ({probe.last_connect_error(node)})"}
+    box = probe.new_mailbox()
+    try:
+        await probe.spawn_on(node, "fabric.cli:report", box.self, timeout=timeout)
+        _, info = await box.receive(
+            match=lambda m: type(m) is tuple and m[0] == "fabric_status", timeout=timeout)
+    except FabricError as exc:
+        return {"name": node, "error": str(exc)}
+    finally:
+        probe.close_mailbox(box)
+    return dict(info)
+
+
+def _print_report(info: dict[str, Any]) -> None:
+    if "error" in info:
+        print(f"{info['name']}  {info['error']}")
+        return
+    print(f"{info['name']}  (creation {info['creation']:#x})")
+    print(f"  peers       {', '.join(info['nodes']) or '-'}")
+    if info["hidden_nodes"]:
+        print(f"  hidden      {', '.join(info['hidden_nodes'])}")
+    print(f"  processes   {info['processes']}")
+    print(f"  registered  {', '.join(info['registered']) or '-'}")
+    print(f"  global      {', '.join(info['global_names']) or '-'}")
+    print(f"  groups      {', '.join(info['groups']) or '-'}")
+    counters = {**info["metrics"], **{f"refused.{k}": v for k, v in info["refused"].items()}}
+    print("  counters    " + (", ".join(f"{k}={v}" for k, v in sorted(counters.items()))
+                              or "-"))
+
+
+async def _status(args: argparse.Namespace, cookie: str | bytes) -> int:
     async def body(probe: Node) -> int:
-        if not await probe.connect(args.node, timeout=args.timeout):
-            print(f"cannot reach {args.node}: {probe.last_connect_error(args.node)}",
-                  file=sys.stderr)
+        first = await _report_of(probe, args.node, args.timeout)
+        if "error" in first:
+            print(f"cannot reach {args.node}: {first['error']}", file=sys.stderr)
             return 1
-        box = probe.new_mailbox()
-        await probe.spawn_on(args.node, "fabric.cli:report", box.self, timeout=args.timeout)
-        _, info = await box.receive(match=lambda m: type(m) is tuple and m[0] == "fabric_status",
-                                    timeout=args.timeout)
+        reports = [first] + [await _report_of(probe, peer, args.timeout)
+                             for peer in first["nodes"]]
         if args.json:
-            print(json.dumps(info, indent=2, sort_keys=True))
+            print(json.dumps({r["name"]: r for r in reports}, indent=2, sort_keys=True))
         else:
-            print(f"{info['name']}  (creation {info['creation']:#x})")
-            print(f"  peers       {', '.join(info['nodes']) or '-'}")
-            if info["hidden_nodes"]:
-                print(f"  hidden      {', '.join(info['hidden_nodes'])}")
-            print(f"  processes   {info['processes']}")
-            print(f"  registered  {', '.join(info['registered']) or '-'}")
-            print(f"  groups      {', '.join(info['groups']) or '-'}")
-            counters = {**info["metrics"], **{f"refused.{k}": v
-                                               for k, v in info["refused"].items()}}
-            print("  counters    " + (", ".join(f"{k}={v}" for k, v in sorted(counters.items()))
-                                      or "-"))
-        return 0
+            for i, info in enumerate(reports):
+                if i:
+                    print()
+                _print_report(info)
+        return 0 if all("error" not in r for r in reports) else 1
 
-    return await _with_probe(args.node, args.cookie, args.timeout, body)
+    return await _with_probe(args.node, cookie, body)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,14 +164,17 @@ def main(argv: list[str] | None = None) -> int:
                            ("status", "what a running node sees")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("node", help="the node's full name, name@host:port")
-        p.add_argument("--cookie", help="default: $FABRIC_COOKIE, then ~/.fabric.cookie")
+        p.add_argument("--cookie", help="default: $FABRIC_COOKIE, then ~/.fabric.cookie "
+                                        "(one of them is required)")
         p.add_argument("--timeout", type=float, default=5.0)
         if name == "status":
             p.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
     configure_logging("warning")  # stdout is for the answer
     try:
-        return asyncio.run(_ping(args) if args.command == "ping" else _status(args))
+        cookie = client_cookie(args.cookie)
+        return asyncio.run(_ping(args, cookie) if args.command == "ping"
+                           else _status(args, cookie))
     except FabricError as exc:
         print(f"fabric: {exc}", file=sys.stderr)
         return 2

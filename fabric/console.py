@@ -12,6 +12,15 @@ with ``node`` and ``fabric`` bound, where top-level ``await`` works::
 With ``--no-repl`` it runs headless until SIGTERM or SIGINT, then stops gracefully (peers
 see ``NodeDown(reason="shutdown")``) and exits 0.
 
+Code can run at start, so a node program needs no script of its own: ``--eval CODE`` runs
+Python (top-level ``await`` works, ``node`` is bound, names it defines stay visible in the
+REPL) and ``--run module:function`` calls ``function(node)`` (awaited if it is a
+coroutine function; the current directory is importable, as with ``python -m``). They run
+in the order given, after the node has started and before ``READY``; one that raises
+prints its traceback and stops the node with exit code 1::
+
+    $ fabric node --name kv@127.0.0.1:9100 --no-repl --run myapp.kv:start
+
 Theory of operation
 -------------------
 The node's event loop owns the main thread for the whole run: heartbeats must keep flowing
@@ -33,7 +42,9 @@ Output contract (for programs and tests driving a node; every line is flushed):
   Linux is one clock for every process of the machine.
 * ``--status-file PATH``: ``{"name", "pid", "nodes", "hidden_nodes", "running"}`` as JSON,
   rewritten atomically (write + rename) whenever membership changes.
-* stderr: structlog logs.
+* stderr: logs (:func:`fabric.logs.configure_logging`; ``--log-format json`` for
+  production). At a terminal, a log line or event printed while the REPL waits for input
+  is written above the prompt, and the prompt and the typed text are redrawn below it.
 
 The cookie comes from ``--cookie``, else ``FABRIC_COOKIE``, else ``~/.fabric.cookie``.
 Other ``NodeConfig`` fields can be set with ``FABRIC_<FIELD>`` environment variables.
@@ -47,23 +58,27 @@ import asyncio
 import code
 import concurrent.futures
 import contextlib
+import importlib
 import inspect
 import json
 import os
+import re
 import signal
 import sys
 import threading
 import time
+import traceback
 import types
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import fabric
 from fabric.errors import ConfigError, FabricError
-from fabric.logs import configure_logging
+from fabric.logs import TextSink, configure_logging
 from fabric.node import Node, NodeDown, NodeMonitor, NodeUp
 from fabric.process import Process
-from fabric.types import Pid, parse_node_name
+from fabric.types import NodeName, Pid, parse_node_name
 
 __all__ = ["main", "parse_args"]
 
@@ -111,12 +126,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-level", choices=sorted(_LOG_LEVELS),
                    help="stderr log level (default: info, or warning with the REPL)")
     p.add_argument("--log-format", choices=["console", "json"], default="console")
+    p.add_argument("--eval", dest="start", action="append", default=[], metavar="CODE",
+                   type=lambda code: ("eval", code),
+                   help="run Python at start (node bound, top-level await works)")
+    p.add_argument("--run", dest="start", action="append", metavar="MODULE:FUNCTION",
+                   type=lambda spec: ("run", spec),
+                   help="call (and await) FUNCTION(node) at start")
     args = p.parse_args(argv)
     try:
         parse_node_name(args.name)
         for peer in args.connect:
             if parse_node_name(peer).port is None:
                 raise ConfigError(f"--connect {peer!r}: a peer's name needs its port")
+        for kind, text in args.start:
+            if kind == "run" and not re.fullmatch(r"[\w.]+:\w+", text):
+                raise ConfigError(f"--run {text!r}: expected module:function")
     except ConfigError as exc:
         p.error(str(exc))
     return args
@@ -145,7 +169,7 @@ class Output:
     A reader that went away (closed pipe) must not crash the node: writes stop quietly.
     """
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(self, stream: TextSink) -> None:
         self._stream = stream
         self._broken = False
 
@@ -202,6 +226,43 @@ async def echo(proc: Process) -> None:
                 proc.node.log.warning("echo_failed", error=str(exc))
 
 
+class AbovePrompt:
+    """A text stream for a terminal shared with the REPL: a line written while the REPL
+    waits for input goes above the prompt, and the prompt and the typed text are redrawn
+    under it (instead of the line landing in the middle of what the user types).
+
+    Each write must be whole lines (``Output.line`` and logging handlers write a line per
+    call); writes come from the loop thread while the REPL thread sits in ``input()``.
+    """
+
+    ERASE_LINE = "\r\x1b[2K"  # carriage return, then erase the whole line
+
+    def __init__(self, stream: TextSink) -> None:
+        self._stream = stream
+        self.console: NodeConsole | None = None  # set once the REPL exists
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            prompt = None if self.console is None else self.console.waiting_prompt
+            if prompt is None:
+                return self._stream.write(text)
+            self._stream.write(self.ERASE_LINE + text + prompt + _typed_text())
+            return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+def _typed_text() -> str:
+    """What the user has typed on the current line so far (readline's buffer), if known."""
+    try:
+        import readline
+    except ImportError:
+        return ""
+    return readline.get_line_buffer()
+
+
 # -- the REPL -----------------------------------------------------------------------------
 
 
@@ -219,6 +280,14 @@ class NodeConsole(code.InteractiveConsole):
         self.loop = loop
         self._task: asyncio.Task[Any] | None = None  # the running statement (loop thread)
         self._interrupted = False
+        self.waiting_prompt: str | None = None  # the prompt shown while input() waits
+
+    def raw_input(self, prompt: str = "") -> str:
+        self.waiting_prompt = prompt
+        try:
+            return super().raw_input(prompt)
+        finally:
+            self.waiting_prompt = None
 
     def runcode(self, code: types.CodeType) -> None:
         done: concurrent.futures.Future[Any] = concurrent.futures.Future()
@@ -267,10 +336,37 @@ class NodeConsole(code.InteractiveConsole):
         return True
 
 
-def _start_repl(node: Node, loop: asyncio.AbstractEventLoop, stop: asyncio.Event,
-                exit_code: list[int]) -> NodeConsole:
-    namespace: dict[str, Any] = {"node": node, "fabric": fabric, "asyncio": asyncio,
-                                 "__name__": "__console__", "__builtins__": __builtins__}
+def _namespace(node: Node) -> dict[str, Any]:
+    """The globals of ``--eval`` code and of the REPL (one dict: names defined at start
+    stay visible at the prompt)."""
+    return {"node": node, "fabric": fabric, "asyncio": asyncio,
+            "__name__": "__console__", "__builtins__": __builtins__}
+
+
+async def run_start_code(steps: list[tuple[str, str]], namespace: dict[str, Any]) -> None:
+    """Run the ``--eval`` and ``--run`` steps in order (see the module docstring).
+
+    Raises:
+        Exception: whatever a step raised (the caller stops the node).
+    """
+    node = namespace["node"]
+    for kind, text in steps:
+        if kind == "eval":
+            compiled = compile(text, "<--eval>", "exec",
+                               flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+            result = types.FunctionType(compiled, namespace)()
+        else:
+            module_name, _, function_name = text.partition(":")
+            if "" not in sys.path and os.getcwd() not in sys.path:
+                sys.path.insert(0, os.getcwd())  # as ``python -m`` would
+            function = getattr(importlib.import_module(module_name), function_name)
+            result = function(node)
+        if inspect.isawaitable(result):
+            await result
+
+
+def _start_repl(node: Node, namespace: dict[str, Any], loop: asyncio.AbstractEventLoop,
+                stop: asyncio.Event, exit_code: list[int]) -> NodeConsole:
     console = NodeConsole(namespace, loop)
     if sys.stdin.isatty():
         try:
@@ -283,7 +379,7 @@ def _start_repl(node: Node, loop: asyncio.AbstractEventLoop, stop: asyncio.Event
             pass
     banner = (f"fabric node {node.name}\n"
               "`node` and `fabric` are bound; top-level await works, e.g. "
-              "await node.ping('n2@127.0.0.1:9101').\n"
+              f"await node.ping({_another_node(node)!r}).\n"
               "Ctrl-C cancels a statement; Ctrl-D or exit() stops the node.")
 
     def run() -> None:
@@ -297,6 +393,15 @@ def _start_repl(node: Node, loop: asyncio.AbstractEventLoop, stop: asyncio.Event
     # A daemon: a SIGTERM while the user types must not wait for the next line.
     threading.Thread(target=run, name="fabric-repl", daemon=True).start()
     return console
+
+
+def _another_node(node: Node) -> str:
+    """A name for the banner's example that is not this node: a peer's if there is one."""
+    peers = node.nodes()
+    if peers:
+        return peers[0]
+    me = parse_node_name(node.name)
+    return str(NodeName("other", me.host, (me.port or 9100) + 1))
 
 
 # -- main ---------------------------------------------------------------------------------
@@ -359,7 +464,8 @@ def _watch_stdin_eof(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> No
     threading.Thread(target=run, name="fabric-stdin-eof", daemon=True).start()
 
 
-async def run(args: argparse.Namespace, out: Output) -> int:
+async def run(args: argparse.Namespace, out: Output,
+              terminals: Sequence[AbovePrompt] = ()) -> int:
     """Run the node until asked to stop; returns the process exit code.
 
     Raises:
@@ -381,6 +487,12 @@ async def run(args: argparse.Namespace, out: Output) -> int:
         background.append(loop.create_task(_poll_status(status)))
     if args.spawn_echo:
         node.spawn(echo, name="echo")
+    namespace = _namespace(node)
+    try:
+        await run_start_code(args.start, namespace)
+    except Exception:
+        traceback.print_exc()
+        return await _shut_down(node, out, [monitor_task, *background], status, 1)
     out.line(f"READY {node.name}")
 
     console: NodeConsole | None = None
@@ -404,13 +516,23 @@ async def run(args: argparse.Namespace, out: Output) -> int:
         if args.stop_on_eof:
             _watch_stdin_eof(loop, stop)
     else:
-        console = _start_repl(node, loop, stop, exit_code)
+        console = _start_repl(node, namespace, loop, stop, exit_code)
+        for terminal in terminals:
+            terminal.console = console
 
     await stop.wait()
+    return await _shut_down(node, out, [monitor_task, *seeds, *background], status,
+                            exit_code[0])
+
+
+async def _shut_down(node: Node, out: Output, tasks: list[asyncio.Task[Any]],
+                     status: StatusFile | None, code: int) -> int:
+    """Stop the node and its helper tasks (``tasks[0]`` is the event monitor); ``code``."""
+    monitor_task, others = tasks[0], tasks[1:]
     out.event("stopping")
-    for task in seeds + background:
+    for task in others:
         task.cancel()
-    await asyncio.gather(*seeds, *background, return_exceptions=True)
+    await asyncio.gather(*others, return_exceptions=True)
     await node.stop()
     # The monitor ends when the node stops; its last events (our own view of the
     # sessions ending) are still worth printing.
@@ -418,17 +540,28 @@ async def run(args: argparse.Namespace, out: Output) -> int:
     if status is not None:
         status.update(running=False)
     out.event("stopped")
-    return exit_code[0]
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m nodes.node``; returns the exit code."""
     args = parse_args(argv)
+    # At a terminal that the REPL shares with our output, lines go above the prompt.
+    stdout: TextSink = sys.stdout
+    stderr: TextSink = sys.stderr
+    terminals: list[AbovePrompt] = []
+    if not args.no_repl and sys.stdin.isatty():
+        if sys.stdout.isatty():
+            stdout = AbovePrompt(sys.stdout)
+            terminals.append(stdout)
+        if sys.stderr.isatty():
+            stderr = AbovePrompt(sys.stderr)
+            terminals.append(stderr)
     configure_logging(args.log_level or ("info" if args.no_repl else "warning"),
-                      json=args.log_format == "json")
-    out = Output(sys.stdout)
+                      json=args.log_format == "json", stream=stderr)
+    out = Output(stdout)
     try:
-        code = asyncio.run(run(args, out))
+        code = asyncio.run(run(args, out, terminals))
     except ConfigError as exc:
         sys.stderr.write(f"nodes.node: {exc}\n")
         return 2

@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, TextIO
+from typing import Any, Protocol
 
 import structlog
 
-__all__ = ["configure_logging", "get_logger"]
+__all__ = ["TextSink", "configure_logging", "get_logger"]
 
 ROOT_LOGGER = "fabric"
 
@@ -45,6 +45,14 @@ _LIBRARY_CHAIN: list[structlog.typing.Processor] = [
     structlog.stdlib.add_log_level,
     structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
 ]
+
+
+class TextSink(Protocol):
+    """Where log lines can go: a text stream (``sys.stderr``, an open file, ...)."""
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
 
 
 def get_logger(name: str = ROOT_LOGGER, **context: Any) -> structlog.stdlib.BoundLogger:
@@ -65,7 +73,7 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def configure_logging(level: str = "info", *, json: bool = False,
-                      stream: TextIO | None = None) -> None:
+                      stream: TextSink | None = None) -> None:
     """Send log events at ``level`` and above to ``stream`` (default stderr).
 
     Installs one handler on the root logger (replacing the one a previous call installed),

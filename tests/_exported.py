@@ -164,3 +164,27 @@ def monitored_by(node: Node, pid: fabric.Pid) -> int:
     """How many monitors are registered on the local process ``pid`` (0 if gone)."""
     proc = node._procs.get(pid.id)
     return 0 if proc is None else len(proc.monitored_by)
+
+
+# -- start code for `fabric node --run` ------------------------------------------------------
+
+
+class KeyValue(fabric.GenServer):
+    """call ("put", k, v) / ("get", k): a node program's GenServer."""
+
+    async def init(self) -> None:
+        self.data: dict[Any, Any] = {}
+
+    async def handle_call(self, request: Any, from_: fabric.From) -> Any:
+        if request[0] == "put":
+            self.data[request[1]] = request[2]
+            return "ok"
+        return self.data.get(request[1])
+
+
+async def start_kv(node: Node) -> None:
+    """What ``fabric node --run _exported:start_kv`` runs: start "kv", join group "stores"
+    and take the global name "kv_primary"."""
+    pid = await KeyValue.start(node, name="kv")
+    node.pg.join("stores", pid)
+    assert await node.global_.register_name("kv_primary", pid) == "yes"

@@ -6,10 +6,12 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from fabric.testing.cluster import DEFAULT_COOKIE, NodeProcess, child_pythonpath
+from fabric.testing.cluster import DEFAULT_COOKIE, NodeProcess, child_pythonpath, wait_until
 
 
 def fabric_cli(*args: str, cookie: str = DEFAULT_COOKIE) -> subprocess.CompletedProcess[str]:
@@ -28,13 +30,57 @@ def test_ping_and_status() -> None:
         assert (bad.returncode, bad.stdout.strip()) == (1, "pang (bad_cookie)"), bad.stderr
         status = fabric_cli("status", node.name, "--json")
         assert status.returncode == 0, status.stderr
-        info = json.loads(status.stdout)
-        assert info["name"] == node.name
+        reports = json.loads(status.stdout)
+        assert list(reports) == [node.name]  # a lone node; the probe is not a member
+        info = reports[node.name]
         assert "echo" in info["registered"]
-        assert info["nodes"] == []  # the probe is hidden
-        assert len(info["hidden_nodes"]) == 1
+        assert info["nodes"] == []  # the probe is hidden...
+        assert info["hidden_nodes"] == []  # ...and not listed as a hidden peer either
         text = fabric_cli("status", node.name)
         assert text.returncode == 0 and "registered  echo" in text.stdout
+        assert "fabric-cli-" not in text.stdout
+
+
+@pytest.mark.io
+def test_status_shows_every_node_of_the_cluster() -> None:
+    with NodeProcess("st1", extra_args=["--run", "_exported:start_kv"]) as one:
+        one.wait_ready()
+        with NodeProcess("st2", connect=[one.name]) as two:
+            two.wait_ready()
+            wait_until(lambda: (two.status() or {}).get("nodes") == [one.name],
+                       timeout=10, message="st2 meshed with st1")
+
+            def synced() -> dict[str, Any] | None:
+                # st2 learns st1's global name by the sync that follows their nodeup.
+                status = fabric_cli("status", two.name, "--json")
+                assert status.returncode == 0, status.stderr
+                reports: dict[str, Any] = json.loads(status.stdout)
+                return reports if reports[two.name]["global_names"] else None
+
+            reports = wait_until(synced, timeout=20, message="st2 sees kv_primary")
+            assert sorted(reports) == sorted([one.name, two.name])
+            first, second = reports[one.name], reports[two.name]
+            assert (first["nodes"], second["nodes"]) == ([two.name], [one.name])
+            assert first["groups"] == ["stores"] and "kv" in first["registered"]
+            assert first["global_names"] == second["global_names"] == ["kv_primary"]
+            assert first["hidden_nodes"] == second["hidden_nodes"] == []
+            assert first["processes"] >= 1
+            text = fabric_cli("status", two.name).stdout
+            assert text.count("  peers ") == 2 and "global      kv_primary" in text
+
+
+@pytest.mark.io
+def test_a_client_without_any_cookie_fails_and_creates_none(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "FABRIC_COOKIE"}
+    env.update(HOME=str(tmp_path), PYTHONPATH=child_pythonpath())
+    for command in ("ping", "status"):
+        done = subprocess.run([sys.executable, "-m", "fabric.cli", command,
+                               "n@127.0.0.1:9"], env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 2, done
+        assert "no cookie" in done.stderr and "--cookie" in done.stderr
+        assert done.stdout == ""
+    assert not (tmp_path / ".fabric.cookie").exists()
 
 
 @pytest.mark.io
