@@ -25,8 +25,11 @@ class NodeConfig:
     """Tuning knobs of a node. Times are in seconds.
 
     Attributes:
-        port_range: ports tried, in order, when the node name has no port.
-        pub_port: the PUB (heartbeat and group topic) port; 0 picks a free one.
+        port_range: the node's ports come from this range (``lo``, ``hi``), like Erlang's
+            ``inet_dist_listen_min/max``: the ROUTER port, when the node name has none, is
+            the lowest free one; the PUB port, unless ``pub_port`` is set, the highest.
+        pub_port: the PUB (heartbeat and group topic) port; 0 takes one from
+            ``port_range``.
         bind_host: the address the sockets bind to (default: the name's host).
         hidden: a hidden node connects only where told and is not listed by peers.
         heartbeat_interval: how often the node publishes a heartbeat.

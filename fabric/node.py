@@ -209,7 +209,10 @@ class Node(Inputs, ProcessRuntime):
                 self.pub.bind(f"tcp://{h}:{cfg.pub_port}")
                 self.pub_port = cfg.pub_port
             else:
-                self.pub_port = self.pub.bind_to_random_port(f"tcp://{h}")
+                # From the range too (one firewall rule covers a node), taken from its top
+                # while ROUTER ports are taken from its bottom (and named ports are usually
+                # low ones), so the two rarely contend for a port.
+                self.pub_port = bind_in_range(self.pub, host, *cfg.port_range, from_top=True)
         except zmq.ZMQError as exc:
             self.ctx.destroy(linger=0)
             raise ConfigError(f"cannot bind {self._requested} on {host}: {exc}") from None

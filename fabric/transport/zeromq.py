@@ -74,15 +74,17 @@ def curve_client(sock: zmq.Socket[Any], server_secret: bytes, client_secret: byt
     sock.curve_secretkey = client_secret_z85
 
 
-def bind_in_range(sock: zmq.Socket[Any], host: str, lo: int, hi: int) -> int:
-    """Bind ``sock`` to the first free port in ``[lo, hi]``; returns it.
+def bind_in_range(sock: zmq.Socket[Any], host: str, lo: int, hi: int, *,
+                  from_top: bool = False) -> int:
+    """Bind ``sock`` to the first free port in ``[lo, hi]`` (the last with ``from_top``);
+    returns it.
 
     Raises:
         zmq.ZMQError: no port in the range is free.
     """
     last: zmq.ZMQError | None = None
     h = f"[{host}]" if ":" in host else host
-    for port in range(lo, hi + 1):
+    for port in (range(hi, lo - 1, -1) if from_top else range(lo, hi + 1)):
         try:
             sock.bind(f"tcp://{h}:{port}")
             return port
