@@ -1,4 +1,8 @@
-"""Test helpers shipped to users: simulators with a virtual clock and real-node fixtures."""
+"""Test helpers shipped to users: simulators with a virtual clock and real-node fixtures.
+
+The pytest fixtures built on them are in :mod:`fabric.testing.plugin` (loaded by pytest
+through fabric's ``pytest11`` entry point).
+"""
 
 from fabric.testing.cluster import (
     LocalCluster,
@@ -8,14 +12,18 @@ from fabric.testing.cluster import (
     child_pythonpath,
     free_port,
     free_ports,
+    heal,
     kill_leftovers,
+    partition,
     wait_until,
 )
 from fabric.testing.logcapture import capture_logs
+from fabric.testing.meshsim import MeshSim
 from fabric.testing.servicesim import ServiceSim
 
 __all__ = [
     "LocalCluster",
+    "MeshSim",
     "NodeProcess",
     "ProcessCluster",
     "ServiceSim",
@@ -24,6 +32,8 @@ __all__ = [
     "child_pythonpath",
     "free_port",
     "free_ports",
+    "heal",
     "kill_leftovers",
+    "partition",
     "wait_until",
 ]

@@ -41,12 +41,14 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from fabric.errors import ConfigError
 from fabric.node import Node
+from fabric.types import parse_node_name
 
 __all__ = [
     "child_pythonpath",
@@ -56,7 +58,9 @@ __all__ = [
     "async_wait_until",
     "free_port",
     "free_ports",
+    "heal",
     "kill_leftovers",
+    "partition",
     "wait_until",
 ]
 
@@ -622,3 +626,84 @@ class LocalCluster:
         """True when every node sees every other one."""
         names = {n.name for n in self.nodes}
         return all(set(n.nodes()) == names - {n.name} for n in self.nodes)
+
+
+# -- partitions of in-process nodes ------------------------------------------------------
+
+# node -> the peers it may not connect to while a partition() holds (see _refuse_across).
+_cut_off: weakref.WeakKeyDictionary[Node, set[str]] = weakref.WeakKeyDictionary()
+
+
+def _across(groups: Sequence[Sequence[Node]]) -> list[tuple[Node, Node]]:
+    return [(a, b) for i, left in enumerate(groups) for right in groups[i + 1:]
+            for a in left for b in right]
+
+
+def _refuse_across(node: Node) -> None:
+    """Make ``node.connect`` fail for the peers in ``_cut_off[node]``.
+
+    A call, rpc, ping or spawn to a node that is not connected connects first (as in
+    Erlang), so cutting sessions alone would not hold: this instance attribute shadows the
+    method until :func:`heal` removes it. Sessions the mesh opens by itself come only from
+    peers' lists on a new session, and no session crosses the cut.
+    """
+    connect = type(node).connect
+
+    async def guarded(peer: str, timeout: float | None = None) -> bool:
+        if str(parse_node_name(peer)) in _cut_off.get(node, ()):
+            return False
+        return await connect(node, peer, timeout)
+
+    setattr(node, "connect", guarded)  # noqa: B010 (mypy forbids assigning a method)
+
+
+async def partition(*groups: Sequence[Node], timeout: float = 10.0) -> None:
+    """Cut the network between ``groups`` of in-process nodes until :func:`heal`.
+
+    Every session between nodes of different groups ends (:meth:`Node.disconnect` on
+    both sides: they see ``NodeDown`` with reason ``disconnect`` at once), and a connect
+    across the cut fails (``connect`` returns False, a call raises ``NodeDownError``), so
+    nothing reconnects behind the test's back. Returns once no node sees one of another
+    group. To test detection by heartbeats (a frozen peer, a silent network), use
+    :class:`NodeProcess` ``freeze``, the simulators or the lab.
+
+    Raises:
+        AssertionError: a cross-group session still showed after ``timeout`` seconds.
+    """
+    pairs = _across(groups)
+    for a, b in pairs:
+        for node, peer in ((a, b), (b, a)):
+            if node not in _cut_off:
+                _cut_off[node] = set()
+                _refuse_across(node)
+            _cut_off[node].add(peer.name)
+    for a, b in pairs:
+        a.disconnect(b.name)
+        b.disconnect(a.name)
+    await async_wait_until(
+        lambda: not any(b.name in a.nodes() or a.name in b.nodes() for a, b in pairs),
+        timeout, message="the partition to hold")
+
+
+async def heal(*groups: Sequence[Node], timeout: float = 10.0) -> None:
+    """End a :func:`partition` between ``groups``: connect their nodes again and wait
+    until every node of every group sees every other one.
+
+    Raises:
+        AssertionError: the mesh was not complete after ``timeout`` seconds.
+    """
+    pairs = _across(groups)
+    for a, b in pairs:
+        for node, peer in ((a, b), (b, a)):
+            blocked = _cut_off.get(node)
+            if blocked is not None:
+                blocked.discard(peer.name)
+                if not blocked:
+                    del _cut_off[node]
+                    delattr(node, "connect")  # the class's method again
+    await asyncio.gather(*(a.connect(b.name) for a, b in pairs))
+    everyone = [n for group in groups for n in group]
+    names = {n.name for n in everyone}
+    await async_wait_until(
+        lambda: all(names - {n.name} <= set(n.nodes()) for n in everyone),
+        timeout, message="the healed mesh")
