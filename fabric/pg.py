@@ -1,6 +1,7 @@
 """Process groups on a node: the runtime half of :mod:`fabric.protocol.pg`.
 
-``node.pg`` (created on first use, on every node that uses groups) joins local processes
+``node.pg`` (created when the node starts, on every node, so that its view of the groups is
+complete whenever it is read) joins local processes
 to named groups and reads the cluster-wide membership with plain lookups. Membership is
 eventually consistent and lock-free: each node is the authority for its own members, and
 views converge after a partition heals (see the core's docstring for the algorithm).
