@@ -212,7 +212,9 @@ class NodeProcess:
             local user could read it); None leaves the child to its own default.
         connect: seeds (full node names).
         hidden: start a hidden node.
-        heartbeat_interval, heartbeat_timeout, max_frame: node options.
+        heartbeat_interval: the node's ``heartbeat_interval`` (None: its default).
+        heartbeat_timeout: the node's ``heartbeat_timeout`` (None: its default).
+        max_frame: the node's ``max_frame`` (None: its default).
         spawn_echo: register the ``"echo"`` process (see :mod:`fabric.console`).
         repl: run the REPL instead of ``--no-repl``; :meth:`send_line` types into it.
         extra_args: more command-line arguments.
