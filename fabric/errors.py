@@ -17,6 +17,7 @@ __all__ = [
     "NameConflictError",
     "NodeDownError",
     "NotExportedError",
+    "OutcomeUnknown",
     "ProcessDeadError",
     "ProtocolError",
     "ReceiveTimeout",
@@ -73,6 +74,13 @@ class CallTimeout(FabricError, TimeoutError):
 
 class ReceiveTimeout(FabricError, TimeoutError):
     """Raised by ``receive`` when no matching message came within the timeout."""
+
+
+class OutcomeUnknown(FabricError, TimeoutError):
+    """Raised when an operation that changes cluster state timed out after it was started:
+    it may still take effect later, or not (``global.register_name`` whose answer did not
+    come in time: check ``whereis_name``). A ``TimeoutError``, so existing handlers still
+    catch it."""
 
 
 class NameConflictError(FabricError):
