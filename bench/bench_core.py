@@ -12,7 +12,9 @@ ever slowed down by noise, never sped up), and each run repeats that.
   message, against raw ``msgpack.packb``/``unpackb`` of the same batch with pids and the
   tuple as plain arrays.  The ratio is the codec's overhead (tuples and pids are msgpack
   extension types decoded by a Python hook).  Also one message per frame, against the
-  raw baseline ``baselines.codec_raw`` (packb + unpackb of one message).
+  raw baseline ``baselines.codec_raw`` (packb + unpackb of one message).  And a wide
+  tuple, ``("ints", [0 .. WIDE-1])`` (large tuples are measured for the nesting bound),
+  per item, against raw msgpack of the same value as arrays.
 * receive path: decode one batch frame, dispatch it (``Node._dispatch``: process table
   lookup, ``Process.deliver``) and take every message with ``await proc.receive()``; per
   message.  Send path: ``node.send`` of the message to a remote pid plus the batch flush
@@ -106,6 +108,26 @@ def codec_figures(n_msgs: int) -> dict[str, float]:
         "raw_encode": best_us_per(lambda: packb(raw_batch), BATCH, loops),
         "raw_decode": best_us_per(lambda: unpackb(raw_frame), BATCH, loops),
         "fabric_single": best_us_per(lambda: (enc(MESSAGE), dec(single)), 1, n_msgs // 4),
+        **wide_tuple_figures(codec, n_msgs),
+    }
+
+
+WIDE = 10_000
+
+
+def wide_tuple_figures(codec: Codec, n_items: int) -> dict[str, float]:
+    """µs per item: encode and decode of one tuple holding a list of WIDE ints."""
+    loops = max(1, n_items // WIDE)
+    wide = ("ints", list(range(WIDE)))
+    raw = ["ints", list(range(WIDE))]
+    frame, raw_frame = codec.encode(wide), msgpack.packb(raw)
+    if codec.decode(frame) != wide:
+        raise h.BenchError("codec round trip changed the wide tuple")
+    return {
+        "wide_encode": best_us_per(lambda: codec.encode(wide), WIDE, loops),
+        "wide_decode": best_us_per(lambda: codec.decode(frame), WIDE, loops),
+        "wide_raw_encode": best_us_per(lambda: msgpack.packb(raw), WIDE, loops),
+        "wide_raw_decode": best_us_per(lambda: msgpack.unpackb(raw_frame), WIDE, loops),
     }
 
 
@@ -389,6 +411,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                baseline="codec raw msgpack", note=batch_note + "; tuple and pids as ext types")
     report.add("codec fabric", "decode", "us/msg", col("codec", "fabric_decode"),
                baseline="codec raw msgpack", note=batch_note)
+    wide_note = f"one tuple of a list of {WIDE} ints, per item"
+    report.add("codec raw wide", "encode", "us/item", col("codec", "wide_raw_encode"),
+               note=wide_note + "; as arrays")
+    report.add("codec raw wide", "decode", "us/item", col("codec", "wide_raw_decode"),
+               note=wide_note)
+    report.add("codec fabric wide", "encode", "us/item", col("codec", "wide_encode"),
+               baseline="codec raw wide", note=wide_note + "; measured for the nesting bound")
+    report.add("codec fabric wide", "decode", "us/item", col("codec", "wide_decode"),
+               baseline="codec raw wide", note=wide_note)
     report.add("codec raw", "pack+unpack", "us/msg", [float(v) for v in got["codec_raw"]],
                note="baselines.codec_raw: one message per packb/unpackb")
     report.add("codec fabric single", "pack+unpack", "us/msg", col("codec", "fabric_single"),

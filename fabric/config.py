@@ -37,8 +37,16 @@ class NodeConfig:
             (``heartbeat_timeout``). Like Erlang's net_ticktime, lower detects faster
             and risks false downs on a starved machine.
         handshake_timeout: how long a connection attempt may take.
-        reconnect_window: how long to keep retrying a peer lost abnormally.
-        reconnect_max_backoff: the longest pause between two reconnect attempts.
+        reconnect_window: for this long after a peer is lost abnormally, reconnect
+            attempts pause at most ``reconnect_max_backoff``; 0 turns automatic
+            reconnects off. Retries do not stop when it ends (see below).
+        reconnect_max_backoff: the longest pause between two reconnect attempts during
+            ``reconnect_window``.
+        reconnect_idle_backoff: the longest pause between two reconnect attempts after
+            ``reconnect_window``: a partition of any length heals to a full mesh within
+            about this plus a handshake of the network healing.
+        reconnect_give_up: forget a lost peer after this long without a session; 0 (the
+            default) retries until ``disconnect`` or a refusal that would repeat.
         max_frame: the largest frame accepted from the network, bytes.
         outbound_limit: messages queued for one peer before sends are refused (or
             ``send_wait`` suspends): Erlang's dist buffer busy limit.
@@ -57,6 +65,8 @@ class NodeConfig:
     handshake_timeout: float = 3.0
     reconnect_window: float = 60.0
     reconnect_max_backoff: float = 1.0
+    reconnect_idle_backoff: float = 5.0
+    reconnect_give_up: float = 0.0
     max_frame: int = 64 * 1024 * 1024
     outbound_limit: int = 100_000
     sndhwm: int = 10_000
@@ -83,13 +93,14 @@ class NodeConfig:
         if not 0 <= self.pub_port < 65536:
             raise ConfigError(f"pub_port {self.pub_port} out of range")
         for name in ("heartbeat_interval", "heartbeat_timeout", "handshake_timeout",
-                     "drain_timeout", "reconnect_max_backoff"):
+                     "drain_timeout", "reconnect_max_backoff", "reconnect_idle_backoff"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
         if self.heartbeat_timeout < 2 * self.heartbeat_interval:
             raise ConfigError("heartbeat_timeout must be at least twice heartbeat_interval")
-        if self.reconnect_window < 0:
-            raise ConfigError("reconnect_window must be >= 0")
+        for name in ("reconnect_window", "reconnect_give_up"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0")
         for name in ("max_frame", "outbound_limit", "sndhwm", "rcvhwm"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")

@@ -18,6 +18,7 @@ __all__ = [
     "NameConflictError",
     "NodeDownError",
     "NotExportedError",
+    "OutcomeUnknown",
     "ProcessDeadError",
     "ProtocolError",
     "ReceiveTimeout",
@@ -88,6 +89,13 @@ class ReceiveTimeout(FabricTimeout):
 
 class SpawnTimeout(FabricTimeout):
     """Raised by ``spawn_on`` when the node is up but did not answer within the timeout."""
+
+
+class OutcomeUnknown(FabricTimeout):
+    """Raised when an operation that changes cluster state timed out after it was started:
+    it may still take effect later, or not (``global.register_name`` whose answer did not
+    come in time: check ``whereis_name``). A ``FabricTimeout`` (so a builtin
+    ``TimeoutError``): existing handlers still catch it."""
 
 
 class NameConflictError(FabricError):

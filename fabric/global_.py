@@ -10,6 +10,11 @@ lookups everywhere::
     node.global_.send("scheduler", message)
     await node.global_.call("scheduler", request)          # GenServer call by global name
 
+A registration (or unregistration) whose answer does not come within ``timeout`` raises
+:class:`~fabric.errors.OutcomeUnknown` (a ``TimeoutError``): the request stays in flight,
+so the name may still be registered later (when the silent peer answers or is declared
+down), or not. Read ``whereis_name`` to learn what happened; unregister if unwanted.
+
 A name disappears everywhere when its process exits or its node goes down. After a
 partition heals, two owners of a name are resolved by the resolver (default: the earlier
 registration wins); the loser receives ``("global_name_conflict", name, winner)`` and is
@@ -30,7 +35,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from fabric.errors import LocalProtocolError, ProcessDeadError
+from fabric.errors import LocalProtocolError, OutcomeUnknown, ProcessDeadError
 from fabric.protocol.global_ import ExitProcess
 from fabric.protocol.global_resolve import BUILTIN_RESOLVERS
 from fabric.protocol.leader import LeaderCore
@@ -62,24 +67,37 @@ class Global:
         Args:
             method: the conflict resolver for this name after a heal: ``"earliest"``
                 (default), ``"random_exit"``, ``"random_notify"``, ``"notify_all"``.
+
+        Raises:
+            OutcomeUnknown: no answer within ``timeout``; the registration may still take
+                effect later (see the module docstring).
         """
         self._check(pid)
         answer: str = await self._request(lambda token, now: self.core.register_name(
-            name, pid, token, now, method=_method(method)), timeout)
+            name, pid, token, now, method=_method(method)), timeout, f"register_name({name!r})")
         return answer
 
     async def re_register_name(self, name: Any, pid: Pid, *, method: str | None = None,
                                timeout: float | None = 30.0) -> str:
-        """Register ``pid`` under ``name``, replacing any current owner (no notification)."""
+        """Register ``pid`` under ``name``, replacing any current owner (no notification).
+
+        Raises:
+            OutcomeUnknown: as :meth:`register_name`.
+        """
         self._check(pid)
         answer: str = await self._request(lambda token, now: self.core.re_register_name(
-            name, pid, token, now, method=_method(method)), timeout)
+            name, pid, token, now, method=_method(method)), timeout,
+            f"re_register_name({name!r})")
         return answer
 
     async def unregister_name(self, name: Any, timeout: float | None = 30.0) -> None:
-        """Remove ``name`` everywhere (whoever owns it)."""
+        """Remove ``name`` everywhere (whoever owns it).
+
+        Raises:
+            OutcomeUnknown: no answer within ``timeout``; the name may still go later.
+        """
         await self._request(lambda token, now: self.core.unregister_name(name, token, now),
-                            timeout)
+                            timeout, f"unregister_name({name!r})")
 
     def whereis_name(self, name: Any) -> Pid | None:
         """The owner of ``name`` as this node sees it (no round trip)."""
@@ -164,13 +182,18 @@ class Global:
                 "own node)")
 
     async def _request(self, start: Callable[[Any, float], list[Any]],
-                       timeout: float | None) -> Any:
+                       timeout: float | None, what: str | None = None) -> Any:
+        """Start a request and wait for its answer. ``what``: a name operation, whose
+        timeout is reported as :class:`OutcomeUnknown` (it stays in flight)."""
         from fabric.timeouts import wait_for
 
         token = self.node.make_ref()
         fut = self.node.expect(token)
         self.node._exec_service("global", start(token, self.node.loop.time()))
-        return await wait_for(fut, timeout, "global request")
+        if what is None:
+            return await wait_for(fut, timeout, "global request")
+        return await wait_for(fut, timeout, f"{what} got no answer: the outcome is unknown, "
+                              "it may still take effect (check whereis_name)", OutcomeUnknown)
 
     def _exit_process(self, service: str, effect: ExitProcess) -> None:
         self.node.exit(effect.pid, effect.reason)

@@ -226,6 +226,8 @@ class Node(Inputs, ProcessRuntime):
             heartbeat_timeout=cfg.heartbeat_timeout, handshake_timeout=cfg.handshake_timeout,
             reconnect_window=cfg.reconnect_window,
             reconnect_max_backoff=cfg.reconnect_max_backoff,
+            reconnect_idle_backoff=cfg.reconnect_idle_backoff,
+            reconnect_give_up=cfg.reconnect_give_up,
         )
         # Services every node runs, so that views are complete wherever they are read.
         self.pg = Groups(self)
@@ -300,6 +302,17 @@ class Node(Inputs, ProcessRuntime):
         if not ok:
             self._last_connect_error[peer] = reason
         return ok
+
+    def learn(self, peer: str) -> None:
+        """Reach ``peer`` in the background, retrying until it answers: the entry point
+        for discovery (a name from DNS, a seed list...). Unlike :meth:`connect`, nothing
+        waits, and a failed attempt is retried with the reconnect backoff.
+
+        Raises:
+            ConfigError: ``peer`` is not a valid full node name.
+        """
+        self._require_started()
+        self._exec(self.mesh.learn(peer, self.loop.time()))
 
     def last_connect_error(self, peer: str) -> str | None:
         """Why the last failed :meth:`connect` to ``peer`` failed."""

@@ -194,6 +194,8 @@ def test_defaults_are_valid_and_frozen() -> None:
     ({"reconnect_max_backoff": 0}, "reconnect_max_backoff"),
     ({"heartbeat_interval": 0.6, "heartbeat_timeout": 1.0}, "twice"),
     ({"reconnect_window": -1}, "reconnect_window"),
+    ({"reconnect_idle_backoff": 0}, "reconnect_idle_backoff"),
+    ({"reconnect_give_up": -1}, "reconnect_give_up"),
     ({"max_frame": 0}, "max_frame"),
     ({"outbound_limit": 0}, "outbound_limit"),
     ({"sndhwm": 0}, "sndhwm"),
@@ -211,7 +213,8 @@ def test_boundary_values_are_accepted() -> None:
 
 @pytest.mark.parametrize("field", ["heartbeat_interval", "heartbeat_timeout",
                                    "handshake_timeout", "drain_timeout", "reconnect_window",
-                                   "reconnect_max_backoff"])
+                                   "reconnect_max_backoff", "reconnect_idle_backoff",
+                                   "reconnect_give_up"])
 def test_nan_is_rejected(field: str) -> None:
     with pytest.raises(ConfigError):
         NodeConfig(**{field: float("nan")})
@@ -235,6 +238,8 @@ def test_from_env_reads_every_kind_of_field() -> None:
         "FABRIC_HANDSHAKE_TIMEOUT": "4.5",
         "FABRIC_RECONNECT_WINDOW": "0",
         "FABRIC_RECONNECT_MAX_BACKOFF": "0.5",
+        "FABRIC_RECONNECT_IDLE_BACKOFF": "7",
+        "FABRIC_RECONNECT_GIVE_UP": "600",
         "FABRIC_MAX_FRAME": "1024",
         "FABRIC_OUTBOUND_LIMIT": "10",
         "FABRIC_SNDHWM": "11",
@@ -246,7 +251,8 @@ def test_from_env_reads_every_kind_of_field() -> None:
     assert cfg == NodeConfig(
         port_range=(9000, 9010), pub_port=9500, bind_host="0.0.0.0", hidden=True,
         heartbeat_interval=0.25, heartbeat_timeout=2.0, handshake_timeout=4.5,
-        reconnect_window=0.0, reconnect_max_backoff=0.5, max_frame=1024, outbound_limit=10,
+        reconnect_window=0.0, reconnect_max_backoff=0.5, reconnect_idle_backoff=7.0,
+        reconnect_give_up=600.0, max_frame=1024, outbound_limit=10,
         sndhwm=11, rcvhwm=12, drain_timeout=3.0,
         allow_remote_spawn=frozenset({"app.a:f", "app.b:g"}))
     assert type(cfg.heartbeat_timeout) is float and type(cfg.max_frame) is int
@@ -258,7 +264,8 @@ def test_every_field_has_an_env_variable() -> None:
     names = {f.name for f in dataclasses.fields(NodeConfig)}
     tested = {"port_range", "pub_port", "bind_host", "hidden", "heartbeat_interval",
               "heartbeat_timeout", "handshake_timeout", "reconnect_window",
-              "reconnect_max_backoff", "max_frame", "outbound_limit", "sndhwm", "rcvhwm",
+              "reconnect_max_backoff", "reconnect_idle_backoff", "reconnect_give_up",
+              "max_frame", "outbound_limit", "sndhwm", "rcvhwm",
               "drain_timeout", "allow_remote_spawn"}
     assert names == tested
 

@@ -12,11 +12,22 @@ Anything else that msgpack cannot represent natively (sets, objects, functions) 
 at encode time with :class:`~fabric.errors.LocalProtocolError`: fabric never pickles.
 Decoding is bounded: the frame size, string/bytes lengths, container lengths and nesting
 are capped, and every failure becomes :class:`~fabric.errors.RemoteProtocolError`.
+
+Nesting has three bounds whose sum bounds a term's total depth. Lists and maps outside any
+tuple nest at most 1024 levels (msgpack's decoder stack); tuples nest at most 64 levels;
+and a tuple with everything inside it (lists, maps, tuples) spans at most 256 levels. A
+term is thus at most 1024 + 256 levels deep, where alternating tuples and arrays used to
+reach 64 x 1024. The tuple bound costs nothing on the common path: a tuple whose body is
+shorter than 256 bytes cannot be deeper (every level takes at least one byte), so only
+larger tuples are measured, each once (the depths of the tuples inside it are remembered
+for the rest of the frame), and the measure skips scalars in C. The encoder applies the
+same bounds, so a value it accepts is one every peer decodes.
 """
 
 from __future__ import annotations
 
 import struct
+from itertools import chain, compress
 from typing import Any, Final
 
 import msgpack
@@ -24,7 +35,8 @@ import msgpack
 from fabric.errors import LocalProtocolError, RemoteProtocolError
 from fabric.types import Pid, Ref
 
-__all__ = ["EXT_PID", "EXT_REF", "EXT_TUPLE", "Codec", "DEFAULT_MAX_FRAME"]
+__all__ = ["EXT_PID", "EXT_REF", "EXT_TUPLE", "MAX_TUPLE_NESTING", "Codec",
+           "DEFAULT_MAX_FRAME"]
 
 EXT_TUPLE: Final = 1
 EXT_PID: Final = 2
@@ -34,6 +46,9 @@ DEFAULT_MAX_FRAME: Final = 64 * 1024 * 1024
 _ID_LAYOUT: Final = struct.Struct(">IQ")
 _ID_SIZE: Final = _ID_LAYOUT.size
 _MAX_DEPTH: Final = 64
+# Levels a tuple may span with everything inside it; see the module docstring.
+MAX_TUPLE_NESTING: Final = 256
+_CONTAINER_TYPES: Final = frozenset({list, tuple, dict})
 # Pids recur (the same sender, the same reply-to): memoise their wire form both ways.
 _CACHE_SIZE: Final = 4096
 
@@ -65,6 +80,8 @@ class Codec:
             max_ext_len=max_frame,
         )
         self._decode_depth = 0
+        # id -> depth of the large tuples measured in the frame being decoded
+        self._tuple_depths: dict[int, int] = {}
         self._ext_cache: dict[Any, msgpack.ExtType] = {}
         self._id_cache: dict[bytes, Pid] = {}
 
@@ -100,6 +117,8 @@ class Codec:
                 body = self._inner[depth].pack(list(obj))
             finally:
                 self._depth = depth
+            if len(body) >= MAX_TUPLE_NESTING and _nesting(obj, MAX_TUPLE_NESTING, {}) is None:
+                raise ValueError(f"a tuple spans more than {MAX_TUPLE_NESTING} levels")
             # ExtType's own constructor validates in Python; the fields are known good.
             return tuple.__new__(msgpack.ExtType, (EXT_TUPLE, body))
         if t is Pid:
@@ -139,6 +158,8 @@ class Codec:
             raise RemoteProtocolError(f"undecodable frame: {type(exc).__name__}: {exc}") from None
         finally:
             self._decode_depth = 0
+            if self._tuple_depths:
+                self._tuple_depths.clear()
         # msgpack decodes ext type -1 (timestamp) itself, without asking _ext_hook. Its
         # three encodings are rare byte pairs: only a frame holding one is walked.
         if (b"\xd6\xff" in frame or b"\xd7\xff" in frame or b"\xc7\x0c\xff" in frame) \
@@ -160,7 +181,14 @@ class Codec:
                 self._decode_depth -= 1
             if type(items) is not list:
                 raise RemoteProtocolError("tuple extension does not hold an array")
-            return tuple(items)
+            value = tuple(items)
+            if len(data) >= MAX_TUPLE_NESTING:  # shorter bodies cannot nest that deep
+                depth = _nesting(value, MAX_TUPLE_NESTING, self._tuple_depths)
+                if depth is None:
+                    raise RemoteProtocolError(
+                        f"a tuple spans more than {MAX_TUPLE_NESTING} levels")
+                self._tuple_depths[id(value)] = depth
+            return value
         if code == EXT_PID:
             pid = self._id_cache.get(data)
             if pid is None:
@@ -183,6 +211,47 @@ def _id_from(cls: type[Pid] | type[Ref], data: bytes) -> Any:
     creation, ident = _ID_LAYOUT.unpack_from(data)
     # tuple.__new__ skips the Python-level constructor: this runs per decoded pid.
     return tuple.__new__(cls, (data[_ID_SIZE:].decode(), ident, creation))
+
+
+def _nesting(value: Any, limit: int, known: dict[int, int]) -> int | None:
+    """How many levels ``value`` spans (a scalar 0, ``[1]`` 1, ``([1],)`` 2), or None when
+    more than ``limit``. ``known``: id -> depth of tuples already measured, not walked again
+    (they are alive inside ``value``, so their ids cannot be reused meanwhile).
+
+    Level by level, filtering each level's children in C: a list of a million ints costs
+    two passes of ``map``, not a million bytecode steps.
+    """
+    level = [value] if type(value) in _CONTAINER_TYPES else []
+    depth = deepest = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return None
+        if known and depth > 1:
+            unknown = []
+            for item in level:
+                measured = known.get(id(item))
+                if measured is None:
+                    unknown.append(item)
+                elif depth - 1 + measured > limit:
+                    return None
+                else:
+                    deepest = max(deepest, depth - 1 + measured)
+            level = unknown
+            if not level:
+                break
+        deepest = max(deepest, depth)
+        if len(level) == 1 and type(level[0]) is not dict:
+            children = level[0]
+        else:
+            children = list(chain.from_iterable(level))  # a dict gives its keys
+            if dict in map(type, level):
+                children += chain.from_iterable(x.values() for x in level if type(x) is dict)
+        if _CONTAINER_TYPES.isdisjoint(set(map(type, children))):
+            break  # only scalars below: the usual end, in one C pass
+        level = list(compress(children,
+                              map(_CONTAINER_TYPES.__contains__, map(type, children))))
+    return deepest
 
 
 def _holds_timestamp(value: Any) -> bool:

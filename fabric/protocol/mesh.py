@@ -14,10 +14,26 @@ started by the node with the smaller name wins and the other side yields (``simu
 so one session results.
 
 When a session comes up, both sides (unless either is hidden) send their list of visible
-peers and connect to the ones they do not know: the mesh closes transitively. A peer lost
-abnormally (``heartbeat_timeout``, ``connection_closed``) is retried with exponential
-backoff for ``reconnect_window`` seconds on fresh sockets, so a healed partition comes back
-within a second instead of waiting out TCP retransmission backoff on the old sockets.
+peers and connect to the ones they do not know: the mesh closes transitively. Names learned
+that way, or from discovery through :meth:`MeshCore.learn`, are *automatic* attempts.
+
+Names are unique per base name ``name@host`` (``_bases``): an attempt or session holds its
+base, and a second node with the same base but another port is refused ``name_in_use``,
+whether it dials us (HELLO, checked again at ANSWER) or we would dial it (``connect``,
+``learn``, a retry), so a merge of two clusters that both hold a ``p@h`` keeps each node's
+first holder and never lists two.
+
+A peer lost abnormally (``heartbeat_timeout``, ``connection_closed``), or an automatic
+attempt that failed, is retried on fresh sockets, so a healed partition does not wait out
+TCP retransmission backoff on the old sockets. Retries never stop on their own (unless
+``reconnect_give_up`` is set): during ``reconnect_window`` after the loss the pause between
+attempts doubles from 50 ms up to ``reconnect_max_backoff``, afterwards up to
+``reconnect_idle_backoff``, each pause drawn in [b/2, b] from the injected entropy so that
+a whole island does not retry in step. A partition of any length therefore heals within one
+capped pause (plus a handshake) of the network healing, and the peer lists that cross the
+first restored session complete the mesh. A peer is forgotten only by :meth:`disconnect`,
+a refusal that another attempt would meet again (``FORGET_REFUSALS``), its base name
+being taken by another node, or ``reconnect_give_up``.
 
 When this node tears a session down it also sends ``REFUSE not_connected`` to the peer's
 channel, so a peer that was frozen learns on waking that it was dropped. A data batch
@@ -81,6 +97,14 @@ RETRY_REASONS: Final = frozenset({"heartbeat_timeout", "connection_closed"})
 # Refusals that another attempt would meet again: never retried automatically.
 FINAL_REFUSALS: Final = frozenset({"bad_cookie", "name_in_use", "version", "wrong_node",
                                    "bad_name", "stopping"})
+# Refusals after which a peer we keep retrying is forgotten: the node there is not (or no
+# longer) one we may have a session with. A stopping node may come back: keep trying it.
+FORGET_REFUSALS: Final = FINAL_REFUSALS - {"stopping"}
+# The first pause before a retry; it doubles per attempt up to the configured cap.
+FIRST_BACKOFF: Final = 0.05
+# A retry gives up sooner than a user's connect: a heal should be noticed by the next
+# fresh attempt, not wait out a stale one.
+RETRY_HANDSHAKE_TIMEOUT: Final = 1.0
 # Cap on handshakes we accept concurrently: unauthenticated state must stay bounded.
 MAX_PENDING_ACCEPTS: Final = 256
 # Refusal reasons we count by name; anything else a stranger sends counts as "other".
@@ -110,9 +134,9 @@ class _Peer:
 
 @dataclass
 class _Retry:
-    next_at: float
-    backoff: float
-    until: float
+    next_at: float  # when the next attempt starts
+    backoff: float  # the current cap of the pause, doubling per attempt
+    lost_at: float  # when the peer was lost (or first failed): picks the phase
 
 
 @dataclass
@@ -134,6 +158,11 @@ class MeshCore:
         pub_port: this node's PUB port, announced in the handshake.
         entropy: ``entropy(n) -> n random bytes`` (``os.urandom`` in production, a seeded
             source in the simulator).
+        reconnect_window: for this long after a loss, retries pause at most
+            ``reconnect_max_backoff``; 0 turns automatic reconnects off.
+        reconnect_idle_backoff: the longest pause between retries after the window.
+        reconnect_give_up: forget a lost peer after this long without a session
+            (0: never).
     """
 
     def __init__(
@@ -150,6 +179,8 @@ class MeshCore:
         handshake_timeout: float = 3.0,
         reconnect_window: float = 60.0,
         reconnect_max_backoff: float = 1.0,
+        reconnect_idle_backoff: float = 5.0,
+        reconnect_give_up: float = 0.0,
     ) -> None:
         self.name = name
         self.parsed: NodeName = parse_node_name(name)
@@ -161,6 +192,8 @@ class MeshCore:
         self.handshake_timeout = handshake_timeout
         self.reconnect_window = reconnect_window
         self.reconnect_max_backoff = reconnect_max_backoff
+        self.reconnect_idle_backoff = reconnect_idle_backoff
+        self.reconnect_give_up = reconnect_give_up
         self.detector = FailureDetector(heartbeat_interval, heartbeat_timeout)
         # full name -> session state of every peer we are connecting to or connected with
         self.peers: dict[str, _Peer] = {}
@@ -200,6 +233,19 @@ class MeshCore:
             return p.state != UP
         return any(a.name == peer for a in self._accepts.values())
 
+    def reconnecting(self) -> dict[str, float]:
+        """Peers we keep trying to reach, each with the time of its next attempt."""
+        return {name: r.next_at for name, r in self._retry.items()}
+
+    def name_holder(self, peer: str) -> str | None:
+        """The full name holding ``peer``'s base name here (an attempt, a session or this
+        node), or None when it is free. ``peer`` may be connected to only when this is
+        None or ``peer`` itself."""
+        parsed = parse_node_name(peer)
+        if parsed.base == self.parsed.base:
+            return self.name
+        return self._bases.get(parsed.base)
+
     def all_acked(self) -> bool:
         """During a graceful stop: every peer acknowledged our goodbye."""
         return all(p.goodbye_acked for p in self.peers.values() if p.state == UP)
@@ -221,11 +267,34 @@ class MeshCore:
         existing = self.peers.get(peer)
         if existing is not None:
             return [ConnectDone(peer, True, "already_connected")] if existing.state == UP else []
+        holder = self.name_holder(peer)
+        if holder is not None:
+            return self._refuse_here(peer, holder, now)
         if any(a.name == peer for a in self._accepts.values()):
             return []  # the peer is connecting to us: its session answers this connect
         if self.stopping:
             return [ConnectDone(peer, False, "stopping")]
         return self._initiate(peer, parsed, now)
+
+    def learn(self, peer: str, now: float) -> list[Any]:
+        """A node's name learned other than from a user: a peer list, or discovery.
+
+        Connects unless ``peer`` is this node or already known, as an automatic attempt:
+        if it fails (``timeout``, ``connection_refused``...) it is retried like a lost
+        peer, forever unless ``reconnect_give_up`` is set. Refusals and name conflicts
+        (``name_in_use``) end it as they end :meth:`connect`. Discovery feeds names here
+        (through ``Node.learn``).
+
+        Raises:
+            ConfigError: ``peer`` is not a full node name with a port.
+        """
+        if peer == self.name or peer in self.peers:
+            return []
+        effects = self.connect(peer, now)
+        attempt = self.peers.get(str(parse_node_name(peer)))
+        if attempt is not None and attempt.state != UP:
+            attempt.auto = True
+        return effects
 
     def disconnect(self, peer: str, now: float) -> list[Any]:
         """Tear down the session with ``peer`` (reason ``disconnect``); no retry."""
@@ -337,15 +406,13 @@ class MeshCore:
                 return []
             effects: list[Any] = []
             for name in names[:4096]:
-                if type(name) is str and name != self.name and name not in self.peers:
-                    try:
-                        effects += self.connect(name, now)
-                    except ConfigError:
-                        self.stats.bad_frames += 1
-                        continue
-                    attempt = self.peers.get(name)
-                    if attempt is not None:
-                        attempt.auto = True
+                if type(name) is not str:
+                    self.stats.bad_frames += 1
+                    continue
+                try:
+                    effects += self.learn(name, now)
+                except ConfigError:
+                    self.stats.bad_frames += 1
             return effects
         if kind == K_GOODBYE:
             effects = [Control(peer, [K_GOODBYE_ACK])]
@@ -401,18 +468,33 @@ class MeshCore:
                 del self._accepts[identity]
         if not self.stopping:
             for name, retry in list(self._retry.items()):
-                if name in self.peers:
-                    continue
-                if now > retry.until:
-                    del self._retry[name]
-                elif now >= retry.next_at:
-                    retry.backoff = min(retry.backoff * 2, self.reconnect_max_backoff)
-                    retry.next_at = now + retry.backoff
-                    # A retry gives up sooner than a user's connect: a heal should be
-                    # noticed by the next fresh attempt, not wait out a stale one.
-                    effects += self._initiate(name, parse_node_name(name), now,
-                                              min(self.handshake_timeout, 1.0))
-                    self.peers[name].auto = True
+                if name not in self.peers and now >= retry.next_at:
+                    effects += self._retry_now(name, retry, now)
+        return effects
+
+    def _retry_now(self, name: str, retry: _Retry, now: float) -> list[Any]:
+        """Start the next attempt to reach a peer we keep retrying, or forget it."""
+        if self.reconnect_give_up and now - retry.lost_at >= self.reconnect_give_up:
+            del self._retry[name]
+            return self._log(now, "warning", "reconnect_given_up", peer=name,
+                             after=round(now - retry.lost_at, 3))
+        holder = self.name_holder(name)
+        if holder is not None:
+            # Another node took its base name meanwhile: this one may not come back.
+            del self._retry[name]
+            self._count_refusal("name_in_use")
+            return self._log(now, "warning", "reconnect_abandoned", peer=name,
+                             reason="name_in_use", holder=holder)
+        cap = (self.reconnect_max_backoff if now - retry.lost_at < self.reconnect_window
+               else self.reconnect_idle_backoff)
+        retry.backoff = min(retry.backoff * 2, cap)
+        # Jitter in [b/2, b]: the nodes of one island, which lost the other at the same
+        # moment, spread their attempts instead of all retrying in step.
+        fraction = int.from_bytes(self._entropy(2), "big") / 0xFFFF
+        retry.next_at = now + retry.backoff * (0.5 + 0.5 * fraction)
+        effects = self._initiate(name, parse_node_name(name), now,
+                                 min(self.handshake_timeout, RETRY_HANDSHAKE_TIMEOUT))
+        self.peers[name].auto = True
         return effects
 
     # -- handshake steps ------------------------------------------------------------------
@@ -428,6 +510,15 @@ class MeshCore:
         hello = hs.Hello(hs.PROTOCOL_VERSION, self.name, self.creation,
                          hs.FLAG_HIDDEN if self.hidden else 0, self._pub_port, p.my_challenge)
         return [OpenChannel(peer, parsed.endpoint(), identity), ChannelSend(peer, hello.frame())]
+
+    def _refuse_here(self, peer: str, holder: str, now: float) -> list[Any]:
+        """We will not dial ``peer``: ``holder`` has its base name (the rule the accepting
+        side applies to a HELLO, applied before dialling)."""
+        self._count_refusal("name_in_use")
+        self._retry.pop(peer, None)
+        return [ConnectDone(peer, False, "name_in_use"),
+                *self._log(now, "warning", "connect_refused_here", peer=peer,
+                           reason="name_in_use", holder=holder)]
 
     def _refuse(self, identity: bytes, reason: str, now: float,
                 detail: str = "") -> list[Any]:
@@ -447,9 +538,9 @@ class MeshCore:
         except ConfigError:
             return self._refuse(identity, "bad_name", now)
         name = str(parsed)
-        if parsed.port is None or parsed.base == self.parsed.base:
+        if parsed.port is None:
             return self._refuse(identity, "name_in_use", now, name)
-        holder = self._bases.get(parsed.base)
+        holder = self.name_holder(name)  # the same rule as before we dial (connect)
         if holder is not None and holder != name:
             return self._refuse(identity, "name_in_use", now, name)
         existing = self.peers.get(name)
@@ -503,7 +594,7 @@ class MeshCore:
         if not hs.proofs_equal(expected, answer.proof):
             return self._refuse(identity, "bad_cookie", now) + self._log(
                 now, "warning", "handshake_failed", peer=p.name, reason="bad_cookie")
-        holder = self._bases.get(parse_node_name(p.name).base)
+        holder = self.name_holder(p.name)
         if holder is not None and holder != p.name:
             return self._refuse(identity, "name_in_use", now, p.name)
         # The peer proved the cookie: only now may it replace what we had with it.
@@ -576,7 +667,7 @@ class MeshCore:
         if p.state != UP:
             self.peers[peer] = p
             return self._drop_pending(peer, reason)
-        self._bases.pop(parse_node_name(peer).base, None)
+        self._release_base(peer)
         effects: list[Any] = [PeerDown(peer, reason, p.hidden)]
         if p.in_identity is not None:
             self.authenticated.pop(p.in_identity, None)
@@ -586,7 +677,7 @@ class MeshCore:
         effects.append(SubDisconnect(peer, p.pub_endpoint))
         effects.append(CloseChannel(peer, flush=flush))
         if reason in RETRY_REASONS and not self.stopping and self.reconnect_window > 0:
-            self._retry[peer] = _Retry(now + 0.05, 0.05, now + self.reconnect_window)
+            self._retry[peer] = _Retry(now + FIRST_BACKOFF, FIRST_BACKOFF, now)
         return effects
 
     def _drop_pending(self, peer: str, reason: str, *, flush: bool = False,
@@ -594,18 +685,26 @@ class MeshCore:
         p = self.peers.pop(peer, None)
         if p is None:
             return []
-        self._bases.pop(parse_node_name(peer).base, None)
-        if (p.auto and reason not in FINAL_REFUSALS and not self.stopping
+        self._release_base(peer)
+        if reason in FORGET_REFUSALS:
+            self._retry.pop(peer, None)
+        elif (p.auto and reason not in FINAL_REFUSALS and not self.stopping
                 and peer not in self._retry and self.reconnect_window > 0):
             # A peer we learned of must not stay missing because one attempt failed:
             # retry it as we retry a lost peer, or the mesh would stay incomplete.
             at = p.deadline if now is None else now
-            self._retry[peer] = _Retry(at + 0.05, 0.05, at + self.reconnect_window)
+            self._retry[peer] = _Retry(at + FIRST_BACKOFF, FIRST_BACKOFF, at)
         effects: list[Any] = []
         if p.out_identity is not None:
             effects.append(CloseChannel(peer, flush=flush))
         effects.append(ConnectDone(peer, False, reason))
         return effects
+
+    def _release_base(self, peer: str) -> None:
+        """``peer`` no longer holds its base name (if it held it: never free another's)."""
+        base = parse_node_name(peer).base
+        if self._bases.get(base) == peer:
+            del self._bases[base]
 
     def _count_refusal(self, reason: str) -> None:
         reason = self._reason(reason)

@@ -97,6 +97,10 @@ class MeshSim:
         """Node ``a`` connects to ``b`` now (like ``node.connect``)."""
         self._exec(a, self.nodes[a].core.connect(b, self.now))
 
+    def learn(self, a: str, b: str) -> None:
+        """Node ``a`` learns of ``b`` now (like ``node.learn``: discovery, retried)."""
+        self._exec(a, self.nodes[a].core.learn(b, self.now))
+
     def cut(self, a: str, b: str) -> None:
         """Drop traffic both ways between ``a`` and ``b``."""
         self._blocked |= {(a, b), (b, a)}

@@ -69,13 +69,14 @@ _ports = itertools.count(7100)
 def cluster(lab: Lab) -> Iterator[Callable[..., list[LabNode]]]:
     """Start :data:`N_NODES` nodes, one per namespace, and wait for their full mesh.
 
-    Call it as ``cluster(repl=(1,))`` to give node 1 a REPL on stdin (for driving it). Every
-    node runs the ``"echo"`` process. The finalizer heals the lab, thaws every node and
-    kills the nodes by pid.
+    Call it as ``cluster(repl=(1,))`` to give node 1 a REPL on stdin (for driving it), and
+    ``cluster(env={"FABRIC_...": ...})`` to set node options through the environment.
+    Every node runs the ``"echo"`` process. The finalizer heals the lab, thaws every node
+    and kills the nodes by pid.
     """
     started: list[LabNode] = []
 
-    def start(repl: Iterable[int] = ()) -> list[LabNode]:
+    def start(repl: Iterable[int] = (), env: dict[str, str] | None = None) -> list[LabNode]:
         # A fresh port (hence fresh node names) per test: nothing a previous test's nodes
         # left in flight can be mistaken for this test's traffic.
         port = next(_ports)
@@ -86,7 +87,7 @@ def cluster(lab: Lab) -> Iterator[Callable[..., list[LabNode]]]:
             started.append(LabNode(
                 lab.namespace(i), name, connect=seeds, spawn_echo=True,
                 heartbeat_interval=HEARTBEAT_INTERVAL, heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                repl=i in with_repl))
+                repl=i in with_repl, env=env))
         for node in started:
             node.start()
         for node in started:

@@ -30,7 +30,9 @@ from typing import Any
 from fabric.testing import NodeProcess, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-NETLAB = REPO_ROOT.parent / "shared" / "netlab" / "netlab.sh"
+# Beside the repository, or where FABRIC_NETLAB says (a worktree elsewhere).
+NETLAB = Path(os.environ.get("FABRIC_NETLAB",
+                             REPO_ROOT.parent / "shared" / "netlab" / "netlab.sh"))
 N_NODES = 3
 # Fast failure detection, so that a partition is noticed in well under a second and the
 # whole suite stays short (the defaults are 0.2 / 1.0 s).

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from fabric.errors import LocalProtocolError, RemoteProtocolError
-from fabric.protocol.codec import EXT_PID, EXT_REF, EXT_TUPLE, Codec
+from fabric.protocol.codec import EXT_PID, EXT_REF, EXT_TUPLE, MAX_TUPLE_NESTING, Codec
 from fabric.types import Pid, Ref
 
 # Deterministic: the same examples on every run and every machine, no example database.
@@ -370,17 +370,70 @@ def test_deep_containers_are_rejected_both_ways(wrap: Any, head: bytes) -> None:
     assert codec.encode([1]) == b"\x91\x01"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: fabric/protocol/codec.py bounds nesting per kind only (64 tuple levels via "
-    "_MAX_DEPTH, ~1024 array levels per nested msgpack.unpackb call), so a 60 KB frame of "
-    "tuples alternating with 1000-deep arrays decodes to ~60 000 levels, which user code "
-    "cannot print, compare or re-encode (RecursionError)"))
 def test_total_nesting_depth_is_bounded() -> None:
+    # 60 tuples alternating with 1000-deep arrays: once ~60 000 levels, which user code
+    # could not print or compare; now the innermost tuple already spans too much.
     body = b"\x00"
     for _ in range(60):
         body = ext(EXT_TUPLE, b"\x91" + b"\x91" * 1000 + body)
-    with pytest.raises(RemoteProtocolError):
+    with pytest.raises(RemoteProtocolError, match=str(MAX_TUPLE_NESTING)):
         Codec().decode(body)
+
+
+def one_tuple(item: bytes) -> bytes:
+    """A frame of the 1-tuple holding the packed ``item``, built without the codec."""
+    return ext(EXT_TUPLE, b"\x91" + item)
+
+
+def test_a_tuple_spans_at_most_max_tuple_nesting_levels_both_ways() -> None:
+    codec = Codec()
+    deepest = MAX_TUPLE_NESTING - 1  # lists inside the tuple, which is one level itself
+    ok = (nest(deepest, lambda v: [v]),)
+    assert codec.decode(codec.encode(ok)) == ok
+    assert codec.decode(one_tuple(b"\x91" * deepest + b"\x00")) == ok
+    with pytest.raises(LocalProtocolError, match=str(MAX_TUPLE_NESTING)):
+        codec.encode((nest(deepest + 1, lambda v: [v]),))
+    with pytest.raises(RemoteProtocolError, match=str(MAX_TUPLE_NESTING)):
+        codec.decode(one_tuple(b"\x91" * (deepest + 1) + b"\x00"))
+    # a failed decode leaves nothing behind: the same bytes decode the same way again
+    assert codec.decode(one_tuple(b"\x91" * deepest + b"\x00")) == ok
+
+
+@pytest.mark.parametrize("outer_lists, fits", [(100, True), (104, True), (105, False),
+                                               (120, False)])
+def test_measured_tuples_inside_a_tuple_add_up(outer_lists: int, fits: bool) -> None:
+    # The inner tuple is large (a 300-byte bin), so it is measured once (151 levels) and
+    # its depth is reused when the outer tuple is measured: 1 + outer_lists + 151.
+    blob = b"\xc5\x01\x2c" + b"b" * 300
+    inner = ext(EXT_TUPLE, b"\x92" + b"\x91" * 150 + b"\x00" + blob)
+    frame = one_tuple(b"\x91" * outer_lists + inner)
+    expected = (nest(outer_lists, lambda v: [v], (nest(150, lambda v: [v]), b"b" * 300)),)
+    codec = Codec()
+    if fits:
+        assert codec.decode(frame) == expected
+        assert codec.decode(codec.encode(expected)) == expected
+    else:
+        with pytest.raises(RemoteProtocolError, match=str(MAX_TUPLE_NESTING)):
+            codec.decode(frame)
+        with pytest.raises(LocalProtocolError, match=str(MAX_TUPLE_NESTING)):
+            codec.encode(expected)
+
+
+def test_large_shallow_tuples_and_deep_lists_outside_tuples_still_decode() -> None:
+    codec = Codec()
+    wide = ("ints", list(range(100_000)), {"k": [1, 2, 3]})
+    assert codec.decode(codec.encode(wide)) == wide
+    # Lists outside any tuple keep msgpack's own bound (1024), so a term may span up to
+    # 1024 + MAX_TUPLE_NESTING levels (more than Python's recursion limit lets == or repr
+    # walk, so look inside without them), and no more.
+    frame = b"\x91" * 1000 + one_tuple(b"\x91" * (MAX_TUPLE_NESTING - 1) + b"\x00")
+    value = codec.decode(frame)
+    for _ in range(1000):
+        assert type(value) is list and len(value) == 1
+        value = value[0]
+    assert value == (nest(MAX_TUPLE_NESTING - 1, lambda v: [v]),)
+    with pytest.raises(RemoteProtocolError):
+        codec.decode(b"\x91" * 1025 + b"\x00")
 
 
 @DET

@@ -52,17 +52,6 @@ def test_wrong_cookie_refused_on_both_sides() -> None:
     assert not sim.core(b).peers and not sim.core(a).peers
 
 
-def test_duplicate_name_refused() -> None:
-    a, b, dup = N5[0], N5[1], "n2@127.0.0.1:9200"
-    sim = MeshSim([a, b, dup])
-    sim.connect(a, b)
-    sim.run_for(0.1)
-    sim.connect(dup, a)
-    sim.run_for(0.1)
-    assert ("connect", a, False, "name_in_use") in sim.events[dup]
-    assert sim.core(a).nodes() == [b]
-
-
 def test_self_name_refused() -> None:
     a, clone = N5[0], "n1@127.0.0.1:9300"
     sim = MeshSim([a, clone])
@@ -274,3 +263,206 @@ def test_many_nodes_joining_one_seed_form_the_mesh_quickly(seed: int) -> None:
         sim._after(sim.rng.random() * 0.05, lambda n=name: sim.connect(n, names[0]))
     took = sim.run_until(lambda: sim.full_mesh(), timeout=20)
     assert took < 1.5
+
+
+# -- unique names: both sides refuse a second holder of a base name ---------------------------
+
+P_A, P_B = "p@127.0.0.1:9501", "p@127.0.0.1:9502"
+
+
+def p_holders(sim: MeshSim, node: str) -> list[str]:
+    """The ``p@127.0.0.1`` nodes that ``node`` lists."""
+    return [n for n in sim.core(node).nodes() if n.startswith("p@127.0.0.1:")]
+
+
+def test_dialling_a_second_holder_of_a_name_is_refused_before_dialling() -> None:
+    a = N5[0]
+    sim = MeshSim([a, P_A, P_B])
+    sim.connect(a, P_A)
+    sim.run_for(0.1)
+    sim.connect(a, P_B)
+    sim.run_for(0.5)
+    assert ("connect", P_B, False, "name_in_use") in sim.events[a]
+    assert sim.core(a).nodes() == [P_A]
+    assert sim.core(a).name_holder(P_B) == P_A  # the table still names the first holder
+    assert sim.core(a).stats.refused.get("name_in_use") == 1
+    assert not [e for e in sim.events[P_B] if e[0] == "up"]  # B never saw a HELLO
+    # and B dialling a gets the same answer from the accepting side
+    sim.connect(P_B, a)
+    sim.run_for(0.5)
+    assert ("connect", a, False, "name_in_use") in sim.events[P_B]
+    assert sim.core(a).nodes() == [P_A]
+    assert sim.core(a).stats.refused.get("name_in_use") == 2
+
+
+def test_a_node_does_not_dial_its_own_base_name() -> None:
+    sim = MeshSim([P_A, P_B])
+    sim.connect(P_A, P_B)
+    sim.run_for(0.1)
+    assert ("connect", P_B, False, "name_in_use") in sim.events[P_A]
+    assert not sim.core(P_B).peers  # nothing reached it
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_two_holders_dialling_one_node_at_once_admit_one(seed: int) -> None:
+    z = N5[0]
+    sim = MeshSim([z, P_A, P_B], seed=seed, jitter=0.002)
+    sim.connect(P_A, z)
+    sim.connect(P_B, z)
+    sim.connect(z, P_A if seed % 2 else P_B)  # and z dials one of them meanwhile
+    sim.run_for(1.0)
+    assert len(p_holders(sim, z)) == 1
+    holder = p_holders(sim, z)[0]
+    loser = P_B if holder == P_A else P_A
+    assert sim.core(z).name_holder(loser) == holder
+    assert sim.core(loser).nodes() == []
+    assert ("connect", z, False, "name_in_use") in sim.events[loser]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_merging_two_clusters_that_both_hold_a_name_keeps_each_holder(seed: int) -> None:
+    # Cluster 1: x and p@..:9501; cluster 2: y, w and p@..:9502. x dials y: the peer
+    # lists that cross carry the other p, which every node refuses to dial.
+    x, y, w = N5[0], N5[1], N5[2]
+    sim = MeshSim([x, y, w, P_A, P_B], seed=seed, jitter=0.002)
+    sim.connect(P_A, x)
+    sim.connect(w, y)
+    sim.connect(P_B, y)
+    sim.run_until(lambda: sim.full_mesh([x, P_A]) and sim.full_mesh([y, w, P_B]))
+    sim.connect(x, y)
+
+    def merged() -> bool:
+        return all(set(sim.core(n).nodes()) >= {x, y, w} - {n} for n in (x, y, w))
+
+    sim.run_until(merged)
+    sim.run_for(3.0)  # retries and late peer lists have had every chance
+    assert merged()
+    for node in (x, y, w, P_A, P_B):
+        assert len(p_holders(sim, node)) <= 1, (node, sim.core(node).nodes())
+    assert p_holders(sim, x) == [P_A] and sim.core(x).name_holder(P_B) == P_A
+    for node in (y, w):
+        assert p_holders(sim, node) == [P_B] and sim.core(node).name_holder(P_A) == P_B
+    assert not sim.core(P_A).is_up(P_B) and not sim.core(P_B).is_up(P_A)
+    for node in (x, y, w):
+        assert sim.core(node).stats.refused.get("name_in_use", 0) >= 1
+        assert not sim.core(node).reconnecting()  # nothing retries the other holder
+
+
+# -- partitions of any length heal ---------------------------------------------------------------
+
+WINDOW, FAST_CAP, IDLE_CAP = 1.0, 0.5, 2.0
+# The documented bound from the heal to a full mesh (ARCHITECTURE.md §6): one capped pause
+# (at least the 1 s a retry's handshake may wait), a tick, and the handshakes themselves.
+HEAL_BOUND = max(IDLE_CAP, m.RETRY_HANDSHAKE_TIMEOUT) + 0.05 + 0.1
+RETRYING = {"reconnect_window": WINDOW, "reconnect_max_backoff": FAST_CAP,
+            "reconnect_idle_backoff": IDLE_CAP}
+
+
+def test_partition_ten_times_the_window_heals_within_the_bound() -> None:
+    sim = MeshSim(N5, seed=5, **RETRYING)
+    for node in N5[1:]:
+        sim.connect(node, N5[0])
+    sim.run_until(lambda: sim.full_mesh())
+    left, right = N5[:2], N5[2:]
+    sim.partition(left, right)
+    start = sim.now
+    pauses: list[float] = []
+    for _ in range(int(10 * WINDOW / 0.05)):  # 10 windows, watching every retry plan
+        sim.run_for(0.05)
+        for n in N5:
+            for _peer, at in sim.core(n).reconnecting().items():
+                pauses.append(at - sim.now)
+    assert sim.now - start >= 10 * WINDOW
+    assert sim.full_mesh(left) and sim.full_mesh(right)
+    # every node still retries every peer across the cut, and never waits longer than the cap
+    for n in left:
+        assert sorted(sim.core(n).reconnecting()) == right
+    for n in right:
+        assert sorted(sim.core(n).reconnecting()) == left
+    assert pauses and max(pauses) <= IDLE_CAP
+    # the pauses grew past the fast cap once the window was over
+    assert max(pauses) > FAST_CAP
+    sim.heal()
+    took = sim.run_until(lambda: sim.full_mesh(), timeout=10)
+    assert took <= HEAL_BOUND
+    for n in N5:
+        assert not sim.core(n).reconnecting()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_long_clean_split_heals_whatever_the_seed(seed: int) -> None:
+    names = [f"s{i}@127.0.0.1:{9600 + i}" for i in range(6)]
+    sim = MeshSim(names, seed=seed, jitter=0.005, **RETRYING)
+    for node in names[1:]:
+        sim.connect(node, names[0])
+    sim.run_until(lambda: sim.full_mesh())
+    sim.partition(names[:3], names[3:])
+    sim.run_for(25 * WINDOW)
+    sim.heal()
+    assert sim.run_until(lambda: sim.full_mesh(), timeout=10) <= HEAL_BOUND
+
+
+def test_retries_of_one_island_are_spread_by_jitter() -> None:
+    sim = MeshSim(N5, seed=2, **RETRYING)
+    for node in N5[1:]:
+        sim.connect(node, N5[0])
+    sim.run_until(lambda: sim.full_mesh())
+    sim.partition(N5[:2], N5[2:])
+    sim.run_for(5 * WINDOW)
+    plans = {at for n in N5 for at in sim.core(n).reconnecting().values()}
+    assert len(plans) == 12  # 2 x 3 peers on each side, each planned at its own time
+
+
+def test_give_up_forgets_a_lost_peer_when_configured() -> None:
+    a, b = N5[:2]
+    sim = MeshSim([a, b], reconnect_give_up=3.0, **RETRYING)
+    sim.connect(a, b)
+    sim.run_for(0.2)
+    sim.cut(a, b)
+    sim.run_for(2.0)
+    assert list(sim.core(a).reconnecting()) == [b]
+    sim.run_for(3.0)
+    assert not sim.core(a).reconnecting() and not sim.core(b).reconnecting()
+    assert any(log.event == "reconnect_given_up" for log in sim.logs[a])
+    sim.heal()
+    sim.run_for(5.0)
+    assert sim.core(a).nodes() == [] and sim.core(b).nodes() == []
+
+
+def test_disconnect_forgets_a_peer_being_retried() -> None:
+    a, b = N5[:2]
+    sim = MeshSim([a, b], **RETRYING)
+    sim.connect(a, b)
+    sim.run_for(0.2)
+    sim.cut(a, b)
+    sim.run_until(lambda: b in sim.core(a).reconnecting())
+    sim._exec(a, sim.core(a).disconnect(b, sim.now))
+    assert b not in sim.core(a).reconnecting()
+
+
+def test_a_learned_name_is_retried_until_its_node_starts() -> None:
+    # Discovery's path: a name that does not answer yet is kept and tried again.
+    a, b = N5[:2]
+    sim = MeshSim([a, b], **RETRYING)
+    sim.kill(b)
+    sim.learn(a, b)
+    sim.run_for(10 * WINDOW)
+    assert ("connect", b, False, "connection_refused") in sim.events[a]
+    assert list(sim.core(a).reconnecting()) == [b]
+    sim.restart(b)
+    assert sim.run_until(lambda: sim.full_mesh(), timeout=10) <= HEAL_BOUND
+
+
+def test_a_lost_peer_whose_name_was_taken_is_not_retried() -> None:
+    a = N5[0]
+    sim = MeshSim([a, P_A, P_B], **RETRYING)
+    sim.connect(a, P_A)
+    sim.run_for(0.2)
+    sim.kill(P_A)
+    sim.run_for(0.1)
+    assert list(sim.core(a).reconnecting()) == [P_A]
+    sim.connect(P_B, a)  # a new node with the same base name, on another port
+    sim.run_for(3.0)
+    assert sim.core(a).nodes() == [P_B]
+    assert not sim.core(a).reconnecting()
+    assert any(log.event == "reconnect_abandoned" for log in sim.logs[a])
