@@ -11,7 +11,8 @@ the pure :class:`~fabric.protocol.dialplan.DialPlan`, whose ``Dial`` effects bec
 ``node.connect`` tasks and whose ``Disconnect`` effects ``node.disconnect`` calls. The
 node's ``NodeUp``/``NodeDown`` events keep the plan's view of what is connected (the mesh
 connects transitively, so most names are up before discovery dials them); a timer wakes
-the plan when its next retry is due.
+the plan when its next retry is due (one ``call_at`` handle, re-armed after every
+change).
 
 Discovery never touches mesh state. It stops by itself when the node stops (the node's
 event stream ends), or with :meth:`Discovery.stop`.
@@ -25,7 +26,6 @@ seen, dialled (with its outcome), forgotten or disconnected.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -142,7 +142,7 @@ class Discovery:
         self._tasks: list[asyncio.Task[Any]] = []
         self._dials: set[asyncio.Task[Any]] = set()
         self._subscribers: list[asyncio.Queue[DiscoveryEvent]] = []
-        self._wake = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
         self.running = False
 
     # -- life cycle -----------------------------------------------------------------------
@@ -159,7 +159,6 @@ class Discovery:
         self._tasks = [loop.create_task(self._run_source(label, src))
                        for label, src in self.sources]
         self._tasks.append(loop.create_task(self._follow_node(node_events)))
-        self._tasks.append(loop.create_task(self._retry_timer()))
         self.log.info("discovery_started", strategies=[label for label, _ in self.sources])
         return self
 
@@ -168,6 +167,7 @@ class Discovery:
         if not self.running:
             return
         self.running = False
+        self._schedule()  # cancels the timer
         current = asyncio.current_task()
         tasks = [t for t in [*self._tasks, *self._dials] if t is not current]
         for task in tasks:
@@ -201,17 +201,21 @@ class Discovery:
                 self.plan.node_up(event.node)
             else:
                 self.plan.node_down(event.node, self._now())
-                self._wake.set()
+                self._schedule()
         await self.stop()  # the node stopped
 
-    async def _retry_timer(self) -> None:
-        while True:
-            due = self.plan.next_due()
-            delay = 3600.0 if due is None else max(0.0, due - self._now())
-            self._wake.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
-            self._apply(self.plan.tick(self._now()))
+    def _schedule(self) -> None:
+        """(Re)arm the one timer for the plan's next due retry."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        due = self.plan.next_due()
+        if due is not None and self.running:
+            self._timer = asyncio.get_running_loop().call_at(due, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._apply(self.plan.tick(self._now()))
 
     async def _dial(self, name: str) -> None:
         try:
@@ -223,7 +227,6 @@ class Discovery:
         if not ok:
             self.log.debug("discovery_dial_failed", peer=name, reason=reason)
         self._apply(self.plan.dial_result(name, ok, reason, self._now()))
-        self._wake.set()
 
     # -- plan -----------------------------------------------------------------------------
 
@@ -233,7 +236,6 @@ class Discovery:
     def _on_snapshot(self, label: str, names: frozenset[str]) -> None:
         if self.running:
             self._apply(self.plan.update(label, normalise(names, self.metrics), self._now()))
-            self._wake.set()
 
     def _apply(self, effects: list[dp.Effect]) -> None:
         loop = asyncio.get_running_loop()
@@ -251,6 +253,7 @@ class Discovery:
             elif isinstance(eff, dp.Forgotten):
                 self.log.info("discovery_forgotten", peer=eff.name)
                 self._publish(DiscoveryEvent("forgotten", eff.name))
+        self._schedule()
 
     def _publish(self, event: DiscoveryEvent) -> None:
         for queue in self._subscribers:
