@@ -4,7 +4,6 @@ hosts file and host names in node names."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
 from collections.abc import Callable
