@@ -56,13 +56,14 @@ def test_a_records_added_and_removed_are_followed(dns_server: Dnsmasq,
             await async_wait_until(lambda: sorted(third.nodes()) == sorted(
                 [first.name, second.name]), 10)
             # A pod disappears from the record: with disconnect=true its peers let it go.
+            # (In Kubernetes it is gone; here it still runs, and its mesh may reconnect
+            # after the drop, so the check is on what discovery did, not on what follows.)
             dns_server.set_hosts([(a, service) for a in addresses[:2]])
-            await async_wait_until(lambda: third.nodes() == [], 10)
             for node in (first, second):
-                assert node.discovery is not None
-                assert node.discovery.wanted() == [n.name for n in nodes[:2] if n is not node]
-                assert node.nodes() == [n.name for n in nodes[:2] if n is not node]
-            assert first.discovery is not None and first.discovery.metrics["disconnected"] == 1
+                disc = node.discovery
+                assert disc is not None
+                await async_wait_until(lambda d=disc: d.metrics["disconnected"] == 1, 10)
+                assert disc.wanted() == [n.name for n in nodes[:2] if n is not node]
         finally:
             for node in nodes:
                 await node.stop()

@@ -94,3 +94,12 @@ def test_the_sender_memory_is_bounded() -> None:
     # n0 was forgotten (least recently heard): its old beacon passes once more, no more.
     assert receiver.check(first, NOW).name == "n0@h:1"
     assert receiver.check(first, NOW).refused == "replay"
+
+
+def test_the_example_in_protocol_md() -> None:
+    assert beacon_key(b"cookie").hex() == (
+        "9acdd723040e507217d314c606cf2ab3f24f4871151a67b5a33a6e60427debb8")
+    assert BeaconCodec(b"cookie").seal("a@10.0.0.1:9100", 7, 1_800_000_000.0).hex() == (
+        "92c42b96ad6661627269632e626561636f6e01af614031302e302e302e313a393130300701cf"
+        "000001a3185c5000c4205ed7b9a0ebf2860c79b8c37bf69243930f4e4d7fd0d3e35e605a3e26b2"
+        "b8f2e6")
