@@ -55,7 +55,10 @@ async def _with_probe(target: str, cookie: str | None, timeout: float,
                       body: Any) -> int:
     host = parse_node_name(target).host
     probe = Node(f"fabric-cli-{os.getpid()}@{host}", cookie=cookie, hidden=True,
-                 port_range=(20000, 60000), reconnect_window=0, discovery="")
+                 port_range=(20000, 60000), reconnect_window=0,
+                 # Not the node's own settings from its environment (a pod's probe shares
+                 # it): its PUB port is taken, and a probe discovers nothing.
+                 pub_port=0, discovery="")
     await probe.start()
     try:
         result: int = await body(probe)

@@ -222,3 +222,24 @@ def test_fabric_discover_prints_what_a_strategy_sees(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=30,
                          env={"PYTHONPATH": child_pythonpath(), "FABRIC_COOKIE": "c"})
     assert bad.returncode == 2 and "ttl must be 0-255" in bad.stderr
+
+
+def test_fabric_ping_works_from_the_environment_of_a_pod() -> None:
+    """The readiness probe of deploy/k8s runs `fabric ping` with the node's FABRIC_*
+    variables (a fixed PUB port, a bind host, discovery): the probe must not take them."""
+    import subprocess
+    import sys
+
+    from fabric.testing import child_pythonpath
+
+    [port, pub_port] = free_ports(2)
+    env = {"FABRIC_PUB_PORT": str(pub_port), "FABRIC_BIND_HOST": "0.0.0.0",
+           "FABRIC_DISCOVERY": gossip_spec(free_udp_port())}
+    with NodeProcess(f"pod@localhost:{port}", env=env) as node:
+        name = node.wait_ready(30)
+        out = subprocess.run(
+            [sys.executable, "-m", "fabric.cli", "ping", name, "--timeout", "5"],
+            capture_output=True, text=True, timeout=60,
+            env={"PYTHONPATH": child_pythonpath(), "FABRIC_COOKIE": node.cookie or "",
+                 **env})
+        assert out.stdout.strip() == "pong", out.stderr
