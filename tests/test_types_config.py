@@ -241,6 +241,7 @@ def test_from_env_reads_every_kind_of_field() -> None:
         "FABRIC_RCVHWM": "12",
         "FABRIC_DRAIN_TIMEOUT": "3",
         "FABRIC_ALLOW_REMOTE_SPAWN": "app.a:f,app.b:g,",
+        "FABRIC_DISCOVERY": "gossip:port=45900;hosts:path=/etc/fabric/hosts",
         "OTHER": "ignored",
     })
     assert cfg == NodeConfig(
@@ -248,7 +249,8 @@ def test_from_env_reads_every_kind_of_field() -> None:
         heartbeat_interval=0.25, heartbeat_timeout=2.0, handshake_timeout=4.5,
         reconnect_window=0.0, reconnect_max_backoff=0.5, max_frame=1024, outbound_limit=10,
         sndhwm=11, rcvhwm=12, drain_timeout=3.0,
-        allow_remote_spawn=frozenset({"app.a:f", "app.b:g"}))
+        allow_remote_spawn=frozenset({"app.a:f", "app.b:g"}),
+        discovery="gossip:port=45900;hosts:path=/etc/fabric/hosts")
     assert type(cfg.heartbeat_timeout) is float and type(cfg.max_frame) is int
     assert type(cfg.reconnect_window) is float
 
@@ -259,7 +261,7 @@ def test_every_field_has_an_env_variable() -> None:
     tested = {"port_range", "pub_port", "bind_host", "hidden", "heartbeat_interval",
               "heartbeat_timeout", "handshake_timeout", "reconnect_window",
               "reconnect_max_backoff", "max_frame", "outbound_limit", "sndhwm", "rcvhwm",
-              "drain_timeout", "allow_remote_spawn"}
+              "drain_timeout", "allow_remote_spawn", "discovery"}
     assert names == tested
 
 
