@@ -45,7 +45,8 @@ async def report(proc: Process, reply_to: Pid) -> None:
         "processes": len(node._procs),
         "registered": node.registered(),
         "groups": sorted(str(g) for g in node.pg.which_groups()),
-        "metrics": dict(node.metrics),
+        "metrics": {**node.metrics, **{f"discovery.{k}": v for k, v in (
+            node.discovery.metrics.items() if node.discovery is not None else ())}},
         "refused": dict(node.mesh.stats.refused),
     }
     proc.send(reply_to, ("fabric_status", info))

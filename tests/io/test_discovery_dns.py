@@ -113,6 +113,12 @@ def test_a_name_that_does_not_exist_lists_no_node_and_a_dead_server_keeps_the_li
         dns_server.set_hosts([("127.0.0.9", f"app.{DOMAIN}")])
         await async_wait_until(source.query, 10)
         assert await source.query() == frozenset({"app@127.0.0.9:9100"})
+        six = DnsSource(DnsConfig(name=f"app6.{DOMAIN}", basename="app", port=9100,
+                                  record="aaaa", resolver="127.0.0.1",
+                                  resolver_port=dns_server.port), counters)
+        dns_server.set_hosts([("127.0.0.9", f"app.{DOMAIN}"), ("::1", f"app6.{DOMAIN}")])
+        await async_wait_until(six.query, 10)
+        assert await six.query() == frozenset({"app@[::1]:9100"})
         dns_server.stop()
         assert await source.query() is None  # no answer: the caller keeps its list
         assert counters["dns.errors"] == 1

@@ -7,6 +7,8 @@ import hmac
 
 import msgpack
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fabric.protocol.beacon import BeaconCodec, beacon_key
 
@@ -103,3 +105,16 @@ def test_the_example_in_protocol_md() -> None:
         "92c42b96ad6661627269632e626561636f6e01af614031302e302e302e313a393130300701cf"
         "000001a3185c5000c4205ed7b9a0ebf2860c79b8c37bf69243930f4e4d7fd0d3e35e605a3e26b2"
         "b8f2e6")
+
+
+@given(st.binary(max_size=1100))
+def test_any_datagram_is_checked_without_raising(datagram: bytes) -> None:
+    result = BeaconCodec(b"cookie").check(datagram, NOW)
+    assert result.name is None and result.refused in ("malformed", "bad_mac")
+
+
+@given(st.integers(0, 200), st.integers(0, 7))
+def test_any_single_bit_flip_is_refused(index: int, bit: int) -> None:
+    beacon = bytearray(BeaconCodec(b"cookie").seal(NAME, 1, NOW))
+    beacon[index % len(beacon)] ^= 1 << bit
+    assert BeaconCodec(b"cookie").check(bytes(beacon), NOW).name is None
