@@ -127,8 +127,12 @@ def _read_nodes(path: Path) -> list[str] | None:
     return nodes if isinstance(nodes, list) else None
 
 
-def form_mesh(n_nodes: int, use_program: bool) -> dict[str, float]:
+def form_mesh(n_nodes: int, use_program: bool, discovery: str | None = None
+              ) -> dict[str, float]:
     """Launch ``n_nodes`` nodes with the first as everyone's seed; time the full mesh.
+
+    With ``discovery`` (a spec, needs the node program) no node gets a seed: each runs
+    ``--discovery discovery`` instead (bench/bench_discovery.py).
 
     Returns seconds (NaN when the mesh did not complete within the timeout), the number
     of links still missing then (each counted once per side that misses it), and RSS.
@@ -139,13 +143,15 @@ def form_mesh(n_nodes: int, use_program: bool) -> dict[str, float]:
         statuses = [Path(tmp) / f"m{i}.json" for i in range(n_nodes)]
         t0 = h.shared_clock()
         for i, (name, status) in enumerate(zip(names, statuses, strict=True)):
-            seed = None if i == 0 else names[0]
+            seed = None if i == 0 or discovery is not None else names[0]
             if use_program:
                 argv = ["--no-repl", "--name", name, "--cookie", fb.COOKIE,
                         "--status-file", str(status), "--seed-timeout", str(SEED_TIMEOUT_S),
                         "--log-level", "warning"]
                 if seed is not None:
                     argv += ["--connect", seed]
+                if discovery is not None:
+                    argv += ["--discovery", discovery]
                 kids.module("nodes.node", *argv, name=name)
             else:
                 kids.function(_member, name=name, full_name=name, seed=seed, status=str(status),

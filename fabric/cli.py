@@ -3,6 +3,7 @@
     fabric node --name n1@127.0.0.1:9100 [--connect PEER ...]   # as python -m nodes.node
     fabric ping n1@127.0.0.1:9100                                # pong / pang
     fabric status n1@127.0.0.1:9100 [--json]                     # every node of its cluster
+    fabric discover 'dns:name=app.svc,basename=app,port=9100'    # what a strategy finds
 
 ``ping`` and ``status`` join the cluster as a short-lived *hidden* node (peers do not list
 it and it does not connect to the rest of the mesh), with the cookie from ``--cookie``,
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fabric.config import load_cookie
+from fabric.discovery import watch
 from fabric.errors import ConfigError, FabricError
 from fabric.exports import export
 from fabric.logs import configure_logging
@@ -50,7 +52,8 @@ async def report(proc: Process, reply_to: Pid) -> None:
         "registered": node.registered(),
         "global_names": sorted(str(n) for n in node.global_.registered_names()),
         "groups": sorted(str(g) for g in node.pg.which_groups()),
-        "metrics": dict(node.metrics),
+        "metrics": {**node.metrics, **{f"discovery.{k}": v for k, v in (
+            node.discovery.metrics.items() if node.discovery is not None else ())}},
         "refused": dict(node.mesh.stats.refused),
     }
     proc.send(reply_to, ("fabric_status", info))
@@ -78,7 +81,10 @@ def client_cookie(cookie: str | None, *, home: Path | None = None) -> str | byte
 async def _with_probe(target: str, cookie: str | bytes, body: Any) -> int:
     host = parse_node_name(target).host
     probe = Node(f"fabric-cli-{os.getpid()}@{host}", cookie=cookie, hidden=True,
-                 port_range=(20000, 60000), reconnect_window=0)
+                 port_range=(20000, 60000), reconnect_window=0,
+                 # Not the node's own settings from its environment (a pod's probe shares
+                 # it): its PUB port is taken, and a probe discovers nothing.
+                 pub_port=0, discovery="")
     await probe.start()
     try:
         result: int = await body(probe)
@@ -150,6 +156,25 @@ async def _status(args: argparse.Namespace, cookie: str | bytes) -> int:
     return await _with_probe(args.node, cookie, body)
 
 
+async def _discover(args: argparse.Namespace) -> int:
+    """Print each strategy's list whenever it changes, for ``--duration`` seconds."""
+    counters: dict[str, int] = {}
+
+    def on_change(label: str, names: frozenset[str]) -> None:
+        print(f"{label}: {' '.join(sorted(names)) or '-'}", flush=True)
+
+    cookie = client_cookie(args.cookie)
+    secret = cookie.encode() if isinstance(cookie, str) else cookie  # as a node's (UTF-8)
+    try:
+        await asyncio.wait_for(watch(args.spec, secret, on_change,
+                                     counters), args.duration)
+    except asyncio.TimeoutError:
+        pass
+    if counters:
+        print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fabric`` console script."""
     argv = sys.argv[1:] if argv is None else argv
@@ -169,9 +194,18 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--timeout", type=float, default=5.0)
         if name == "status":
             p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("discover", help="what a discovery strategy finds (gossip only "
+                                        "listens)")
+    p.add_argument("spec", help="e.g. gossip, dns:name=N,basename=B,port=P, hosts:path=F")
+    p.add_argument("--cookie", help="the gossip secret's default: $FABRIC_COOKIE, then "
+                                    "~/.fabric.cookie")
+    p.add_argument("--duration", type=float, default=3.0, metavar="S",
+                   help="how long to watch (default 3)")
     args = parser.parse_args(argv)
     configure_logging("warning")  # stdout is for the answer
     try:
+        if args.command == "discover":
+            return asyncio.run(_discover(args))
         cookie = client_cookie(args.cookie)
         return asyncio.run(_ping(args, cookie) if args.command == "ping"
                            else _status(args, cookie))

@@ -54,6 +54,9 @@ class NodeConfig:
         drain_timeout: how long a graceful stop waits for peers to acknowledge.
         allow_remote_spawn: module:function names remote nodes may spawn or rpc,
             on top of functions marked with ``@fabric.export``.
+        discovery: strategies that find peers, as a spec (``"gossip"``,
+            ``"dns:name=...,basename=...,port=..."``, several joined by ``;``; see
+            :mod:`fabric.discovery.config`); empty: none.
     """
 
     port_range: tuple[int, int] = (9100, 9199)
@@ -73,6 +76,7 @@ class NodeConfig:
     rcvhwm: int = 10_000
     drain_timeout: float = 2.0
     allow_remote_spawn: frozenset[str] = field(default_factory=frozenset)
+    discovery: str = ""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -104,6 +108,10 @@ class NodeConfig:
         for name in ("max_frame", "outbound_limit", "sndhwm", "rcvhwm"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
+        if not isinstance(self.discovery, str):
+            raise ConfigError("discovery must be a spec string (see fabric.discovery)")
+        from fabric.discovery.config import parse_specs
+        parse_specs(self.discovery)  # a bad spec fails here, not on the event loop
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> NodeConfig:
@@ -120,7 +128,7 @@ class NodeConfig:
                     values[f.name] = (int(lo), int(hi or lo))
                 elif f.name == "hidden":
                     values[f.name] = raw.lower() in ("1", "true", "yes")
-                elif f.name == "bind_host":
+                elif f.name in ("bind_host", "discovery"):
                     values[f.name] = raw
                 elif f.name == "allow_remote_spawn":
                     values[f.name] = frozenset(x for x in raw.split(",") if x)

@@ -74,6 +74,7 @@ from pathlib import Path
 from typing import Any
 
 import fabric
+from fabric.discovery.config import parse_specs
 from fabric.errors import ConfigError, FabricError
 from fabric.logs import TextSink, configure_logging
 from fabric.node import Node, NodeDown, NodeMonitor, NodeUp
@@ -104,6 +105,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                     "~/.fabric.cookie)")
     p.add_argument("--connect", action="extend", nargs="+", default=[], metavar="PEER",
                    help="full names of nodes to connect to at start (seeds)")
+    p.add_argument("--discovery", action="append", default=[], metavar="SPEC",
+                   help="find peers by themselves: gossip, dns:name=...,basename=...,"
+                        "port=..., static:nodes=A+B, hosts:path=FILE (several: repeat or "
+                        "join with ';'; default $FABRIC_DISCOVERY; see docs/DISCOVERY.md)")
     p.add_argument("--seed-timeout", type=float, default=10.0, metavar="S",
                    help="keep retrying an unreachable seed this long (default 10)")
     p.add_argument("--hidden", action="store_true",
@@ -141,6 +146,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         for kind, text in args.start:
             if kind == "run" and not re.fullmatch(r"[\w.]+:\w+", text):
                 raise ConfigError(f"--run {text!r}: expected module:function")
+        parse_specs(";".join(args.discovery))
     except ConfigError as exc:
         p.error(str(exc))
     return args
@@ -157,6 +163,8 @@ def node_options(args: argparse.Namespace) -> dict[str, Any]:
         opts["heartbeat_timeout"] = args.heartbeat_timeout
     if args.max_frame is not None:
         opts["max_frame"] = args.max_frame
+    if args.discovery:
+        opts["discovery"] = ";".join(args.discovery)
     return opts
 
 

@@ -20,7 +20,7 @@ import asyncio
 import os
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import zmq
@@ -49,6 +49,9 @@ from fabric.transport.zeromq import (
     secure_pub_plane,
 )
 from fabric.types import parse_node_name
+
+if TYPE_CHECKING:
+    from fabric.discovery import Discovery
 
 __all__ = ["Node", "NodeDown", "NodeMonitor", "NodeUp"]
 
@@ -157,6 +160,7 @@ class Node(Inputs, ProcessRuntime):
         self._router_draining = False  # see _on_router
         self.metrics: dict[str, int] = {"dropped_on_down": 0, "undeliverable": 0}
         self._tick_handle: asyncio.TimerHandle | None = None
+        self.discovery: Discovery | None = None  # see NodeConfig.discovery
         super().__init__()
 
     # -- life cycle -----------------------------------------------------------------------
@@ -238,6 +242,9 @@ class Node(Inputs, ProcessRuntime):
         self.started = True
         self._tick()
         self.log.info("node_started", pub_port=self.pub_port, hidden=cfg.hidden)
+        if cfg.discovery:  # it stops by itself when the node stops
+            from fabric.discovery import start as start_discovery
+            self.discovery = start_discovery(self, cfg.discovery, secret=self._cookie)
 
     async def stop(self) -> None:
         """Stop gracefully: end local processes, say goodbye, drain, close.

@@ -49,6 +49,7 @@ from nodes.demo_cluster import BUDGET, MEMBERS, Demo, StepFailed
 from nodes.demo_member import HOST, member_main
 from nodes.demo_steps import (
     step_genserver,
+    step_gossip,
     step_groups,
     step_kill,
     step_leader,
@@ -74,6 +75,7 @@ STEPS: list[Step] = [
     Step("kill -9 n3: NodeDown, the group shrinks", step_kill),
     Step("restart n3: NodeUp everywhere", step_restart),
     Step("leader election: kill -9 the leader's node", step_leader),
+    Step("discovery: 3 nodes find each other by gossip", step_gossip),
 ]
 
 

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import re
+import socket
 import statistics
 import subprocess
 import time
@@ -447,3 +448,38 @@ def _leader_str(node: fabric.Node) -> str:
     """The narrator node's own view of the election's leader, for the narration."""
     seen = node.global_.leader(ELECTION)
     return "no leader" if seen is None else f"{spid(seen[0])} term {seen[1]}"
+
+
+async def step_gossip(demo: Demo) -> str:
+    """Start 3 more nodes with gossip discovery and no names given; they find each other."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        udp_port = s.getsockname()[1]
+    # Loopback multicast: the interface is 127.0.0.1 and TTL 0, so nothing leaves the host.
+    spec = f"gossip:port={udp_port},ttl=0,if_addr=127.0.0.1,interval=0.5"
+    nodes = [fabric.Node(f"g{i}@127.0.0.1", port_range=(20000, 60000), discovery=spec)
+             for i in range(1, 4)]
+    try:
+        for node in nodes:
+            await node.start()
+        t_last = time.monotonic()
+        demo.say(f"started {', '.join(n.name for n in nodes)} with discovery {spec!r}; "
+                 "no --connect, no names")
+        deadline = t_last + WAIT
+        while any(len(n.nodes()) < 2 for n in nodes):
+            if time.monotonic() > deadline:
+                raise StepFailed(f"no full mesh by gossip within {WAIT} s: "
+                                 f"{[n.nodes() for n in nodes]}")
+            await asyncio.sleep(0.005)
+        took = (time.monotonic() - t_last) * 1000
+        for node in nodes:
+            disc = node.discovery
+            assert disc is not None
+            demo.say(f"{node.name.split('@')[0]} sees {', '.join(sorted(node.nodes()))}; "
+                     f"beacons accepted {disc.metrics.get('gossip.accepted', 0)}, "
+                     f"dialled {disc.metrics['dialled']}")
+        demo.say(f"full mesh of the 3 by gossip {took:.0f} ms after the last start")
+    finally:
+        for node in nodes:
+            await node.stop()
+    return f"3 nodes, no names given: full mesh by gossip in {took:.0f} ms"

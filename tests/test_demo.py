@@ -88,6 +88,10 @@ def test_demo_runs_every_step_and_exits_0(tmp_path: Path) -> None:
                       "after the kill", out)
     assert len(told) == 2 and set(told) == {(again.group(1), again.group(3))}, out
 
+    # 8: three more nodes, started with gossip discovery and no names, form a full mesh.
+    assert re.search(r"full mesh of the 3 by gossip \d+ ms after the last start", out), out
+    assert "3 nodes, no names given: full mesh by gossip" in out, out
+
     # The summary table, every step ok.
     assert re.search(r"all \d+ steps passed", out), out
     assert "FAIL" not in out

@@ -246,6 +246,7 @@ def test_from_env_reads_every_kind_of_field() -> None:
         "FABRIC_RCVHWM": "12",
         "FABRIC_DRAIN_TIMEOUT": "3",
         "FABRIC_ALLOW_REMOTE_SPAWN": "app.a:f,app.b:g,",
+        "FABRIC_DISCOVERY": "gossip:port=45900;hosts:path=/etc/fabric/hosts",
         "OTHER": "ignored",
     })
     assert cfg == NodeConfig(
@@ -254,7 +255,8 @@ def test_from_env_reads_every_kind_of_field() -> None:
         reconnect_window=0.0, reconnect_max_backoff=0.5, reconnect_idle_backoff=7.0,
         reconnect_give_up=600.0, max_frame=1024, outbound_limit=10,
         sndhwm=11, rcvhwm=12, drain_timeout=3.0,
-        allow_remote_spawn=frozenset({"app.a:f", "app.b:g"}))
+        allow_remote_spawn=frozenset({"app.a:f", "app.b:g"}),
+        discovery="gossip:port=45900;hosts:path=/etc/fabric/hosts")
     assert type(cfg.heartbeat_timeout) is float and type(cfg.max_frame) is int
     assert type(cfg.reconnect_window) is float
 
@@ -266,7 +268,7 @@ def test_every_field_has_an_env_variable() -> None:
               "heartbeat_timeout", "handshake_timeout", "reconnect_window",
               "reconnect_max_backoff", "reconnect_idle_backoff", "reconnect_give_up",
               "max_frame", "outbound_limit", "sndhwm", "rcvhwm",
-              "drain_timeout", "allow_remote_spawn"}
+              "drain_timeout", "allow_remote_spawn", "discovery"}
     assert names == tested
 
 
