@@ -26,12 +26,13 @@ Pids passed here must be local to this node (register a process on its own node)
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fabric.errors import LocalProtocolError, ProcessDeadError
-from fabric.protocol.global_ import ExitProcess
+from fabric.protocol.effects import Effect, ExitProcess
 from fabric.protocol.global_resolve import BUILTIN_RESOLVERS
 from fabric.protocol.leader import LeaderCore
 from fabric.types import Pid
@@ -124,8 +125,7 @@ class Global:
         return ok
 
     def del_lock(self, resource: Any, pid: Pid) -> None:
-        self.node._exec_service("global", self.core.del_lock(resource, pid,
-                                                              self.node.loop.time()))
+        self._run(self.core.del_lock(resource, pid, self._now()))
 
     async def trans(self, resource: Any, pid: Pid, fn: Callable[[], Awaitable[T]], *,
                     retries: int | None = None) -> T:
@@ -146,10 +146,10 @@ class Global:
     def stand(self, group: Any, pid: Pid) -> None:
         """Make the local ``pid`` a candidate for leading ``group`` (see module docs)."""
         self._check(pid)
-        self.node.run_service("global", "stand", group, pid)
+        self._run(self.core.stand(group, pid, self._now()))
 
     def resign(self, group: Any, pid: Pid) -> None:
-        self.node.run_service("global", "resign", group, pid)
+        self._run(self.core.resign(group, pid, self._now()))
 
     def leader(self, group: Any) -> tuple[Pid, int] | None:
         """``(leader pid, term)`` as this node sees it, or None."""
@@ -163,13 +163,18 @@ class Global:
                 f"{pid!r} is not a live process of this node (register a process on its "
                 "own node)")
 
-    async def _request(self, start: Callable[[Any, float], list[Any]],
-                       timeout: float | None) -> Any:
-        import asyncio
+    def _now(self) -> float:
+        return self.node.loop.time()
 
+    def _run(self, effects: list[Effect]) -> None:
+        self.node.run_service(self.core.service, effects)
+
+    async def _request(self, start: Callable[[Any, float], list[Effect]],
+                       timeout: float | None) -> Any:
+        """Start a transaction whose ``Complete(token, result)`` ends it; its result."""
         token = self.node.make_ref()
         fut = self.node.expect(token)
-        self.node._exec_service("global", start(token, self.node.loop.time()))
+        self._run(start(token, self._now()))
         return await asyncio.wait_for(fut, timeout)
 
     def _exit_process(self, service: str, effect: ExitProcess) -> None:

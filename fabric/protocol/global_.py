@@ -226,6 +226,10 @@ class GlobalCore(GlobalNames):
         """Handle one message from the global core of ``peer``."""
         return self._run(now, self._dispatch, peer, payload)
 
+    def on_publish(self, payload: Any, now: float) -> list[Effect]:
+        """Never called: global declares no topic prefix."""
+        return []
+
     def on_timer(self, key: Any, now: float) -> list[Effect]:
         """A backoff ended: retry the transaction (or a subclass timer fired)."""
 

@@ -50,6 +50,7 @@ class GlobalBase:
     """
 
     service = "global"
+    topic_prefix = None  # global never publishes: everything goes over the mesh
 
     def __init__(
         self,

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from fabric.protocol.effects import ExitProcess
 from fabric.types import Pid
 
 __all__ = [
@@ -100,20 +101,6 @@ class Entry(NamedTuple):
         except TypeError:
             raise ValueError("claim name and meta must be hashable") from None
         return cls(name, pid, (lamport, node, seq), method, meta)
-
-
-@dataclass(frozen=True, slots=True)
-class ExitProcess:
-    """An effect: the runtime must terminate the *local* process ``pid`` with ``reason``.
-
-    Emitted only by the node that owns ``pid`` (``pid.node`` is the emitting node), for
-    resolvers that kill the loser of a name conflict (:func:`random_exit_name` uses
-    reason ``"kill"``, as Erlang does). The runtime then reports the exit through
-    ``on_process_exit`` like any other.
-    """
-
-    pid: Pid
-    reason: Any
 
 
 @dataclass(frozen=True, slots=True)
