@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from fabric.errors import LocalProtocolError, ProcessDeadError
 from fabric.protocol.effects import Effect, ExitProcess
+from fabric.protocol.global_ import GlobalCore
 from fabric.protocol.global_resolve import BUILTIN_RESOLVERS
-from fabric.protocol.leader import LeaderCore
+from fabric.protocol.leader import LeaderElection
 from fabric.types import Pid
 
 if TYPE_CHECKING:
@@ -50,7 +51,10 @@ class Global:
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.core = LeaderCore(node.name, node.creation, seed=random.getrandbits(32))
+        # Leader election is a plug-in that observes names; the core is what is hosted.
+        self.leaders = LeaderElection()
+        self.core = GlobalCore(node.name, node.creation, seed=random.getrandbits(32),
+                               plugin=self.leaders)
         node.add_service(self.core)
         node.on_effect(ExitProcess, self._exit_process)
 
@@ -146,14 +150,14 @@ class Global:
     def stand(self, group: Any, pid: Pid) -> None:
         """Make the local ``pid`` a candidate for leading ``group`` (see module docs)."""
         self._check(pid)
-        self._run(self.core.stand(group, pid, self._now()))
+        self._run(self.leaders.stand(group, pid, self._now()))
 
     def resign(self, group: Any, pid: Pid) -> None:
-        self._run(self.core.resign(group, pid, self._now()))
+        self._run(self.leaders.resign(group, pid, self._now()))
 
     def leader(self, group: Any) -> tuple[Pid, int] | None:
         """``(leader pid, term)`` as this node sees it, or None."""
-        return self.core.leader(group)
+        return self.leaders.leader(group)
 
     # -- internals ------------------------------------------------------------------------
 
