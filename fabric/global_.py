@@ -61,24 +61,32 @@ class Global:
     # -- names ----------------------------------------------------------------------------
 
     async def register_name(self, name: Any, pid: Pid, *, method: str | None = None,
-                            timeout: float | None = 30.0) -> str:
+                            wait_all: bool = True, timeout: float | None = 30.0) -> str:
         """Register ``pid`` (local, alive) under ``name`` cluster-wide: ``"yes"`` or ``"no"``.
 
         Args:
             method: the conflict resolver for this name after a heal: ``"earliest"``
                 (default), ``"random_exit"``, ``"random_notify"``, ``"notify_all"``.
+            wait_all: True (default): the answer comes once every connected node shows
+                the name, as in Erlang. False: it comes at the commit, a round trip
+                sooner; the name is exactly as unique, this node shows it at once and
+                every peer before any later message from this node, but a third node
+                may not show it yet.
         """
         self._check(pid)
         answer: str = await self._request(lambda token, now: self.core.register_name(
-            name, pid, token, now, method=_method(method)), timeout)
+            name, pid, token, now, method=_method(method), wait_all=wait_all), timeout)
         return answer
 
     async def re_register_name(self, name: Any, pid: Pid, *, method: str | None = None,
-                               timeout: float | None = 30.0) -> str:
-        """Register ``pid`` under ``name``, replacing any current owner (no notification)."""
+                               wait_all: bool = True, timeout: float | None = 30.0) -> str:
+        """Register ``pid`` under ``name``, replacing any current owner (no notification).
+
+        ``wait_all``: as for :meth:`register_name`.
+        """
         self._check(pid)
         answer: str = await self._request(lambda token, now: self.core.re_register_name(
-            name, pid, token, now, method=_method(method)), timeout)
+            name, pid, token, now, method=_method(method), wait_all=wait_all), timeout)
         return answer
 
     async def unregister_name(self, name: Any, timeout: float | None = 30.0) -> None:

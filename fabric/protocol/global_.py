@@ -18,8 +18,11 @@ is outstanding (synced by a peer that came up, so it took no lock) is reported t
 (``taken``). If any does, the answer is ``"no"``; else the claim is stamped, sent to every
 node (which applies it, then drops the lock) and ``"yes"`` comes once every node
 acknowledged it, so ``whereis_name`` anywhere sees it after the reply (as Erlang's
-``multi_call``). Two requesters that are connected, or share a connected node, both lock
-that node, which serialises them: exactly one ``"yes"``. A request in flight is extended
+``multi_call``); with ``wait_all=False`` the answer comes at the commit instead, one
+round trip sooner (the answer is final once the claim is sent: uniqueness rests on the
+locks, which each node drops only when it applies the claim). Two requesters that are
+connected, or share a connected node, both lock that node, which serialises them:
+exactly one ``"yes"``. A request in flight is extended
 to a peer that comes up meanwhile. ``re_register_name`` commits in two rounds: every node
 first drops the other claims (their owners retract them, without notification, like
 Erlang) and acks, then the new claim is sent, so no two connected nodes ever show the old
@@ -114,7 +117,7 @@ from fabric.protocol.global_resolve import (
     random_exit_name,
     random_notify_name,
 )
-from fabric.protocol.global_txn import Transactions
+from fabric.protocol.global_txn import Transactions, TxnKind
 from fabric.types import Pid
 
 __all__ = [
@@ -238,6 +241,7 @@ class GlobalCore:
         *,
         method: str | None = None,
         meta: Any = None,
+        wait_all: bool = True,
     ) -> list[Effect]:
         """Register ``name`` for the local ``pid``; completes ``token`` with "yes" or "no".
 
@@ -246,11 +250,17 @@ class GlobalCore:
         "notify_all", "leader" or one given to the constructor); ``meta`` (hashable,
         msgpack-able) travels with the claim. One pid may hold several names.
 
+        ``wait_all`` False answers "yes" at the commit, one round trip sooner, instead
+        of once every node acknowledged the claim: the name is exactly as unique, this
+        node shows it at once and every peer before any later message from this node,
+        but a third node may show it up to a round trip after the answer.
+
         Raises:
             LocalProtocolError: ``pid`` is not a pid of this node run, or ``name`` or
                 ``meta`` is not hashable.
         """
-        return self._run(now, self._txns.register, "register", name, pid, token, method, meta)
+        return self._run(
+            now, self._register, "register", name, pid, token, method, meta, wait_all)
 
     def re_register_name(
         self,
@@ -261,14 +271,17 @@ class GlobalCore:
         *,
         method: str | None = None,
         meta: Any = None,
+        wait_all: bool = True,
     ) -> list[Effect]:
         """Register ``name`` for ``pid`` even if taken; completes ``token`` with "yes".
+
+        ``wait_all``: as for :meth:`register_name`.
 
         Raises:
             LocalProtocolError: ``pid`` is not a pid of this node run, or bad ``name``.
         """
         return self._run(
-            now, self._txns.register, "re_register", name, pid, token, method, meta)
+            now, self._register, "re_register", name, pid, token, method, meta, wait_all)
 
     def unregister_name(self, name: Any, token: Any, now: float) -> list[Effect]:
         """Remove ``name`` everywhere; completes ``token`` with "ok" once all nodes did."""
@@ -372,6 +385,10 @@ class GlobalCore:
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             # A malformed or unknown message is the peer's fault: log it, never crash.
             self._ctx.log("warning", "global_bad_message", peer=peer, error=repr(exc))
+
+    def _register(self, kind: TxnKind, name: Any, pid: Pid, token: Any, method: str | None,
+                  meta: Any, wait_all: bool) -> None:
+        self._txns.register(kind, name, pid, token, method, meta, wait_all=wait_all)
 
     def _exit(self, pid: Pid) -> None:
         if pid.node != self.node:

@@ -91,6 +91,10 @@ class Txn:
     result: Any = None
     # Attempt counter (third part of rid).
     attempts: int = 0
+    # Register: False to answer "yes" at the commit instead of after every node's ack.
+    wait_all: bool = True
+    # The token was completed at the commit (wait_all False): nothing to tell at the end.
+    answered: bool = False
 
     def next_attempt(self, node: str, ask: set[str]) -> Rid:
         """Start a new attempt that asks ``ask``; returns its request id."""
@@ -145,18 +149,29 @@ class Transactions:
     # -- starting -------------------------------------------------------------------------
 
     def register(
-        self, kind: TxnKind, name: Any, pid: Pid, token: Any, method: str | None, meta: Any
+        self,
+        kind: TxnKind,
+        name: Any,
+        pid: Pid,
+        token: Any,
+        method: str | None,
+        meta: Any,
+        *,
+        wait_all: bool = True,
     ) -> None:
-        """Register (``kind`` "register") or re-register ``name`` for the local ``pid``."""
+        """Register (``kind`` "register") or re-register ``name`` for the local ``pid``.
+
+        ``wait_all`` False answers "yes" at the commit (see ``GlobalCore.register_name``).
+        """
         self._ctx.check_local((name, meta), pid)
         if kind == "register" and self._names.claimed(name):
             self._complete(token, "no")  # visibly taken: no need to ask anyone
             return
-        self._start(kind, ("n", name), pid, token, method, meta, 0)
+        self._start(kind, ("n", name), pid, token, method, meta, 0, wait_all)
 
     def lock(self, resource: Any, pid: Pid, token: Any, retries: int) -> None:
         """Lock ``resource`` for the local ``pid`` (checked by the caller)."""
-        self._start("lock", ("l", resource), pid, token, None, None, retries)
+        self._start("lock", ("l", resource), pid, token, None, None, retries, True)
 
     def unregister(self, name: Any, token: Any) -> None:
         """Remove ``name`` everywhere: retract ours, ask the other owners to retract."""
@@ -268,11 +283,13 @@ class Transactions:
         method: str | None,
         meta: Any,
         retries: int,
+        wait_all: bool,
     ) -> None:
         tid = self._new_tid()
         prio = (self._ctx.tick(), self._ctx.node, tid)
         txn = Txn(tid, kind, key, prio, token, pid, method, meta)
         txn.retries = retries
+        txn.wait_all = wait_all
         self._txns[tid] = txn
         self._attempt(txn)
 
@@ -328,6 +345,13 @@ class Transactions:
         txn.waiting = {self._ctx.node} | self._ctx.peers
         for node in sorted(txn.waiting):
             self._ctx.send(node, ("claim", entry.wire(), txn.rid, True, supersede))
+        if not txn.wait_all:
+            # The result is final here: the ack phase ends in "yes" whatever happens (a
+            # nodedown stops the wait, an exit does not cancel a commit). The claims are
+            # queued before the answer, so each peer applies ours before anything this
+            # node sends it after the answer; this node applies it within this input.
+            txn.answered = True
+            self._complete(txn.token, "yes")
 
     def _release_all(self, txn: Txn) -> None:
         for node in sorted(txn.asked):
@@ -360,7 +384,8 @@ class Transactions:
         if txn.phase == "backoff":
             self._ctx.emit(CancelTimer((_RETRY, txn.tid)))
         txn.phase = "done"
-        self._complete(txn.token, result)
+        if not txn.answered:
+            self._complete(txn.token, result)
 
     def _complete(self, token: Any, result: Any) -> None:
         """Tell whoever started a transaction that it ended."""
