@@ -22,11 +22,10 @@ acknowledged it, so ``whereis_name`` anywhere sees it after the reply (as Erlang
 round trip sooner (the answer is final once the claim is sent: uniqueness rests on the
 locks, which each node drops only when it applies the claim). Two requesters that are
 connected, or share a connected node, both lock that node, which serialises them:
-exactly one ``"yes"``. A request in flight is extended
-to a peer that comes up meanwhile. ``re_register_name`` commits in two rounds: every node
-first drops the other claims (their owners retract them, without notification, like
-Erlang) and acks, then the new claim is sent, so no two connected nodes ever show the old
-and the new pid at once.
+exactly one ``"yes"``. A request in flight is extended to a peer that comes up
+meanwhile. ``re_register_name`` commits in two rounds: every node first drops the other
+claims (their owners retract them, without notification, like Erlang) and acks, then the
+new claim is sent, so no two connected nodes ever show the old and the new pid at once.
 
 **Removal** needs no lock because only the owner removes: a retract is broadcast when
 the process exits, on ``unregister_name`` (forwarded to the owner; the reply waits for
