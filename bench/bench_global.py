@@ -13,6 +13,11 @@ worker on ``g0``) tells it to; every registration's latency is taken around that
 * ``sequential``: N distinct names from ``g0``, one at a time: p50, p99 and
   registrations/s = N / the loop's duration.  This is the figure issue 5 compares with
   Erlang/OTP 25 (545 registrations/s on 3 nodes, p50 1.7 ms) and aims at twice.
+* ``at commit A/B``: N more names from ``g0``, one at a time, in blocks of
+  ``AB_BLOCK`` that alternate (ABBA order) ``register_name(..., wait_all=True)`` (the
+  default: "yes" once every node applied the claim) and ``wait_all=False`` ("yes" at the
+  commit, DECISIONS.md D16): p50, p99 and registrations/s of each side, both measured in
+  the same cluster over the same stretch of time.
 * ``concurrent``: each of the 3 nodes registers its own distinct names, one at a time
   per node, all starting at the same instant (a start time on CLOCK_MONOTONIC, shared
   by the processes): aggregate registrations/s = all registrations / (last finish -
@@ -59,6 +64,8 @@ NODES = 3
 #: The local name of the worker process on every node.
 WORKER = "gbench"
 WARMUP_NAMES = 20
+#: Names per block of the at-commit A/B phase (blocks alternate wait_all True / False).
+AB_BLOCK = 50
 #: Delay from the driver's "go" to the shared start instant of a concurrent phase:
 #: enough for the command to reach every node on a loaded machine.
 START_DELAY_S = 0.05
@@ -75,9 +82,17 @@ GOAL_REG_S = 1100.0
 # --------------------------------------------------------------------------- node side
 
 
-async def _register_all(proc: Any, names: list[str], t_go: float) -> dict[str, Any]:
-    """Register each of ``names`` for ``proc`` in turn, from shared-clock instant ``t_go``."""
-    register = proc.node.global_.register_name
+async def _register_all(proc: Any, names: list[str], t_go: float,
+                        wait_all: bool = True) -> dict[str, Any]:
+    """Register each of ``names`` for ``proc`` in turn, from shared-clock instant ``t_go``
+    (``wait_all``: see ``Global.register_name``)."""
+    global_ = proc.node.global_
+
+    async def register(name: str, me: Any, timeout: float) -> str:
+        answer: str = await global_.register_name(name, me, wait_all=wait_all,
+                                                  timeout=timeout)
+        return answer
+
     me = proc.self
     delay = t_go - h.shared_clock()
     if delay > 0:
@@ -96,7 +111,8 @@ async def _register_all(proc: Any, names: list[str], t_go: float) -> dict[str, A
 async def _worker(proc: Any, index: int, done: asyncio.Future[None]) -> None:
     """Runs the driver's commands on its node until ``("stop",)``.
 
-    ``("run", phase, names, t_go, reply_to)`` -> ``("done", phase, index, result)``;
+    ``("run", phase, names, t_go, reply_to, wait_all)`` -> ``("done", phase, index,
+    result)``;
     ``("where", phase, names, reply_to)`` -> ``("done", phase, index, [pid or None])``.
     """
     try:
@@ -105,8 +121,8 @@ async def _worker(proc: Any, index: int, done: asyncio.Future[None]) -> None:
             if msg[0] == "stop":
                 break
             if msg[0] == "run":
-                _, phase, names, t_go, reply_to = msg
-                result: Any = await _register_all(proc, names, t_go)
+                _, phase, names, t_go, reply_to, wait_all = msg
+                result: Any = await _register_all(proc, names, t_go, wait_all)
             elif msg[0] == "where":
                 _, phase, names, reply_to = msg
                 whereis = proc.node.global_.whereis_name
@@ -139,14 +155,14 @@ async def _drive(proc: Any, nodes: list[str], n_seq: int, n_par: int, n_race: in
     """The driver (on ``g0``): run every phase on the workers, return the raw results."""
     workers = [(WORKER, node) for node in nodes]
 
-    async def phase(name: str, plan: dict[int, list[str]], where: bool = False
-                    ) -> dict[int, Any]:
+    async def phase(name: str, plan: dict[int, list[str]], where: bool = False,
+                    wait_all: bool = True) -> dict[int, Any]:
         t_go = h.shared_clock() + START_DELAY_S
         for index, names in plan.items():
             if where:
                 proc.send(workers[index], ("where", name, names, proc.self))
             else:
-                proc.send(workers[index], ("run", name, names, t_go, proc.self))
+                proc.send(workers[index], ("run", name, names, t_go, proc.self, wait_all))
         results: dict[int, Any] = {}
         while len(results) < len(plan):
             msg = await proc.receive(timeout=STALL_S + 60.0)
@@ -157,6 +173,13 @@ async def _drive(proc: Any, nodes: list[str], n_seq: int, n_par: int, n_race: in
     everyone = range(NODES)
     await phase("warmup", {i: [f"warm-{i}-{k}" for k in range(WARMUP_NAMES)] for i in everyone})
     seq = await phase("sequential", {0: [f"seq-{k}" for k in range(n_seq)]})
+    # ABBA blocks: True False False True True False ...
+    ab: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
+    for block in range(max(1, n_seq // AB_BLOCK)):
+        for wait_all in ((True, False) if block % 2 == 0 else (False, True)):
+            names = [f"ab-{wait_all}-{block}-{k}" for k in range(AB_BLOCK)]
+            got = await phase(f"ab-{wait_all}-{block}", {0: names}, wait_all=wait_all)
+            ab[wait_all].append(got[0])
     par = await phase("concurrent", {i: [f"par-{i}-{k}" for k in range(n_par)]
                                      for i in everyone})
     race_names = [f"race-{k}" for k in range(n_race)]
@@ -167,6 +190,7 @@ async def _drive(proc: Any, nodes: list[str], n_seq: int, n_par: int, n_race: in
         proc.send(worker, ("stop",))
     return {
         "sequential": seq[0],
+        "ab": {"wait_all": ab[True], "at_commit": ab[False]},
         "concurrent": [par[i] for i in everyone],
         "contended": [race[i] for i in everyone],
         "race_names": race_names,
@@ -226,6 +250,9 @@ class GlobalRun:
     """
 
     sequential: Phase
+    #: the alternating blocks: default (wait_all=True) and answer at the commit
+    ab_wait_all: Phase
+    ab_at_commit: Phase
     concurrent: Phase
     contended: Phase
     #: wins per node in the contended phase (sorted by node index)
@@ -235,7 +262,8 @@ class GlobalRun:
     def __str__(self) -> str:
         return " ".join(
             f"{k}: p50={v.p50_us:.0f}us p99={v.p99_us:.0f}us {v.rate:.0f}/s;"
-            for k, v in (("seq", self.sequential), ("par", self.concurrent),
+            for k, v in (("seq", self.sequential), ("ab-wait", self.ab_wait_all),
+                         ("ab-commit", self.ab_at_commit), ("par", self.concurrent),
                          ("race", self.contended))
         ) + f" wins={self.race_wins} stall={self.max_stall_ms:.0f}ms"
 
@@ -300,6 +328,16 @@ def global_fabric(n_seq: int, n_par: int, n_race: int) -> GlobalRun:
     p50, p99 = _latency(seq["lat_ns"])
     sequential = Phase(p50, p99, len(seq["answers"]) / (seq["t1"] - seq["t0"]))
 
+    def blocks(results: list[dict[str, Any]]) -> Phase:
+        if any(a != "yes" for r in results for a in r["answers"]):
+            raise h.BenchError("at-commit A/B phase: a distinct name was refused")
+        p50, p99 = _latency([x for r in results for x in r["lat_ns"]])
+        busy = sum(r["t1"] - r["t0"] for r in results)
+        return Phase(p50, p99, sum(len(r["answers"]) for r in results) / busy)
+
+    ab_wait_all = blocks(driver["ab"]["wait_all"])
+    ab_at_commit = blocks(driver["ab"]["at_commit"])
+
     par = driver["concurrent"]
     refused = [a for r in par for a in r["answers"] if a != "yes"]
     if refused:
@@ -312,7 +350,7 @@ def global_fabric(n_seq: int, n_par: int, n_race: int) -> GlobalRun:
     p50, p99 = _latency([x for r in race for x in r["lat_ns"]])
     span = max(r["t1"] for r in race) - min(r["t0"] for r in race)
     contended = Phase(p50, p99, len(driver["race_names"]) / span)
-    return GlobalRun(sequential, concurrent, contended, wins,
+    return GlobalRun(sequential, ab_wait_all, ab_at_commit, concurrent, contended, wins,
                      max(float(g["max_stall_ms"]) for g in got))
 
 
@@ -342,7 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "trip to the peers (asked in parallel); its rate is 1/round-trip time. "
             "fabric's register_name takes two sequential round trips to every peer for a "
             "'yes' (lock req/grant, claim/ack), so ~2x the floor is the protocol's limit."),
-        "phases": {"sequential": n_seq, "concurrent_per_node": n_par,
+        "phases": {"sequential": n_seq, "at_commit_ab_per_side": n_seq,
+                   "concurrent_per_node": n_par,
                    "contended_names": n_race, "warmup_per_node": WARMUP_NAMES},
         "contended_check": "asserted every run: exactly one 'yes' per name over the 3 "
                            "nodes, and every node's whereis_name shows the winner",
@@ -367,6 +406,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     labels = {
         "sequential": ("global sequential, 1 node", f"{n_seq} names from g0, one at a time"),
+        "ab_wait_all": ("global sequential A/B: wait_all=True (default)",
+                        f"{n_seq} names from g0 in blocks of {AB_BLOCK}, alternating ABBA "
+                        "with wait_all=False"),
+        "ab_at_commit": ("global sequential A/B: wait_all=False (yes at commit)",
+                         f"{n_seq} names from g0 in blocks of {AB_BLOCK}, alternating ABBA "
+                         "with wait_all=True"),
         "concurrent": ("global concurrent, 3 nodes",
                        f"{n_par} distinct names per node, one at a time per node"),
         "contended": ("global contended, 3 nodes",

@@ -36,9 +36,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fabric.errors import LocalProtocolError, OutcomeUnknown, ProcessDeadError
-from fabric.protocol.global_ import ExitProcess
+from fabric.protocol.effects import Effect, ExitProcess
+from fabric.protocol.global_ import GlobalCore
 from fabric.protocol.global_resolve import BUILTIN_RESOLVERS
-from fabric.protocol.leader import LeaderCore
+from fabric.protocol.leader import LeaderElection
 from fabric.types import Pid
 
 if TYPE_CHECKING:
@@ -54,19 +55,27 @@ class Global:
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.core = LeaderCore(node.name, node.creation, seed=random.getrandbits(32))
+        # Leader election is a plug-in that observes names; the core is what is hosted.
+        self.leaders = LeaderElection()
+        self.core = GlobalCore(node.name, node.creation, seed=random.getrandbits(32),
+                               plugin=self.leaders)
         node.add_service(self.core)
         node.on_effect(ExitProcess, self._exit_process)
 
     # -- names ----------------------------------------------------------------------------
 
     async def register_name(self, name: Any, pid: Pid, *, method: str | None = None,
-                            timeout: float | None = 30.0) -> str:
+                            wait_all: bool = True, timeout: float | None = 30.0) -> str:
         """Register ``pid`` (local, alive) under ``name`` cluster-wide: ``"yes"`` or ``"no"``.
 
         Args:
             method: the conflict resolver for this name after a heal: ``"earliest"``
                 (default), ``"random_exit"``, ``"random_notify"``, ``"notify_all"``.
+            wait_all: True (default): the answer comes once every connected node shows
+                the name, as in Erlang. False: it comes at the commit, a round trip
+                sooner; the name is exactly as unique, this node shows it at once and
+                every peer before any later message from this node, but a third node
+                may not show it yet.
 
         Raises:
             OutcomeUnknown: no answer within ``timeout``; the registration may still take
@@ -74,19 +83,22 @@ class Global:
         """
         self._check(pid)
         answer: str = await self._request(lambda token, now: self.core.register_name(
-            name, pid, token, now, method=_method(method)), timeout, f"register_name({name!r})")
+            name, pid, token, now, method=_method(method), wait_all=wait_all), timeout,
+            f"register_name({name!r})")
         return answer
 
     async def re_register_name(self, name: Any, pid: Pid, *, method: str | None = None,
-                               timeout: float | None = 30.0) -> str:
+                               wait_all: bool = True, timeout: float | None = 30.0) -> str:
         """Register ``pid`` under ``name``, replacing any current owner (no notification).
+
+        ``wait_all``: as for :meth:`register_name`.
 
         Raises:
             OutcomeUnknown: as :meth:`register_name`.
         """
         self._check(pid)
         answer: str = await self._request(lambda token, now: self.core.re_register_name(
-            name, pid, token, now, method=_method(method)), timeout,
+            name, pid, token, now, method=_method(method), wait_all=wait_all), timeout,
             f"re_register_name({name!r})")
         return answer
 
@@ -142,8 +154,7 @@ class Global:
         return ok
 
     def del_lock(self, resource: Any, pid: Pid) -> None:
-        self.node._exec_service("global", self.core.del_lock(resource, pid,
-                                                              self.node.loop.time()))
+        self._run(self.core.del_lock(resource, pid, self._now()))
 
     async def trans(self, resource: Any, pid: Pid, fn: Callable[[], Awaitable[T]], *,
                     retries: int | None = None) -> T:
@@ -164,14 +175,14 @@ class Global:
     def stand(self, group: Any, pid: Pid) -> None:
         """Make the local ``pid`` a candidate for leading ``group`` (see module docs)."""
         self._check(pid)
-        self.node.run_service("global", "stand", group, pid)
+        self._run(self.leaders.stand(group, pid, self._now()))
 
     def resign(self, group: Any, pid: Pid) -> None:
-        self.node.run_service("global", "resign", group, pid)
+        self._run(self.leaders.resign(group, pid, self._now()))
 
     def leader(self, group: Any) -> tuple[Pid, int] | None:
         """``(leader pid, term)`` as this node sees it, or None."""
-        return self.core.leader(group)
+        return self.leaders.leader(group)
 
     # -- internals ------------------------------------------------------------------------
 
@@ -181,15 +192,22 @@ class Global:
                 f"{pid!r} is not a live process of this node (register a process on its "
                 "own node)")
 
-    async def _request(self, start: Callable[[Any, float], list[Any]],
+    def _now(self) -> float:
+        return self.node.loop.time()
+
+    def _run(self, effects: list[Effect]) -> None:
+        self.node.run_service(self.core.service, effects)
+
+    async def _request(self, start: Callable[[Any, float], list[Effect]],
                        timeout: float | None, what: str | None = None) -> Any:
-        """Start a request and wait for its answer. ``what``: a name operation, whose
-        timeout is reported as :class:`OutcomeUnknown` (it stays in flight)."""
+        """Start a transaction whose ``Complete(token, result)`` ends it; its result.
+        ``what``: a name operation, whose timeout is reported as :class:`OutcomeUnknown`
+        (it stays in flight)."""
         from fabric.timeouts import wait_for
 
         token = self.node.make_ref()
         fut = self.node.expect(token)
-        self.node._exec_service("global", start(token, self.node.loop.time()))
+        self._run(start(token, self._now()))
         if what is None:
             return await wait_for(fut, timeout, "global request")
         return await wait_for(fut, timeout, f"{what} got no answer: the outcome is unknown, "

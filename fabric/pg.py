@@ -26,7 +26,8 @@ import random
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from fabric.errors import LocalProtocolError, RemoteProtocolError
+from fabric.errors import LocalProtocolError
+from fabric.protocol.effects import Effect
 from fabric.protocol.hashring import rendezvous
 from fabric.protocol.pg import DEFAULT_SCOPE, PgCore
 from fabric.types import Pid, Ref
@@ -80,10 +81,8 @@ class Groups:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.core = PgCore(node.name, node.creation)
-        node.add_service(self.core)
-        node.on_topic(b"g\x00", self._on_publish)
+        node.add_service(self.core)  # it routes publications under core.topic_prefix
         self._rr: dict[tuple[str, Hashable], itertools.count[int]] = {}
-        self.dropped_publishes = 0
 
     # -- membership -----------------------------------------------------------------------
 
@@ -94,12 +93,12 @@ class Groups:
             LocalProtocolError: a pid is remote or not alive.
         """
         self._check_alive(pids)
-        self.node.run_service("pg", "join", scope, group, pids)
+        self._run(self.core.join(scope, group, pids, self._now()))
 
     def leave(self, group: Hashable, pids: Pid | Sequence[Pid],
               scope: str = DEFAULT_SCOPE) -> bool:
         """Remove one occurrence of each pid; False if none was a member."""
-        ok: bool = self.node.run_service("pg", "leave", scope, group, pids)
+        ok: bool = self._run(self.core.leave(scope, group, pids, self._now()))
         return ok
 
     def get_members(self, group: Hashable, scope: str = DEFAULT_SCOPE) -> list[Pid]:
@@ -123,32 +122,33 @@ class Groups:
         """Watch ``group``; returns ``(token, members now)``. Then ``watcher`` receives
         ``("pg_join" | "pg_leave", token, scope, group, [pids])`` for every change."""
         self._check_alive(watcher)
-        result: tuple[Ref, list[Pid]] = self.node.run_service(
-            "pg", "monitor", scope, group, watcher)
+        result: tuple[Ref, list[Pid]] = self._run(
+            self.core.monitor(scope, group, watcher, self._now()))
         return result
 
     def monitor_scope(self, watcher: Pid,
                       scope: str = DEFAULT_SCOPE) -> tuple[Ref, dict[Hashable, list[Pid]]]:
         """Watch every group of ``scope``; returns ``(token, {group: members})``."""
         self._check_alive(watcher)
-        result: tuple[Ref, dict[Hashable, list[Pid]]] = self.node.run_service(
-            "pg", "monitor_scope", scope, watcher)
+        result: tuple[Ref, dict[Hashable, list[Pid]]] = self._run(
+            self.core.monitor_scope(scope, watcher, self._now()))
         return result
 
     def demonitor(self, token: Ref) -> bool:
-        return self.core.demonitor(token)
+        ok: bool = self._run(self.core.demonitor(token, self._now()))
+        return ok
 
     # -- messaging ------------------------------------------------------------------------
 
     def broadcast(self, group: Hashable, message: Any, scope: str = DEFAULT_SCOPE) -> None:
         """Best-effort fan-out to every member (one publish; see the module docstring)."""
-        self.node.run_service("pg", "broadcast", scope, group, message)
+        self._run(self.core.broadcast(scope, group, message, self._now()))
 
     def broadcast_reliable(self, group: Hashable, message: Any,
                            scope: str = DEFAULT_SCOPE) -> None:
         """Fan-out over the ordered mesh: one message per member node, none dropped while
         the node is up."""
-        self.node.run_service("pg", "broadcast_reliable", scope, group, message)
+        self._run(self.core.broadcast_reliable(scope, group, message, self._now()))
 
     def send_to_one(self, group: Hashable, message: Any, *, strategy: str = "local_first",
                     key: Any = None, scope: str = DEFAULT_SCOPE) -> Pid | None:
@@ -172,10 +172,9 @@ class Groups:
             if not self.node.is_alive(pid):
                 raise LocalProtocolError(f"{pid!r} is not a live local process")
 
-    def _on_publish(self, topic: bytes, data: bytes, now: float) -> None:
-        try:
-            payload = self.node.codec.decode(data)
-        except RemoteProtocolError:
-            self.dropped_publishes += 1
-            return
-        self.node._exec_service("pg", self.core.on_publish(payload, now))
+    def _now(self) -> float:
+        return self.node.loop.time()
+
+    def _run(self, effects: list[Effect]) -> Any:
+        """Execute the effects of a core method; returns its reply (None without one)."""
+        return self.node.run_service(self.core.service, effects)

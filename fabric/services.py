@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A service core (:class:`fabric.protocol.effects.ServiceCore`) only talks to the same
+A service core (:class:`fabric.protocol.service.ServiceCore`) only talks to the same
 service on other nodes. The host feeds it node up/down, its messages (``[K_SERVICE,
 service, payload]`` on the ordered mesh stream), its timers and local process exits, and
 executes what it returns: sends, local deliveries, PUB/SUB publishes and subscriptions,
@@ -18,20 +18,22 @@ from typing import Any
 
 import zmq
 
-from fabric.errors import ConfigError
+from fabric.errors import ConfigError, RemoteProtocolError
 from fabric.protocol.effects import (
     CancelTimer,
     Complete,
     Deliver,
     DeliverMany,
+    Effect,
     Publish,
+    Reply,
     Send,
-    ServiceCore,
     SetTimer,
     Subscribe,
     Unsubscribe,
 )
 from fabric.protocol.messages import K_SERVICE
+from fabric.protocol.service import ServiceCore, reply_of
 
 __all__ = ["ServiceHost"]
 
@@ -70,6 +72,18 @@ class ServiceHost:
         if core.service in self._services:
             raise ConfigError(f"service {core.service!r} is already running")
         self._services[core.service] = core
+        prefix = core.topic_prefix
+        if prefix is not None:
+            # Publications under the core's declared prefix go to its on_publish, decoded.
+            def on_publish(topic: bytes, data: bytes, now: float) -> None:
+                try:
+                    payload = self.codec.decode(data)
+                except RemoteProtocolError:
+                    self.metrics["bad_publish"] = self.metrics.get("bad_publish", 0) + 1
+                    return
+                self._exec_service(core.service, core.on_publish(payload, now))
+
+            self._topic_handlers[prefix] = on_publish
         now = self.loop.time()
         for peer in self.mesh.nodes() + self.mesh.hidden_nodes():
             self._exec_service(core.service, core.on_nodeup(peer, now))
@@ -91,15 +105,11 @@ class ServiceHost:
         self._completions[token] = fut
         return fut
 
-    def run_service(self, service: str, method: str, *args: Any) -> Any:
-        """Call ``core.method(*args, now)`` and execute its effects; returns the value of
-        a ``(value, effects)`` result, else None."""
-        result = getattr(self._services[service], method)(*args, self.loop.time())
-        if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], list):
-            self._exec_service(service, result[1])
-            return result[0]
-        self._exec_service(service, result)
-        return None
+    def run_service(self, service: str, effects: list[Effect]) -> Any:
+        """Execute the effects that a facade got from its core's API method (called with
+        ``now = node.loop.time()``); returns the value of their ``Reply``, else None."""
+        self._exec_service(service, effects)
+        return reply_of(effects)
 
     def _on_service_message(self, peer: str, service: str, payload: Any, now: float) -> None:
         core = self._services.get(service)
@@ -154,6 +164,8 @@ class ServiceHost:
                 fut = self._completions.pop(eff.token, None)
                 if fut is not None and not fut.done():
                     fut.set_result(eff.result)
+            elif t is Reply:
+                pass  # the caller's answer: run_service returns it
             elif t in self._effect_handlers:
                 self._effect_handlers[t](service, eff)
             else:

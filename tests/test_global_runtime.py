@@ -51,6 +51,36 @@ def test_concurrent_registration_has_exactly_one_winner() -> None:
     run(main)
 
 
+def test_yes_at_commit_is_shown_here_and_before_any_later_message_on_peers() -> None:
+    """register_name(wait_all=False): the answer may come before a peer applied the claim,
+    but the claim travels ahead of anything the registering node sends afterwards."""
+
+    async def main() -> None:
+        async with LocalCluster(3, **FAST) as nodes:
+            a = nodes[0]
+            seen: list[tuple[str, Any, Any]] = []
+
+            async def looker(proc: Process) -> None:
+                name = await proc.receive()
+                seen.append((proc.node.name, name, proc.node.global_.whereis_name(name)))
+
+            lookers = [n.spawn(looker) for n in nodes[1:]]
+            for round_ in range(20):
+                pid = a.spawn(idle)
+                name = f"early{round_}"
+                assert await a.global_.register_name(name, pid, wait_all=False) == "yes"
+                assert a.global_.whereis_name(name) == pid
+                if round_ == 19:
+                    for looker_pid in lookers:
+                        a.send(looker_pid, name)
+                    await until(lambda: len(seen) == 2)
+                    assert sorted(seen) == sorted((n.name, name, pid) for n in nodes[1:])
+            await until(lambda: all(n.global_.whereis_name("early0") is not None
+                                    for n in nodes))
+
+    run(main)
+
+
 def test_name_vanishes_on_exit_and_on_nodedown() -> None:
     async def main() -> None:
         async with LocalCluster(3, **FAST) as nodes:

@@ -8,15 +8,15 @@ of effects. The runtime (``fabric.node``) executes them against real sockets; th
 (``fabric.testing``) executes them against a scripted network with a virtual clock. The
 same core therefore runs unchanged in production and in deterministic tests.
 
-Service cores (pg, global, ...) all share one input interface, :class:`ServiceCore`, so the
-node and the simulator can host any of them the same way: a service only ever talks to the
-same service on other nodes.
+Service cores (pg, global, ...) all share one input interface,
+:class:`fabric.protocol.service.ServiceCore`, so the node and the simulator host any of
+them the same way, executing only the effects listed here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from fabric.types import Pid
 
@@ -26,10 +26,11 @@ __all__ = [
     "Deliver",
     "DeliverMany",
     "Effect",
+    "ExitProcess",
     "Log",
     "Publish",
+    "Reply",
     "Send",
-    "ServiceCore",
     "SetTimer",
     "Subscribe",
     "Unsubscribe",
@@ -115,28 +116,32 @@ class Log:
     fields: dict[str, Any]
 
 
-Effect = (
-    Send | Deliver | DeliverMany | Publish | Subscribe | Unsubscribe | SetTimer | CancelTimer
-    | Complete | Log
-)
+@dataclass(frozen=True, slots=True)
+class ExitProcess:
+    """Terminate the *local* process ``pid`` with ``reason`` (as if it called exit).
 
-
-class ServiceCore(Protocol):
-    """The inputs every service core accepts. Each returns the effects to execute.
-
-    ``peer`` is always a full node name. The runtime guarantees the ordering contract of
-    the mesh: ``on_nodeup(peer)`` comes before any ``on_message`` from ``peer`` and
-    ``on_nodedown(peer)`` after the last one; messages from one peer arrive in order.
+    Emitted only by the node that owns ``pid``; the runtime then reports the exit through
+    ``on_process_exit`` like any other. ``global`` emits it for resolvers that kill the
+    loser of a name conflict (reason ``"kill"``, as Erlang's ``random_exit_name``).
     """
 
-    service: str
+    pid: Pid
+    reason: Any
 
-    def on_nodeup(self, peer: str, now: float) -> list[Effect]: ...
 
-    def on_nodedown(self, peer: str, reason: str, now: float) -> list[Effect]: ...
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The answer of the current input to its local caller (a facade method).
 
-    def on_message(self, peer: str, payload: Any, now: float) -> list[Effect]: ...
+    At most one per input, and only from methods the local API calls (``leave``,
+    ``monitor``, ...): a facade gets the value back from the host's ``run_service``.
+    Inputs from the network, timers and process exits never reply.
+    """
 
-    def on_timer(self, key: Any, now: float) -> list[Effect]: ...
+    value: Any
 
-    def on_process_exit(self, pid: Pid, reason: Any, now: float) -> list[Effect]: ...
+
+Effect = (
+    Send | Deliver | DeliverMany | Publish | Subscribe | Unsubscribe | SetTimer | CancelTimer
+    | Complete | Log | ExitProcess | Reply
+)

@@ -18,12 +18,14 @@ is outstanding (synced by a peer that came up, so it took no lock) is reported t
 (``taken``). If any does, the answer is ``"no"``; else the claim is stamped, sent to every
 node (which applies it, then drops the lock) and ``"yes"`` comes once every node
 acknowledged it, so ``whereis_name`` anywhere sees it after the reply (as Erlang's
-``multi_call``). Two requesters that are connected, or share a connected node, both lock
-that node, which serialises them: exactly one ``"yes"``. A request in flight is extended
-to a peer that comes up meanwhile. ``re_register_name`` commits in two rounds: every node
-first drops the other claims (their owners retract them, without notification, like
-Erlang) and acks, then the new claim is sent, so no two connected nodes ever show the old
-and the new pid at once.
+``multi_call``); with ``wait_all=False`` the answer comes at the commit instead, one
+round trip sooner (the answer is final once the claim is sent: uniqueness rests on the
+locks, which each node drops only when it applies the claim). Two requesters that are
+connected, or share a connected node, both lock that node, which serialises them:
+exactly one ``"yes"``. A request in flight is extended to a peer that comes up
+meanwhile. ``re_register_name`` commits in two rounds: every node first drops the other
+claims (their owners retract them, without notification, like Erlang) and acks, then the
+new claim is sent, so no two connected nodes ever show the old and the new pid at once.
 
 **Removal** needs no lock because only the owner removes: a retract is broadcast when
 the process exits, on ``unregister_name`` (forwarded to the owner; the reply waits for
@@ -72,32 +74,49 @@ Results: ``register_name`` completes with ``"yes"``/``"no"``, ``re_register_name
 ``set_lock`` with True/False. A transaction of a pid that exits ends at once ("no"/False).
 ``trans`` is the runtime's: ``set_lock``, run, ``del_lock``.
 
-Modules: :mod:`.global_resolve` (claims, resolvers, :class:`ExitProcess`),
-:mod:`.global_locks` (granter side), :mod:`.global_txn` (requester side),
-:mod:`.global_base` (state, hooks), :mod:`.global_names` (claims table), this one (API).
+Composition (DECISIONS.md D16): :class:`GlobalCore` is the one service hosted as
+``"global"``; it wires parts with one job each and owns the one table from message tag
+to handler (:meth:`GlobalCore._handlers`):
+
+* :mod:`.global_context`: the shared context of an input (identity, peers, Lamport
+  clock, randomness, outputs, the queue of messages to this node itself);
+* :mod:`.global_names`: the claims table (``claim``, ``retract``, ``clear``,
+  ``supersede``);
+* :mod:`.global_locks`: the granter side, wait-die (``req``, ``release``, ``hold``,
+  ``unlock``, ``unlock_pid``);
+* :mod:`.global_heal`: resolution after a heal (``sync``, ``conflict``), with the
+  resolvers of :mod:`.global_resolve`;
+* :mod:`.global_txn`: the requester side (``grant``, ``deny``, ``taken``, ``ack``,
+  ``unreg``, ``unreg_ok``, retry timers);
+* :mod:`.global_plugin`: the plug-in slot through which a layer built on names (leader
+  election, :mod:`.leader`) observes and steers them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from fabric.protocol.effects import CancelTimer, Effect, SetTimer
-from fabric.protocol.global_base import ReplyTo
-from fabric.protocol.global_locks import LockReq
-from fabric.protocol.global_names import GlobalNames
+from fabric.protocol.effects import Effect
+from fabric.protocol.global_context import GlobalContext
+from fabric.protocol.global_heal import Healer
+from fabric.protocol.global_locks import Granter
+from fabric.protocol.global_names import NameTable
+from fabric.protocol.global_plugin import NamePlugin
 from fabric.protocol.global_resolve import (
     ConflictInfo,
     Entry,
     ExitProcess,
     Resolution,
     Resolver,
+    Verdicts,
     earliest_name,
     highest_term,
     notify_all_name,
     random_exit_name,
     random_notify_name,
 )
-from fabric.protocol.global_txn import Txn, TxnKind
+from fabric.protocol.global_txn import Transactions, TxnKind
 from fabric.types import Pid
 
 __all__ = [
@@ -105,6 +124,7 @@ __all__ = [
     "Entry",
     "ExitProcess",
     "GlobalCore",
+    "NamePlugin",
     "Resolution",
     "Resolver",
     "earliest_name",
@@ -114,19 +134,103 @@ __all__ = [
     "random_notify_name",
 ]
 
-_RETRY = "global_retry"  # timer key tag: ("global_retry", txn number)
-# Attempts lost to younger-dies before a request gives up; far beyond any real contention.
-_MAX_ATTEMPTS = 200
 
+class GlobalCore:
+    """Cluster-wide names and locks for one node: the ``"global"`` service core.
 
-class GlobalCore(GlobalNames):
-    """Cluster-wide names and locks for one node (a ``ServiceCore``, service "global").
-
-    Constructor arguments: see :class:`~fabric.protocol.global_base.GlobalBase`.
+    Args:
+        node: this node's full name.
+        creation: this node run's creation (pids of earlier runs are refused).
+        resolver: the default name-conflict resolver (must be the same on every node).
+        seed: seeds the backoff jitter, so simulations are reproducible.
+        resolvers: extra named resolvers, selectable per registration by ``method``.
+        lock_retries: default number of retries of ``set_lock`` on a held lock.
+        retry_base: first backoff, seconds; doubled per refusal up to ``retry_cap``.
+        plugin: the layer built on names (leader election), if any.
     """
 
-    # -- requests -------------------------------------------------------------------------
+    service = "global"
+    topic_prefix = None  # global never publishes: everything goes over the mesh
 
+    def __init__(
+        self,
+        node: str,
+        creation: int,
+        resolver: Resolver = earliest_name,
+        *,
+        seed: int = 0,
+        resolvers: Mapping[str, Resolver] | None = None,
+        lock_retries: int = 5,
+        retry_base: float = 0.02,
+        retry_cap: float = 1.0,
+        plugin: NamePlugin | None = None,
+    ) -> None:
+        self.node = node
+        self.creation = creation
+        ctx = GlobalContext(node, creation, seed)
+        plugin = plugin if plugin is not None else NamePlugin()
+        verdicts = Verdicts(resolver, resolvers, self._resolver_failed)
+        granter = Granter(ctx, self._grant_info)
+        names = NameTable(ctx, verdicts, granter, plugin)
+        self._ctx = ctx
+        self._plugin = plugin
+        self._granter = granter
+        self._names = names
+        self._heal = Healer(ctx, names, granter, verdicts, plugin)
+        self._txns = Transactions(
+            ctx, names, plugin, lock_retries=lock_retries, retry_base=retry_base,
+            retry_cap=retry_cap)
+        # The one table from message tag to handler: nothing else is reachable from the
+        # wire. Every handler takes the sending peer and the message's fields.
+        self._handlers: dict[str, Callable[..., None]] = {
+            # claims (global_names)
+            "claim": names.on_claim,
+            "retract": names.on_retract,
+            "clear": names.on_clear,
+            "supersede": names.on_supersede,
+            # resolution after a heal (global_heal)
+            "sync": self._heal.on_sync,
+            "conflict": self._heal.on_conflict,
+            # granter side of the locks (global_locks)
+            "req": granter.on_req,
+            "release": granter.on_release,
+            "hold": granter.on_hold,
+            "unlock": granter.on_unlock,
+            "unlock_pid": granter.on_unlock_pid,
+            # requester side (global_txn)
+            "grant": self._txns.on_grant,
+            "deny": self._txns.on_deny,
+            "taken": self._txns.on_taken,
+            "ack": self._txns.on_ack,
+            "unreg": self._txns.on_unreg,
+            "unreg_ok": self._txns.on_unreg_ok,
+        }
+        plugin.attach(_Port(self))
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def whereis_name(self, name: Any) -> Pid | None:
+        """The pid registered under ``name`` as this node sees it, or None."""
+        entry = self._names.shown(name)
+        return entry.pid if entry is not None else None
+
+    def name_info(self, name: Any) -> Entry | None:
+        """The full claim shown for ``name`` (stamp, method, meta), or None."""
+        return self._names.shown(name)
+
+    def registered_names(self) -> list[Any]:
+        """Every name this node shows, in no particular order."""
+        return self._names.names()
+
+    def lock_holders(self, resource: Any) -> frozenset[Pid]:
+        """The pids holding lock ``resource`` as this node knows."""
+        return self._granter.holders(resource)
+
+    def pending(self) -> int:
+        """Number of transactions in progress (zero once a simulation settles)."""
+        return self._txns.pending()
+
+    # -- requests -------------------------------------------------------------------------
     def register_name(
         self,
         name: Any,
@@ -136,6 +240,7 @@ class GlobalCore(GlobalNames):
         *,
         method: str | None = None,
         meta: Any = None,
+        wait_all: bool = True,
     ) -> list[Effect]:
         """Register ``name`` for the local ``pid``; completes ``token`` with "yes" or "no".
 
@@ -144,11 +249,17 @@ class GlobalCore(GlobalNames):
         "notify_all", "leader" or one given to the constructor); ``meta`` (hashable,
         msgpack-able) travels with the claim. One pid may hold several names.
 
+        ``wait_all`` False answers "yes" at the commit, one round trip sooner, instead
+        of once every node acknowledged the claim: the name is exactly as unique, this
+        node shows it at once and every peer before any later message from this node,
+        but a third node may show it up to a round trip after the answer.
+
         Raises:
             LocalProtocolError: ``pid`` is not a pid of this node run, or ``name`` or
                 ``meta`` is not hashable.
         """
-        return self._run(now, self._register, "register", name, pid, token, method, meta)
+        return self._run(
+            now, self._register, "register", name, pid, token, method, meta, wait_all)
 
     def re_register_name(
         self,
@@ -159,17 +270,21 @@ class GlobalCore(GlobalNames):
         *,
         method: str | None = None,
         meta: Any = None,
+        wait_all: bool = True,
     ) -> list[Effect]:
         """Register ``name`` for ``pid`` even if taken; completes ``token`` with "yes".
+
+        ``wait_all``: as for :meth:`register_name`.
 
         Raises:
             LocalProtocolError: ``pid`` is not a pid of this node run, or bad ``name``.
         """
-        return self._run(now, self._register, "re_register", name, pid, token, method, meta)
+        return self._run(
+            now, self._register, "re_register", name, pid, token, method, meta, wait_all)
 
     def unregister_name(self, name: Any, token: Any, now: float) -> list[Effect]:
         """Remove ``name`` everywhere; completes ``token`` with "ok" once all nodes did."""
-        return self._run(now, self._unregister, name, token)
+        return self._run(now, self._txns.unregister, name, token)
 
     def set_lock(
         self, resource: Any, pid: Pid, token: Any, now: float, *, retries: int | None = None
@@ -182,9 +297,9 @@ class GlobalCore(GlobalNames):
         Raises:
             LocalProtocolError: ``pid`` is not a pid of this node run, or bad ``resource``.
         """
-        self._check(resource, pid)
-        n = self._lock_retries if retries is None else retries
-        return self._run(now, self._start_txn, "lock", ("l", resource), pid, token, None, None, n)
+        self._ctx.check_local(resource, pid)
+        n = self._txns.lock_retries if retries is None else retries
+        return self._run(now, self._txns.lock, resource, pid, token, n)
 
     def del_lock(self, resource: Any, pid: Pid, now: float) -> list[Effect]:
         """Release ``pid``'s lock on ``resource`` everywhere (no-op if not held).
@@ -192,11 +307,11 @@ class GlobalCore(GlobalNames):
         Raises:
             LocalProtocolError: ``pid`` is not a pid of this node run.
         """
-        self._check(resource, pid)
+        self._ctx.check_local(resource, pid)
 
         def go() -> None:
-            self._answer(self._locks.unlock(("l", resource), pid))
-            self._broadcast(("unlock", resource, pid))
+            self._granter.unlock(resource, pid)
+            self._ctx.broadcast(("unlock", resource, pid))
 
         return self._run(now, go)
 
@@ -206,36 +321,37 @@ class GlobalCore(GlobalNames):
         """Send ``peer`` our claims and locks; extend requests in flight to it."""
 
         def go() -> None:
-            self._peers.add(peer)
-            mine = [e.wire() for c in self._claims.values() if (e := c.get(self.node))]
-            held = [(k[1], p) for k, p in self._locks.held_by(self.node)]
-            self._send(peer, ("sync", mine, held, self._sync_extra()))
-            for txn in self._txns.values():
-                if txn.phase == "lock" and txn.rid is not None:
-                    txn.asked.add(peer)
-                    txn.waiting.add(peer)
-                    self._send(peer, ("req", txn.rid, txn.key, txn.prio, txn.pid))
+            self._ctx.peers.add(peer)
+            self._heal.sync_to(peer)
+            self._txns.on_nodeup(peer)
 
         return self._run(now, go)
 
     def on_nodedown(self, peer: str, reason: str, now: float) -> list[Effect]:
         """Drop ``peer``'s claims, requests and locks; stop waiting for it."""
-        return self._run(now, self._nodedown, peer)
+
+        def go() -> None:
+            self._ctx.peers.discard(peer)
+            self._names.drop_peer(peer)
+            self._granter.drop_node(peer)
+            self._txns.on_nodedown(peer)
+
+        return self._run(now, go)
 
     def on_message(self, peer: str, payload: Any, now: float) -> list[Effect]:
         """Handle one message from the global core of ``peer``."""
         return self._run(now, self._dispatch, peer, payload)
 
+    def on_publish(self, payload: Any, now: float) -> list[Effect]:
+        """Never called: global declares no topic prefix."""
+        return []
+
     def on_timer(self, key: Any, now: float) -> list[Effect]:
-        """A backoff ended: retry the transaction (or a subclass timer fired)."""
+        """A backoff ended: retry the transaction (or a plug-in's timer fired)."""
 
         def go() -> None:
-            if isinstance(key, tuple) and len(key) == 2 and key[0] == _RETRY:
-                txn = self._txns.get(key[1])
-                if txn is not None and txn.phase == "backoff":
-                    self._attempt(txn)
-            else:
-                self._extra_timer(key)
+            if not self._txns.on_timer(key):
+                self._plugin.on_timer(key)
 
         return self._run(now, go)
 
@@ -243,232 +359,98 @@ class GlobalCore(GlobalNames):
         """A local process exited: retract its names, release its locks and requests."""
         return self._run(now, self._exit, pid)
 
-    # -- transactions (requester side) ----------------------------------------------------
+    # -- internals ------------------------------------------------------------------------
 
-    def _register(
-        self, kind: TxnKind, name: Any, pid: Pid, token: Any, method: str | None, meta: Any
-    ) -> None:
-        self._check((name, meta), pid)
-        if kind == "register" and name in self._claims:
-            self._done(token, "no")  # visibly taken: no need to ask anyone
-            return
-        self._start_txn(kind, ("n", name), pid, token, method, meta, 0)
+    def _run(self, now: float, fn: Callable[..., None], *args: Any) -> list[Effect]:
+        """Handle one input: run ``fn``, then the messages it sent to this node."""
+        ctx = self._ctx
+        ctx.now = now
+        try:
+            fn(*args)
+            while ctx.inbox:
+                self._dispatch(self.node, ctx.inbox.popleft())
+        except BaseException:
+            ctx.discard()  # misuse raises before any change; leave nothing behind
+            raise
+        return ctx.take()
 
-    def _start_txn(
-        self,
-        kind: TxnKind,
-        key: Any,
-        pid: Pid,
-        token: Any,
-        method: str | None,
-        meta: Any,
-        retries: int,
-    ) -> None:
-        tid = next(self._txn_ids)
-        self._lamport += 1
-        txn = Txn(tid, kind, key, (self._lamport, self.node, tid), token, pid, method, meta)
-        txn.retries = retries
-        self._txns[tid] = txn
-        self._attempt(txn)
+    def _dispatch(self, peer: str, payload: Any) -> None:
+        try:
+            tag = payload[0]
+            handler = self._handlers.get(tag) if isinstance(tag, str) else None
+            if handler is None:
+                raise ValueError(f"unknown message {tag!r}")
+            handler(peer, *payload[1:])
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            # A malformed or unknown message is the peer's fault: log it, never crash.
+            self._ctx.log("warning", "global_bad_message", peer=peer, error=repr(exc))
 
-    def _attempt(self, txn: Txn) -> None:
-        rid = txn.next_attempt(self.node, {self.node} | self._peers)
-        for node in sorted(txn.asked):
-            self._send(node, ("req", rid, txn.key, txn.prio, txn.pid))
-
-    def _txn_of(self, rid: Any) -> Txn | None:
-        if not (isinstance(rid, tuple) and len(rid) == 3 and rid[0] == self.node):
-            return None
-        txn = self._txns.get(rid[1])
-        return txn if txn is not None and txn.rid == tuple(rid) else None
-
-    def _progress(self, txn: Txn) -> None:
-        if txn.waiting or txn.owners:
-            return
-        if txn.phase == "lock":
-            self._locked(txn)
-        elif txn.phase == "clear":
-            self._commit_claim(txn)
-        elif txn.phase == "ack":
-            self._finish(txn, txn.result)
-
-    def _locked(self, txn: Txn) -> None:
-        """Every node granted the current attempt: commit or give up."""
-        assert txn.rid is not None and txn.pid is not None
-        if txn.kind == "lock":
-            for node in sorted(txn.asked):
-                self._send(node, ("hold", txn.rid, txn.pid))
-            self._finish(txn, True)
-        elif txn.kind == "register" and txn.taken:
-            self._release_all(txn)
-            self._finish(txn, "no")
-        elif txn.kind == "re_register":
-            # Two rounds, so that no node shows the new pid while another connected node
-            # still shows the old one: first every node drops the other claims...
-            txn.phase = "clear"
-            txn.waiting = {self.node} | self._peers
-            for node in sorted(txn.waiting):
-                self._send(node, ("clear", txn.key[1], txn.rid))
-        else:
-            self._commit_claim(txn)
-
-    def _commit_claim(self, txn: Txn) -> None:
-        """Stamp the claim and send it everywhere (each node then drops the lock)."""
-        assert txn.pid is not None
-        name = txn.key[1]
-        self._lamport += 1
-        meta = self._finalize_meta(name, txn.meta, txn.extras)
-        stamp = (self._lamport, self.node, next(self._stamps))
-        entry = Entry(name, txn.pid, stamp, txn.method, meta)
-        supersede = txn.kind == "re_register"
-        txn.phase, txn.result = "ack", "yes"
-        txn.waiting = {self.node} | self._peers
-        for node in sorted(txn.waiting):
-            self._send(node, ("claim", entry.wire(), txn.rid, True, supersede))
-
-    def _release_all(self, txn: Txn) -> None:
-        for node in sorted(txn.asked):
-            self._send(node, ("release", txn.rid))
-
-    def _abort(self, txn: Txn, why: str) -> None:
-        """The current attempt was denied: release it and retry after a backoff."""
-        self._release_all(txn)
-        if why == "held":
-            txn.refusals += 1
-            if txn.refusals > txn.retries:
-                self._finish(txn, False)
-                return
-            delay = min(self._retry_cap, self._retry_base * 2**txn.refusals)
-        elif txn.attempts >= _MAX_ATTEMPTS:
-            # Wait-die lets the oldest request through, so this means a grant is stuck
-            # (a peer that never answers nor goes down): give up rather than spin.
-            self._log("warning", "global_gave_up", key=txn.key, attempts=txn.attempts)
-            self._finish(txn, False if txn.kind == "lock" else "no")
-            return
-        else:
-            delay = self._retry_base  # a transient wait-die loss: the oldest goes first
-        txn.phase = "backoff"
-        at = self._now + delay * (0.5 + self._rng.random())
-        self._out.append(SetTimer((_RETRY, txn.tid), at))
-
-    def _finish(self, txn: Txn, result: Any) -> None:
-        if self._txns.pop(txn.tid, None) is None:
-            return
-        if txn.phase == "backoff":
-            self._out.append(CancelTimer((_RETRY, txn.tid)))
-        txn.phase = "done"
-        self._done(txn.token, result)
-
-    def _unregister(self, name: Any, token: Any) -> None:
-        claims = self._claims.get(name, {})
-        tid = next(self._txn_ids)
-        txn = Txn(tid, "unregister", ("n", name), (self._lamport, self.node, tid), token, None)
-        rid = txn.next_attempt(self.node, set())
-        txn.phase, txn.result = "ack", "ok"
-        self._txns[tid] = txn
-        for owner, entry in sorted(claims.items()):
-            if owner == self.node:
-                txn.waiting |= self._peers
-                self._retract_own(name, entry, rid)
-            else:
-                txn.owners.add(owner)
-                self._send(owner, ("unreg", rid, name, entry.pid))
-        self._progress(txn)
-
-    # -- node and process events ----------------------------------------------------------
-
-    def _nodedown(self, peer: str) -> None:
-        self._peers.discard(peer)
-        for name in [n for n, c in self._claims.items() if peer in c]:
-            del self._claims[name][peer]
-            self._refresh(name)
-        self._answer(self._locks.drop_node(peer))
-        for txn in list(self._txns.values()):
-            txn.asked.discard(peer)
-            txn.waiting.discard(peer)
-            txn.owners.discard(peer)
-            self._progress(txn)
+    def _register(self, kind: TxnKind, name: Any, pid: Pid, token: Any, method: str | None,
+                  meta: Any, wait_all: bool) -> None:
+        self._txns.register(kind, name, pid, token, method, meta, wait_all=wait_all)
 
     def _exit(self, pid: Pid) -> None:
         if pid.node != self.node:
             return
-        # The layer above forgets the pid first, so that nothing it does in reaction to
-        # the retracts below (a leader standing again) can pick the dead pid.
-        self._on_local_exit(pid)
-        for txn in list(self._txns.values()):
-            if txn.pid == pid and txn.phase in ("lock", "clear", "backoff"):
-                if txn.phase != "backoff":
-                    self._release_all(txn)
-                self._finish(txn, False if txn.kind == "lock" else "no")
-        for name in sorted(self._local.get(pid, ()), key=repr):
-            entry = self._claims.get(name, {}).get(self.node)
+        # The plug-in forgets the pid first, so that nothing it does in reaction to the
+        # retracts below (a leader standing again) can pick the dead pid.
+        self._plugin.local_exit(pid)
+        self._txns.local_exit(pid)
+        for name in self._names.names_of(pid):
+            entry = self._names.own(name)
             if entry is not None:
-                self._retract_own(name, entry, None)
-        if any(p == pid for _, p in self._locks.held_by(self.node)):
+                self._names.retract_own(name, entry, None)
+        if any(p == pid for _, p in self._granter.held_here()):
             # Only then: every process exit would otherwise cost a broadcast.
-            self._answer(self._locks.drop_pids(lambda p: p == pid))
-            self._broadcast(("unlock_pid", pid))
+            self._granter.drop_pid(pid)
+            self._ctx.broadcast(("unlock_pid", pid))
 
-    # -- message handlers -----------------------------------------------------------------
+    def _grant_info(self, name: Any) -> tuple[bool, Any]:
+        """What a grant of the lock on ``name`` tells the requester."""
+        return self._names.claimed(name), self._plugin.grant_extra(name)
 
-    def _h_ack(self, peer: str, rid: Any) -> None:
-        txn = self._txn_of(rid)
-        if txn is not None and txn.phase in ("ack", "clear"):
-            txn.waiting.discard(peer)
-            self._progress(txn)
+    def _resolver_failed(self, name: Any, exc: Exception) -> None:
+        self._ctx.log("error", "global_resolver_failed", name=name, error=repr(exc))
 
-    def _h_req(self, peer: str, rid: Any, key: Any, prio: Any, pid: Any) -> None:
-        lamport, node, seq = prio
-        self._lamport = max(self._lamport, int(lamport))
-        req = LockReq(tuple(rid), tuple(key), (lamport, node, seq), pid)
-        if req.rid[0] == peer:
-            self._answer(self._locks.request(req))
 
-    def _h_grant(self, peer: str, rid: Any, info: Any) -> None:
-        txn = self._txn_of(rid)
-        if txn is None or txn.phase != "lock" or peer not in txn.waiting:
-            return  # late answer to an aborted attempt
-        txn.waiting.discard(peer)
-        if info is not None:
-            taken, extra = info
-            txn.taken = txn.taken or bool(taken)
-            txn.extras.append(extra)
-        self._progress(txn)
+class _Port:
+    """What the plug-in of a :class:`GlobalCore` may do (see :class:`NamesPort`)."""
 
-    def _h_taken(self, peer: str, rid: Any) -> None:
-        # A granter saw a claim on the name arrive after it granted: the answer is "no".
-        txn = self._txn_of(rid)
-        if txn is not None and txn.phase == "lock" and peer in txn.asked:
-            txn.taken = True
+    def __init__(self, core: GlobalCore) -> None:
+        self._core = core
+        self._ctx = core._ctx
 
-    def _h_deny(self, peer: str, rid: Any, why: Any) -> None:
-        txn = self._txn_of(rid)
-        if txn is not None and txn.phase == "lock":
-            self._abort(txn, str(why))
+    @property
+    def node(self) -> str:
+        return self._ctx.node
 
-    def _h_release(self, peer: str, rid: Any) -> None:
-        self._answer(self._locks.release(tuple(rid)))
+    @property
+    def now(self) -> float:
+        return self._ctx.now
 
-    def _h_hold(self, peer: str, rid: Any, pid: Any) -> None:
-        self._answer(self._locks.hold(tuple(rid), pid))
+    def random(self) -> float:
+        return self._ctx.rng.random()
 
-    def _h_unlock(self, peer: str, resource: Any, pid: Any) -> None:
-        if isinstance(pid, Pid) and pid.node == peer:
-            self._answer(self._locks.unlock(("l", resource), pid))
+    def run(self, now: float, action: Callable[[], None]) -> list[Effect]:
+        return self._core._run(now, action)
 
-    def _h_unlock_pid(self, peer: str, pid: Any) -> None:
-        if isinstance(pid, Pid) and pid.node == peer:
-            self._answer(self._locks.drop_pids(lambda p: p == pid))
+    def emit(self, effect: Effect) -> None:
+        self._ctx.emit(effect)
 
-    def _h_unreg(self, peer: str, rid: Any, name: Any, pid: Any) -> None:
-        mine = self._claims.get(name, {}).get(self.node)
-        if mine is not None and mine.pid == pid:
-            self._unregister(name, ReplyTo((peer, rid)))
-        else:
-            self._send(peer, ("unreg_ok", rid))
+    def check_local(self, name: Any, pid: Pid) -> None:
+        self._ctx.check_local(name, pid)
 
-    def _h_unreg_ok(self, peer: str, rid: Any) -> None:
-        txn = self._txn_of(rid)
-        if txn is not None:
-            txn.owners.discard(peer)
-            self._progress(txn)
+    def name_info(self, name: Any) -> Entry | None:
+        return self._core._names.shown(name)
+
+    def claimed(self, name: Any) -> bool:
+        return self._core._names.claimed(name)
+
+    def register(self, name: Any, pid: Pid, token: Any, method: str | None, meta: Any) -> None:
+        self._core._txns.register("register", name, pid, token, method, meta)
+
+    def unregister(self, name: Any, token: Any) -> None:
+        self._core._txns.unregister(name, token)
+
+    def update_own_meta(self, name: Any, meta: Any) -> None:
+        self._core._names.update_own_meta(name, meta)

@@ -22,16 +22,24 @@ User locks (``("l", resource)`` keys) additionally have *holders*: the pids whos
 ``set_lock`` completed. A request from any other pid is denied with ``"held"`` (the
 requester counts that against its retries, as ``global:set_lock`` does); a request from
 a holder is granted again (locks are re-entrant per pid).
+
+:class:`Granter` is the part of the ``global`` core that owns the table: it handles the
+lock messages of the wire (``req``, ``release``, ``hold``, ``unlock``, ``unlock_pid``) and
+turns the table's decisions into ``grant``/``deny`` answers. A grant of a name lock
+carries what the requester must know of the name here: whether a claim on it is stored
+(then a registration answers "no"), and the plug-in's extra (see :mod:`.global_plugin`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from fabric.protocol.global_context import GlobalContext
 from fabric.types import Pid
 
-__all__ = ["Decision", "LockReq", "LockTable", "Prio", "Rid"]
+__all__ = ["Decision", "Granter", "LockReq", "LockTable", "Prio", "Rid"]
 
 Rid = tuple[str, int, int]
 """A request attempt: ``(requesting node, transaction number, attempt number)``."""
@@ -185,3 +193,88 @@ class LockTable:
     def _tidy(self, key: Any, slot: _Slot) -> None:
         if slot.idle():
             self._slots.pop(key, None)
+
+
+class Granter:
+    """The granter side of ``global``: the lock table and its answers.
+
+    Args:
+        ctx: the core's shared context.
+        grant_info: ``grant_info(name) -> (claimed, extra)``, what a grant of the name
+            lock tells the requester.
+    """
+
+    def __init__(self, ctx: GlobalContext, grant_info: Callable[[Any], tuple[bool, Any]]) -> None:
+        self._ctx = ctx
+        self._grant_info = grant_info
+        # The wait-die table of the name and user locks.
+        self._table = LockTable()
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def holders(self, resource: Any) -> frozenset[Pid]:
+        """The pids holding user lock ``resource``."""
+        return self._table.holders(("l", resource))
+
+    def tentative(self, key: Any) -> LockReq | None:
+        """The request whose grant on ``key`` is outstanding here, if any."""
+        return self._table.tentative(key)
+
+    def held_here(self) -> list[tuple[Any, Pid]]:
+        """``(resource, pid)`` of every user lock a local pid holds (for a sync)."""
+        return [(key[1], pid) for key, pid in self._table.held_by(self._ctx.node)]
+
+    # -- changes from this node -----------------------------------------------------------
+
+    def unlock(self, resource: Any, pid: Pid) -> None:
+        """``pid`` (local or of the peer that said so) released ``resource``."""
+        self._answer(self._table.unlock(("l", resource), pid))
+
+    def release(self, rid: Any) -> None:
+        """The request ``rid`` ended here (committed or aborted)."""
+        self._answer(self._table.release(tuple(rid)))
+
+    def drop_pid(self, pid: Pid) -> None:
+        """Release every lock ``pid`` holds."""
+        self._answer(self._table.drop_pids(lambda p: p == pid))
+
+    def drop_node(self, node: str) -> None:
+        """``node`` went down: forget its requests and its pids' locks."""
+        self._answer(self._table.drop_node(node))
+
+    def add_holders(self, peer: str, held: Any) -> None:
+        """User locks ``peer``'s pids held before we met (from its sync)."""
+        for resource, pid in held:
+            if isinstance(pid, Pid) and pid.node == peer:
+                self._table.add_holder(("l", resource), pid)
+
+    # -- message handlers -----------------------------------------------------------------
+
+    def on_req(self, peer: str, rid: Any, key: Any, prio: Any, pid: Any) -> None:
+        lamport, node, seq = prio
+        self._ctx.see(int(lamport))
+        req = LockReq(tuple(rid), tuple(key), (lamport, node, seq), pid)
+        if req.rid[0] == peer:
+            self._answer(self._table.request(req))
+
+    def on_release(self, peer: str, rid: Any) -> None:
+        self.release(rid)
+
+    def on_hold(self, peer: str, rid: Any, pid: Any) -> None:
+        self._answer(self._table.hold(tuple(rid), pid))
+
+    def on_unlock(self, peer: str, resource: Any, pid: Any) -> None:
+        if isinstance(pid, Pid) and pid.node == peer:
+            self.unlock(resource, pid)
+
+    def on_unlock_pid(self, peer: str, pid: Any) -> None:
+        if isinstance(pid, Pid) and pid.node == peer:
+            self.drop_pid(pid)
+
+    def _answer(self, decisions: list[Decision]) -> None:
+        for req, verdict in decisions:
+            if verdict == "grant":
+                info = self._grant_info(req.key[1]) if req.key[0] == "n" else None
+                self._ctx.send(req.rid[0], ("grant", req.rid, info))
+            else:
+                self._ctx.send(req.rid[0], ("deny", req.rid, verdict))

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from fabric.protocol.effects import ExitProcess
 from fabric.types import Pid
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "Resolution",
     "Resolver",
     "Stamp",
+    "Verdicts",
     "earliest_name",
     "fold_claims",
     "highest_term",
@@ -100,20 +102,6 @@ class Entry(NamedTuple):
         except TypeError:
             raise ValueError("claim name and meta must be hashable") from None
         return cls(name, pid, (lamport, node, seq), method, meta)
-
-
-@dataclass(frozen=True, slots=True)
-class ExitProcess:
-    """An effect: the runtime must terminate the *local* process ``pid`` with ``reason``.
-
-    Emitted only by the node that owns ``pid`` (``pid.node`` is the emitting node), for
-    resolvers that kill the loser of a name conflict (:func:`random_exit_name` uses
-    reason ``"kill"``, as Erlang does). The runtime then reports the exit through
-    ``on_process_exit`` like any other.
-    """
-
-    pid: Pid
-    reason: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,3 +237,38 @@ def fold_claims(
             else None
         )
     return current
+
+
+class Verdicts:
+    """One node's resolver table: the verdict on a pair of claims, never an exception.
+
+    Args:
+        default: the resolver used when a claim names no method (or an unknown one); it
+            must be the same on every node.
+        extra: named resolvers besides :data:`BUILTIN_RESOLVERS`, by ``method``.
+        on_error: told ``(name, exception)`` when a user resolver raised; the pair is
+            then resolved by :func:`earliest_name`, which is the same on every node.
+    """
+
+    def __init__(
+        self,
+        default: Resolver,
+        extra: Mapping[str, Resolver] | None,
+        on_error: Callable[[Any, Exception], None],
+    ) -> None:
+        self._default = default
+        # method name -> resolver; the earlier claim's method picks the resolver.
+        self._resolvers: dict[str, Resolver] = {**BUILTIN_RESOLVERS, **(extra or {})}
+        self._on_error = on_error
+
+    def decide(self, a: Entry, b: Entry) -> tuple[Entry, Entry, Resolution]:
+        """``(earlier, later, resolution)`` for two claims on one name."""
+        try:
+            return resolve_pair(a, b, self._resolvers, self._default)
+        except Exception as exc:  # a user resolver failed: fall back, deterministically
+            self._on_error(a.name, exc)
+            return resolve_pair(a, b, {}, earliest_name)
+
+    def shown(self, claims: Iterable[Entry]) -> Entry | None:
+        """The claim a node shows among ``claims`` (see :func:`fold_claims`)."""
+        return fold_claims(claims, lambda a, b: self.decide(a, b)[2])

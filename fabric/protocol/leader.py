@@ -2,12 +2,17 @@
 
 Theory of operation
 -------------------
-:class:`LeaderCore` *is* a :class:`~fabric.protocol.global_.GlobalCore` (the runtime
-hosts it as the ``"global"`` service instead of the plain core) that adds candidates.
+:class:`LeaderElection` is a plug-in (:mod:`fabric.protocol.global_plugin`) of the
+node's :class:`~fabric.protocol.global_.GlobalCore`, which stays the service hosted as
+``"global"``: it observes names and registers some, it is not a kind of ``global``.
 A group's leader is whoever holds the global name ``("leader", group)``; the claim's
-``meta`` is the leader's **term**, a fencing token.
+``meta`` is the leader's **term**, a fencing token::
 
-* **Standing.** A local process calls :meth:`LeaderCore.stand`. When the group has no
+    election = LeaderElection()
+    core = GlobalCore(node, creation, plugin=election)   # host ``core``
+    effects = election.stand(group, pid, now)            # effects of the core's input
+
+* **Standing.** A local process calls :meth:`LeaderElection.stand`. When the group has no
   leader, the node's oldest live candidate registers the name with
   ``term = 1 + the highest term this node has seen``. Candidates on all nodes race;
   ``global`` guarantees exactly one ``"yes"`` in a connected cluster.
@@ -34,9 +39,11 @@ A group's leader is whoever holds the global name ``("leader", group)``; the cla
 Terms live in memory only: the term of a leader elected on a node that was cut off and
 died before it met anybody is forgotten (persist terms where that matters).
 
-API: ``stand(group, pid, now)``, ``resign(group, pid, now)`` (effects), and the reads
-``leader(group) -> (pid, term) | None``, ``max_term(group)``, ``candidates(group)``;
-everything of GlobalCore besides. Leader names use resolver method ``"leader"``.
+API: ``stand(group, pid, now)``, ``resign(group, pid, now)`` (effects of the core's
+input, to execute as the core's), and the reads ``leader(group) -> (pid, term) | None``,
+``max_term(group)``, ``candidates(group)``. Leader names use resolver method
+``"leader"``; the terms travel in the grants of the name lock and in the ``sync``
+message's extra (the plug-in's wire state, see :mod:`fabric.protocol.global_plugin`).
 
 Messages delivered to local candidates (the runtime converts them to events)::
 
@@ -50,12 +57,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from fabric.errors import LocalProtocolError
 from fabric.protocol.effects import Deliver, Effect, SetTimer
-from fabric.protocol.global_ import GlobalCore
-from fabric.protocol.global_resolve import Entry, Resolver, earliest_name
+from fabric.protocol.global_plugin import NamePlugin, NamesPort
+from fabric.protocol.global_resolve import Entry
 from fabric.types import Pid
 
-__all__ = ["LEADER_TAG", "LeaderCore", "leader_name"]
+__all__ = ["LEADER_TAG", "LeaderElection", "leader_name"]
 
 LEADER_TAG = "leader"
 _STAND = "leader_stand"  # timer key tag: (_STAND, group)
@@ -85,25 +93,16 @@ class _Quiet:
     """Token of an internal request whose completion nobody awaits."""
 
 
-class LeaderCore(GlobalCore):
-    """``global`` plus leader election. See the module docstring.
+class LeaderElection(NamePlugin):
+    """Leader election as a plug-in of ``global``. See the module docstring.
 
     Args:
-        node, creation, resolver, seed, **kwargs: as for GlobalCore.
         stand_backoff: pause before standing again after a lost race that left no leader.
     """
 
-    def __init__(
-        self,
-        node: str,
-        creation: int,
-        resolver: Resolver = earliest_name,
-        *,
-        seed: int = 0,
-        stand_backoff: float = 0.05,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(node, creation, resolver, seed=seed, **kwargs)
+    def __init__(self, *, stand_backoff: float = 0.05) -> None:
+        # The core this plug-in is attached to (set by the core, once).
+        self._port: NamesPort | None = None
         # group -> local candidates, in the order they stood (the first stands first).
         self._candidates: dict[Any, list[Pid]] = {}
         # group -> the local candidate whose registration is in flight.
@@ -117,6 +116,17 @@ class LeaderCore(GlobalCore):
         self._gone: dict[Any, list[Entry]] = {}
         self._stand_backoff = stand_backoff
 
+    def attach(self, port: NamesPort) -> None:
+        if self._port is not None:
+            raise LocalProtocolError("a LeaderElection serves one global core")
+        self._port = port
+
+    @property
+    def _names(self) -> NamesPort:
+        if self._port is None:
+            raise LocalProtocolError("LeaderElection is not attached to a global core")
+        return self._port
+
     # -- API ------------------------------------------------------------------------------
 
     def stand(self, group: Any, pid: Pid, now: float) -> list[Effect]:
@@ -128,7 +138,8 @@ class LeaderCore(GlobalCore):
         Raises:
             LocalProtocolError: ``pid`` is not a pid of this node run.
         """
-        self._check(group, pid)
+        names = self._names
+        names.check_local(group, pid)
 
         def go() -> None:
             cands = self._candidates.setdefault(group, [])
@@ -136,13 +147,14 @@ class LeaderCore(GlobalCore):
                 cands.append(pid)
             current = self.leader(group)
             if current is not None:
-                self._out.append(Deliver(pid, ("leader_elected", group, *current)))
+                names.emit(Deliver(pid, ("leader_elected", group, *current)))
             self._try_stand(group)
 
-        return self._run(now, go)
+        return names.run(now, go)
 
     def resign(self, group: Any, pid: Pid, now: float) -> list[Effect]:
         """Withdraw ``pid``'s candidacy; a leader that resigns gives the name up."""
+        names = self._names
 
         def go() -> None:
             cands = self._candidates.get(group, [])
@@ -151,14 +163,15 @@ class LeaderCore(GlobalCore):
             if not cands:
                 self._candidates.pop(group, None)
                 self._told.pop(group, None)
-            if self.whereis_name(leader_name(group)) == pid:
-                self._unregister(leader_name(group), _Quiet())
+            shown = names.name_info(leader_name(group))
+            if shown is not None and shown.pid == pid:
+                names.unregister(leader_name(group), _Quiet())
 
-        return self._run(now, go)
+        return names.run(now, go)
 
     def leader(self, group: Any) -> tuple[Pid, int] | None:
         """``(leader pid, term)`` of ``group`` as this node sees it, or None."""
-        entry = self.name_info(leader_name(group))
+        entry = self._names.name_info(leader_name(group))
         if entry is None:
             return None
         return entry.pid, self._term_of(entry)
@@ -184,12 +197,13 @@ class LeaderCore(GlobalCore):
     def _try_stand(self, group: Any) -> None:
         """Stand with the oldest local candidate if the group has no leader."""
         cands = self._candidates.get(group)
-        if not cands or group in self._standing or leader_name(group) in self._claims:
+        names = self._names
+        if not cands or group in self._standing or names.claimed(leader_name(group)):
             return
         pid = cands[0]
         self._standing[group] = pid
         term = self.max_term(group) + 1
-        self._register("register", leader_name(group), pid, _Stand(group, pid), LEADER_TAG, term)
+        names.register(leader_name(group), pid, _Stand(group, pid), LEADER_TAG, term)
 
     def _announce(self, group: Any, entry: Entry) -> None:
         told = (entry.pid, self._term_of(entry))
@@ -197,29 +211,30 @@ class LeaderCore(GlobalCore):
             return
         self._told[group] = told
         for pid in self._candidates.get(group, ()):
-            self._out.append(Deliver(pid, ("leader_elected", group, *told)))
+            self._names.emit(Deliver(pid, ("leader_elected", group, *told)))
 
-    # -- GlobalCore hooks -----------------------------------------------------------------
+    # -- NamePlugin hooks -----------------------------------------------------------------
 
-    def _done(self, token: Any, result: Any) -> None:
-        if isinstance(token, _Quiet):
-            return
+    def owns_token(self, token: Any) -> bool:
+        return isinstance(token, (_Stand, _Quiet))
+
+    def done(self, token: Any, result: Any) -> None:
         if not isinstance(token, _Stand):
-            super()._done(token, result)
-            return
+            return  # a resignation: nobody awaits it
         if self._standing.get(token.group) == token.pid:
             del self._standing[token.group]
-        if result != "yes" and leader_name(token.group) not in self._claims:
+        names = self._names
+        if result != "yes" and not names.claimed(leader_name(token.group)):
             # Lost the race, yet no leader is visible (it died meanwhile, or the winner's
             # claim is still on its way): look again a little later, never in a loop.
-            delay = self._stand_backoff * (1 + self._rng.random())
-            self._out.append(SetTimer((_STAND, token.group), self._now + delay))
+            delay = self._stand_backoff * (1 + names.random())
+            names.emit(SetTimer((_STAND, token.group), names.now + delay))
 
-    def _extra_timer(self, key: Any) -> None:
+    def on_timer(self, key: Any) -> None:
         if isinstance(key, tuple) and len(key) == 2 and key[0] == _STAND:
             self._try_stand(key[1])
 
-    def _view_changed(self, name: Any, old: Entry | None, new: Entry | None) -> None:
+    def view_changed(self, name: Any, old: Entry | None, new: Entry | None) -> None:
         is_leader, group = _group_of(name)
         if not is_leader:
             return
@@ -232,16 +247,16 @@ class LeaderCore(GlobalCore):
             self._told.pop(group, None)
             self._try_stand(group)
 
-    def _on_claim(self, entry: Entry) -> None:
+    def claim_stored(self, entry: Entry) -> None:
         is_leader, group = _group_of(entry.name)
         if is_leader:
             self._see_term(group, entry.meta)
 
-    def _grant_extra(self, name: Any) -> Any:
+    def grant_extra(self, name: Any) -> Any:
         is_leader, group = _group_of(name)
         return self.max_term(group) if is_leader else None
 
-    def _finalize_meta(self, name: Any, meta: Any, extras: list[Any]) -> Any:
+    def finalize_meta(self, name: Any, meta: Any, extras: list[Any]) -> Any:
         is_leader, group = _group_of(name)
         if not is_leader:
             return meta
@@ -250,14 +265,14 @@ class LeaderCore(GlobalCore):
         self._see_term(group, term)
         return term
 
-    def _conflict_outcome(self, name: Any, mine: Entry, other: Entry, won: bool) -> None:
+    def conflict_outcome(self, name: Any, mine: Entry, other: Entry, won: bool) -> None:
         is_leader, group = _group_of(name)
         if not is_leader:
             return
         self._see_term(group, other.meta)
         mine_term = self._term_of(mine)
         if not won:
-            self._out.append(Deliver(mine.pid, ("leader_lost", group, mine_term)))
+            self._names.emit(Deliver(mine.pid, ("leader_lost", group, mine_term)))
         elif mine_term <= self._term_of(other) or mine_term < self.max_term(group):
             # Equal terms on both sides of a healed split (or a higher one seen since):
             # take a fresh term, so the survivor fences off every deposed leader.
@@ -266,20 +281,20 @@ class LeaderCore(GlobalCore):
     def _bump(self, name: Any, group: Any) -> None:
         term = self.max_term(group) + 1
         self._see_term(group, term)
-        self._update_own_meta(name, term)
+        self._names.update_own_meta(name, term)
 
     def _remember_gone(self, group: Any, entry: Entry) -> None:
         kept = [e for e in self._gone.get(group, []) if e.ident != entry.ident] + [entry]
         kept.sort(key=lambda e: (self._term_of(e), e.stamp), reverse=True)
         self._gone[group] = kept[:2]
 
-    def _sync_extra(self) -> Any:
+    def sync_extra(self) -> Any:
         return [
             (group, term, [e.wire() for e in self._gone.get(group, [])])
             for group, term in self._terms.items()
         ]
 
-    def _on_sync_extra(self, peer: str, extra: Any) -> None:
+    def on_sync_extra(self, peer: str, extra: Any) -> None:
         if not isinstance(extra, list):
             return
         for group, term, gone in extra:
@@ -287,8 +302,8 @@ class LeaderCore(GlobalCore):
             for wire in gone:
                 self._remember_gone(group, Entry.from_wire(wire))
             name = leader_name(group)
-            shown = self.name_info(name)
-            if shown is None or shown.owner != self.node:
+            shown = self._names.name_info(name)
+            if shown is None or shown.owner != self._names.node:
                 continue
             outbid = [e for e in self._gone[group] if e.ident != shown.ident] if gone else []
             if any(self._term_of(e) >= self._term_of(shown) for e in outbid):
@@ -298,7 +313,7 @@ class LeaderCore(GlobalCore):
                 # the conflict resolution decides, so a bump never decides a conflict.
                 self._bump(name, group)
 
-    def _on_local_exit(self, pid: Pid) -> None:
+    def local_exit(self, pid: Pid) -> None:
         for group in list(self._candidates):
             cands = self._candidates[group]
             if pid in cands:

@@ -6,8 +6,9 @@ Every node runs one :class:`PgCore`. A *scope* is an independent namespace of gr
 overlay; every method takes it first, :data:`DEFAULT_SCOPE` is ``"default"``); a *group*
 is any hashable, msgpack-encodable value. There are no locks and no leader: **each node
 is the sole authority for its own (local) members**. Only local pids may join or leave;
-a node learns about other nodes' members only from those nodes. Methods return their
-effects, or ``(value, effects)`` when they have a result (leave, monitor, monitor_scope).
+a node learns about other nodes' members only from those nodes. Every input method returns
+its effects (the :class:`~fabric.protocol.service.ServiceCore` contract); one that has a
+result (leave, monitor, monitor_scope, demonitor) returns it as a ``Reply`` effect.
 
 Exchange protocol (service ``"pg"``; payloads are plain tuples, lists, str, int and Pid)::
 
@@ -61,16 +62,18 @@ from fabric.protocol.effects import (
     Effect,
     Log,
     Publish,
+    Reply,
     Send,
     Subscribe,
     Unsubscribe,
 )
 from fabric.types import Pid, Ref
 
-__all__ = ["DEFAULT_SCOPE", "PgCore", "group_topic"]
+__all__ = ["DEFAULT_SCOPE", "PG_TOPIC_PREFIX", "PgCore", "group_topic"]
 
 DEFAULT_SCOPE: Final = "default"
-_TOPIC_PREFIX: Final = b"g\x00"
+# The first bytes of every group topic: the host routes publications under it to pg.
+PG_TOPIC_PREFIX: Final = b"g\x00"
 # Marks a monitor on a whole scope in PgCore._monitors (a group can never be this object).
 _WHOLE_SCOPE: Final = object()
 
@@ -97,7 +100,7 @@ def group_topic(scope: str, group: Hashable) -> bytes:
     except (TypeError, ValueError, OverflowError) as exc:
         raise LocalProtocolError(f"pg group {group!r} is not a hashable msgpack value") from exc
     head: bytes = msgpack.packb(scope, use_bin_type=True)
-    return _TOPIC_PREFIX + head + body
+    return PG_TOPIC_PREFIX + head + body
 
 
 class _View:
@@ -141,6 +144,7 @@ class PgCore:
     """
 
     service = "pg"
+    topic_prefix = PG_TOPIC_PREFIX
 
     def __init__(self, node: str, creation: int) -> None:
         self.node = node  # this node's full name: pids with this node are local
@@ -193,12 +197,13 @@ class PgCore:
 
     def leave(
         self, scope: str, group: Hashable, pids: Pid | Sequence[Pid], now: float
-    ) -> tuple[bool, list[Effect]]:
+    ) -> list[Effect]:
         """Remove one occurrence of each local pid from ``group``.
 
         Returns:
-            ``(ok, effects)``: ``ok`` is False ("not_joined", no effects) when none of the
-            pids was in the group; pids that were not in it are skipped otherwise.
+            The effects, starting with ``Reply(ok)``: ``ok`` is False ("not_joined", no
+            other effect) when none of the pids was in the group; pids that were not in
+            it are skipped otherwise.
 
         Raises:
             LocalProtocolError: a pid is not a live local pid, or scope/group are invalid.
@@ -213,20 +218,20 @@ class PgCore:
                     del self._local[pid]
                 left.append(pid)
         if not left:
-            return False, []
-        out: list[Effect] = []
+            return [Reply(False)]
+        out: list[Effect] = [Reply(True)]
         self._remove(scope, group, left, out)
         self._tell_peers(("leave", scope, group, left), out)
-        return True, out
+        return out
 
     def monitor(
         self, scope: str, group: Hashable, watcher: Pid, now: float
-    ) -> tuple[tuple[Ref, list[Pid]], list[Effect]]:
+    ) -> list[Effect]:
         """Watch ``group``: ``watcher`` gets a message for each later change of it.
 
         Returns:
-            ``((token, members), effects)``: the token that notifications carry, the
-            members now, and no effects.
+            ``[Reply((token, members))]``: the token that notifications carry and the
+            members now.
 
         Raises:
             LocalProtocolError: the watcher is not a live local pid.
@@ -234,15 +239,15 @@ class PgCore:
         group_topic(scope, group)
         token = self._new_monitor(watcher, scope, group)
         self._group_watchers.setdefault((scope, group), {})[token] = watcher
-        return (token, self.get_members(scope, group)), []
+        return [Reply((token, self.get_members(scope, group)))]
 
     def monitor_scope(
         self, scope: str, watcher: Pid, now: float
-    ) -> tuple[tuple[Ref, dict[Hashable, list[Pid]]], list[Effect]]:
+    ) -> list[Effect]:
         """Watch every group of ``scope``.
 
         Returns:
-            ``((token, {group: members}), effects)`` with no effects.
+            ``[Reply((token, {group: members}))]``.
 
         Raises:
             LocalProtocolError: the watcher is not a live local pid.
@@ -251,13 +256,13 @@ class PgCore:
         token = self._new_monitor(watcher, scope, _WHOLE_SCOPE)
         self._scope_watchers.setdefault(scope, {})[token] = watcher
         groups = self._views.get(scope, {})
-        return (token, {g: list(v.all) for g, v in groups.items()}), []
+        return [Reply((token, {g: list(v.all) for g, v in groups.items()}))]
 
-    def demonitor(self, token: Ref) -> bool:
-        """Stop a monitor. Returns False if ``token`` is not an active monitor."""
+    def demonitor(self, token: Ref, now: float) -> list[Effect]:
+        """Stop a monitor: ``[Reply(False)]`` if ``token`` is not an active monitor."""
         entry = self._monitors.pop(token, None)
         if entry is None:
-            return False
+            return [Reply(False)]
         watcher, scope, group = entry
         if group is _WHOLE_SCOPE:
             _drop(self._scope_watchers, scope, token)
@@ -267,7 +272,7 @@ class PgCore:
         tokens.remove(token)
         if not tokens:
             del self._by_watcher[watcher]
-        return True
+        return [Reply(True)]
 
     def broadcast(self, scope: str, group: Hashable, msg: Any, now: float) -> list[Effect]:
         """Best-effort fan-out: one ``Publish`` for remote nodes, ``DeliverMany`` to the local
@@ -378,7 +383,7 @@ class PgCore:
     def on_process_exit(self, pid: Pid, reason: Any, now: float) -> list[Effect]:
         """Remove every occurrence of a local pid, tell peers, and drop its monitors."""
         for token in list(self._by_watcher.get(pid, ())):
-            self.demonitor(token)
+            self.demonitor(token, now)
         out: list[Effect] = []
         joined = self._local.pop(pid, None)
         if joined is None:

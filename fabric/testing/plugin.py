@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from fabric.protocol.effects import ServiceCore
+from fabric.protocol.service import ServiceCore
 from fabric.testing.cluster import DEFAULT_COOKIE, LocalCluster
 from fabric.testing.meshsim import MeshSim
 from fabric.testing.servicesim import ServiceSim

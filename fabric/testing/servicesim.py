@@ -16,8 +16,13 @@ hearing the other. A pair reconnects only after both sides saw the old session's
 and nothing sent in one session arrives in a later one.
 
 ``Publish`` effects model PUB/SUB: each connected peer whose subscriptions prefix-match the
-topic gets the payload once, through its core's ``on_publish(payload, now)`` (best effort:
-nothing is delivered across a cut). Every publication is also recorded in ``published``.
+topic, and whose core declared a ``topic_prefix`` the topic starts with, gets the payload
+once through its core's ``on_publish(payload, now)`` (best effort: nothing is delivered
+across a cut). Every publication is also recorded in ``published``.
+
+The simulator drives a core through :class:`~fabric.protocol.service.ServiceCore` only
+and executes the effects of :mod:`fabric.protocol.effects`, like the node does; a
+``Reply`` is returned to whoever called the core (:meth:`ServiceSim.call`).
 """
 
 from __future__ import annotations
@@ -36,15 +41,16 @@ from fabric.protocol.effects import (
     Deliver,
     DeliverMany,
     Effect,
+    ExitProcess,
     Log,
     Publish,
+    Reply,
     Send,
-    ServiceCore,
     SetTimer,
     Subscribe,
     Unsubscribe,
 )
-from fabric.protocol.global_resolve import ExitProcess
+from fabric.protocol.service import ServiceCore, reply_of
 from fabric.types import Pid
 
 __all__ = ["ServiceSim"]
@@ -131,22 +137,20 @@ class ServiceSim:
         return pid
 
     def call(self, name: str, method: str, *args: Any) -> Any:
-        """Call ``core.method(*args, now)`` on node ``name`` and execute its effects.
+        """Scripting shorthand: call ``core.method(*args, now)`` on node ``name`` (an API
+        method of the core, such as ``register_name``) and :meth:`execute` its effects.
 
-        Returns what the method returned besides effects when it returns a
-        ``(value, effects)`` pair, else None.
+        Returns:
+            The value of the effects' ``Reply``, or None.
         """
-        result = getattr(self.nodes[name].core, method)(*args, self.now)
-        if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], list):
-            value, effects = result
-        else:
-            value, effects = None, result
-        self._execute(name, effects)
-        return value
+        effects: list[Effect] = getattr(self.nodes[name].core, method)(*args, self.now)
+        return self.execute(name, effects)
 
-    def execute(self, name: str, effects: list[Effect]) -> None:
-        """Execute effects that a test got by calling node ``name``'s core directly."""
+    def execute(self, name: str, effects: list[Effect]) -> Any:
+        """Execute effects that a test got by calling node ``name``'s core directly;
+        returns the value of their ``Reply``, or None."""
         self._execute(name, effects)
+        return reply_of(effects)
 
     def exit(self, pid: Pid, reason: Any = "normal") -> None:
         """Simulate the exit of process ``pid``."""
@@ -307,6 +311,8 @@ class ServiceSim:
                 self.exited.append((eff.pid, eff.reason))
                 # Like the runtime: kill the (live) process, which reports its exit.
                 self._after(0.0, functools.partial(self._kill_process, eff.pid, eff.reason))
+            elif isinstance(eff, Reply):
+                pass  # the caller's answer: call and execute return it
             else:  # pragma: no cover - a new effect type must be taught here
                 raise TypeError(f"simulator cannot execute {eff!r}")
 
@@ -336,8 +342,9 @@ class ServiceSim:
 
     def _publish(self, src: str, topic: bytes, payload: Any) -> None:
         """PUB/SUB: connected peers whose subscriptions prefix-match ``topic`` get the
-        payload once, through their core's ``on_publish(payload, now)`` if it has one.
-        Subscriptions are checked on arrival (the SUB side filters)."""
+        payload once, through their core's ``on_publish(payload, now)`` if the topic is
+        under the core's declared ``topic_prefix``. Subscriptions are checked on arrival
+        (the SUB side filters)."""
         for dst in self.nodes:
             pair = frozenset((src, dst))
             if dst == src or pair not in self._links:
@@ -348,9 +355,11 @@ class ServiceSim:
                 node = self.nodes[dst]
                 if pair not in self._links or self._session[pair] != session or not node.up:
                     return
-                handler = getattr(node.core, "on_publish", None)
-                if handler is not None and any(topic.startswith(s) for s in node.subscriptions):
-                    self._execute(dst, handler(payload, self.now))
+                prefix = node.core.topic_prefix
+                if prefix is None or not topic.startswith(prefix):
+                    return
+                if any(topic.startswith(s) for s in node.subscriptions):
+                    self._execute(dst, node.core.on_publish(payload, self.now))
 
             self._after(self.latency, arrive)
 

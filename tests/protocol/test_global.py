@@ -58,6 +58,10 @@ class Wire:
         """register_name with a resolver method (the simulator passes positionals only)."""
         return self._fx(self.core.register_name(name, pid, token, now, method=method))
 
+    def register_name_early(self, name: Any, pid: Pid, token: Any, now: float) -> Any:
+        """register_name answering at the commit (wait_all=False)."""
+        return self._fx(self.core.register_name(name, pid, token, now, wait_all=False))
+
     def __getattr__(self, attr: str) -> Any:
         value = getattr(self.core, attr)
         if not callable(value):
@@ -235,6 +239,38 @@ def test_taken_name_is_refused_and_registered_names_lists_it() -> None:
     assert sim.core(B).registered_names() == [("svc", 1)]
 
 
+def register_timed(sim: ServiceSim, method: str) -> tuple[Pid, float, dict[str, Pid | None]]:
+    """Register "x" on A with ``method`` and step the simulation until the answer: the
+    pid, how long the answer took, and what each node showed when it came."""
+    pid = sim.spawn(A)
+    start = sim.now
+    sim.call(A, method, "x", pid, "t")
+    for _ in range(1000):
+        if "t" in sim.completed:
+            return pid, sim.now - start, where(sim, "x")
+        sim.run(until=sim.now + STEP)
+    raise AssertionError("the registration never completed")
+
+
+def test_yes_comes_when_every_node_shows_the_name() -> None:
+    sim = make_sim()
+    pid, took, shown = register_timed(sim, "register_name")
+    assert sim.completed["t"] == "yes"
+    assert shown == {A: pid, B: pid, C: pid}
+    assert took >= 4 * sim.latency  # req, grant, claim, ack
+
+
+def test_yes_at_commit_with_wait_all_false_one_round_trip_sooner() -> None:
+    sim = make_sim()
+    pid, took, shown = register_timed(sim, "register_name_early")
+    assert sim.completed["t"] == "yes"
+    assert 2 * sim.latency <= took < 3 * sim.latency  # req, grant: the claim is sent
+    assert shown == {A: pid, B: None, C: None}  # the claims are on their way
+    settle(sim)  # the acks still arrive and end the transaction (pending() == 0)
+    assert where(sim, "x") == {A: pid, B: pid, C: pid}
+    assert list(sim.completed) == ["t"]  # answered once
+
+
 def test_register_refuses_remote_or_stale_pids() -> None:
     sim = make_sim()
     with pytest.raises(LocalProtocolError):
@@ -251,7 +287,7 @@ def test_register_refuses_remote_or_stale_pids() -> None:
     n=st.integers(2, 5),
     ops=st.lists(
         st.tuples(
-            st.sampled_from(["reg", "reg", "reg", "exit", "unreg"]),
+            st.sampled_from(["reg", "reg", "reg", "reg_early", "exit", "unreg"]),
             st.integers(0, 4),  # node index
             st.integers(0, 2),  # name index
             st.sampled_from([0.0, 0.0, 0.0005, 0.001, 0.003, 0.02]),  # pause before
@@ -283,10 +319,10 @@ def test_property_uniqueness_under_any_schedule(
         if pause:
             run_checked(sim, keys, pause, account, drain=False)
         node, key = names[node_i % n], keys[key_i]
-        if op == "reg":
+        if op in ("reg", "reg_early"):
             pid = sim.spawn(node)
             tokens[i] = (key, pid)
-            sim.call(node, "register_name", key, pid, i)
+            sim.call(node, "register_name" if op == "reg" else "register_name_early", key, pid, i)
         elif op == "exit" and key in live and live[key] in sim.mailboxes:
             sim.exit(live.pop(key))
         elif op == "unreg":
@@ -662,7 +698,9 @@ def test_bad_messages_are_logged_not_raised() -> None:
     seed=st.integers(0, 2**16),
     ops=st.lists(
         st.tuples(
-            st.sampled_from(["reg", "reg", "reg", "exit", "split", "cut", "heal", "restart"]),
+            st.sampled_from(
+                ["reg", "reg", "reg", "reg_early", "exit", "split", "cut", "heal", "restart"]
+            ),
             st.integers(0, 3),
             st.integers(0, 1),
             st.sampled_from([0.0, 0.001, 0.01, 0.6, 1.2]),
@@ -724,8 +762,9 @@ def run_chaos(seed: int, ops: list[tuple[str, int, int, float]]) -> None:
         node, key = names[node_i], keys[key_i]
         if not sim.nodes[node].up:
             continue
-        if op == "reg":
-            sim.call(node, "register_name", key, sim.spawn(node), i)
+        if op in ("reg", "reg_early"):
+            register = "register_name" if op == "reg" else "register_name_early"
+            sim.call(node, register, key, sim.spawn(node), i)
         elif op == "exit":
             owner = sim.core(node).whereis_name(key)
             if owner is not None and owner in sim.mailboxes:

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from fabric.errors import LocalProtocolError
 from fabric.protocol.codec import Codec
 from fabric.protocol.effects import Send
-from fabric.protocol.leader import LeaderCore, leader_name
+from fabric.protocol.global_ import GlobalCore
+from fabric.protocol.leader import LeaderElection, leader_name
 from fabric.testing import ServiceSim
 from fabric.types import Pid
 
@@ -23,16 +24,22 @@ A, B, C = NAMES = ["a@h:1", "b@h:2", "c@h:3"]
 G = "jobs"
 
 
-class Wire:
-    """Wraps a core so that every payload it sends crosses the real codec."""
+# What the election plug-in answers; everything else is the global core's.
+ELECTION_API = {"stand", "resign", "leader", "max_term", "candidates"}
 
-    def __init__(self, core: LeaderCore) -> None:
+
+class Wire:
+    """A global core with the election plug-in, as the node hosts them, seen as one
+    object by the simulator; every payload the core sends crosses the real codec."""
+
+    def __init__(self, core: GlobalCore, election: LeaderElection) -> None:
         self.core = core
+        self.election = election
         self.service = core.service
         self.codec = Codec()
 
     def __getattr__(self, attr: str) -> Any:
-        value = getattr(self.core, attr)
+        value = getattr(self.election if attr in ELECTION_API else self.core, attr)
         if not callable(value):
             return value
 
@@ -51,7 +58,11 @@ class Wire:
 
 
 def make_sim(names: Iterable[str] = NAMES, seed: int = 1) -> ServiceSim:
-    return ServiceSim(lambda n, c: Wire(LeaderCore(n, c, seed=c)), names, seed=seed)
+    def factory(name: str, creation: int) -> Wire:
+        election = LeaderElection()
+        return Wire(GlobalCore(name, creation, seed=creation, plugin=election), election)
+
+    return ServiceSim(factory, names, seed=seed)
 
 
 def up(sim: ServiceSim) -> list[str]:

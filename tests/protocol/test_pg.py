@@ -21,6 +21,7 @@ from fabric.protocol.effects import (
     DeliverMany,
     Log,
     Publish,
+    Reply,
     Send,
     Subscribe,
     Unsubscribe,
@@ -162,12 +163,12 @@ def test_leave_of_a_non_member_is_not_joined() -> None:
     sim = make_sim()
     p, q = sim.spawn(A), sim.spawn(A)
     core = sim.core(A)
-    assert core.leave(S, "g", p, sim.now) == (False, [])
+    assert core.leave(S, "g", p, sim.now) == [Reply(False)]
     sim.call(A, "join", S, "other", p)
-    assert core.leave(S, "g", p, sim.now) == (False, [])
+    assert core.leave(S, "g", p, sim.now) == [Reply(False)]
     sim.call(A, "join", S, "g", p)
-    ok, effects = core.leave(S, "g", [q, p], sim.now)  # q never joined: skipped
-    assert ok is True
+    effects = core.leave(S, "g", [q, p], sim.now)  # q never joined: skipped
+    assert effects[0] == Reply(True)
     assert Send(B, ("leave", S, "g", [p])) in effects
     sim.execute(A, effects)
     sim.run()
@@ -335,8 +336,8 @@ def test_monitors_deliver_exact_join_leave_notifications() -> None:
         ("pg_leave", token, S, "g", [q]),
         ("pg_leave", token, S, "g", [r]),
     ]
-    assert sim.core(A).demonitor(token) is True
-    assert sim.core(A).demonitor(token) is False
+    assert sim.call(A, "demonitor", token) is True
+    assert sim.call(A, "demonitor", token) is False
     sim.call(B, "leave", S, "g", q)
     sim.run()
     assert len(sim.mailboxes[w]) == 5
@@ -354,7 +355,7 @@ def test_scope_monitor_and_watcher_exit() -> None:
     sim.call(A, "leave", S, "h", p)
     assert sim.mailboxes[w] == [("pg_join", token, S, "h", [p]), ("pg_leave", token, S, "h", [p])]
     sim.exit(w)
-    assert sim.core(A).demonitor(token) is False  # demonitored when the watcher exited
+    assert sim.call(A, "demonitor", token) is False  # demonitored when the watcher exited
     effects = sim.core(A).join(S, "g", p, sim.now)
     assert not [e for e in effects if isinstance(e, Deliver)]
 
@@ -381,7 +382,7 @@ def test_subscribe_on_first_local_join_unsubscribe_on_last_leave() -> None:
     assert sim.nodes[A].subscriptions == {topic}
     sim.exit(q)
     assert sim.nodes[A].subscriptions == set()
-    assert sim.core(B).leave(S, "g", b, sim.now)[1][:1] == [Unsubscribe(topic)]
+    assert sim.core(B).leave(S, "g", b, sim.now)[:2] == [Reply(True), Unsubscribe(topic)]
 
 
 def test_topic_prefix_safety() -> None:
