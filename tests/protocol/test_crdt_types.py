@@ -167,6 +167,8 @@ def test_merge_is_commutative_associative_idempotent(name: str, data: st.DataObj
     assert merge(merge(a, b), c) == merge(a, merge(b, c))
     assert merge(a, a) == a
     assert merge(a, b).value == merge(b, a).value
+    # The wire form is canonical: equal states, equal bytes (the replicator's digests).
+    assert to_bytes(merge(a, b)) == to_bytes(merge(b, a))
 
 
 @_each_type

@@ -18,17 +18,20 @@ Equality compares state only (never the pending delta).
 
 Wire form: :func:`dump` gives ``[tag, data]`` of plain msgpack values (lists, dicts, str,
 int, bytes and the user's own elements), :func:`load` turns it back and validates it.
-Each type registers its tag with :func:`wire_type`.
+Each type registers its tag with :func:`wire_type`. The form is canonical: unordered
+collections are written sorted by their encoded bytes (:func:`canonical`), so equal states
+dump to equal bytes and the replicator can compare replicas by digest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, TypeVar
 
 from fabric.errors import LocalProtocolError, RemoteProtocolError
+from fabric.protocol.codec import Codec
 
-__all__ = ["Crdt", "dump", "load", "merge", "wire_type"]
+__all__ = ["Crdt", "canonical", "dump", "load", "merge", "wire_type"]
 
 C = TypeVar("C", bound="Crdt")
 
@@ -122,3 +125,11 @@ def check(condition: bool, what: str) -> None:
     """Raise RemoteProtocolError(what) unless ``condition`` (for from_data validation)."""
     if not condition:
         raise RemoteProtocolError(f"bad CRDT wire form: {what}")
+
+
+_sort_codec = Codec()
+
+
+def canonical(rows: Iterable[Any]) -> list[Any]:
+    """``rows`` (the items of an unordered collection) in the order of their encodings."""
+    return sorted(rows, key=_sort_codec.encode)

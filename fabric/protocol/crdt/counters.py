@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fabric.errors import LocalProtocolError
-from fabric.protocol.crdt.base import Crdt, check, wire_type
+from fabric.protocol.crdt.base import Crdt, canonical, check, wire_type
 from fabric.protocol.crdt.replica import Replica, replica_from_data, resolve_replica
 
 __all__ = ["GCounter", "PNCounter"]
@@ -133,8 +133,8 @@ class GCounter(Crdt):
         return f"GCounter({self.value})"
 
     def to_data(self) -> Any:
-        return [[[r.node, r.creation, n] for r, n in self._entries.items()],
-                [r.to_data() for r in self._pruned]]
+        return [canonical([r.node, r.creation, n] for r, n in self._entries.items()),
+                canonical(r.to_data() for r in self._pruned)]
 
     @classmethod
     def from_data(cls, data: Any) -> GCounter:

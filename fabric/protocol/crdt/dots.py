@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from fabric.protocol.crdt.base import check
+from fabric.protocol.crdt.base import canonical, check
 from fabric.protocol.crdt.replica import Replica, replica_from_data
 
 __all__ = ["CausalContext", "Dot", "dot_from_data", "dot_to_data", "join_dots"]
@@ -132,8 +132,8 @@ class CausalContext:
         return f"CausalContext({self._vv}, {set(self._cloud)})"
 
     def to_data(self) -> list[Any]:
-        return [[[r.node, r.creation, n] for r, n in self._vv.items()],
-                [dot_to_data(d) for d in self._cloud]]
+        return [canonical([r.node, r.creation, n] for r, n in self._vv.items()),
+                canonical(dot_to_data(d) for d in self._cloud)]
 
     @classmethod
     def from_data(cls, data: Any) -> CausalContext:

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
-from fabric.protocol.crdt.base import Crdt, check, dump, load, wire_type
+from fabric.protocol.crdt.base import Crdt, canonical, check, dump, load, wire_type
 from fabric.protocol.crdt.counters import PNCounter
 from fabric.protocol.crdt.registers import LWWRegister
 from fabric.protocol.crdt.replica import Replica
@@ -153,7 +153,7 @@ class ORMap(Crdt, Generic[K, V]):
         return f"ORMap({self.value!r})"
 
     def to_data(self) -> Any:
-        return [self._keys.to_data(), [[k, dump(v)] for k, v in self._values.items()]]
+        return [self._keys.to_data(), canonical([k, dump(v)] for k, v in self._values.items())]
 
     @classmethod
     def from_data(cls, data: Any) -> ORMap[Any, Any]:

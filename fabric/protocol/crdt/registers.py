@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fabric.protocol.crdt.base import Crdt, check, wire_type
+from fabric.protocol.crdt.base import Crdt, canonical, check, wire_type
 from fabric.protocol.crdt.dots import CausalContext, Dot, dot_from_data, dot_to_data
 from fabric.protocol.crdt.replica import (
     Replica,
@@ -197,7 +197,7 @@ class MVRegister(Crdt):
         return f"MVRegister({self.value!r})"
 
     def to_data(self) -> Any:
-        return [[[dot_to_data(d), v] for d, v in self._entries.items()],
+        return [canonical([dot_to_data(d), v] for d, v in self._entries.items()),
                 self._context.to_data()]
 
     @classmethod

@@ -29,7 +29,7 @@ from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
 from fabric.errors import LocalProtocolError
-from fabric.protocol.crdt.base import Crdt, check, wire_type
+from fabric.protocol.crdt.base import Crdt, canonical, check, wire_type
 from fabric.protocol.crdt.dots import (
     CausalContext,
     Dot,
@@ -96,7 +96,7 @@ class GSet(Crdt, Generic[T]):
         return f"GSet({set(self._elements)!r})"
 
     def to_data(self) -> Any:
-        return list(self._elements)
+        return canonical(self._elements)
 
     @classmethod
     def from_data(cls, data: Any) -> GSet[Any]:
@@ -263,8 +263,9 @@ class ORSet(Crdt, Generic[T]):
         return f"ORSet({set(self._entries)!r})"
 
     def to_data(self) -> Any:
-        return [[[e, [dot_to_data(d) for d in dots]] for e, dots in self._entries.items()],
-                self._context.to_data(), [r.to_data() for r in self._pruned]]
+        return [canonical([e, canonical(dot_to_data(d) for d in dots)]
+                          for e, dots in self._entries.items()),
+                self._context.to_data(), canonical(r.to_data() for r in self._pruned)]
 
     @classmethod
     def from_data(cls, data: Any) -> ORSet[Any]:

@@ -1,0 +1,525 @@
+"""The CRDT replicator: replicated keys with delta propagation, anti-entropy and quorums.
+
+Theory of operation
+-------------------
+Every node runs one :class:`ReplicatorCore` (service ``"ddata"``). It holds named keys,
+each a CRDT value of the type its :class:`Key` declares (see :mod:`fabric.protocol.crdt`).
+A node writes only through ``update(key, fn)``: ``fn`` gets the current value (or an empty
+one) and returns the new one, with the node's :class:`~fabric.protocol.crdt.Replica`
+(name + creation) ambient, so ``lambda c: c.increment(1)`` just works. The result is
+stored at once; the *delta* of the update is what travels.
+
+Three ways state moves between nodes (payloads are plain lists; ``state`` is a CRDT's
+``dump`` form, or None for a deleted key)::
+
+    ("delta", seq, [[key, state], ...])       batched deltas, every delta_interval
+    ("write", rid, key, state) / ("write_ack", rid)         quorum writes
+    ("read", rid, key) / ("read_reply", rid, state)         quorum reads (read repair)
+    ("digest", {bucket: digest})                             anti-entropy, step 1
+    ("keys", [bucket, ...], [[key, digest], ...])            step 2: the differing buckets
+    ("gossip", [[key, state], ...], [key, ...])              step 3/4: states, and wanted keys
+
+* **Delta propagation.** Deltas of local-level updates accumulate per key and are sent to
+  every connected peer in one batch per ``delta_interval``, numbered by a per-node
+  sequence. A receiver that sees a sequence gap (a batch was lost) merges what it got and
+  starts anti-entropy with the sender. We chose sequence numbers + anti-entropy over
+  Akka's per-peer acked delta sequences or causal delta-intervals: our deltas are join
+  decompositions whose causal contexts carry exact dots (see ``dots.py``), so a delta can
+  be merged out of order, twice, or after a gap without breaking anything; the only risk
+  of a lost delta is a replica that lacks it, which anti-entropy repairs. The sender
+  keeps no per-peer delta buffers.
+* **Anti-entropy** runs when a peer comes up (heal, restart; the side with the smaller
+  name starts it) and every ``gossip_interval`` with the next connected peer in turn.
+  Keys are spread by a hash of their name over ``buckets``; the initiator sends one
+  digest per bucket, the other side answers with per-key digests of the buckets that
+  differ, and only keys whose digests differ are exchanged, in full, both ways (a wanted
+  key is not sent back when merging the state just received made both sides equal). A
+  heal therefore costs the bucket digests plus what changed, not the whole state.
+  Digests hash the canonical ``dump`` (equal states, equal bytes) and are cached until
+  the key changes.
+* **Consistency levels** (``write=`` / ``read=``): ``"local"``, an int N (this node
+  included), ``"majority"`` (more than half of the *members*) or ``"all"``. Members are
+  the configured ``members`` plus every node ever seen up, minus :meth:`forget`-ten ones:
+  a node cut off in a minority counts the nodes it cannot reach, so it cannot form a
+  "majority" of itself. The local update is applied first in every case; a quorum write
+  then sends its delta to every connected peer and completes ``("ok", value)`` when
+  enough have merged it (acks), or ``("error", reason)`` when the timeout expires, when
+  not enough peers are connected to start with, or when too many of them go down. A
+  failed write is not rolled back: it is applied here and spreads like any other.
+  A quorum read asks every connected peer, merges their states into the local one (read
+  repair) and completes with the merge once enough have answered.
+  Read-your-writes: a write acknowledged at ``"majority"`` is held by more than M/2
+  members; a later ``"majority"`` read merges more than M/2 members' states; with the
+  same member count M both sets intersect, so the read returns a value that includes the
+  write. This holds while every node counts the same members (configure ``members`` to
+  fix M) and while no member that acknowledged it has lost it (a restart without
+  durability loses a replica's state).
+* **Delete** is permanent: the key becomes a tombstone (None state) that wins every
+  merge and travels like a value; a deleted key cannot be used again.
+* **Subscriptions**: a local process subscribed to a key receives
+  ``("ddata_changed", key, value)`` after every change of the key's value, whatever caused
+  it, and ``("ddata_deleted", key)`` on delete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final, Generic, TypeVar
+
+from fabric.errors import LocalProtocolError, RemoteProtocolError
+from fabric.protocol.codec import Codec
+from fabric.protocol.crdt.base import Crdt, dump, load
+from fabric.protocol.crdt.replica import Replica, acting_as
+from fabric.protocol.effects import CancelTimer, Complete, Deliver, Effect, Log, Send, SetTimer
+from fabric.types import Pid
+
+__all__ = ["ALL", "LOCAL", "MAJORITY", "Consistency", "Key", "ReplicatorCore"]
+
+LOCAL: Final = "local"
+MAJORITY: Final = "majority"
+ALL: Final = "all"
+Consistency = str | int
+
+C = TypeVar("C", bound=Crdt)
+
+_DELETED_DIGEST: Final = b"\x00deleted"
+_DELTA_TIMER: Final = "delta"
+_GOSSIP_TIMER: Final = "gossip"
+
+
+@dataclass(frozen=True)
+class Key(Generic[C]):
+    """A replicated key: its name and the CRDT type of its value."""
+
+    name: str
+    type: type[C]
+
+
+@dataclass
+class _Request:
+    token: Any
+    kind: str  # "write" or "read"
+    key: str
+    level: Consistency
+    needed: int
+    timeout: float
+    sent_to: set[str]
+    replied: set[str] = field(default_factory=set)
+
+
+class ReplicatorCore:
+    """The sans-I/O replicator of one node (see the module docstring).
+
+    Args:
+        node: this node's full name.
+        creation: this node run's creation (with ``node``, the writing replica).
+        delta_interval: seconds between batches of deltas.
+        gossip_interval: seconds between anti-entropy rounds.
+        members: nodes that count for majority/all even before they were seen.
+        buckets: number of digest buckets for anti-entropy.
+    """
+
+    service = "ddata"
+
+    def __init__(self, node: str, creation: int, *, delta_interval: float = 0.2,
+                 gossip_interval: float = 2.0, members: Iterable[str] = (),
+                 buckets: int = 64) -> None:
+        self.node = node
+        self.replica = Replica(node, creation)
+        self.delta_interval = delta_interval
+        self.gossip_interval = gossip_interval
+        self.buckets = buckets
+        self._data: dict[str, Crdt] = {}
+        self._deleted: set[str] = set()
+        self._pending: dict[str, Crdt | None] = {}  # key -> delta to send (None: deleted)
+        self._digests: dict[str, bytes] = {}  # key -> digest, cached until it changes
+        self._members: set[str] = set(members) - {node}
+        self._up: list[str] = []  # connected peers, in nodeup order (round robin)
+        self._next_gossip = 0
+        self._delta_seq = 0
+        self._received_seq: dict[str, int] = {}  # peer -> last delta batch seq this session
+        self._requests: dict[int, _Request] = {}
+        self._request_ids = itertools.count(1)
+        self._subscribers: dict[str, list[Pid]] = {}
+        self._delta_armed = False
+        self._gossip_armed = False
+        self._codec = Codec()
+        self.stats = {"delta_batches": 0, "gossip_rounds": 0, "gaps": 0, "bad_payloads": 0}
+
+    # -- local API ------------------------------------------------------------------------
+
+    def value(self, key: Key[C]) -> C | None:
+        """The local value of ``key`` (None if absent or deleted); no messages."""
+        current = self._data.get(key.name)
+        if current is not None and type(current) is not key.type:
+            raise LocalProtocolError(
+                f"key {key.name!r} holds a {type(current).__name__}, not {key.type.__name__}")
+        return current
+
+    def keys(self) -> list[str]:
+        return sorted(self._data)
+
+    def members(self) -> list[str]:
+        """The nodes that count for majority and all (this node included)."""
+        return sorted(self._members | {self.node})
+
+    def forget(self, node: str) -> None:
+        """Stop counting ``node`` as a member (it left the cluster for good)."""
+        self._members.discard(node)
+
+    def update(self, key: Key[C], fn: Callable[[C], C], write: Consistency, token: Any,
+               now: float, *, timeout: float = 5.0,
+               timestamp: int | None = None) -> list[Effect]:
+        """Apply ``fn`` to the key's value here, then replicate it at level ``write``.
+
+        Completes ``token`` with ``("ok", value)`` or ``("error", reason)``.
+
+        Raises:
+            LocalProtocolError: bad level, or ``fn`` returned another type than the key's.
+            Exception: whatever ``fn`` raised (nothing is changed then).
+        """
+        needed = self._needed(write)
+        name = key.name
+        if name in self._deleted:
+            return [Complete(token, ("error", f"key {name!r} is deleted"))]
+        current = self.value(key)
+        with acting_as(self.replica, timestamp):
+            new = fn(current if current is not None else key.type())
+        if type(new) is not key.type:
+            raise LocalProtocolError(
+                f"update of {name!r} returned a {type(new).__name__}, not {key.type.__name__}")
+        delta = new.delta
+        stored = new.reset_delta()
+        out: list[Effect] = []
+        self._store(name, stored, current, out)
+        if delta is None:
+            out.append(Complete(token, ("ok", stored)))
+            return out
+        self._replicate(token, name, delta, write, needed, timeout, now, out)
+        return out
+
+    def delete(self, key: Key[Any], write: Consistency, token: Any, now: float, *,
+               timeout: float = 5.0) -> list[Effect]:
+        """Delete ``key`` for good, replicated at level ``write``."""
+        needed = self._needed(write)
+        out: list[Effect] = []
+        self._tombstone(key.name, out)
+        self._replicate(token, key.name, None, write, needed, timeout, now, out)
+        return out
+
+    def get(self, key: Key[C], read: Consistency, token: Any, now: float, *,
+            timeout: float = 5.0) -> list[Effect]:
+        """Read ``key`` at level ``read``; completes ``token`` with ``("ok", value or
+        None)`` or ``("error", reason)``."""
+        needed = self._needed(read)
+        current = self.value(key)
+        if needed <= 1 or key.name in self._deleted:
+            return [Complete(token, ("ok", current))]
+        out: list[Effect] = []
+        rid = self._start(token, "read", key.name, read, needed, timeout, now, out)
+        if rid is not None:
+            for peer in self._up:
+                out.append(Send(peer, ("read", rid, key.name)))
+        return out
+
+    def subscribe(self, key_name: str, pid: Pid, now: float) -> list[Effect]:
+        """Deliver ``("ddata_changed", key, value)`` to ``pid`` on every change of the key
+        (and its current value now, if it has one)."""
+        watchers = self._subscribers.setdefault(key_name, [])
+        if pid not in watchers:
+            watchers.append(pid)
+        current = self._data.get(key_name)
+        return [] if current is None else [Deliver(pid, ("ddata_changed", key_name, current))]
+
+    def unsubscribe(self, key_name: str, pid: Pid) -> bool:
+        watchers = self._subscribers.get(key_name, [])
+        if pid not in watchers:
+            return False
+        watchers.remove(pid)
+        if not watchers:
+            del self._subscribers[key_name]
+        return True
+
+    # -- service inputs -------------------------------------------------------------------
+
+    def on_nodeup(self, peer: str, now: float) -> list[Effect]:
+        if peer == self.node:
+            return []
+        if peer not in self._up:
+            self._up.append(peer)
+        self._members.add(peer)
+        self._received_seq.pop(peer, None)  # a new session: any sequence number is fine
+        # One side starts anti-entropy (the exchange goes both ways).
+        out: list[Effect] = [self._digest_message(peer)] if self.node < peer else []
+        if not self._gossip_armed:
+            self._gossip_armed = True
+            out.append(SetTimer(_GOSSIP_TIMER, now + self.gossip_interval))
+        return out
+
+    def on_nodedown(self, peer: str, reason: str, now: float) -> list[Effect]:
+        if peer in self._up:
+            self._up.remove(peer)
+        self._received_seq.pop(peer, None)
+        out: list[Effect] = []
+        for rid, req in list(self._requests.items()):
+            reachable = {p for p in req.sent_to if p in self._up} | req.replied
+            if len(reachable) + 1 < req.needed:
+                self._finish(rid, ("error", f"{req.kind} {req.level} of {req.key!r}: {peer} "
+                                   f"went down ({reason}); {len(reachable) + 1} of "
+                                   f"{req.needed} replicas left"), out)
+        return out
+
+    def on_timer(self, key: Any, now: float) -> list[Effect]:
+        out: list[Effect] = []
+        if key == _DELTA_TIMER:
+            self._delta_armed = False
+            self._flush_deltas(out)
+        elif key == _GOSSIP_TIMER:
+            self._gossip_armed = False
+            if self._up:
+                self._next_gossip = (self._next_gossip + 1) % len(self._up)
+                out.append(self._digest_message(self._up[self._next_gossip]))
+                self.stats["gossip_rounds"] += 1
+                self._gossip_armed = True
+                out.append(SetTimer(_GOSSIP_TIMER, now + self.gossip_interval))
+        elif isinstance(key, tuple) and len(key) == 2 and key[0] == "request":
+            req = self._requests.get(key[1])
+            if req is not None:
+                self._finish(key[1], ("error", f"timeout: {req.kind} {req.level} of "
+                                      f"{req.key!r} reached {len(req.replied) + 1} of "
+                                      f"{req.needed} replicas in {req.timeout}s"), out)
+        return out
+
+    def on_process_exit(self, pid: Pid, reason: Any, now: float) -> list[Effect]:
+        for name in [n for n, pids in self._subscribers.items() if pid in pids]:
+            self.unsubscribe(name, pid)
+        return []
+
+    def on_message(self, peer: str, payload: Any, now: float) -> list[Effect]:
+        out: list[Effect] = []
+        try:
+            self._dispatch(peer, payload, out)
+        except (RemoteProtocolError, TypeError, ValueError, IndexError, KeyError) as exc:
+            self.stats["bad_payloads"] += 1
+            out.append(Log("warning", "ddata_bad_payload",
+                           {"peer": peer, "error": f"{type(exc).__name__}: {exc}"}))
+        return out
+
+    def _dispatch(self, peer: str, payload: Any, out: list[Effect]) -> None:
+        kind = payload[0]
+        if kind == "delta":
+            _, seq, rows = payload
+            last = self._received_seq.get(peer)
+            self._received_seq[peer] = seq
+            self._merge_rows(rows, out)
+            if last is not None and seq != last + 1:
+                self.stats["gaps"] += 1
+                out.append(self._digest_message(peer))
+        elif kind == "write":
+            _, rid, name, state = payload
+            self._merge_rows([[name, state]], out)
+            out.append(Send(peer, ("write_ack", rid)))
+        elif kind == "read":
+            _, rid, name = payload
+            current = self._data.get(name)
+            state = None if name in self._deleted or current is None else dump(current)
+            out.append(Send(peer, ("read_reply", rid, state, name in self._deleted)))
+        elif kind in ("write_ack", "read_reply"):
+            rid = payload[1]
+            req = self._requests.get(rid)
+            if req is None:
+                return  # finished already (timeout, enough replies)
+            if kind == "read_reply" and (payload[2] is not None or payload[3]):
+                self._merge_rows([[req.key, payload[2]]], out)
+            req.replied.add(peer)
+            if len(req.replied) + 1 >= req.needed:
+                current = self._data.get(req.key)
+                self._finish(rid, ("ok", None if req.key in self._deleted else current), out)
+        elif kind == "digest":
+            self._on_digest(peer, payload[1], out)
+        elif kind == "keys":
+            self._on_keys(peer, payload[1], payload[2], out)
+        elif kind == "gossip":
+            _, rows, wanted = payload
+            self._merge_rows(rows, out)
+            if wanted:
+                # A key whose merge equals the state just received: the peer has it all.
+                same = {name for name, state in rows if self._digest_of(state) ==
+                        (self._digest(name) if self._has(name) else None)}
+                back = [self._row(n) for n in wanted if self._has(n) and n not in same]
+                if back:
+                    out.append(Send(peer, ("gossip", back, [])))
+        else:
+            raise RemoteProtocolError(f"unknown ddata message {kind!r}")
+
+    # -- replication ----------------------------------------------------------------------
+
+    def _needed(self, level: Consistency) -> int:
+        size = len(self._members) + 1
+        if level == LOCAL:
+            return 1
+        if level == MAJORITY:
+            return size // 2 + 1
+        if level == ALL:
+            return size
+        if type(level) is int and level >= 1:
+            return level
+        raise LocalProtocolError(
+            f"consistency level {level!r}: use 'local', 'majority', 'all' or an int >= 1")
+
+    def _replicate(self, token: Any, name: str, delta: Crdt | None, level: Consistency,
+                   needed: int, timeout: float, now: float, out: list[Effect]) -> None:
+        state = None if delta is None else dump(delta)
+        if needed > 1:
+            rid = self._start(token, "write", name, level, needed, timeout, now, out)
+            if rid is not None:
+                for peer in self._up:
+                    out.append(Send(peer, ("write", rid, name, state)))
+                return
+        else:
+            out.append(Complete(token, ("ok", self._data.get(name))))
+        # Local level, or a quorum write that could not start: spread it with the deltas.
+        old = self._pending.get(name)
+        if delta is None or name in self._deleted:
+            self._pending[name] = None
+        else:
+            self._pending[name] = delta if old is None else old.merge(delta)
+        if not self._delta_armed:
+            self._delta_armed = True
+            out.append(SetTimer(_DELTA_TIMER, now + self.delta_interval))
+
+    def _start(self, token: Any, kind: str, name: str, level: Consistency, needed: int,
+               timeout: float, now: float, out: list[Effect]) -> int | None:
+        """Register a quorum request; None (and an error completion) if too few peers."""
+        if len(self._up) + 1 < needed:
+            out.append(Complete(token, ("error", f"unreachable: {kind} {level} of {name!r} "
+                                        f"needs {needed} of {len(self._members) + 1} "
+                                        f"replicas, {len(self._up) + 1} reachable")))
+            return None
+        rid = next(self._request_ids)
+        self._requests[rid] = _Request(token, kind, name, level, needed, timeout,
+                                       set(self._up))
+        out.append(SetTimer(("request", rid), now + timeout))
+        return rid
+
+    def _finish(self, rid: int, result: Any, out: list[Effect]) -> None:
+        req = self._requests.pop(rid)
+        out.append(CancelTimer(("request", rid)))
+        out.append(Complete(req.token, result))
+
+    def _flush_deltas(self, out: list[Effect]) -> None:
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, {}
+        if not self._up:
+            return  # nobody to tell: anti-entropy brings them up to date on nodeup
+        self._delta_seq += 1
+        self.stats["delta_batches"] += 1
+        rows = [[name, None if d is None else dump(d)] for name, d in batch.items()]
+        for peer in self._up:
+            out.append(Send(peer, ("delta", self._delta_seq, rows)))
+
+    # -- storing and merging --------------------------------------------------------------
+
+    def _has(self, name: str) -> bool:
+        return name in self._data or name in self._deleted
+
+    def _row(self, name: str) -> list[Any]:
+        return [name, None if name in self._deleted else dump(self._data[name])]
+
+    def _store(self, name: str, value: Crdt, old: Crdt | None, out: list[Effect]) -> None:
+        self._data[name] = value
+        self._digests.pop(name, None)
+        watchers = self._subscribers.get(name)
+        if watchers and (old is None or old.value != value.value):
+            out.extend(Deliver(pid, ("ddata_changed", name, value)) for pid in watchers)
+
+    def _tombstone(self, name: str, out: list[Effect]) -> None:
+        if name in self._deleted:
+            return
+        self._deleted.add(name)
+        self._data.pop(name, None)
+        self._digests.pop(name, None)
+        for pid in self._subscribers.pop(name, []):
+            out.append(Deliver(pid, ("ddata_deleted", name)))
+
+    def _merge_rows(self, rows: Any, out: list[Effect]) -> None:
+        for name, state in rows:
+            if not isinstance(name, str):
+                raise RemoteProtocolError(f"bad key {name!r:.60}")
+            if name in self._deleted:
+                continue
+            if state is None:
+                self._tombstone(name, out)
+                continue
+            remote = load(state)
+            current = self._data.get(name)
+            if current is None:
+                self._store(name, remote, None, out)
+            elif type(current) is not type(remote):
+                out.append(Log("warning", "ddata_type_mismatch",
+                               {"key": name, "local": type(current).__name__,
+                                "remote": type(remote).__name__}))
+            else:
+                self._store(name, current.merge(remote), current, out)
+
+    # -- anti-entropy ---------------------------------------------------------------------
+
+    def _digest(self, name: str) -> bytes:
+        if name in self._deleted:
+            return _DELETED_DIGEST
+        digest = self._digests.get(name)
+        if digest is None:
+            digest = self._digest_of(dump(self._data[name]))
+            self._digests[name] = digest
+        return digest
+
+    def _digest_of(self, state: Any) -> bytes:
+        """The digest of a dumped state (None: deleted); dumps are canonical."""
+        if state is None:
+            return _DELETED_DIGEST
+        return hashlib.blake2b(self._codec.encode(state), digest_size=12).digest()
+
+    def _bucket(self, name: str) -> int:
+        return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(),
+                              "big") % self.buckets
+
+    def _by_bucket(self, only: set[int] | None = None) -> dict[int, list[str]]:
+        buckets: dict[int, list[str]] = {}
+        for name in itertools.chain(self._data, self._deleted):
+            b = self._bucket(name)
+            if only is None or b in only:
+                buckets.setdefault(b, []).append(name)
+        return buckets
+
+    def _bucket_digests(self) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        for b, names in self._by_bucket().items():
+            h = hashlib.blake2b(digest_size=12)
+            for name in sorted(names):
+                h.update(name.encode() + b"\x00" + self._digest(name))
+            out[b] = h.digest()
+        return out
+
+    def _digest_message(self, peer: str) -> Send:
+        return Send(peer, ("digest", self._bucket_digests()))
+
+    def _on_digest(self, peer: str, theirs: Any, out: list[Effect]) -> None:
+        mine = self._bucket_digests()
+        differ = sorted(b for b in set(mine) | set(theirs) if mine.get(b) != theirs.get(b))
+        if not differ:
+            return
+        names = self._by_bucket(set(differ))
+        rows = [[n, self._digest(n)] for ns in names.values() for n in ns]
+        out.append(Send(peer, ("keys", differ, rows)))
+
+    def _on_keys(self, peer: str, buckets: Any, rows: Any, out: list[Effect]) -> None:
+        theirs = {name: digest for name, digest in rows}
+        mine = [n for ns in self._by_bucket(set(buckets)).values() for n in ns]
+        send = [self._row(n) for n in mine if theirs.get(n) != self._digest(n)]
+        want = [n for n, d in theirs.items() if not self._has(n) or d != self._digest(n)]
+        if send or want:
+            out.append(Send(peer, ("gossip", send, want)))
