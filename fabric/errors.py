@@ -12,6 +12,7 @@ __all__ = [
     "BackpressureError",
     "CallTimeout",
     "ConfigError",
+    "ConsistencyError",
     "FabricError",
     "LocalProtocolError",
     "NameConflictError",
@@ -64,6 +65,16 @@ class ProcessDeadError(FabricError):
     def __init__(self, target: object, reason: object = "noproc") -> None:
         super().__init__(f"process {target!r} is dead ({reason!r})")
         self.target = target
+        self.reason = reason
+
+
+class ConsistencyError(FabricError):
+    """Raised by a replicated-data write or read whose consistency level was not met
+    (too few replicas reachable, or not enough answers before the timeout). The write
+    was still applied locally and spreads like any other."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
         self.reason = reason
 
 
