@@ -48,7 +48,7 @@ class Replicator:
     Args:
         node: a started :class:`fabric.Node`.
         **options: :class:`~fabric.protocol.replicator.ReplicatorCore` options
-            (``delta_interval``, ``gossip_interval``, ``members``, ``buckets``).
+            (``delta_interval``, ``gossip_interval``, ``members``).
     """
 
     def __init__(self, node: Node, **options: Any) -> None:

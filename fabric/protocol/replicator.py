@@ -15,8 +15,8 @@ Three ways state moves between nodes (payloads are plain lists; ``state`` is a C
     ("delta", seq, [[key, state], ...])       batched deltas, every delta_interval
     ("write", rid, key, state) / ("write_ack", rid)         quorum writes
     ("read", rid, key) / ("read_reply", rid, state)         quorum reads (read repair)
-    ("digest", {bucket: digest})                             anti-entropy, step 1
-    ("keys", [bucket, ...], [[key, digest], ...])            step 2: the differing buckets
+    ("digest", buckets, digests)                             anti-entropy, step 1
+    ("keys", buckets, [bucket, ...], [[key, digest], ...])   step 2: the differing buckets
     ("gossip", [[key, state], ...], [key, ...])              step 3/4: states, and wanted keys
 
 * **Delta propagation.** Deltas of local-level updates accumulate per key and are sent to
@@ -30,13 +30,14 @@ Three ways state moves between nodes (payloads are plain lists; ``state`` is a C
   keeps no per-peer delta buffers.
 * **Anti-entropy** runs when a peer comes up (heal, restart; the side with the smaller
   name starts it) and every ``gossip_interval`` with the next connected peer in turn.
-  Keys are spread by a hash of their name over ``buckets``; the initiator sends one
-  digest per bucket, the other side answers with per-key digests of the buckets that
-  differ, and only keys whose digests differ are exchanged, in full, both ways (a wanted
-  key is not sent back when merging the state just received made both sides equal). A
-  heal therefore costs the bucket digests plus what changed, not the whole state.
-  Digests hash the canonical ``dump`` (equal states, equal bytes) and are cached until
-  the key changes.
+  Keys are spread by a hash of their name over a number of buckets the initiator picks
+  (about 8 keys per bucket); it sends one 8-byte digest per bucket, the other side
+  answers with per-key digests of the buckets that differ, and only keys whose digests
+  differ are exchanged, in full, both ways (a wanted key is not sent back when merging
+  the state just received made both sides equal). A heal therefore costs about one byte
+  per key for the bucket digests plus what changed, not the whole state (a deeper
+  Merkle tree would make the first part logarithmic; not done). Digests hash the
+  canonical ``dump`` (equal states, equal bytes) and are cached until the key changes.
 * **Consistency levels** (``write=`` / ``read=``): ``"local"``, an int N (this node
   included), ``"majority"`` (more than half of the *members*) or ``"all"``. Members are
   the configured ``members`` plus every node ever seen up, minus :meth:`forget`-ten ones:
@@ -119,23 +120,21 @@ class ReplicatorCore:
         delta_interval: seconds between batches of deltas.
         gossip_interval: seconds between anti-entropy rounds.
         members: nodes that count for majority/all even before they were seen.
-        buckets: number of digest buckets for anti-entropy.
     """
 
     service = "ddata"
 
     def __init__(self, node: str, creation: int, *, delta_interval: float = 0.2,
-                 gossip_interval: float = 2.0, members: Iterable[str] = (),
-                 buckets: int = 64) -> None:
+                 gossip_interval: float = 2.0, members: Iterable[str] = ()) -> None:
         self.node = node
         self.replica = Replica(node, creation)
         self.delta_interval = delta_interval
         self.gossip_interval = gossip_interval
-        self.buckets = buckets
         self._data: dict[str, Crdt] = {}
         self._deleted: set[str] = set()
         self._pending: dict[str, Crdt | None] = {}  # key -> delta to send (None: deleted)
         self._digests: dict[str, bytes] = {}  # key -> digest, cached until it changes
+        self._name_hashes: dict[str, int] = {}  # key -> hash of its name (its bucket)
         self._members: set[str] = set(members) - {node}
         self._up: list[str] = []  # connected peers, in nodeup order (round robin)
         self._next_gossip = 0
@@ -339,9 +338,9 @@ class ReplicatorCore:
                 current = self._data.get(req.key)
                 self._finish(rid, ("ok", None if req.key in self._deleted else current), out)
         elif kind == "digest":
-            self._on_digest(peer, payload[1], out)
+            self._on_digest(peer, payload[1], payload[2], out)
         elif kind == "keys":
-            self._on_keys(peer, payload[1], payload[2], out)
+            self._on_keys(peer, payload[1], payload[2], payload[3], out)
         elif kind == "gossip":
             _, rows, wanted = payload
             self._merge_rows(rows, out)
@@ -372,10 +371,10 @@ class ReplicatorCore:
 
     def _replicate(self, token: Any, name: str, delta: Crdt | None, level: Consistency,
                    needed: int, timeout: float, now: float, out: list[Effect]) -> None:
-        state = None if delta is None else dump(delta)
         if needed > 1:
             rid = self._start(token, "write", name, level, needed, timeout, now, out)
             if rid is not None:
+                state = None if delta is None else dump(delta)
                 for peer in self._up:
                     out.append(Send(peer, ("write", rid, name, state)))
                 return
@@ -483,42 +482,62 @@ class ReplicatorCore:
             return _DELETED_DIGEST
         return hashlib.blake2b(self._codec.encode(state), digest_size=12).digest()
 
-    def _bucket(self, name: str) -> int:
-        return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(),
-                              "big") % self.buckets
+    def _bucket_count(self) -> int:
+        """Buckets for a round this node starts: about 8 keys per bucket (a power of two,
+        16 to 65536), so the bucket digests cost ~1 byte per key and a differing bucket
+        costs ~8 key digests."""
+        count = 16
+        while count < 65536 and count * 8 < len(self._data) + len(self._deleted):
+            count *= 2
+        return count
 
-    def _by_bucket(self, only: set[int] | None = None) -> dict[int, list[str]]:
+    def _hash_of(self, name: str) -> int:
+        h = self._name_hashes.get(name)
+        if h is None:
+            h = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "big")
+            self._name_hashes[name] = h
+        return h
+
+    def _by_bucket(self, count: int, only: set[int] | None = None) -> dict[int, list[str]]:
         buckets: dict[int, list[str]] = {}
         for name in itertools.chain(self._data, self._deleted):
-            b = self._bucket(name)
+            b = self._hash_of(name) % count
             if only is None or b in only:
                 buckets.setdefault(b, []).append(name)
         return buckets
 
-    def _bucket_digests(self) -> dict[int, bytes]:
-        out: dict[int, bytes] = {}
-        for b, names in self._by_bucket().items():
-            h = hashlib.blake2b(digest_size=12)
+    def _bucket_digests(self, count: int) -> bytes:
+        """One 8-byte digest per bucket (zeros for an empty one), concatenated."""
+        out = bytearray(8 * count)
+        for b, names in self._by_bucket(count).items():
+            h = hashlib.blake2b(digest_size=8)
             for name in sorted(names):
                 h.update(name.encode() + b"\x00" + self._digest(name))
-            out[b] = h.digest()
-        return out
+            out[8 * b:8 * b + 8] = h.digest()
+        return bytes(out)
 
     def _digest_message(self, peer: str) -> Send:
-        return Send(peer, ("digest", self._bucket_digests()))
+        count = self._bucket_count()
+        return Send(peer, ("digest", count, self._bucket_digests(count)))
 
-    def _on_digest(self, peer: str, theirs: Any, out: list[Effect]) -> None:
-        mine = self._bucket_digests()
-        differ = sorted(b for b in set(mine) | set(theirs) if mine.get(b) != theirs.get(b))
+    def _on_digest(self, peer: str, count: Any, theirs: Any, out: list[Effect]) -> None:
+        if type(count) is not int or not 1 <= count <= 65536 or not isinstance(theirs, bytes) \
+                or len(theirs) != 8 * count:
+            raise RemoteProtocolError("bad ddata digest")
+        mine = self._bucket_digests(count)
+        differ = [b for b in range(count) if mine[8 * b:8 * b + 8] != theirs[8 * b:8 * b + 8]]
         if not differ:
             return
-        names = self._by_bucket(set(differ))
+        names = self._by_bucket(count, set(differ))
         rows = [[n, self._digest(n)] for ns in names.values() for n in ns]
-        out.append(Send(peer, ("keys", differ, rows)))
+        out.append(Send(peer, ("keys", count, differ, rows)))
 
-    def _on_keys(self, peer: str, buckets: Any, rows: Any, out: list[Effect]) -> None:
+    def _on_keys(self, peer: str, count: Any, buckets: Any, rows: Any,
+                 out: list[Effect]) -> None:
+        if type(count) is not int or not 1 <= count <= 65536:
+            raise RemoteProtocolError("bad ddata bucket count")
         theirs = {name: digest for name, digest in rows}
-        mine = [n for ns in self._by_bucket(set(buckets)).values() for n in ns]
+        mine = [n for ns in self._by_bucket(count, set(buckets)).values() for n in ns]
         send = [self._row(n) for n in mine if theirs.get(n) != self._digest(n)]
         want = [n for n, d in theirs.items() if not self._has(n) or d != self._digest(n)]
         if send or want:

@@ -58,6 +58,14 @@ class GCounter(Crdt):
         self._pruned = pruned
         self._delta = delta
 
+    @classmethod
+    def _owning(cls, entries: dict[Replica, int], pruned: frozenset[Replica],
+                delta: GCounter | None) -> GCounter:
+        """A value that takes ``entries`` without copying it (nothing else may hold it)."""
+        c = cls.__new__(cls)
+        c._entries, c._pruned, c._delta = entries, pruned, delta
+        return c
+
     # -- reading --------------------------------------------------------------------------
 
     @property
@@ -88,8 +96,8 @@ class GCounter(Crdt):
         entries = dict(self._entries)
         entries[me] = total
         step = GCounter({me: total})
-        return GCounter(entries, self._pruned,
-                        step if self._delta is None else self._delta.merge(step))
+        return GCounter._owning(entries, self._pruned,
+                                step if self._delta is None else self._delta.merge(step))
 
     def merge(self, other: GCounter) -> GCounter:
         entries = dict(self._entries)
@@ -99,10 +107,12 @@ class GCounter(Crdt):
         pruned = self._pruned | other._pruned
         for replica in pruned:
             entries.pop(replica, None)
-        return GCounter(entries, pruned, self._delta)
+        return GCounter._owning(entries, pruned, self._delta)
 
     def reset_delta(self) -> GCounter:
-        return self if self._delta is None else GCounter(self._entries, self._pruned)
+        if self._delta is None:
+            return self
+        return GCounter._owning(self._entries, self._pruned, None)  # never mutated: shared
 
     # -- pruning --------------------------------------------------------------------------
 

@@ -54,6 +54,14 @@ class ORMap(Crdt, Generic[K, V]):
         self._values: dict[K, V] = dict(values or {})
         self._delta = delta
 
+    @classmethod
+    def _owning(cls, keys: ORSet[K], values: dict[K, V],
+                delta: ORMap[K, V] | None) -> ORMap[K, V]:
+        """A value that takes ``values`` without copying it (nothing else may hold it)."""
+        m: ORMap[K, V] = cls.__new__(cls)
+        m._keys, m._values, m._delta = keys, values, delta
+        return m
+
     # -- reading --------------------------------------------------------------------------
 
     @property
@@ -95,8 +103,8 @@ class ORMap(Crdt, Generic[K, V]):
         values[key] = new.reset_delta()
         step_value = new.delta
         step: ORMap[K, V] = ORMap(keys.delta, {} if step_value is None else {key: step_value})
-        return ORMap(keys.reset_delta(), values,
-                     step if self._delta is None else self._delta.merge(step))
+        return ORMap._owning(keys.reset_delta(), values,
+                             step if self._delta is None else self._delta.merge(step))
 
     def remove(self, key: K, clear: Callable[[V], V] | None = None) -> ORMap[K, V]:
         """Remove ``key`` as observed here (its value is kept hidden, see the docstring);
@@ -113,18 +121,20 @@ class ORMap(Crdt, Generic[K, V]):
             if cleared.delta is not None:
                 step_values[key] = cleared.delta
         step: ORMap[K, V] = ORMap(keys.delta, step_values)
-        return ORMap(keys.reset_delta(), values,
-                     step if self._delta is None else self._delta.merge(step))
+        return ORMap._owning(keys.reset_delta(), values,
+                             step if self._delta is None else self._delta.merge(step))
 
     def merge(self, other: ORMap[K, V]) -> ORMap[K, V]:
         values = dict(self._values)
         for key, theirs in other._values.items():
             mine = values.get(key)
             values[key] = theirs.reset_delta() if mine is None else mine.merge(theirs)
-        return ORMap(self._keys.merge(other._keys), values, self._delta)
+        return ORMap._owning(self._keys.merge(other._keys), values, self._delta)
 
     def reset_delta(self) -> ORMap[K, V]:
-        return self if self._delta is None else ORMap(self._keys, self._values)
+        if self._delta is None:
+            return self
+        return ORMap._owning(self._keys, self._values, None)  # never mutated: shared
 
     # -- pruning --------------------------------------------------------------------------
 

@@ -119,6 +119,15 @@ class ORSet(Crdt, Generic[T]):
         self._pruned = pruned
         self._delta = delta
 
+    @classmethod
+    def _owning(cls, entries: dict[T, frozenset[Dot]], context: CausalContext,
+                pruned: frozenset[Replica], delta: ORSet[T] | None) -> ORSet[T]:
+        """A value that takes ``entries`` without copying it (nothing else may hold it):
+        operations build their new dict once instead of twice."""
+        s: ORSet[T] = cls.__new__(cls)
+        s._entries, s._context, s._pruned, s._delta = entries, context, pruned, delta
+        return s
+
     # -- reading --------------------------------------------------------------------------
 
     @property
@@ -154,8 +163,8 @@ class ORSet(Crdt, Generic[T]):
 
     def _then(self, entries: dict[T, frozenset[Dot]], context: CausalContext,
               step: ORSet[T]) -> ORSet[T]:
-        return ORSet(entries, context, self._pruned,
-                     step if self._delta is None else self._delta.merge(step))
+        return ORSet._owning(entries, context, self._pruned,
+                             step if self._delta is None else self._delta.merge(step))
 
     def add(self, element: T, *, at: Replica | None = None) -> ORSet[T]:
         """Add ``element`` in the name of the writing replica (wins over concurrent removes)."""
@@ -222,12 +231,13 @@ class ORSet(Crdt, Generic[T]):
             entries = {e: kept for e, ds in entries.items()
                        if (kept := frozenset(d for d in ds if d[0] not in pruned))}
             context = context.without(pruned)
-        return ORSet(entries, context, pruned, self._delta)
+        return ORSet._owning(entries, context, pruned, self._delta)
 
     def reset_delta(self) -> ORSet[T]:
         if self._delta is None:
             return self
-        return ORSet(self._entries, self._context, self._pruned)
+        # Sharing the dict is safe: values are never mutated after construction.
+        return ORSet._owning(self._entries, self._context, self._pruned, None)
 
     # -- pruning --------------------------------------------------------------------------
 
