@@ -17,29 +17,69 @@ re-exported here::
 ``update`` and ``get`` raise :class:`fabric.ConsistencyError` when the level cannot be
 met (too few nodes reachable, or the timeout passed). Writes stamp LWW registers with
 the wall clock (``time.time_ns() // 1000``). See docs/CRDT.md for the guarantees.
+
+Durable keys: ``Replicator(node, durable=["cart-*", "config"], path="ddata.sqlite")``
+writes every change of those keys to a sqlite file (standard library) before it is
+acknowledged, and reads them back when a Replicator starts on the same file, so a write
+this node acknowledged survives a crash even if no peer had it yet.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from fabric.errors import ConsistencyError
+from fabric.errors import ConfigError, ConsistencyError
 from fabric.protocol import crdt as _crdt
+from fabric.protocol.codec import Codec
 from fabric.protocol.crdt import *  # noqa: F403  (the CRDT types are part of this API)
 from fabric.protocol.crdt import Crdt, Replica
-from fabric.protocol.replicator import ALL, LOCAL, MAJORITY, Consistency, Key, ReplicatorCore
+from fabric.protocol.replicator import (
+    ALL,
+    LOCAL,
+    MAJORITY,
+    Consistency,
+    Key,
+    Persist,
+    ReplicatorCore,
+)
 from fabric.types import Pid
 
 if TYPE_CHECKING:
     from fabric.node import Node
 
-__all__ = [*_crdt.__all__, "ALL", "LOCAL", "MAJORITY", "Consistency", "Key", "Replicator"]
+__all__ = [*_crdt.__all__, "ALL", "LOCAL", "MAJORITY", "Consistency", "Key", "Replicator",
+           "SqliteStore"]
 
 C = TypeVar("C", bound=Crdt)
 SERVICE = ReplicatorCore.service
+
+
+class SqliteStore:
+    """Durable key states in one sqlite file: ``key -> msgpack of the CRDT's dump``
+    (NULL for a deleted key). Every write is committed before it returns."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._db = sqlite3.connect(path)
+        self._db.execute("CREATE TABLE IF NOT EXISTS ddata (key TEXT PRIMARY KEY, state BLOB)")
+        self._db.commit()
+        self._codec = Codec()
+
+    def save(self, key: str, state: Any) -> None:
+        blob = None if state is None else self._codec.encode(state)
+        self._db.execute("INSERT OR REPLACE INTO ddata (key, state) VALUES (?, ?)", (key, blob))
+        self._db.commit()
+
+    def load(self) -> list[tuple[str, Any]]:
+        rows = self._db.execute("SELECT key, state FROM ddata").fetchall()
+        return [(key, None if blob is None else self._codec.decode(blob)) for key, blob in rows]
+
+    def close(self) -> None:
+        self._db.close()
 
 
 class Replicator:
@@ -47,14 +87,34 @@ class Replicator:
 
     Args:
         node: a started :class:`fabric.Node`.
+        durable: key names, or prefixes ending in ``*``, kept in the sqlite file ``path``.
+        path: the sqlite file for durable keys (required with ``durable``).
         **options: :class:`~fabric.protocol.replicator.ReplicatorCore` options
             (``delta_interval``, ``gossip_interval``, ``members``).
     """
 
-    def __init__(self, node: Node, **options: Any) -> None:
+    def __init__(self, node: Node, *, durable: list[str] | None = None,
+                 path: str | None = None, **options: Any) -> None:
+        if durable and path is None:
+            raise ConfigError("durable keys need a sqlite file: Replicator(..., path=...)")
         self.node = node
-        self.core = ReplicatorCore(node.name, node.creation, **options)
+        self.core = ReplicatorCore(node.name, node.creation, durable=durable or (),
+                                   **options)
+        self.store = SqliteStore(path) if durable and path is not None else None
+        if self.store is not None:
+            # Before the service meets its peers: what this node acknowledged is back.
+            node._exec_service(SERVICE, self.core.restore(self.store.load(), node.loop.time()))
+            node.on_effect(Persist, self._persist)
         node.add_service(self.core)
+
+    def close(self) -> None:
+        """Close the sqlite file (after the node stopped)."""
+        if self.store is not None:
+            self.store.close()
+
+    def _persist(self, service: str, effect: Persist) -> None:
+        assert self.store is not None
+        self.store.save(effect.key, effect.state)
 
     @property
     def replica(self) -> Replica:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -102,5 +103,39 @@ def test_unmet_level_raises_consistency_error_and_heals() -> None:
         finally:
             await nodes[0].stop()
             await nodes[1].stop()
+
+    run(main)
+
+
+def test_durable_keys_come_back_after_a_restart(tmp_path: Path) -> None:
+    path = str(tmp_path / "ddata.sqlite")
+    name = f"solo@127.0.0.1:{free_port()}"
+
+    async def main() -> None:
+        node = fabric.Node(name, cookie="dd", **FAST)
+        await node.start()
+        repl = Replicator(node, durable=["hits", "seen-*"], path=path)
+        await repl.update(HITS, lambda c: c.increment(3))
+        await repl.update(Key("seen-1", ORSet), lambda s: s.add(("t", 1)))
+        await repl.update(Key("scratch", GCounter), lambda c: c.increment(1))
+        await node.stop()
+        repl.close()
+        again = fabric.Node(name, cookie="dd", **FAST)
+        await again.start()
+        try:
+            repl = Replicator(again, durable=["hits", "seen-*"], path=path)
+            restored = repl.value(HITS)
+            assert restored is not None and restored.value == 3
+            seen = repl.value(Key("seen-1", ORSet))
+            assert seen is not None and seen.value == {("t", 1)}
+            assert repl.value(Key("scratch", GCounter)) is None  # not durable
+            # The new run writes its own slot beside the old run's.
+            after = await repl.update(HITS, lambda c: c.increment(1))
+            assert after.value == 4 and len(after.entries) == 2
+            repl.close()
+        finally:
+            await again.stop()
+        with pytest.raises(fabric.ConfigError, match="sqlite file"):
+            Replicator(again, durable=["x"])
 
     run(main)

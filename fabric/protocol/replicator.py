@@ -57,6 +57,11 @@ Three ways state moves between nodes (payloads are plain lists; ``state`` is a C
   durability loses a replica's state).
 * **Delete** is permanent: the key becomes a tombstone (None state) that wins every
   merge and travels like a value; a deleted key cannot be used again.
+* **Durability**: keys named in ``durable`` (exact names, or prefixes ending in ``*``)
+  emit :class:`Persist` whenever their stored state changes, *before* the effects that
+  acknowledge or announce the change (the runtime writes it to sqlite); after a restart
+  the runtime feeds the stored rows to :meth:`ReplicatorCore.restore` before the node
+  meets its peers, so a write this node acknowledged survives its crash.
 * **Subscriptions**: a local process subscribed to a key receives
   ``("ddata_changed", key, value)`` after every change of the key's value, whatever caused
   it, and ``("ddata_deleted", key)`` on delete.
@@ -68,7 +73,7 @@ import hashlib
 import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar, cast
 
 from fabric.errors import LocalProtocolError, RemoteProtocolError
 from fabric.protocol.codec import Codec
@@ -77,7 +82,7 @@ from fabric.protocol.crdt.replica import Replica, acting_as
 from fabric.protocol.effects import CancelTimer, Complete, Deliver, Effect, Log, Send, SetTimer
 from fabric.types import Pid
 
-__all__ = ["ALL", "LOCAL", "MAJORITY", "Consistency", "Key", "ReplicatorCore"]
+__all__ = ["ALL", "LOCAL", "MAJORITY", "Consistency", "Key", "Persist", "ReplicatorCore"]
 
 LOCAL: Final = "local"
 MAJORITY: Final = "majority"
@@ -97,6 +102,15 @@ class Key(Generic[C]):
 
     name: str
     type: type[C]
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """An effect: write ``key``'s state (a ``dump`` form; None: deleted) to durable storage
+    before executing the effects that follow it."""
+
+    key: str
+    state: Any
 
 
 @dataclass
@@ -120,12 +134,14 @@ class ReplicatorCore:
         delta_interval: seconds between batches of deltas.
         gossip_interval: seconds between anti-entropy rounds.
         members: nodes that count for majority/all even before they were seen.
+        durable: key names (or prefixes ending in ``*``) whose changes emit ``Persist``.
     """
 
     service = "ddata"
 
     def __init__(self, node: str, creation: int, *, delta_interval: float = 0.2,
-                 gossip_interval: float = 2.0, members: Iterable[str] = ()) -> None:
+                 gossip_interval: float = 2.0, members: Iterable[str] = (),
+                 durable: Iterable[str] = ()) -> None:
         self.node = node
         self.replica = Replica(node, creation)
         self.delta_interval = delta_interval
@@ -146,6 +162,10 @@ class ReplicatorCore:
         self._delta_armed = False
         self._gossip_armed = False
         self._codec = Codec()
+        patterns = list(durable)
+        self._durable_names = {p for p in patterns if not p.endswith("*")}
+        self._durable_prefixes = tuple(p[:-1] for p in patterns if p.endswith("*"))
+        self._restoring = False
         self.stats = {"delta_batches": 0, "gossip_rounds": 0, "gaps": 0, "bad_payloads": 0}
 
     # -- local API ------------------------------------------------------------------------
@@ -429,9 +449,24 @@ class ReplicatorCore:
     def _row(self, name: str) -> list[Any]:
         return [name, None if name in self._deleted else dump(self._data[name])]
 
+    def is_durable(self, name: str) -> bool:
+        return name in self._durable_names or name.startswith(self._durable_prefixes)
+
+    def restore(self, rows: Iterable[tuple[str, Any]], now: float) -> list[Effect]:
+        """Merge rows ``(key, state)`` read back from durable storage (at start)."""
+        out: list[Effect] = []
+        self._restoring = True
+        try:
+            self._merge_rows([[name, state] for name, state in rows], out)
+        finally:
+            self._restoring = False
+        return out
+
     def _store(self, name: str, value: Crdt, old: Crdt | None, out: list[Effect]) -> None:
         self._data[name] = value
         self._digests.pop(name, None)
+        if not self._restoring and self.is_durable(name) and (old is None or old != value):
+            out.append(cast(Effect, Persist(name, dump(value))))
         watchers = self._subscribers.get(name)
         if watchers and (old is None or old.value != value.value):
             out.extend(Deliver(pid, ("ddata_changed", name, value)) for pid in watchers)
@@ -442,6 +477,8 @@ class ReplicatorCore:
         self._deleted.add(name)
         self._data.pop(name, None)
         self._digests.pop(name, None)
+        if not self._restoring and self.is_durable(name):
+            out.append(cast(Effect, Persist(name, None)))
         for pid in self._subscribers.pop(name, []):
             out.append(Deliver(pid, ("ddata_deleted", name)))
 

@@ -15,9 +15,9 @@ import pytest
 
 from fabric.errors import LocalProtocolError
 from fabric.protocol.codec import Codec
-from fabric.protocol.crdt import GCounter, LWWMap, ORSet, PNCounter
-from fabric.protocol.effects import Effect
-from fabric.protocol.replicator import ALL, LOCAL, MAJORITY, Key, ReplicatorCore
+from fabric.protocol.crdt import GCounter, LWWMap, ORSet, PNCounter, Replica, dump
+from fabric.protocol.effects import Effect, Send
+from fabric.protocol.replicator import ALL, LOCAL, MAJORITY, Key, Persist, ReplicatorCore
 from fabric.testing import ServiceSim
 
 HITS = Key("hits", GCounter)
@@ -321,3 +321,64 @@ def test_a_restarted_node_gets_the_state_back_and_writes_fresh_entries() -> None
     assert [w.value(n, HITS) for n in (A, B, C)] == [6, 6, 6]
     entries = w.sim.core(B).value(HITS).entries
     assert len(entries) == 2 and {r.node for r in entries} == {A}  # two runs of A
+
+
+# -- durability -----------------------------------------------------------------------------
+
+
+class Disk:
+    """Wraps a core: Persist effects go to ``disk[node]`` (a dict key -> state) instead of
+    the simulator, which does not know them."""
+
+    def __init__(self, core: ReplicatorCore, disk: dict[str, Any]) -> None:
+        self.core = core
+        self.disk = disk
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.core, name)
+        if name.startswith("on_") or name in ("update", "get", "delete", "subscribe"):
+            def call(*args: Any, **kwargs: Any) -> Any:
+                out = attr(*args, **kwargs)
+                kept = []
+                for eff in out:
+                    if isinstance(eff, Persist):
+                        self.disk[eff.key] = eff.state
+                    else:
+                        kept.append(eff)
+                return kept
+            return call
+        return attr
+
+
+def test_persist_comes_before_the_ack() -> None:
+    core = ReplicatorCore(B, 1, durable=["hit*"])
+    core.on_nodeup(A, 0.0)
+    delta = GCounter().increment(1, at=Replica(A, 1))
+    effects = core.on_message(A, ("write", 7, "hits", dump(delta)), 0.0)
+    assert [type(e).__name__ for e in effects] == ["Persist", "Send"]
+    assert effects[1] == Send(A, ("write_ack", 7))
+    assert not core.is_durable("other") and core.is_durable("hits")
+
+
+def test_a_durable_key_survives_a_crash_before_it_spread() -> None:
+    disks: dict[str, dict[str, Any]] = {n: {} for n in NAMES5[:3]}
+
+    def factory(name: str, creation: int) -> Any:
+        core = ReplicatorCore(name, creation, durable=["hits"])
+        core.restore(disks[name].items(), 0.0)
+        return Disk(core, disks[name])
+
+    sim = ServiceSim(factory, NAMES5[:3], connected=False)
+    for a, b in itertools.combinations(NAMES5[:3], 2):
+        sim.connect(a, b)
+    sim.advance(0.1)
+    sim.execute(A, sim.core(A).update(HITS, lambda c: c.increment(5), LOCAL, 1, sim.now))
+    sim.execute(A, sim.core(A).update(SEEN, lambda s: s.add("x"), LOCAL, 2, sim.now))
+    assert sim.completed[1][0] == "ok"
+    sim.kill(A)  # before the delta interval: nobody else has either write
+    sim.advance(1.0)
+    assert sim.core(B).value(HITS) is None
+    sim.restart(A)
+    sim.advance(2.0)
+    assert [sim.core(n).value(HITS).value for n in NAMES5[:3]] == [5, 5, 5]
+    assert [sim.core(n).value(SEEN) for n in NAMES5[:3]] == [None] * 3  # not durable: lost
