@@ -15,7 +15,7 @@ Three ways state moves between nodes (payloads are plain lists; ``state`` is a C
     ("delta", seq, [[key, state], ...])       batched deltas, every delta_interval
     ("write", rid, key, state) / ("write_ack", rid)         quorum writes
     ("read", rid, key) / ("read_reply", rid, state)         quorum reads (read repair)
-    ("digest", buckets, digests)                             anti-entropy, step 1
+    ("digest", buckets, digests, creation)                   anti-entropy, step 1
     ("keys", buckets, [bucket, ...], [[key, digest], ...])   step 2: the differing buckets
     ("gossip", [[key, state], ...], [key, ...])              step 3/4: states, and wanted keys
 
@@ -57,6 +57,22 @@ Three ways state moves between nodes (payloads are plain lists; ``state`` is a C
   durability loses a replica's state).
 * **Delete** is permanent: the key becomes a tombstone (None state) that wins every
   merge and travels like a value; a deleted key cannot be used again.
+* **Pruning** of dead node runs (so counters and sets do not grow with every restart):
+  a replica ``(node, creation)`` is *dead* when that node's current run has another
+  creation (learnt from the ``("hello", creation)`` each side sends on nodeup; two runs
+  of one name never live at once), or the node was :meth:`forget`-ten. Every
+  ``prune_interval``, the member with the smallest name, if every member is connected,
+  proposes ``("prune_check", rid, [[key, digest, [dead, ...]], ...])`` for the keys whose
+  values hold dead replicas' entries and support pruning (counters, OR-Sets, maps). Each
+  member answers ``("prune_ok", rid, [key, ...])`` with the keys whose digest equals the
+  proposal's (so it holds the same, final, entries of the dead replicas) and whose
+  replicas it also sees as dead. When every member agreed on a key that has not changed
+  meanwhile, the proposer prunes it (``value.prune(dead)``: the dead entries fold into
+  its own, the dead replica is remembered as pruned) and spreads the result as a delta.
+  That meets the safety conditions of ``crdt/counters.py``: the dead replica cannot
+  write, every replica holds its final entries, and one replica prunes. A key written
+  continuously never matches and is not pruned; a round in progress is abandoned when a
+  member goes down or the next round starts.
 * **Durability**: keys named in ``durable`` (exact names, or prefixes ending in ``*``)
   emit :class:`Persist` whenever their stored state changes, *before* the effects that
   acknowledge or announce the change (the runtime writes it to sqlite); after a restart
@@ -78,7 +94,7 @@ from typing import Any, Final, Generic, TypeVar, cast
 from fabric.errors import LocalProtocolError, RemoteProtocolError
 from fabric.protocol.codec import Codec
 from fabric.protocol.crdt.base import Crdt, dump, load
-from fabric.protocol.crdt.replica import Replica, acting_as
+from fabric.protocol.crdt.replica import Replica, acting_as, replica_from_data
 from fabric.protocol.effects import CancelTimer, Complete, Deliver, Effect, Log, Send, SetTimer
 from fabric.types import Pid
 
@@ -94,6 +110,7 @@ C = TypeVar("C", bound=Crdt)
 _DELETED_DIGEST: Final = b"\x00deleted"
 _DELTA_TIMER: Final = "delta"
 _GOSSIP_TIMER: Final = "gossip"
+_PRUNE_TIMER: Final = "prune"
 
 
 @dataclass(frozen=True)
@@ -111,6 +128,14 @@ class Persist:
 
     key: str
     state: Any
+
+
+@dataclass
+class _PruneRound:
+    rid: int
+    proposals: dict[str, tuple[bytes, list[Replica]]]  # key -> (digest, dead replicas)
+    waiting: set[str]
+    agreed: set[str]
 
 
 @dataclass
@@ -135,13 +160,14 @@ class ReplicatorCore:
         gossip_interval: seconds between anti-entropy rounds.
         members: nodes that count for majority/all even before they were seen.
         durable: key names (or prefixes ending in ``*``) whose changes emit ``Persist``.
+        prune_interval: seconds between pruning rounds (started by the smallest member).
     """
 
     service = "ddata"
 
     def __init__(self, node: str, creation: int, *, delta_interval: float = 0.2,
                  gossip_interval: float = 2.0, members: Iterable[str] = (),
-                 durable: Iterable[str] = ()) -> None:
+                 durable: Iterable[str] = (), prune_interval: float = 30.0) -> None:
         self.node = node
         self.replica = Replica(node, creation)
         self.delta_interval = delta_interval
@@ -166,7 +192,13 @@ class ReplicatorCore:
         self._durable_names = {p for p in patterns if not p.endswith("*")}
         self._durable_prefixes = tuple(p[:-1] for p in patterns if p.endswith("*"))
         self._restoring = False
-        self.stats = {"delta_batches": 0, "gossip_rounds": 0, "gaps": 0, "bad_payloads": 0}
+        self.prune_interval = prune_interval
+        self._creations: dict[str, int] = {}  # connected peer -> its run's creation
+        self._forgotten: set[str] = set()
+        self._prune_round: _PruneRound | None = None
+        self._prune_armed = False
+        self.stats = {"delta_batches": 0, "gossip_rounds": 0, "gaps": 0, "bad_payloads": 0,
+                      "pruned": 0}
 
     # -- local API ------------------------------------------------------------------------
 
@@ -186,8 +218,10 @@ class ReplicatorCore:
         return sorted(self._members | {self.node})
 
     def forget(self, node: str) -> None:
-        """Stop counting ``node`` as a member (it left the cluster for good)."""
+        """Stop counting ``node`` as a member (it left the cluster for good); its
+        replicas' entries become prunable."""
         self._members.discard(node)
+        self._forgotten.add(node)
 
     def update(self, key: Key[C], fn: Callable[[C], C], write: Consistency, token: Any,
                now: float, *, timeout: float = 5.0,
@@ -271,8 +305,14 @@ class ReplicatorCore:
             self._up.append(peer)
         self._members.add(peer)
         self._received_seq.pop(peer, None)  # a new session: any sequence number is fine
+        self._creations.pop(peer, None)  # until its hello says which run it is
+        out: list[Effect] = [Send(peer, ("hello", self.replica.creation))]
         # One side starts anti-entropy (the exchange goes both ways).
-        out: list[Effect] = [self._digest_message(peer)] if self.node < peer else []
+        if self.node < peer:
+            out.append(self._digest_message(peer))
+        if not self._prune_armed:
+            self._prune_armed = True
+            out.append(SetTimer(_PRUNE_TIMER, now + self.prune_interval))
         if not self._gossip_armed:
             self._gossip_armed = True
             out.append(SetTimer(_GOSSIP_TIMER, now + self.gossip_interval))
@@ -282,6 +322,9 @@ class ReplicatorCore:
         if peer in self._up:
             self._up.remove(peer)
         self._received_seq.pop(peer, None)
+        self._creations.pop(peer, None)
+        if self._prune_round is not None and peer in self._prune_round.waiting:
+            self._prune_round = None
         out: list[Effect] = []
         for rid, req in list(self._requests.items()):
             reachable = {p for p in req.sent_to if p in self._up} | req.replied
@@ -304,6 +347,12 @@ class ReplicatorCore:
                 self.stats["gossip_rounds"] += 1
                 self._gossip_armed = True
                 out.append(SetTimer(_GOSSIP_TIMER, now + self.gossip_interval))
+        elif key == _PRUNE_TIMER:
+            self._prune_armed = False
+            self._start_prune(out)
+            if self._up:
+                self._prune_armed = True
+                out.append(SetTimer(_PRUNE_TIMER, now + self.prune_interval))
         elif isinstance(key, tuple) and len(key) == 2 and key[0] == "request":
             req = self._requests.get(key[1])
             if req is not None:
@@ -320,14 +369,14 @@ class ReplicatorCore:
     def on_message(self, peer: str, payload: Any, now: float) -> list[Effect]:
         out: list[Effect] = []
         try:
-            self._dispatch(peer, payload, out)
+            self._dispatch(peer, payload, now, out)
         except (RemoteProtocolError, TypeError, ValueError, IndexError, KeyError) as exc:
             self.stats["bad_payloads"] += 1
             out.append(Log("warning", "ddata_bad_payload",
                            {"peer": peer, "error": f"{type(exc).__name__}: {exc}"}))
         return out
 
-    def _dispatch(self, peer: str, payload: Any, out: list[Effect]) -> None:
+    def _dispatch(self, peer: str, payload: Any, now: float, out: list[Effect]) -> None:
         kind = payload[0]
         if kind == "delta":
             _, seq, rows = payload
@@ -357,7 +406,24 @@ class ReplicatorCore:
             if len(req.replied) + 1 >= req.needed:
                 current = self._data.get(req.key)
                 self._finish(rid, ("ok", None if req.key in self._deleted else current), out)
+        elif kind == "hello":
+            self._learn_creation(peer, payload[1])
+        elif kind == "prune_check":
+            _, rid, rows = payload
+            agreed = [name for name, digest, dead in rows
+                      if name in self._data and self._digest(name) == digest
+                      and all(self._is_dead(replica_from_data(r)) for r in dead)]
+            out.append(Send(peer, ("prune_ok", rid, agreed)))
+        elif kind == "prune_ok":
+            prune = self._prune_round
+            if prune is None or prune.rid != payload[1] or peer not in prune.waiting:
+                return
+            prune.agreed &= set(payload[2])
+            prune.waiting.discard(peer)
+            if not prune.waiting:
+                self._finish_prune(prune, now, out)
         elif kind == "digest":
+            self._learn_creation(peer, payload[3])
             self._on_digest(peer, payload[1], payload[2], out)
         elif kind == "keys":
             self._on_keys(peer, payload[1], payload[2], payload[3], out)
@@ -440,6 +506,64 @@ class ReplicatorCore:
         rows = [[name, None if d is None else dump(d)] for name, d in batch.items()]
         for peer in self._up:
             out.append(Send(peer, ("delta", self._delta_seq, rows)))
+
+    # -- pruning --------------------------------------------------------------------------
+
+    def _learn_creation(self, peer: str, creation: Any) -> None:
+        if type(creation) is not int:
+            raise RemoteProtocolError("bad ddata creation")
+        self._creations[peer] = creation
+
+    def _is_dead(self, replica: Replica) -> bool:
+        """True if ``replica``'s node run is over, as far as this node can prove."""
+        if replica.node == self.node:
+            return replica.creation != self.replica.creation
+        if replica.node in self._forgotten:
+            return True
+        current = self._creations.get(replica.node)  # only while connected to that node
+        return current is not None and current != replica.creation
+
+    def _start_prune(self, out: list[Effect]) -> None:
+        self._prune_round = None
+        members = self._members
+        if not members or any(m not in self._up for m in members) or min(members) < self.node:
+            return
+        proposals: dict[str, tuple[bytes, list[Replica]]] = {}
+        for name, value in self._data.items():
+            replicas = getattr(value, "replicas", None)
+            if replicas is None:
+                continue
+            dead = sorted(r for r in replicas() if self._is_dead(r))
+            if dead:
+                proposals[name] = (self._digest(name), dead)
+        if not proposals:
+            return
+        rid = next(self._request_ids)
+        self._prune_round = _PruneRound(rid, proposals, set(members), set(proposals))
+        rows = [[name, digest, [r.to_data() for r in dead]]
+                for name, (digest, dead) in proposals.items()]
+        for member in sorted(members):
+            out.append(Send(member, ("prune_check", rid, rows)))
+
+    def _finish_prune(self, prune: _PruneRound, now: float, out: list[Effect]) -> None:
+        self._prune_round = None
+        pruned_any = False
+        for name in sorted(prune.agreed):
+            digest, dead = prune.proposals[name]
+            current = self._data.get(name)
+            if current is None or self._digest(name) != digest:
+                continue  # changed since the check: the next round will see it
+            value: Any = current
+            for replica in dead:
+                value = value.prune(replica, at=self.replica).reset_delta()
+            self.stats["pruned"] += len(dead)
+            self._store(name, value, current, out)
+            old = self._pending.get(name)
+            self._pending[name] = value if old is None else old.merge(value)
+            pruned_any = True
+        if pruned_any and not self._delta_armed:
+            self._delta_armed = True
+            out.append(SetTimer(_DELTA_TIMER, now + self.delta_interval))
 
     # -- storing and merging --------------------------------------------------------------
 
@@ -555,7 +679,9 @@ class ReplicatorCore:
 
     def _digest_message(self, peer: str) -> Send:
         count = self._bucket_count()
-        return Send(peer, ("digest", count, self._bucket_digests(count)))
+        # The creation rides along too: a lost hello is made good by the next round.
+        return Send(peer, ("digest", count, self._bucket_digests(count),
+                           self.replica.creation))
 
     def _on_digest(self, peer: str, count: Any, theirs: Any, out: list[Effect]) -> None:
         if type(count) is not int or not 1 <= count <= 65536 or not isinstance(theirs, bytes) \

@@ -236,7 +236,9 @@ def test_chaos_then_heal_converges_and_keeps_every_acknowledged_majority_write(
     increments a counter and adds to a set at random levels. After the final heal every
     replica holds the same state, which includes every acknowledged majority write."""
     rng = random.Random(seed)
-    w = World(NAMES5, seed=seed, gossip_interval=0.5)
+    # Pruning rounds every second: restarted runs get pruned in the calm moments, and
+    # that must not lose or double-count anything either.
+    w = World(NAMES5, seed=seed, gossip_interval=0.5, prune_interval=1.0)
     Net.lossy = True
     acked_inc: list[tuple[int, int]] = []  # (token, n)
     acked_add: list[tuple[int, Any]] = []
@@ -279,6 +281,14 @@ def test_chaos_then_heal_converges_and_keeps_every_acknowledged_majority_write(
                  and w.result(t)[0] == "ok"}
     assert must_have <= cores[0].value(SEEN).value
     assert acked_sum > 0 and must_have  # the scenario did acknowledge majority writes
+    # Once everything is calm and connected, the restarted runs' entries are pruned away.
+    w.sim.advance(5.0)
+    live = {(n, w.sim.nodes[n].creation) for n in NAMES5}
+    for core in cores:
+        counter = core.value(HITS)
+        assert counter.value == final
+        assert {(r.node, r.creation) for r in counter.replicas()} <= live
+        assert {(r.node, r.creation) for r in core.value(SEEN).replicas()} <= live
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -382,3 +392,75 @@ def test_a_durable_key_survives_a_crash_before_it_spread() -> None:
     sim.advance(2.0)
     assert [sim.core(n).value(HITS).value for n in NAMES5[:3]] == [5, 5, 5]
     assert [sim.core(n).value(SEEN) for n in NAMES5[:3]] == [None] * 3  # not durable: lost
+
+
+# -- pruning --------------------------------------------------------------------------------
+
+
+def test_restarted_runs_are_pruned_once_every_member_agrees() -> None:
+    w = World(NAMES5[:3], prune_interval=20.0)  # A's first round at t = 20 s
+    stale: list[Any] = []
+    for round_ in range(3):  # C restarts twice: three runs wrote to the counter and set
+        w.update(C, HITS, lambda c: c.increment(10))
+        w.update(C, SEEN, lambda s, r=round_: s.add(("c", r)).add("shared"))
+        w.update(B, SEEN, lambda s: s.remove("shared"))
+        w.sim.advance(1.0)
+        stale.append(w.sim.core(B).value(HITS))
+        if round_ < 2:
+            w.sim.restart(C)
+            w.sim.advance(1.0)
+    w.update(A, HITS, lambda c: c.increment(1))
+    w.sim.advance(1.0)
+    assert w.sim.now < 20.0
+    assert len(w.sim.core(B).value(HITS).replicas()) == 4  # A and three runs of C
+    w.sim.advance(20.0 - w.sim.now + 1.0)  # one pruning round by A, the smallest member
+    for name in (A, B, C):
+        core = w.sim.core(name)
+        counter, seen = core.value(HITS), core.value(SEEN)
+        assert counter.value == 31
+        live = {Replica(n, w.sim.nodes[n].creation) for n in (A, C)}
+        assert counter.replicas() == live  # C's two dead runs were folded into A's slot
+        assert len(counter.pruned) == 2
+        assert seen.value == {("c", 0), ("c", 1), ("c", 2), "shared"}
+        assert all(r.creation == w.sim.nodes[r.node].creation for r in seen.replicas())
+    assert w.sim.core(A).stats["pruned"] > 0
+    # A stale copy holding the dead runs' slots changes nothing when merged again.
+    for old in stale:
+        w.sim.execute(B, w.sim.core(B).on_message(C, ("gossip", [["hits", dump(old)]], []),
+                                                  w.sim.now))
+    assert w.sim.core(B).value(HITS).value == 31
+
+
+def test_no_pruning_while_a_member_is_unreachable_or_the_key_is_busy() -> None:
+    w = World(NAMES5[:3], prune_interval=2.0)
+    w.update(C, HITS, lambda c: c.increment(5))
+    w.sim.advance(1.0)
+    w.sim.restart(C)
+    w.sim.partition([B], [A, C])  # before A's first round (t = 2 s)
+    w.sim.advance(5.0)
+    assert len(w.sim.core(A).value(HITS).replicas()) == 1  # still C's dead run
+    assert w.sim.core(A).value(HITS).pruned == frozenset()
+    w.sim.heal()
+    for _ in range(40):  # B writes every 0.05 s: the digests never match in a round
+        w.update(B, HITS, lambda c: c.increment(1))
+        w.sim.advance(0.05)
+    assert w.sim.core(A).value(HITS).pruned == frozenset()
+    w.sim.advance(5.0)  # quiet again: pruned
+    assert w.sim.core(A).value(HITS).pruned != frozenset()
+    assert [w.sim.core(n).value(HITS).value for n in (A, B, C)] == [45, 45, 45]
+
+
+def test_a_forgotten_node_is_pruned() -> None:
+    w = World(NAMES5[:3], prune_interval=2.0)
+    w.update(C, SEEN, lambda s: s.add("from c"))
+    w.sim.advance(1.0)
+    w.sim.kill(C)
+    w.sim.advance(3.0)
+    assert w.sim.core(A).value(SEEN).replicas() != set()
+    for name in (A, B):
+        w.sim.core(name).forget(C)
+    w.sim.advance(3.0)
+    for name in (A, B):
+        seen = w.sim.core(name).value(SEEN)
+        assert seen.value == {"from c"}
+        assert {r.node for r in seen.replicas()} == {A}

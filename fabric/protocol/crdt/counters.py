@@ -116,6 +116,10 @@ class GCounter(Crdt):
 
     # -- pruning --------------------------------------------------------------------------
 
+    def replicas(self) -> set[Replica]:
+        """Every replica with entries here (what pruning looks at)."""
+        return set(self._entries)
+
     def needs_pruning(self, removed: Replica) -> bool:
         return removed in self._entries
 
@@ -210,6 +214,9 @@ class PNCounter(Crdt):
 
     def reset_delta(self) -> PNCounter:
         return self if self._delta is None else PNCounter(self._p, self._n)
+
+    def replicas(self) -> set[Replica]:
+        return self._p.replicas() | self._n.replicas()
 
     def needs_pruning(self, removed: Replica) -> bool:
         return self._p.needs_pruning(removed) or self._n.needs_pruning(removed)

@@ -138,6 +138,14 @@ class ORMap(Crdt, Generic[K, V]):
 
     # -- pruning --------------------------------------------------------------------------
 
+    def replicas(self) -> set[Replica]:
+        """Every replica with entries in the key set or a prunable value."""
+        out = self._keys.replicas()
+        for v in self._values.values():
+            if _prunable(v):
+                out |= v.replicas()  # type: ignore[attr-defined]
+        return out
+
     def needs_pruning(self, removed: Replica) -> bool:
         return self._keys.needs_pruning(removed) or any(
             _prunable(v) and v.needs_pruning(removed)  # type: ignore[attr-defined]
@@ -219,6 +227,9 @@ class _TypedMap(Crdt):
 
     def reset_delta(self: W) -> W:
         return self if self._map.delta is None else type(self)(self._map.reset_delta())
+
+    def replicas(self) -> set[Replica]:
+        return self._map.replicas()
 
     def needs_pruning(self, removed: Replica) -> bool:
         return self._map.needs_pruning(removed)

@@ -241,6 +241,10 @@ class ORSet(Crdt, Generic[T]):
 
     # -- pruning --------------------------------------------------------------------------
 
+    def replicas(self) -> set[Replica]:
+        """Every replica with dots here (what pruning looks at)."""
+        return self._context.replicas()
+
     def needs_pruning(self, removed: Replica) -> bool:
         return removed in self._context.replicas()
 
