@@ -42,8 +42,10 @@ Three ways state moves between nodes (payloads are plain lists; ``state`` is a C
   included), ``"majority"`` (more than half of the *members*) or ``"all"``. Members are
   the configured ``members`` plus every node ever seen up, minus :meth:`forget`-ten ones:
   a node cut off in a minority counts the nodes it cannot reach, so it cannot form a
-  "majority" of itself. The local update is applied first in every case; a quorum write
-  then sends its delta to every connected peer and completes ``("ok", value)`` when
+  "majority" of itself. A peer is "seen" once it says ``hello`` (or sends a digest):
+  nodes without this service (hidden tools) never count. The local update is applied
+  first in every case; a quorum write then sends its delta to every connected peer that
+  runs the service and completes ``("ok", value)`` when
   enough have merged it (acks), or ``("error", reason)`` when the timeout expires, when
   not enough peers are connected to start with, or when too many of them go down. A
   failed write is not rolled back: it is applied here and spreads like any other.
@@ -178,7 +180,9 @@ class ReplicatorCore:
         self._digests: dict[str, bytes] = {}  # key -> digest, cached until it changes
         self._name_hashes: dict[str, int] = {}  # key -> hash of its name (its bucket)
         self._members: set[str] = set(members) - {node}
-        self._up: list[str] = []  # connected peers, in nodeup order (round robin)
+        self._connected: set[str] = set()  # peers up at the mesh level
+        # Connected peers that run this service (they said hello), in order (round robin).
+        self._up: list[str] = []
         self._next_gossip = 0
         self._delta_seq = 0
         self._received_seq: dict[str, int] = {}  # peer -> last delta batch seq this session
@@ -301,24 +305,36 @@ class ReplicatorCore:
     def on_nodeup(self, peer: str, now: float) -> list[Effect]:
         if peer == self.node:
             return []
-        if peer not in self._up:
-            self._up.append(peer)
-        self._members.add(peer)
+        # The peer counts (as a member, for deltas, quorums and gossip) once it says
+        # hello: a node without this service (a hidden tool, a node that does not share
+        # data) never does, so it can never inflate the majority.
+        self._connected.add(peer)
         self._received_seq.pop(peer, None)  # a new session: any sequence number is fine
         self._creations.pop(peer, None)  # until its hello says which run it is
         out: list[Effect] = [Send(peer, ("hello", self.replica.creation))]
         # One side starts anti-entropy (the exchange goes both ways).
         if self.node < peer:
             out.append(self._digest_message(peer))
+        return out
+
+    def _joined(self, peer: str, creation: Any, now: float, out: list[Effect]) -> None:
+        """``peer`` runs this service as run ``creation`` (from its hello or a digest)."""
+        if type(creation) is not int:
+            raise RemoteProtocolError("bad ddata creation")
+        self._creations[peer] = creation
+        if peer in self._up or peer not in self._connected:
+            return
+        self._up.append(peer)
+        self._members.add(peer)
         if not self._prune_armed:
             self._prune_armed = True
             out.append(SetTimer(_PRUNE_TIMER, now + self.prune_interval))
         if not self._gossip_armed:
             self._gossip_armed = True
             out.append(SetTimer(_GOSSIP_TIMER, now + self.gossip_interval))
-        return out
 
     def on_nodedown(self, peer: str, reason: str, now: float) -> list[Effect]:
+        self._connected.discard(peer)
         if peer in self._up:
             self._up.remove(peer)
         self._received_seq.pop(peer, None)
@@ -407,7 +423,7 @@ class ReplicatorCore:
                 current = self._data.get(req.key)
                 self._finish(rid, ("ok", None if req.key in self._deleted else current), out)
         elif kind == "hello":
-            self._learn_creation(peer, payload[1])
+            self._joined(peer, payload[1], now, out)
         elif kind == "prune_check":
             _, rid, rows = payload
             agreed = [name for name, digest, dead in rows
@@ -423,7 +439,7 @@ class ReplicatorCore:
             if not prune.waiting:
                 self._finish_prune(prune, now, out)
         elif kind == "digest":
-            self._learn_creation(peer, payload[3])
+            self._joined(peer, payload[3], now, out)
             self._on_digest(peer, payload[1], payload[2], out)
         elif kind == "keys":
             self._on_keys(peer, payload[1], payload[2], payload[3], out)
@@ -508,11 +524,6 @@ class ReplicatorCore:
             out.append(Send(peer, ("delta", self._delta_seq, rows)))
 
     # -- pruning --------------------------------------------------------------------------
-
-    def _learn_creation(self, peer: str, creation: Any) -> None:
-        if type(creation) is not int:
-            raise RemoteProtocolError("bad ddata creation")
-        self._creations[peer] = creation
 
     def _is_dead(self, replica: Replica) -> bool:
         """True if ``replica``'s node run is over, as far as this node can prove."""

@@ -464,3 +464,38 @@ def test_a_forgotten_node_is_pruned() -> None:
         seen = w.sim.core(name).value(SEEN)
         assert seen.value == {"from c"}
         assert {r.node for r in seen.replicas()} == {A}
+
+
+class NoService:
+    """A node that does not run the replicator (a hidden tool, an unrelated node)."""
+
+    service = "ddata"
+
+    def on_nodeup(self, peer: str, now: float) -> list[Effect]:
+        return []
+
+    def on_nodedown(self, peer: str, reason: str, now: float) -> list[Effect]:
+        return []
+
+    def on_message(self, peer: str, payload: Any, now: float) -> list[Effect]:
+        return []
+
+    def on_timer(self, key: Any, now: float) -> list[Effect]:
+        return []
+
+    def on_process_exit(self, pid: Any, reason: Any, now: float) -> list[Effect]:
+        return []
+
+
+def test_only_nodes_running_the_service_are_members() -> None:
+    names = NAMES5[:4]
+    sim = ServiceSim(lambda n, c: NoService() if n == names[3] else ReplicatorCore(n, c),
+                     names, connected=False)
+    for a, b in itertools.combinations(names, 2):
+        sim.connect(a, b)
+    sim.advance(0.1)
+    assert sim.core(A).members() == [A, B, C]  # not the node without the service
+    sim.execute(A, sim.core(A).update(HITS, lambda c: c.increment(1), ALL, 1, sim.now))
+    sim.advance(0.01)
+    assert sim.completed[1][0] == "ok"  # "all" means the three replicators
+    assert sim.core(C).value(HITS).value == 1
