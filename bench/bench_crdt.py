@@ -9,6 +9,9 @@ Run:  python -m bench.bench_crdt [--quick] [--runs N] [--out PATH]
   kept for the next batch); ``ORSet.add`` + ``remove`` on a set of :data:`SET_SIZE`
   elements against ``set.add`` + ``discard``. The CRDT values are immutable, so an OR-Set
   operation copies its element map: its cost grows with the set (see docs/CRDT.md).
+* Applying a delta (merges/s): a 10-change delta (5 adds, 5 removes by another replica)
+  merged into a :data:`BIG`-element OR-Set, against copying a Python set of that size and
+  applying the same 10 changes (what an immutable plain set would cost).
 * Delta economy (bytes): a :data:`BIG`-element OR-Set held by a replicator, 10 elements
   changed (5 added, 5 removed) in one delta interval; the encoded ``delta`` message the
   replicator sends per peer, against the encoded full state. Target: under 1%.
@@ -80,6 +83,37 @@ def orset(n: int) -> None:
         s = s.add(SET_SIZE + i, at=ME).remove(i).reset_delta()
 
 
+_BIG_SET: ORSet[int] = ORSet()
+_BIG_DELTA: ORSet[int] = ORSet()
+
+
+def _big_orset() -> tuple[ORSet[int], ORSet[int]]:
+    global _BIG_SET, _BIG_DELTA
+    if not _BIG_SET:
+        _BIG_SET = ORSet().add_all(range(BIG), at=ME).reset_delta()
+        other = Replica("other@127.0.0.1:2", 2)
+        changed = _BIG_SET
+        for i in range(5):
+            changed = changed.add(BIG + i, at=other).remove(i)
+        assert changed.delta is not None
+        _BIG_DELTA = changed.delta
+    return _BIG_SET, _BIG_DELTA
+
+
+def orset_apply_delta(n: int) -> None:
+    big, delta = _big_orset()
+    for _ in range(n):
+        big.merge(delta)
+
+
+def plain_set_copy_apply(n: int) -> None:
+    big = set(range(BIG))
+    for _ in range(n):
+        s = set(big)
+        s.update(range(BIG, BIG + 5))
+        s.difference_update(range(5))
+
+
 def delta_economy() -> tuple[float, float]:
     """(bytes of the delta message per peer, bytes of the full state message)."""
     codec = Codec()
@@ -88,6 +122,7 @@ def delta_economy() -> tuple[float, float]:
     core.update(key, lambda s: s.add_all(range(BIG)), LOCAL, 0, 0.0)
     core.on_timer("delta", 0.0)  # nobody up: the first batch goes nowhere
     core.on_nodeup("peer@127.0.0.1:2", 0.0)
+    core.on_message("peer@127.0.0.1:2", ("hello", 2), 0.0)  # it runs the service too
 
     def change(s: ORSet[int]) -> ORSet[int]:
         for i in range(5):
@@ -149,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = h.parse_args(__doc__, argv)
     n_counter = h.sized(args, full=200_000, quick=50_000)
     n_set = h.sized(args, full=4_000, quick=1_000)
+    n_merge = h.sized(args, full=40, quick=10)
+    _big_orset()  # built once, outside the timings
     report = h.Report("bench_crdt", args)
     got = h.run_interleaved({
         "dict": lambda: ops_per_s(dict_counter, n_counter),
@@ -156,6 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "replicated": lambda: ops_per_s(replicated_counter, n_counter // 4),
         "set": lambda: ops_per_s(plain_set, n_set * 50),
         "orset": lambda: ops_per_s(orset, n_set),
+        "set_copy": lambda: ops_per_s(plain_set_copy_apply, n_merge),
+        "orset_merge": lambda: ops_per_s(orset_apply_delta, n_merge),
     }, args.runs)
     report.add("counter: dict update", "rate", "ops/s", got["dict"])
     report.add("counter: GCounter.increment", "rate", "ops/s", got["gcounter"],
@@ -165,6 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add(f"set of {SET_SIZE}: set.add+discard", "rate", "ops/s", got["set"])
     report.add(f"set of {SET_SIZE}: ORSet.add+remove", "rate", "ops/s", got["orset"],
                baseline=f"set of {SET_SIZE}: set.add+discard")
+    report.add(f"{BIG} elements: copy a set + 10 changes", "apply", "ops/s", got["set_copy"])
+    report.add(f"{BIG} elements: merge a 10-change delta", "apply", "ops/s",
+               got["orset_merge"], baseline=f"{BIG} elements: copy a set + 10 changes")
     delta, full = delta_economy()
     report.add(f"OR-Set of {BIG}: full state", "size", "bytes", [full])
     report.add(f"OR-Set of {BIG}: delta of 10 changes", "size", "bytes", [delta],

@@ -36,6 +36,7 @@ from fabric.protocol.crdt import (
     merge,
     to_bytes,
 )
+from fabric.protocol.crdt import sets as crdt_sets
 
 REPLICAS = [Replica("a@h:1", 11), Replica("b@h:2", 22), Replica("c@h:3", 33)]
 ELEMENTS = st.sampled_from(["x", "y", "z", (1, 2), 7])
@@ -392,3 +393,21 @@ def test_random_large_orset_delta_is_small() -> None:
     assert changed.delta is not None
     assert len(to_bytes(changed.delta)) * 20 < len(to_bytes(changed))
     assert merge(big, changed.delta) == changed.reset_delta()
+
+
+@settings(max_examples=100)
+@given(data=st.data())
+def test_orset_merge_paths_agree(data: st.DataObject) -> None:
+    """ORSet.merge spells a small (delta) context out and walks a large one dot by dot
+    (``sets.SMALL_CONTEXT``); both give the same join, for states and deltas."""
+    h = data.draw(_histories(SPECS["orset"]))
+    values = [*h.states, *h.deltas]
+    pairs = [(a, b) for a in values for b in values][:40]
+    fast = [merge(a, b) for a, b in pairs]
+    saved = crdt_sets.SMALL_CONTEXT
+    crdt_sets.SMALL_CONTEXT = -1  # every context is "large"
+    try:
+        slow = [merge(a, b) for a, b in pairs]
+    finally:
+        crdt_sets.SMALL_CONTEXT = saved
+    assert fast == slow

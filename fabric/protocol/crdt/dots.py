@@ -89,6 +89,17 @@ class CausalContext:
     def replicas(self) -> set[Replica]:
         return set(self._vv) | {d[0] for d in self._cloud}
 
+    def dot_count(self) -> int:
+        """How many dots this context holds."""
+        return sum(self._vv.values()) + len(self._cloud)
+
+    def dot_set(self) -> set[Dot]:
+        """Every dot, spelled out (for small contexts: deltas)."""
+        out = set(self._cloud)
+        for replica, n in self._vv.items():
+            out.update((replica, i) for i in range(1, n + 1))
+        return out
+
     def next_dot(self, replica: Replica) -> Dot:
         """A dot of ``replica`` that this context has not seen (its next event)."""
         top = self._vv.get(replica, 0)

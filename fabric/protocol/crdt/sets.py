@@ -42,6 +42,10 @@ from fabric.protocol.crdt.replica import Replica, replica_from_data, resolve_rep
 __all__ = ["GSet", "ORSet"]
 
 T = TypeVar("T", bound=Hashable)
+# Merge strategy switch (documented so tests can force either path): a context with at
+# most this many dots (a delta's) is merged by spelling its dots out and testing each
+# element with C-level set operations; a larger one (a full state) dot by dot.
+SMALL_CONTEXT = 4096
 
 
 def _element(data: Any) -> Any:
@@ -211,20 +215,8 @@ class ORSet(Crdt, Generic[T]):
 
     def merge(self, other: ORSet[T]) -> ORSet[T]:
         mine, theirs = self._context, other._context
-        entries: dict[T, frozenset[Dot]] = {}
-        for element, dots in self._entries.items():
-            other_dots = other._entries.get(element)
-            if other_dots is None:
-                keep = frozenset(d for d in dots if d not in theirs)
-            else:
-                keep = join_dots(dots, mine, other_dots, theirs)
-            if keep:
-                entries[element] = keep
-        for element, dots in other._entries.items():
-            if element not in self._entries:
-                keep = frozenset(d for d in dots if d not in mine)
-                if keep:
-                    entries[element] = keep
+        entries = self._join_mine(other)
+        self._join_theirs(other, entries)
         context = mine.merge(theirs)
         pruned = self._pruned | other._pruned
         if pruned and pruned & context.replicas():
@@ -232,6 +224,46 @@ class ORSet(Crdt, Generic[T]):
                        if (kept := frozenset(d for d in ds if d[0] not in pruned))}
             context = context.without(pruned)
         return ORSet._owning(entries, context, pruned, self._delta)
+
+    def _join_mine(self, other: ORSet[T]) -> dict[T, frozenset[Dot]]:
+        """This set's elements that ``other`` does not have, minus the dots ``other``
+        has seen (removed there); the elements both have are left to _join_theirs."""
+        theirs = other._context
+        if theirs.dot_count() <= SMALL_CONTEXT:
+            # A delta: spell its dots out; only elements holding one of them change,
+            # and C-level set tests find them.
+            covered = theirs.dot_set()
+            entries = dict(self._entries)
+            if covered:
+                for element, dots in self._entries.items():
+                    if not dots.isdisjoint(covered) and element not in other._entries:
+                        keep = dots - covered
+                        if keep:
+                            entries[element] = keep
+                        else:
+                            del entries[element]
+            return entries
+        entries = {}
+        for element, dots in self._entries.items():
+            if element not in other._entries:
+                keep = frozenset(d for d in dots if d not in theirs)
+                if keep:
+                    entries[element] = keep
+        return entries
+
+    def _join_theirs(self, other: ORSet[T], entries: dict[T, frozenset[Dot]]) -> None:
+        """Set or drop, in ``entries``, every element ``other`` has."""
+        mine, theirs = self._context, other._context
+        for element, dots in other._entries.items():
+            mine_dots = self._entries.get(element)
+            if mine_dots is None:
+                keep = frozenset(d for d in dots if d not in mine)
+            else:
+                keep = join_dots(mine_dots, mine, dots, theirs)
+            if keep:
+                entries[element] = keep
+            else:
+                entries.pop(element, None)
 
     def reset_delta(self) -> ORSet[T]:
         if self._delta is None:
