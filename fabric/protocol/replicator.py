@@ -36,8 +36,8 @@ Three ways state moves between nodes (payloads are plain lists; ``state`` is a C
   differ are exchanged, in full, both ways (a wanted key is not sent back when merging
   the state just received made both sides equal). A heal therefore costs about one byte
   per key for the bucket digests plus what changed, not the whole state (a deeper
-  Merkle tree would make the first part logarithmic; not done). Digests hash the
-  canonical ``dump`` (equal states, equal bytes) and are cached until the key changes.
+  Merkle tree would make the first part logarithmic; not done). The digests live in
+  :mod:`fabric.protocol.ddata_digests`.
 * **Consistency levels** (``write=`` / ``read=``): ``"local"``, an int N (this node
   included), ``"majority"`` (more than half of the *members*) or ``"all"``. Members are
   the configured ``members`` plus every node ever seen up, minus :meth:`forget`-ten ones:
@@ -87,16 +87,15 @@ Three ways state moves between nodes (payloads are plain lists; ``state`` is a C
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, TypeVar, cast
 
 from fabric.errors import LocalProtocolError, RemoteProtocolError
-from fabric.protocol.codec import Codec
 from fabric.protocol.crdt.base import Crdt, dump, load
 from fabric.protocol.crdt.replica import Replica, acting_as, replica_from_data
+from fabric.protocol.ddata_digests import KeyDigests, check_count
 from fabric.protocol.effects import CancelTimer, Complete, Deliver, Effect, Log, Send, SetTimer
 from fabric.types import Pid
 
@@ -109,7 +108,6 @@ Consistency = str | int
 
 C = TypeVar("C", bound=Crdt)
 
-_DELETED_DIGEST: Final = b"\x00deleted"
 _DELTA_TIMER: Final = "delta"
 _GOSSIP_TIMER: Final = "gossip"
 _PRUNE_TIMER: Final = "prune"
@@ -177,8 +175,7 @@ class ReplicatorCore:
         self._data: dict[str, Crdt] = {}
         self._deleted: set[str] = set()
         self._pending: dict[str, Crdt | None] = {}  # key -> delta to send (None: deleted)
-        self._digests: dict[str, bytes] = {}  # key -> digest, cached until it changes
-        self._name_hashes: dict[str, int] = {}  # key -> hash of its name (its bucket)
+        self._digests = KeyDigests(self._state_of)  # cached until a key changes
         self._members: set[str] = set(members) - {node}
         self._connected: set[str] = set()  # peers up at the mesh level
         # Connected peers that run this service (they said hello), in order (round robin).
@@ -191,7 +188,6 @@ class ReplicatorCore:
         self._subscribers: dict[str, list[Pid]] = {}
         self._delta_armed = False
         self._gossip_armed = False
-        self._codec = Codec()
         patterns = list(durable)
         self._durable_names = {p for p in patterns if not p.endswith("*")}
         self._durable_prefixes = tuple(p[:-1] for p in patterns if p.endswith("*"))
@@ -427,7 +423,7 @@ class ReplicatorCore:
         elif kind == "prune_check":
             _, rid, rows = payload
             agreed = [name for name, digest, dead in rows
-                      if name in self._data and self._digest(name) == digest
+                      if name in self._data and self._digests.of(name) == digest
                       and all(self._is_dead(replica_from_data(r)) for r in dead)]
             out.append(Send(peer, ("prune_ok", rid, agreed)))
         elif kind == "prune_ok":
@@ -448,8 +444,8 @@ class ReplicatorCore:
             self._merge_rows(rows, out)
             if wanted:
                 # A key whose merge equals the state just received: the peer has it all.
-                same = {name for name, state in rows if self._digest_of(state) ==
-                        (self._digest(name) if self._has(name) else None)}
+                same = {name for name, state in rows if self._digests.of_state(state) ==
+                        (self._digests.of(name) if self._has(name) else None)}
                 back = [self._row(n) for n in wanted if self._has(n) and n not in same]
                 if back:
                     out.append(Send(peer, ("gossip", back, [])))
@@ -546,7 +542,7 @@ class ReplicatorCore:
                 continue
             dead = sorted(r for r in replicas() if self._is_dead(r))
             if dead:
-                proposals[name] = (self._digest(name), dead)
+                proposals[name] = (self._digests.of(name), dead)
         if not proposals:
             return
         rid = next(self._request_ids)
@@ -562,7 +558,7 @@ class ReplicatorCore:
         for name in sorted(prune.agreed):
             digest, dead = prune.proposals[name]
             current = self._data.get(name)
-            if current is None or self._digest(name) != digest:
+            if current is None or self._digests.of(name) != digest:
                 continue  # changed since the check: the next round will see it
             value: Any = current
             for replica in dead:
@@ -599,7 +595,7 @@ class ReplicatorCore:
 
     def _store(self, name: str, value: Crdt, old: Crdt | None, out: list[Effect]) -> None:
         self._data[name] = value
-        self._digests.pop(name, None)
+        self._digests.forget(name)
         if not self._restoring and self.is_durable(name) and (old is None or old != value):
             out.append(cast(Effect, Persist(name, dump(value))))
         watchers = self._subscribers.get(name)
@@ -611,7 +607,7 @@ class ReplicatorCore:
             return
         self._deleted.add(name)
         self._data.pop(name, None)
-        self._digests.pop(name, None)
+        self._digests.forget(name)
         if not self._restoring and self.is_durable(name):
             out.append(cast(Effect, Persist(name, None)))
         for pid in self._subscribers.pop(name, []):
@@ -639,80 +635,34 @@ class ReplicatorCore:
 
     # -- anti-entropy ---------------------------------------------------------------------
 
-    def _digest(self, name: str) -> bytes:
-        if name in self._deleted:
-            return _DELETED_DIGEST
-        digest = self._digests.get(name)
-        if digest is None:
-            digest = self._digest_of(dump(self._data[name]))
-            self._digests[name] = digest
-        return digest
+    def _names(self) -> Iterable[str]:
+        return itertools.chain(self._data, self._deleted)
 
-    def _digest_of(self, state: Any) -> bytes:
-        """The digest of a dumped state (None: deleted); dumps are canonical."""
-        if state is None:
-            return _DELETED_DIGEST
-        return hashlib.blake2b(self._codec.encode(state), digest_size=12).digest()
-
-    def _bucket_count(self) -> int:
-        """Buckets for a round this node starts: about 8 keys per bucket (a power of two,
-        16 to 65536), so the bucket digests cost ~1 byte per key and a differing bucket
-        costs ~8 key digests."""
-        count = 16
-        while count < 65536 and count * 8 < len(self._data) + len(self._deleted):
-            count *= 2
-        return count
-
-    def _hash_of(self, name: str) -> int:
-        h = self._name_hashes.get(name)
-        if h is None:
-            h = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "big")
-            self._name_hashes[name] = h
-        return h
-
-    def _by_bucket(self, count: int, only: set[int] | None = None) -> dict[int, list[str]]:
-        buckets: dict[int, list[str]] = {}
-        for name in itertools.chain(self._data, self._deleted):
-            b = self._hash_of(name) % count
-            if only is None or b in only:
-                buckets.setdefault(b, []).append(name)
-        return buckets
-
-    def _bucket_digests(self, count: int) -> bytes:
-        """One 8-byte digest per bucket (zeros for an empty one), concatenated."""
-        out = bytearray(8 * count)
-        for b, names in self._by_bucket(count).items():
-            h = hashlib.blake2b(digest_size=8)
-            for name in sorted(names):
-                h.update(name.encode() + b"\x00" + self._digest(name))
-            out[8 * b:8 * b + 8] = h.digest()
-        return bytes(out)
+    def _state_of(self, name: str) -> Any:
+        return None if name in self._deleted else dump(self._data[name])
 
     def _digest_message(self, peer: str) -> Send:
-        count = self._bucket_count()
+        count = self._digests.bucket_count(len(self._data) + len(self._deleted))
         # The creation rides along too: a lost hello is made good by the next round.
-        return Send(peer, ("digest", count, self._bucket_digests(count),
+        return Send(peer, ("digest", count, self._digests.bucket_digests(self._names(), count),
                            self.replica.creation))
 
     def _on_digest(self, peer: str, count: Any, theirs: Any, out: list[Effect]) -> None:
-        if type(count) is not int or not 1 <= count <= 65536 or not isinstance(theirs, bytes) \
-                or len(theirs) != 8 * count:
-            raise RemoteProtocolError("bad ddata digest")
-        mine = self._bucket_digests(count)
-        differ = [b for b in range(count) if mine[8 * b:8 * b + 8] != theirs[8 * b:8 * b + 8]]
+        differ = self._digests.differing_buckets(self._names(), count, theirs)
         if not differ:
             return
-        names = self._by_bucket(count, set(differ))
-        rows = [[n, self._digest(n)] for ns in names.values() for n in ns]
+        names = self._digests.by_bucket(self._names(), count, set(differ))
+        rows = [[n, self._digests.of(n)] for ns in names.values() for n in ns]
         out.append(Send(peer, ("keys", count, differ, rows)))
 
     def _on_keys(self, peer: str, count: Any, buckets: Any, rows: Any,
                  out: list[Effect]) -> None:
-        if type(count) is not int or not 1 <= count <= 65536:
-            raise RemoteProtocolError("bad ddata bucket count")
+        check_count(count)
         theirs = {name: digest for name, digest in rows}
-        mine = [n for ns in self._by_bucket(count, set(buckets)).values() for n in ns]
-        send = [self._row(n) for n in mine if theirs.get(n) != self._digest(n)]
-        want = [n for n, d in theirs.items() if not self._has(n) or d != self._digest(n)]
+        digest = self._digests.of
+        mine = [n for ns in self._digests.by_bucket(self._names(), count, set(buckets)).values()
+                for n in ns]
+        send = [self._row(n) for n in mine if theirs.get(n) != digest(n)]
+        want = [n for n, d in theirs.items() if not self._has(n) or d != digest(n)]
         if send or want:
             out.append(Send(peer, ("gossip", send, want)))
