@@ -28,16 +28,17 @@ Three ways state moves between nodes (payloads are plain lists; ``state`` is a C
   be merged out of order, twice, or after a gap without breaking anything; the only risk
   of a lost delta is a replica that lacks it, which anti-entropy repairs. The sender
   keeps no per-peer delta buffers.
-* **Anti-entropy** runs when a peer comes up (heal, restart; the side with the smaller
-  name starts it) and every ``gossip_interval`` with the next connected peer in turn.
-  Keys are spread by a hash of their name over a number of buckets the initiator picks
-  (about 8 keys per bucket); it sends one 8-byte digest per bucket, the other side
-  answers with per-key digests of the buckets that differ, and only keys whose digests
-  differ are exchanged, in full, both ways (a wanted key is not sent back when merging
-  the state just received made both sides equal). A heal therefore costs about one byte
-  per key for the bucket digests plus what changed, not the whole state (a deeper
-  Merkle tree would make the first part logarithmic; not done). The digests live in
-  :mod:`fabric.protocol.ddata_digests`.
+* **Anti-entropy** runs when a peer joins (its hello after a heal or restart; the side
+  with the smaller name starts it) and every ``gossip_interval`` with the next connected
+  peer in turn. Keys are spread by a hash of their name over a number of buckets the
+  initiator picks (about 8 keys per bucket); it sends one 8-byte digest per bucket, the
+  other side answers with per-key digests of the buckets that differ, and only keys
+  whose digests differ are exchanged, in full, both ways (a wanted key is not sent back
+  when merging the state just received made both sides equal). A heal therefore costs
+  about one byte per key for the bucket digests plus what changed, not the whole state
+  (a deeper Merkle tree would make the first part logarithmic; not done). The digests
+  live in :mod:`fabric.protocol.ddata_digests`. A hello is repeated for a few gossip
+  rounds until the peer answers: a pair that never joined would never exchange.
 * **Consistency levels** (``write=`` / ``read=``): ``"local"``, an int N (this node
   included), ``"majority"`` (more than half of the *members*) or ``"all"``. Members are
   the configured ``members`` plus every node ever seen up, minus :meth:`forget`-ten ones:
@@ -111,6 +112,7 @@ C = TypeVar("C", bound=Crdt)
 _DELTA_TIMER: Final = "delta"
 _GOSSIP_TIMER: Final = "gossip"
 _PRUNE_TIMER: Final = "prune"
+_HELLO_REPEATS: Final = 5
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,7 @@ class ReplicatorCore:
         self._connected: set[str] = set()  # peers up at the mesh level
         # Connected peers that run this service (they said hello), in order (round robin).
         self._up: list[str] = []
+        self._hellos_left: dict[str, int] = {}  # connected, not joined -> hellos to repeat
         self._next_gossip = 0
         self._delta_seq = 0
         self._received_seq: dict[str, int] = {}  # peer -> last delta batch seq this session
@@ -307,11 +310,17 @@ class ReplicatorCore:
         self._connected.add(peer)
         self._received_seq.pop(peer, None)  # a new session: any sequence number is fine
         self._creations.pop(peer, None)  # until its hello says which run it is
+        # The mesh does not lose messages, but if a hello were lost (or the peer started
+        # its service late) the pair would never join: repeat it a few gossip rounds.
+        self._hellos_left[peer] = _HELLO_REPEATS
         out: list[Effect] = [Send(peer, ("hello", self.replica.creation))]
-        # One side starts anti-entropy (the exchange goes both ways).
-        if self.node < peer:
-            out.append(self._digest_message(peer))
+        self._arm_gossip(now, out)
         return out
+
+    def _arm_gossip(self, now: float, out: list[Effect]) -> None:
+        if not self._gossip_armed:
+            self._gossip_armed = True
+            out.append(SetTimer(_GOSSIP_TIMER, now + self.gossip_interval))
 
     def _joined(self, peer: str, creation: Any, now: float, out: list[Effect]) -> None:
         """``peer`` runs this service as run ``creation`` (from its hello or a digest)."""
@@ -322,12 +331,14 @@ class ReplicatorCore:
             return
         self._up.append(peer)
         self._members.add(peer)
+        # One side starts anti-entropy (the exchange goes both ways), now: from here on
+        # the peer also gets every delta batch, so nothing falls between the two.
+        if self.node < peer:
+            out.append(self._digest_message(peer))
         if not self._prune_armed:
             self._prune_armed = True
             out.append(SetTimer(_PRUNE_TIMER, now + self.prune_interval))
-        if not self._gossip_armed:
-            self._gossip_armed = True
-            out.append(SetTimer(_GOSSIP_TIMER, now + self.gossip_interval))
+        self._arm_gossip(now, out)
 
     def on_nodedown(self, peer: str, reason: str, now: float) -> list[Effect]:
         self._connected.discard(peer)
@@ -353,12 +364,18 @@ class ReplicatorCore:
             self._flush_deltas(out)
         elif key == _GOSSIP_TIMER:
             self._gossip_armed = False
+            for peer, left in list(self._hellos_left.items()):
+                if peer in self._up or peer not in self._connected or left <= 0:
+                    del self._hellos_left[peer]
+                else:
+                    self._hellos_left[peer] = left - 1
+                    out.append(Send(peer, ("hello", self.replica.creation)))
             if self._up:
                 self._next_gossip = (self._next_gossip + 1) % len(self._up)
                 out.append(self._digest_message(self._up[self._next_gossip]))
                 self.stats["gossip_rounds"] += 1
-                self._gossip_armed = True
-                out.append(SetTimer(_GOSSIP_TIMER, now + self.gossip_interval))
+            if self._up or self._hellos_left:
+                self._arm_gossip(now, out)
         elif key == _PRUNE_TIMER:
             self._prune_armed = False
             self._start_prune(out)
