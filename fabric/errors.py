@@ -12,6 +12,7 @@ __all__ = [
     "BackpressureError",
     "CallTimeout",
     "ConfigError",
+    "ConsistencyError",
     "FabricError",
     "FabricTimeout",
     "LocalProtocolError",
@@ -77,6 +78,16 @@ class FabricTimeout(FabricError, TimeoutError):
     It is the builtin ``TimeoutError`` on every supported Python (before 3.11,
     ``asyncio.TimeoutError`` is not), so ``except TimeoutError`` catches it.
     """
+
+
+class ConsistencyError(FabricError):
+    """Raised by a replicated-data write or read whose consistency level was not met
+    (too few replicas reachable, or not enough answers before the timeout). The write
+    was still applied locally and spreads like any other."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class CallTimeout(FabricTimeout):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import secrets
 import subprocess
 from collections.abc import Callable, Iterable, Iterator
 
@@ -27,7 +26,7 @@ from labkit import (
     Lab,
     LabNode,
     full_mesh,
-    lab_unavailable,
+    lab_of,
     session_events_settled,
     wait_views,
 )
@@ -43,23 +42,8 @@ log = logging.getLogger("fabric.lab")
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     """A 3-node netlab, torn down at the end of the module whatever happens."""
-    # Random per run: concurrent runs (other checkouts, other tox environments) must never
-    # share namespaces. The trailing letter keeps the prefix from being a prefix of another
-    # run's, since netlab's teardown removes every namespace matching ^PREFIX(hub|[0-9]+)$;
-    # and "v" + prefix + node number stays within the 15 characters of an interface name.
-    prefix = f"fl{secrets.token_hex(3)}x"
-    reason = lab_unavailable(prefix)
-    if reason is not None:
-        pytest.skip(reason)
-    # A private /24 away from netlab's default 10.77.0: the bridge lives in the lab's own
-    # namespaces anyway, but addresses that no other lab or network on the machine uses
-    # keep logs unambiguous and rule out any mix-up.
-    lab = Lab(prefix, f"10.199.{secrets.randbelow(254) + 1}")
-    try:
-        lab.up(N_NODES)
-        yield lab
-    finally:
-        lab.teardown()
+    with lab_of(N_NODES, "fl", 199) as made:
+        yield made
 
 
 _ports = itertools.count(7100)

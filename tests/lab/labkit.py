@@ -19,13 +19,17 @@ Every wait is bounded (:func:`fabric.testing.wait_until` deadlines, subprocess t
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from fabric.testing import NodeProcess, wait_until
 
@@ -68,6 +72,29 @@ def lab_unavailable(prefix: str) -> str | None:
         return f"ip netns unusable: {made.stderr.strip() or made.returncode}"
     subprocess.run(["ip", "netns", "del", probe], capture_output=True, timeout=10)
     return None
+
+
+@contextlib.contextmanager
+def lab_of(n: int, tag: str, octet: int) -> Iterator[Lab]:
+    """An ``n``-node lab under a random prefix starting with ``tag``, on a random
+    ``10.{octet}.x`` /24, torn down whatever happens; skips the test if it cannot run."""
+    # Random per run: concurrent runs (other checkouts, other tox environments) must never
+    # share namespaces. The trailing letter keeps the prefix from being a prefix of another
+    # run's, since netlab's teardown removes every namespace matching ^PREFIX(hub|[0-9]+)$;
+    # and "v" + prefix + node number stays within the 15 characters of an interface name.
+    prefix = f"{tag}{secrets.token_hex(3)}x"
+    reason = lab_unavailable(prefix)
+    if reason is not None:
+        pytest.skip(reason)
+    # A private /24 away from netlab's default 10.77.0: the bridge lives in the lab's own
+    # namespaces anyway, but addresses that no other lab or network on the machine uses
+    # keep logs unambiguous and rule out any mix-up.
+    lab = Lab(prefix, f"10.{octet}.{secrets.randbelow(254) + 1}")
+    try:
+        lab.up(n)
+        yield lab
+    finally:
+        lab.teardown()
 
 
 # -- the lab ------------------------------------------------------------------------------
