@@ -23,10 +23,11 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from fabric.errors import ReceiveTimeout
+from fabric.protocol.processes import KILLED as KILLED  # re-exported: the runtime uses it
+from fabric.protocol.processes import NORMAL, Down, Exit
 from fabric.types import Pid, Ref
 
 if TYPE_CHECKING:
@@ -34,26 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Down", "Exit", "NORMAL", "Process", "ProcessExit", "exception_reason"]
 
-NORMAL: Final = "normal"
-KILLED: Final = "killed"
 _NO_DEFAULT: Final = object()
-
-
-@dataclass(frozen=True, slots=True)
-class Down:
-    """A monitored process (or its node) is gone. Delivered exactly once per monitor."""
-
-    ref: Ref
-    pid: Pid
-    reason: Any
-
-
-@dataclass(frozen=True, slots=True)
-class Exit:
-    """An exit signal from a linked process, received as a message with ``trap_exits``."""
-
-    pid: Pid
-    reason: Any
 
 
 class ProcessExit(BaseException):

@@ -178,7 +178,7 @@ PROTOCOL_FILES = sorted((PACKAGE / "protocol").rglob("*.py"))
 def test_there_are_protocol_modules_to_check() -> None:
     names = {p.name for p in PROTOCOL_FILES}
     assert {"codec.py", "handshake.py", "mesh.py", "detector.py", "effects.py",
-            "messages.py"} <= names
+            "messages.py", "processes.py"} <= names
 
 
 @pytest.mark.parametrize("path", PROTOCOL_FILES, ids=lambda p: p.name)

@@ -11,12 +11,14 @@ from fabric.testing.cluster import (
     kill_leftovers,
     wait_until,
 )
+from fabric.testing.processsim import ProcessSim
 from fabric.testing.servicesim import ServiceSim
 
 __all__ = [
     "LocalCluster",
     "NodeProcess",
     "ProcessCluster",
+    "ProcessSim",
     "ServiceSim",
     "async_wait_until",
     "child_pythonpath",
