@@ -39,7 +39,7 @@ async def report(proc: Process, reply_to: Pid) -> None:
         "creation": node.creation,
         "nodes": node.nodes(),
         "hidden_nodes": node.hidden_nodes(),
-        "processes": len(node._procs),
+        "processes": node.processes.count(),
         "registered": node.registered(),
         "groups": sorted(str(g) for g in node.pg.which_groups()),
         "metrics": dict(node.metrics),

@@ -124,7 +124,7 @@ class Global:
         return ok
 
     def del_lock(self, resource: Any, pid: Pid) -> None:
-        self.node._exec_service("global", self.core.del_lock(resource, pid,
+        self.node.services.execute("global", self.core.del_lock(resource, pid,
                                                               self.node.loop.time()))
 
     async def trans(self, resource: Any, pid: Pid, fn: Callable[[], Awaitable[T]], *,
@@ -169,7 +169,7 @@ class Global:
 
         token = self.node.make_ref()
         fut = self.node.expect(token)
-        self.node._exec_service("global", start(token, self.node.loop.time()))
+        self.node.services.execute("global", start(token, self.node.loop.time()))
         return await asyncio.wait_for(fut, timeout)
 
     def _exit_process(self, service: str, effect: ExitProcess) -> None:

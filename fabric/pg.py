@@ -177,4 +177,4 @@ class Groups:
         except RemoteProtocolError:
             self.dropped_publishes += 1
             return
-        self.node._exec_service("pg", self.core.on_publish(payload, now))
+        self.node.services.execute("pg", self.core.on_publish(payload, now))

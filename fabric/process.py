@@ -143,19 +143,19 @@ class Process:
 
     def link(self, pid: Pid) -> None:
         """Link to ``pid``: an abnormal exit of either ends (or signals) the other."""
-        self.node._link(self, pid)
+        self.node.signals.link(self, pid)
 
     def unlink(self, pid: Pid) -> None:
-        self.node._unlink(self, pid)
+        self.node.signals.unlink(self, pid)
 
     def monitor(self, pid: Pid | tuple[str, str]) -> Ref:
         """Watch ``pid`` (or a registered ``(name, node)``, resolved by that node): one
         ``Down(ref, pid, reason)`` message arrives when it ends."""
-        return self.node._monitor(self, pid)
+        return self.node.signals.monitor(self, pid)
 
     def demonitor(self, ref: Ref) -> None:
         """Stop a monitor; a ``Down`` already in the mailbox is removed too."""
-        self.node._demonitor(self, ref)
+        self.node.signals.demonitor(self, ref)
         for i, msg in enumerate(self.mailbox):
             if type(msg) is Down and msg.ref == ref:
                 del self.mailbox[i]

@@ -162,5 +162,5 @@ def spawn_waiter(node: Node) -> fabric.Pid:
 
 def monitored_by(node: Node, pid: fabric.Pid) -> int:
     """How many monitors are registered on the local process ``pid`` (0 if gone)."""
-    proc = node._procs.get(pid.id)
+    proc = node.processes.get(pid)
     return 0 if proc is None else len(proc.monitored_by)

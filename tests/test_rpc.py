@@ -17,7 +17,7 @@ async def test_rpc_call_runs_sync_and_async_exported_functions() -> None:
         assert await rpc.call(a, a.name, "_exported:add", (1, 1)) == 2  # to itself
         assert fabric.rpc is rpc
         # The worker processes are gone afterwards.
-        assert not a._procs and not b._procs
+        assert a.processes.count() == 0 and b.processes.count() == 0
 
 
 @async_test
@@ -71,7 +71,7 @@ async def test_rpc_timeout_and_node_down() -> None:
         # The node goes down while the function runs. (The worker of the timed-out call
         # above still runs; its monitor is removed asynchronously.)
         def monitored() -> bool:
-            return any(p.monitored_by for p in b._procs.values())
+            return any(p.monitored_by for p in b.processes.processes())
 
         await wait_until(lambda: not monitored(), what="old monitor removed")
         call = a.loop.create_task(

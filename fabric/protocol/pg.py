@@ -65,12 +65,13 @@ from fabric.protocol.effects import (
     Subscribe,
     Unsubscribe,
 )
+from fabric.protocol.messages import PG_TOPIC_PREFIX
 from fabric.types import Pid, Ref
 
 __all__ = ["DEFAULT_SCOPE", "PgCore", "group_topic"]
 
 DEFAULT_SCOPE: Final = "default"
-_TOPIC_PREFIX: Final = b"g\x00"
+_TOPIC_PREFIX: Final = PG_TOPIC_PREFIX  # the wire layout lives in protocol.messages
 # Marks a monitor on a whole scope in PgCore._monitors (a group can never be this object).
 _WHOLE_SCOPE: Final = object()
 

@@ -24,24 +24,34 @@ reports ``Down``.
 
 Each side keeps its half of every cross-node link and monitor, indexed by peer
 (``_remote_monitors``, ``_remote_links``, ``_watched_by_remote``), so that a nodedown
-resolves them all locally (see :meth:`fabric.runtime.ProcessRuntime._on_nodedown`).
+resolves them all locally (see :meth:`Signals.nodedown`).
+
+All of this bookkeeping lives in this one object (:class:`Signals`), composed into the
+node with the process table, the channels and the service host it uses. A process's exit
+(:meth:`Signals.exited`) and a peer's nodedown (:meth:`Signals.nodedown`) are resolved
+here. Its methods without an underscore are the node's documented low-level interface
+for processes, calls and GenServers (ARCHITECTURE.md, "Low-level interface").
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
-from fabric.errors import BackpressureError, NotExportedError
+from fabric.config import NodeConfig
+from fabric.errors import BackpressureError, NodeDownError, NotExportedError
 from fabric.exports import resolve_export
+from fabric.node.channels import Channels
+from fabric.node.metrics import Metrics
+from fabric.node.processes import ProcessTable
+from fabric.node.services import ServiceHost
 from fabric.process import KILLED, NORMAL, Down, Exit, Process
+from fabric.protocol.codec import Codec
+from fabric.protocol.mesh import MeshCore
 from fabric.protocol.messages import CALL_TAG, K_CALL, K_CTRL, K_REPLY
 from fabric.protocol.messages import REPLY_TAG as CALL_REPLY
 from fabric.types import Pid, Ref
-
-if TYPE_CHECKING:
-    from fabric.protocol.codec import Codec
-    from fabric.protocol.mesh import MeshCore
 
 __all__ = ["RegName", "Signals"]
 
@@ -56,34 +66,58 @@ class RegName(NamedTuple):
 
 
 class Signals:
-    """Mixin of :class:`fabric.runtime.ProcessRuntime`: links, monitors, exit signals and
-    control ops. Not used on its own; the state it reads is the runtime's."""
+    """Links, monitors, exit signals, remote spawns and calls' monitors of one node.
 
-    # provided by ProcessRuntime / Node
-    name: str
-    creation: int
-    config: Any
-    codec: Codec
-    metrics: dict[str, int]
-    mesh: MeshCore
-    _channels: dict[str, Any]
-    _procs: dict[int, Process]
-    _names: dict[str, Pid]
-    _remote_monitors: dict[str, dict[Ref, tuple[Pid, Pid]]]
-    _remote_links: dict[str, set[tuple[Pid, Pid]]]
-    _watched_by_remote: dict[str, set[tuple[Pid, Ref]]]
-    _spawn_waiters: dict[Ref, tuple[str, asyncio.Future[Pid]]]
+    The one owner of the cross-node bookkeeping indexed by peer (what a nodedown
+    resolves) and the only writer of the link and monitor sets of the processes. Wired
+    by :class:`fabric.node.Node` with the objects it uses.
+    """
 
-    if TYPE_CHECKING:
-        def make_ref(self) -> Ref: ...
-        def is_local(self, pid: Pid) -> bool: ...
-        def spawn(self, fn: Any, *args: Any, link_to: Process | None = None,
-                  name: str | None = None) -> Pid: ...
-        def _push(self, node: str, message: list[Any]) -> None: ...
-        def _exited(self, proc: Process, reason: Any) -> None: ...
-        def _deliver_pid(self, pid: Any, message: Any) -> None: ...
-        def send(self, dest: Any, message: Any) -> None: ...
-        async def _wait_for_room(self, node: str) -> bool: ...
+    def __init__(self, table: ProcessTable, channels: Channels, mesh: MeshCore,
+                 services: ServiceHost, codec: Codec, metrics: Metrics,
+                 config: NodeConfig, send: Callable[[Any, Any], None], name: str,
+                 creation: int) -> None:
+        self._table = table
+        self._procs = table._procs  # the table's dict, read here on every signal
+        self._names = table._names
+        self._channels = channels.by_peer
+        self._push = channels.push
+        self._mesh = mesh
+        self._services = services
+        self._codec = codec
+        self._metrics = metrics
+        self._config = config
+        self._send = send  # the node's send: pid, name or (name, node)
+        self.name = name  # this run's
+        self.creation = creation
+        # peer -> {ref: (watcher local pid, target remote pid)}: monitors we hold there
+        self._remote_monitors: dict[str, dict[Ref, tuple[Pid, Any]]] = {}
+        # peer -> {(local pid, remote pid)}: links that cross to that peer
+        self._remote_links: dict[str, set[tuple[Pid, Pid]]] = {}
+        # peer -> {(local target pid, ref)}: monitors that peer's processes hold on ours
+        self._watched_by_remote: dict[str, set[tuple[Pid, Ref]]] = {}
+        # ref -> (node, future) of a spawn_on waiting for its spawn_reply
+        self._spawn_waiters: dict[Ref, tuple[str, asyncio.Future[Pid]]] = {}
+
+    def make_ref(self) -> Ref:
+        return self._table.make_ref()
+
+    def is_local(self, pid: Pid) -> bool:
+        return pid.node == self.name
+
+    # -- what the tests and `fabric status` may read ---------------------------------------
+
+    def monitors_held_on(self, peer: str) -> int:
+        """How many monitors local processes hold on processes of ``peer``."""
+        return len(self._remote_monitors.get(peer, ()))
+
+    def watched_by(self, peer: str) -> int:
+        """How many monitors processes of ``peer`` hold on local processes."""
+        return len(self._watched_by_remote.get(peer, ()))
+
+    def links_with(self, peer: str) -> int:
+        """How many links cross from local processes to processes of ``peer``."""
+        return len(self._remote_links.get(peer, ()))
 
     def _ctrl(self, node: str, args: list[Any]) -> None:
         ch = self._channels.get(node)
@@ -92,7 +126,7 @@ class Signals:
 
     # -- links, monitors, exits -----------------------------------------------------------
 
-    def _link(self, proc: Process, pid: Pid) -> None:
+    def link(self, proc: Process, pid: Pid) -> None:
         if pid in proc.links:
             return
         proc.links.add(pid)
@@ -102,13 +136,13 @@ class Signals:
                 self._signal(proc, pid, "noproc")
             else:
                 target.links.add(proc.self)
-        elif self.mesh.is_up(pid.node):
+        elif self._mesh.is_up(pid.node):
             self._remote_links.setdefault(pid.node, set()).add((proc.self, pid))
             self._ctrl(pid.node, ["link", proc.self, pid])
         else:
             self._signal(proc, pid, "noconnection")
 
-    def _unlink(self, proc: Process, pid: Pid) -> None:
+    def unlink(self, proc: Process, pid: Pid) -> None:
         proc.links.discard(pid)
         if self.is_local(pid):
             target = self._procs.get(pid.id)
@@ -118,7 +152,7 @@ class Signals:
             self._remote_links.get(pid.node, set()).discard((proc.self, pid))
             self._ctrl(pid.node, ["unlink", proc.self, pid])
 
-    def _monitor(self, proc: Process, dest: Pid | tuple[str, str]) -> Ref:
+    def monitor(self, proc: Process, dest: Pid | tuple[str, str]) -> Ref:
         ref = self.make_ref()
         pid: Any = dest
         if type(dest) is tuple:  # (name, node): a registered name, resolved by its node
@@ -133,7 +167,7 @@ class Signals:
                 proc.deliver(Down(ref, pid, "noproc"))
             else:
                 target.monitored_by[ref] = proc.self
-        elif self.mesh.is_up(pid.node):
+        elif self._mesh.is_up(pid.node):
             self._remote_monitors.setdefault(pid.node, {})[ref] = (proc.self, pid)
             self._ctrl(pid.node, ["mon", proc.self, pid, ref])
         else:
@@ -141,12 +175,13 @@ class Signals:
             proc.deliver(Down(ref, pid, "noconnection"))
         return ref
 
-    def _call_send(self, proc: Process, target: Pid | tuple[str, str],
+    def call_send(self, proc: Process, target: Pid | tuple[str, str],
                    request: Any) -> tuple[Ref, list[Any] | None]:
         """Monitor a remote ``target`` and send it a GenServer call, in one K_CALL message.
 
         Returns the monitor's ref and, when the peer's buffer was full, the message still
-        to send (see :meth:`_push_wait`). An unreachable node gives ``Down(noconnection)``.
+        to send (with :meth:`fabric.node.channels.Channels.push_wait`). An unreachable
+        node gives ``Down(noconnection)``.
 
         Raises:
             LocalProtocolError: ``request`` cannot be encoded (nothing was sent).
@@ -160,7 +195,7 @@ class Signals:
             to, node = target
             watched = RegName(to, node)
         ch = self._channels.get(node)
-        if ch is None or not self.mesh.is_up(node):
+        if ch is None or not self._mesh.is_up(node):
             proc.deliver(Down(ref, watched, "noconnection"))
             return ref, None
         # The caller and the ref are ours: the receiver knows our name, so they travel
@@ -179,24 +214,13 @@ class Signals:
         monitors[ref] = (proc.self, watched)
         return ref, unsent
 
-    async def _push_wait(self, node: str, message: list[Any]) -> None:
-        """Queue ``message`` for ``node``, waiting for room in its buffer (as send_wait)."""
-        while True:
-            try:
-                self._push(node, message)
-                return
-            except BackpressureError as exc:
-                if not await self._wait_for_room(exc.node):
-                    return
-
-    def _on_call(self, peer: str, msg: list[Any]) -> None:
+    def on_call(self, peer: str, msg: list[Any]) -> None:
         _, to, creation, caller_id, ref_id, request = msg
         if type(caller_id) is not int or type(ref_id) is not int:
             raise TypeError("call without a caller and a ref")
         # The caller is the peer's: its run and ids as a pid/ref ext would bound them (a
         # pid this node cannot encode must not reach a server's From).
-        session = self.mesh.peers.get(peer)
-        if (session is None or creation != session.creation
+        if (creation != self._mesh.creation_of(peer)
                 or not (0 <= caller_id < _U64 and 0 <= ref_id < _U64)):
             raise ValueError("call from another run of the peer, or ids out of range")
         # Built in C, as the codec builds decoded pids: this runs once per call.
@@ -219,7 +243,7 @@ class Signals:
         watched.add((pid, ref))
         proc.deliver((CALL_TAG, (caller, ref), request))
 
-    def _release_call(self, proc: Process, caller: Pid, ref: Ref) -> bool:
+    def release_call(self, proc: Process, caller: Pid, ref: Ref) -> bool:
         """The server ``proc`` answered the call ``(caller, ref)``: drop the monitor the
         call installed on it. True if there was one (the caller then drops its side
         without a ``demon``)."""
@@ -234,7 +258,7 @@ class Signals:
                 watched.discard((proc.self, ref))
         return True
 
-    def _hold_call(self, proc: Process, caller: Pid, ref: Ref) -> None:
+    def hold_call(self, proc: Process, caller: Pid, ref: Ref) -> None:
         """Undo :meth:`_release_call`: the reply could not be queued yet."""
         proc.monitored_by[ref] = caller
         if caller[0] != self.name:
@@ -243,7 +267,7 @@ class Signals:
                 watched = self._watched_by_remote[caller[0]] = set()
             watched.add((proc.self, ref))
 
-    def _send_reply(self, caller: Pid, ref: Ref, ok: bool, value: Any,
+    def send_reply(self, caller: Pid, ref: Ref, ok: bool, value: Any,
                     released: bool) -> None:
         """Send a call's reply ``(REPLY_TAG, ref, ok, value, released)`` to ``caller``.
 
@@ -254,7 +278,7 @@ class Signals:
         """
         node = caller[0] if type(caller) is Pid else None
         if node == self.name:
-            self._deliver_pid(caller, (CALL_REPLY, ref, ok, value, released))
+            self._table.deliver_pid(caller, (CALL_REPLY, ref, ok, value, released))
             return
         ch = self._channels.get(node) if node is not None else None
         if ch is not None and type(ref) is Ref and ref[0] == node and ref[2] == caller[2]:
@@ -262,10 +286,10 @@ class Signals:
             ch.out.push_checked([K_REPLY, caller[2], caller[1], ref[1], ok, value, released])
             return
         message = (CALL_REPLY, ref, ok, value, released)
-        self.codec.encode(message)  # refuse it here, as push_checked does
-        self.send(caller, message)
+        self._codec.encode(message)  # refuse it here, as push_checked does
+        self._send(caller, message)
 
-    def _on_reply(self, msg: list[Any]) -> None:
+    def on_reply(self, msg: list[Any]) -> None:
         _, creation, pid_id, ref_id, ok, value, released = msg
         if (type(creation) is not int or type(pid_id) is not int or type(ref_id) is not int
                 or type(ok) is not bool or type(released) is not bool
@@ -277,9 +301,9 @@ class Signals:
                 ref = tuple.__new__(Ref, (self.name, ref_id, creation))
                 proc.deliver((CALL_REPLY, ref, ok, value, released))
                 return
-        self.metrics["undeliverable"] += 1
+        self._metrics.undeliverable += 1
 
-    def _forget_monitor(self, proc: Process, ref: Ref) -> None:
+    def forget_monitor(self, proc: Process, ref: Ref) -> None:
         """Drop our side of a monitor the target's node already released."""
         target = proc.monitors.pop(ref, None)
         if target is None:
@@ -290,7 +314,7 @@ class Signals:
             if monitors is not None:
                 monitors.pop(ref, None)
 
-    def _demonitor(self, proc: Process, ref: Ref) -> None:
+    def demonitor(self, proc: Process, ref: Ref) -> None:
         pid = proc.monitors.pop(ref, None)
         if pid is None:
             return
@@ -318,20 +342,20 @@ class Signals:
         if sender is not None:
             proc.links.discard(sender)
         if reason == "kill":
-            self._kill(proc, KILLED)
+            self.kill(proc, KILLED)
         elif proc.trap_exits:
             proc.deliver(Exit(sender if sender is not None else proc.self, reason))
         elif reason != NORMAL:
-            self._kill(proc, reason)
+            self.kill(proc, reason)
 
-    def _kill(self, proc: Process, reason: Any) -> None:
+    def kill(self, proc: Process, reason: Any) -> None:
         if proc.task is None:
-            self._exited(proc, reason)
+            self.exited(proc, reason)
         elif proc.pending_kill is None and not proc.task.done():
             proc.pending_kill = reason
             proc.task.cancel()
 
-    def _on_ctrl(self, peer: str, msg: list[Any]) -> None:
+    def on_ctrl(self, peer: str, msg: list[Any]) -> None:
         op = msg[1]
         if op == "link":
             _, _, src, dst = msg
@@ -385,8 +409,8 @@ class Signals:
         elif op == "spawn":
             _, _, reply_to, ref, spec, args, link = msg
             try:
-                fn = resolve_export(spec, self.config.allow_remote_spawn)
-                pid = self.spawn(fn, *args)
+                fn = resolve_export(spec, self._config.allow_remote_spawn)
+                pid = self._table.spawn(fn, tuple(args))
             except NotExportedError as exc:
                 self._ctrl(peer, ["spawn_reply", ref, False, str(exc)])
                 return
@@ -404,3 +428,90 @@ class Signals:
                     waiter[1].set_exception(NotExportedError(value))
         else:
             raise ValueError(f"unknown control op {op!r}")
+
+    # -- exits, nodedowns, remote spawns ---------------------------------------------------
+
+    def exited(self, proc: Process, reason: Any) -> None:
+        """``proc`` ended with ``reason``: take it out of the table, tell its monitors and
+        links (local ones directly, remote ones by a control message), then the services."""
+        if not proc.alive:
+            return
+        proc.exit_reason = reason
+        pid = proc.self
+        self._table.remove(proc)
+        procs = self._procs
+        for ref, watcher in proc.monitored_by.items():
+            if self.is_local(watcher):
+                w = procs.get(watcher.id)
+                if w is not None and w.monitors.pop(ref, None) is not None:
+                    w.deliver(Down(ref, pid, reason))
+            else:
+                self._watched_by_remote.get(watcher.node, set()).discard((pid, ref))
+                self._ctrl(watcher.node, ["down", ref, pid, reason, watcher])
+        for other in proc.links:
+            if self.is_local(other):
+                o = procs.get(other.id)
+                if o is not None:
+                    self._signal(o, pid, reason)
+            else:
+                self._remote_links.get(other.node, set()).discard((pid, other))
+                self._ctrl(other.node, ["exit", pid, other, reason])
+        for ref, target in proc.monitors.items():
+            if not self.is_local(target):
+                self._remote_monitors.get(target.node, {}).pop(ref, None)
+        self._services.process_exited(pid, reason)
+
+    def nodedown(self, peer: str, reason: str) -> None:
+        """The session with ``peer`` ended: every monitor held there fires
+        ``noconnection``, every link to it delivers a ``noconnection`` exit signal, its
+        monitors on our processes are forgotten and its pending spawns fail."""
+        procs = self._procs
+        for ref, (watcher, target) in self._remote_monitors.pop(peer, {}).items():
+            w = procs.get(watcher.id)
+            if w is not None and w.monitors.pop(ref, None) is not None:
+                w.deliver(Down(ref, target, "noconnection"))
+        for local, remote in self._remote_links.pop(peer, set()):
+            proc = procs.get(local.id)
+            if proc is not None and remote in proc.links:
+                self._signal(proc, remote, "noconnection")
+        for target, ref in self._watched_by_remote.pop(peer, set()):
+            proc = procs.get(target.id)
+            if proc is not None:
+                proc.monitored_by.pop(ref, None)
+        for node, fut in list(self._spawn_waiters.values()):
+            if node == peer and not fut.done():
+                fut.set_exception(NodeDownError(peer, reason))
+
+    async def spawn_remote(self, node: str, spec: str, args: tuple[Any, ...],
+                           link_to: Process | None, timeout: float) -> Pid:
+        """Ask ``node`` (session up) to spawn ``spec``; see :meth:`fabric.Node.spawn_on`.
+
+        Raises:
+            NotExportedError: the function is unknown there or not exported.
+            NodeDownError: the node went down meanwhile, or did not answer in time.
+        """
+        ref = self.make_ref()
+        fut: asyncio.Future[Pid] = asyncio.get_running_loop().create_future()
+        self._spawn_waiters[ref] = (node, fut)
+        reply_to = link_to.self if link_to is not None else None
+        self._ctrl(node, ["spawn", reply_to, ref, spec, list(args), link_to is not None])
+        try:
+            pid: Pid = await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise NodeDownError(node, "timeout") from None
+        finally:
+            self._spawn_waiters.pop(ref, None)
+        if link_to is not None:
+            link_to.links.add(pid)
+            self._remote_links.setdefault(node, set()).add((link_to.self, pid))
+        return pid
+
+    async def stop_processes(self, timeout: float) -> None:
+        """Kill every local process with reason ``shutdown`` and wait (at most
+        ``timeout`` seconds) for their tasks to end."""
+        procs = [p for p in self._procs.values() if p.alive]
+        for proc in procs:
+            self.kill(proc, "shutdown")
+        tasks = [p.task for p in procs if p.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
