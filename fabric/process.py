@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from fabric.errors import ReceiveTimeout
 from fabric.protocol.processes import KILLED as KILLED  # re-exported: the runtime uses it
-from fabric.protocol.processes import NORMAL, Down, Exit
+from fabric.protocol.processes import NORMAL, Down, Exit, ProcessState
 from fabric.types import Pid, Ref
 
 if TYPE_CHECKING:
@@ -51,20 +51,20 @@ def exception_reason(exc: BaseException) -> tuple[str, str, str]:
     return ("error", type(exc).__qualname__, str(exc))
 
 
-class Process:
-    """A running process's handle, passed to its function as the first argument."""
+class Process(ProcessState):
+    """A running process's handle, passed to its function as the first argument.
+
+    It is also the process's signal state in the node's :class:`~fabric.protocol.
+    processes.ProcessCore` (``trap_exits``, ``links``, ``monitors``, ``monitored_by``,
+    ``names``: see :class:`~fabric.protocol.processes.ProcessState`), kept once."""
 
     def __init__(self, node: Node, pid: Pid) -> None:
+        ProcessState.__init__(self, pid)
         self.node = node
         self.self: Pid = pid  # Erlang's self()
-        self.trap_exits = False
         self.mailbox: deque[Any] = deque()
         self._scanned = 0  # mailbox[:_scanned] were rejected by the current receive
         self._waiter: asyncio.Future[None] | None = None
-        self.links: set[Pid] = set()
-        self.monitors: dict[Ref, Pid] = {}  # monitors this process holds: ref -> target
-        self.monitored_by: dict[Ref, Pid] = {}  # monitors on this process: ref -> watcher
-        self.names: set[str] = set()  # local names registered to this process
         self.task: asyncio.Task[Any] | None = None
         self.exit_reason: Any = None  # set when the process has ended
         self.pending_kill: Any = None  # reason of an exit signal that is ending it

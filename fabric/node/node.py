@@ -206,6 +206,7 @@ class Node:
         self.signals = signals = Signals(table, channels, mesh, services, self.codec,
                                          metrics, self.config, self.send, self.name,
                                          self.creation)
+        signals.attach(executor)
         table.bind(self.name, self.creation, loop, self.log, signals.exited, executor)
         self.reactor = reactor = Reactor(loop, sockets, mesh, self.codec, executor, metrics,
                                          self.log, table, signals, services)
@@ -508,6 +509,7 @@ class Node:
 
     def _on_peer_up(self, service: str, eff: m.PeerUp) -> None:
         self.channels.start(eff.peer)
+        self.signals.nodeup(eff.peer)  # before anyone hears of it and links or monitors
         self.log.info("nodeup", peer=eff.peer, hidden=eff.hidden)
         if not eff.hidden:
             self._notify(NodeUp(eff.peer))

@@ -4,12 +4,16 @@ Theory of operation
 -------------------
 One :class:`ProcessCore` per node keeps the signal bookkeeping of that node's processes
 and turns every input into a list of effects; it never runs a process, owns a mailbox or
-touches a socket. The runtime (``fabric.signals``) and the simulator
-(:mod:`fabric.testing.processsim`) execute the effects: :class:`~fabric.protocol.effects.
-Deliver` puts a ``Down``/``Exit``/call tuple in a mailbox, :class:`Kill` ends a process
-(which reports back with :meth:`ProcessCore.exited`), :class:`Control` sends a
-``[K_CTRL, *args]`` message to a peer over the ordered mesh (dropped when no session is
-up, as the runtime drops it), and the spawn effects resolve a remote spawn.
+touches a socket. The runtime (:mod:`fabric.node.signals`) and the simulator
+(:mod:`fabric.testing.processsim`) execute the effects: ``Deliver`` puts a ``Down``, an
+``Exit`` or a call tuple in a mailbox, :class:`Kill` ends a process (which reports back
+with :meth:`ProcessCore.exited`), the mesh's ``Control`` queues a ``[K_CTRL, op, ...]``
+message on a peer's ordered stream (dropped when no session is up), and the spawn
+effects serve or resolve a remote spawn.
+
+The runtime may share its tables with the core: a process handle that is a
+:class:`ProcessState` (``fabric.Process`` is one), kept in a dict the core was given as
+``procs``, is the core's state for that process, so nothing is kept twice.
 
 Semantics are Erlang's, as fabric has them on the wire (PROTOCOL.md section 6.2):
 
@@ -55,18 +59,18 @@ entropy is the ref counter, which starts at 1 per node run (refs carry the creat
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
 from fabric.protocol.effects import Deliver
-from fabric.protocol.messages import CALL_TAG
+from fabric.protocol.mesh_effects import Control
+from fabric.protocol.messages import CALL_TAG, K_CTRL
 from fabric.types import Pid, Ref
 
 __all__ = [
     "KILLED",
     "NORMAL",
-    "Control",
     "Down",
     "Exit",
     "Kill",
@@ -122,14 +126,6 @@ class Kill:
 
     pid: Pid
     reason: Any
-
-
-@dataclass(frozen=True, slots=True)
-class Control:
-    """Send ``[K_CTRL, *args]`` to ``peer`` on its ordered stream; dropped if no session."""
-
-    peer: str
-    args: tuple[Any, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,14 +202,25 @@ class ProcessCore:
     Args:
         node: this node's full name.
         creation: this node run's creation (local pids and refs carry it).
+        procs: the live local processes by id, shared with the runtime (which adds a
+            process's state as it starts it); default: the core's own, filled by
+            :meth:`started`.
+        names: the local registered names, shared likewise.
+        make_ref: where refs come from (the runtime's counter, so that every ref of the
+            run is unique); default: the core's own counter.
     """
 
-    def __init__(self, node: str, creation: int) -> None:
+    def __init__(self, node: str, creation: int, *, procs: dict[int, Any] | None = None,
+                 names: dict[str, Pid] | None = None,
+                 make_ref: Callable[[], Ref] | None = None) -> None:
         self.node = node
         self.creation = creation
         self._refs = itertools.count(1)
-        self.procs: dict[int, ProcessState] = {}  # live local process id -> its state
-        self.names: dict[str, Pid] = {}  # local registered names
+        if make_ref is not None:
+            self.make_ref = make_ref  # type: ignore[method-assign]
+        # live local process id -> its state (a ProcessState, or a runtime handle that is one)
+        self.procs: dict[int, ProcessState] = procs if procs is not None else {}
+        self.names: dict[str, Pid] = names if names is not None else {}  # registered names
         self._up: set[str] = set()  # peers whose session is up (nodeup .. nodedown)
         # peer -> {ref: (local watcher, remote target)}: monitors our processes hold there
         self._monitors_there: dict[str, dict[Ref, tuple[Pid, Any]]] = {}
@@ -305,7 +312,7 @@ class ProcessCore:
                     effects.append(Deliver(watcher, Down(ref, pid, reason)))
             else:
                 _pop(self._watched_from, watcher[0], ref)
-                effects.append(Control(watcher[0], ("down", ref, pid, reason, watcher)))
+                effects.append(_ctrl(watcher[0], "down", ref, pid, reason, watcher))
         for other in s.links:
             if other[0] == self.node:
                 o = self.state(other)
@@ -313,7 +320,7 @@ class ProcessCore:
                     effects += self._signal(o, pid, reason)
             else:
                 _discard(self._links_there, other[0], (pid, other))
-                effects.append(Control(other[0], ("exit", pid, other, reason)))
+                effects.append(_ctrl(other[0], "exit", pid, other, reason))
         for ref, target in s.monitors.items():
             if target.node == self.node:
                 t = self.state(target)
@@ -355,7 +362,7 @@ class ProcessCore:
             return _NONE
         if other[0] in self._up:
             self._links_there.setdefault(other[0], set()).add((pid, other))
-            return [Control(other[0], ("link", pid, other))]
+            return [_ctrl(other[0], "link", pid, other)]
         return self._signal(s, other, "noconnection")
 
     def unlink(self, pid: Pid, other: Pid) -> list[SignalEffect]:
@@ -370,7 +377,7 @@ class ProcessCore:
                 o.links.discard(pid)
             return _NONE
         _discard(self._links_there, other[0], (pid, other))
-        return [Control(other[0], ("unlink", pid, other))]
+        return [_ctrl(other[0], "unlink", pid, other)]
 
     def monitor(self, pid: Pid, dest: Pid | tuple[str, str]) -> tuple[Ref, list[SignalEffect]]:
         """``pid`` monitors ``dest`` (a pid, or ``(name, node)`` resolved by that node)."""
@@ -394,7 +401,7 @@ class ProcessCore:
         if node in self._up:
             s.monitors[ref] = target
             self._monitors_there.setdefault(node, {})[ref] = (pid, target)
-            return ref, [Control(node, ("mon", pid, target, ref))]
+            return ref, [_ctrl(node, "mon", pid, target, ref)]
         return ref, [Deliver(pid, Down(ref, target, "noconnection"))]
 
     def demonitor(self, pid: Pid, ref: Ref) -> list[SignalEffect]:
@@ -409,7 +416,7 @@ class ProcessCore:
                 t.monitored_by.pop(ref, None)
             return _NONE
         _pop(self._monitors_there, target.node, ref)
-        return [Control(target.node, ("demon", pid, target, ref))]
+        return [_ctrl(target.node, "demon", pid, target, ref)]
 
     def forget_monitor(self, pid: Pid, ref: Ref) -> None:
         """Drop ``pid``'s half of the monitor ``ref``, which the target's node already
@@ -430,7 +437,7 @@ class ProcessCore:
         if pid[0] == self.node:
             s = self.state(pid)
             return self._signal(s, None, reason) if s is not None else _NONE
-        return [Control(pid[0], ("exit", None, pid, reason))]
+        return [_ctrl(pid[0], "exit", None, pid, reason)]
 
     # -- calls ----------------------------------------------------------------------------
 
@@ -484,7 +491,7 @@ class ProcessCore:
             pid = gone = to
         s = self.state(pid)
         if s is None:
-            return [Control(peer, ("down", ref, gone, "noproc", caller))]
+            return [_ctrl(peer, "down", ref, gone, "noproc", caller)]
         s.monitored_by[ref] = caller
         watched = self._watched_from.get(peer)
         if watched is None:
@@ -530,8 +537,8 @@ class ProcessCore:
         if peer not in self._up:
             return ref, [SpawnLost(ref, peer, "noconnection")]
         self._spawns[ref] = _PendingSpawn(peer, link_to)
-        return ref, [Control(peer, ("spawn", link_to, ref, spec, list(args),
-                                    link_to is not None))]
+        return ref, [_ctrl(peer, "spawn", link_to, ref, spec, list(args),
+                           link_to is not None)]
 
     def spawn_abandoned(self, ref: Ref) -> None:
         """The requester stopped waiting for the spawn ``ref``. A linked spawn stays
@@ -550,11 +557,11 @@ class ProcessCore:
             if c is not None:
                 c.links.add(reply_to)
                 self._links_there.setdefault(peer, set()).add((child, reply_to))
-        return [Control(peer, ("spawn_reply", ref, True, child))]
+        return [_ctrl(peer, "spawn_reply", ref, True, child)]
 
     def spawn_refused(self, peer: str, ref: Ref, error: str) -> list[SignalEffect]:
         """This node could not start what ``peer`` asked for (not exported...)."""
-        return [Control(peer, ("spawn_reply", ref, False, error))]
+        return [_ctrl(peer, "spawn_reply", ref, False, error)]
 
     def _spawn_replied(self, peer: str, ref: Ref, ok: bool, value: Any) -> list[SignalEffect]:
         spawn = self._spawns.get(ref)
@@ -572,7 +579,7 @@ class ProcessCore:
                 # The link was asked for but its local end is gone: what it would have
                 # carried reaches the child now.
                 reason = spawn.requester_exit if spawn.requester_exit is not None else "noproc"
-                effects.append(Control(peer, ("exit", requester, value, reason)))
+                effects.append(_ctrl(peer, "exit", requester, value, reason))
         if not spawn.abandoned:
             effects.append(SpawnReplied(ref, ok, value))
         return effects
@@ -620,7 +627,7 @@ class ProcessCore:
             _, _, src, dst = msg
             s = self.state(dst)
             if s is None:
-                return [Control(peer, ("exit", dst, src, "noproc"))]
+                return [_ctrl(peer, "exit", dst, src, "noproc")]
             s.links.add(src)
             self._links_there.setdefault(peer, set()).add((dst, src))
             return _NONE
@@ -647,7 +654,7 @@ class ProcessCore:
                 target = self.names.get(target[0], target)
             s = self.state(target)
             if s is None:
-                return [Control(peer, ("down", ref, target, "noproc", watcher))]
+                return [_ctrl(peer, "down", ref, target, "noproc", watcher)]
             s.monitored_by[ref] = watcher
             self._watched_from.setdefault(peer, {})[ref] = s.pid
             return _NONE
@@ -673,6 +680,11 @@ class ProcessCore:
             _, _, ref, ok, value = msg
             return self._spawn_replied(peer, ref, ok, value)
         raise ValueError(f"unknown control op {op!r}")
+
+
+def _ctrl(peer: str, *args: Any) -> Control:
+    """The control message ``[K_CTRL, *args]`` for ``peer`` (PROTOCOL.md section 6.2)."""
+    return Control(peer, [K_CTRL, *args])
 
 
 def _pop(index: dict[str, dict[Ref, Any]], peer: str, ref: Ref) -> Any:

@@ -9,7 +9,7 @@ mailbox (a list), which the test drives (``link``, ``monitor``, ``call``, ``fini
 Effects are executed as the runtime executes them: ``Deliver`` appends to a mailbox (a
 message for an ended process is counted in ``undeliverable``), ``Kill`` ends the process
 in a later event with the first reason it was given (as a cancelled task ends),
-``Control``, ``K_CALL`` and ``K_REPLY`` messages travel through the real codec (so a
+``Control`` (``K_CTRL``), ``K_CALL`` and ``K_REPLY`` messages travel through the real codec (so a
 ``(name, node)`` target arrives as a plain tuple, as it does on the wire), and remote
 spawns start a process unless their spec starts with ``"refused:"``.
 
@@ -37,9 +37,9 @@ from typing import Any
 
 from fabric.protocol.codec import Codec
 from fabric.protocol.effects import Deliver
-from fabric.protocol.messages import K_CALL, K_CTRL, K_REPLY, REPLY_TAG
+from fabric.protocol.mesh_effects import Control
+from fabric.protocol.messages import K_CALL, K_REPLY, REPLY_TAG
 from fabric.protocol.processes import (
-    Control,
     Down,
     Kill,
     ProcessCore,
@@ -356,7 +356,7 @@ class ProcessSim:
                 self._kill(node, eff.pid, eff.reason)
             elif t is Control:
                 assert isinstance(eff, Control)
-                self._transmit(node, eff.peer, [K_CTRL, *eff.args],
+                self._transmit(node, eff.peer, eff.message,
                                functools.partial(self._control_arrives, node, eff.peer))
             elif t is ServeSpawn:
                 assert isinstance(eff, ServeSpawn)

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fabric.protocol.effects import Deliver
+from fabric.protocol.mesh_effects import Control
 from fabric.protocol.messages import K_CALL
 from fabric.protocol.processes import (
-    Control,
     Down,
     Exit,
     Kill,
@@ -482,18 +482,18 @@ def test_requests_send_todays_control_messages() -> None:
     core.nodeup(B)
     p, remote = Pid(A, 1, 1), Pid(B, 3, 2)
     core.started(p)
-    assert core.link(p, remote) == [Control(B, ("link", p, remote))]
-    assert core.unlink(p, remote) == [Control(B, ("unlink", p, remote))]
+    assert core.link(p, remote) == [Control(B, [4, "link", p, remote])]
+    assert core.unlink(p, remote) == [Control(B, [4, "unlink", p, remote])]
     ref, effects = core.monitor(p, remote)
-    assert effects == [Control(B, ("mon", p, remote, ref))]
-    assert core.demonitor(p, ref) == [Control(B, ("demon", p, remote, ref))]
+    assert effects == [Control(B, [4, "mon", p, remote, ref])]
+    assert core.demonitor(p, ref) == [Control(B, [4, "demon", p, remote, ref])]
     ref, effects = core.monitor(p, ("db", B))
-    assert effects == [Control(B, ("mon", p, RegName("db", B), ref))]
-    assert core.exit(remote, "kill") == [Control(B, ("exit", None, remote, "kill"))]
+    assert effects == [Control(B, [4, "mon", p, RegName("db", B), ref])]
+    assert core.exit(remote, "kill") == [Control(B, [4, "exit", None, remote, "kill"])]
     assert core.on_control(B, [4, "spawn", remote, ref, "m:f", [1], True]) == [
         ServeSpawn(B, remote, ref, "m:f", [1], True)]
     core.link(p, remote)
-    assert core.exited(p, "boom") == [Control(B, ("exit", p, remote, "boom"))]
+    assert core.exited(p, "boom") == [Control(B, [4, "exit", p, remote, "boom"])]
 
 
 def test_an_ended_process_answers_down_and_exit_on_the_wire() -> None:
@@ -505,11 +505,11 @@ def test_an_ended_process_answers_down_and_exit_on_the_wire() -> None:
     assert core.on_control(A, [4, "mon", watcher, server, ref]) == []
     assert core.on_control(A, [4, "link", watcher, server]) == []
     assert core.exited(server, "boom") == [
-        Control(A, ("down", ref, server, "boom", watcher)),
-        Control(A, ("exit", server, watcher, "boom")),
+        Control(A, [4, "down", ref, server, "boom", watcher]),
+        Control(A, [4, "exit", server, watcher, "boom"]),
     ]
     assert core.on_control(A, [4, "link", watcher, server]) == [
-        Control(A, ("exit", server, watcher, "noproc"))]
+        Control(A, [4, "exit", server, watcher, "noproc"])]
     with pytest.raises(ValueError):
         core.on_control(A, [4, "nonsense"])
 
