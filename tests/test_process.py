@@ -412,6 +412,24 @@ async def test_remote_spawn_of_exported_function_and_hello_world_round_trip() ->
         assert await me.receive(timeout=2) == ("world", b.name)
 
 
+@async_test
+async def test_a_requester_killed_during_a_linked_spawn_on_takes_the_child_down() -> None:
+    async with cluster(2) as (a, b):
+
+        async def requester(proc: Process) -> None:
+            await a.spawn_on(b.name, "_exported:echo", link_to=proc)
+            await proc.receive()  # linked to the child, until killed
+
+        req = a.spawn(requester)
+        await wait_until(lambda: b.processes.count() == 1, what="the child on b")
+        (child,) = b.processes.pids()
+        a.exit(req, "kill")  # the spawn_reply is on its way, or just arrived
+        # Either way the child does not outlive its requester with half a link.
+        await wait_until(lambda: not b.is_alive(child), what="the child killed")
+        await wait_until(lambda: b.signals.links_with(a.name) == 0
+                         and a.signals.links_with(b.name) == 0, what="no link left")
+
+
 @pytest.mark.parametrize("spec", ["_exported:not_exported", "_exported:missing",
                                   "no_such_module_xyz:fn", "not a spec"])
 @async_test

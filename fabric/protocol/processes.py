@@ -322,12 +322,13 @@ class ProcessCore:
                 _discard(self._links_there, other[0], (pid, other))
                 effects.append(_ctrl(other[0], "exit", pid, other, reason))
         for ref, target in s.monitors.items():
-            if target.node == self.node:
+            node = _node_of(target)
+            if node == self.node:
                 t = self.state(target)
                 if t is not None:
                     t.monitored_by.pop(ref, None)
             else:
-                _pop(self._monitors_there, target.node, ref)
+                _pop(self._monitors_there, node, ref)
         if self._spawns:
             for spawn in self._spawns.values():
                 if spawn.requester == pid:
@@ -390,7 +391,7 @@ class ProcessCore:
         s = self.state(pid)
         if s is None:
             return ref, _NONE
-        node = target[0] if type(target) is Pid else target.node
+        node = _node_of(target)
         if node == self.node:
             t = self.state(target)
             if t is None:
@@ -410,21 +411,24 @@ class ProcessCore:
         target = s.monitors.pop(ref, None) if s is not None else None
         if target is None:
             return _NONE
-        if target.node == self.node:
+        node = _node_of(target)
+        if node == self.node:
             t = self.state(target)
             if t is not None:
                 t.monitored_by.pop(ref, None)
             return _NONE
-        _pop(self._monitors_there, target.node, ref)
-        return [_ctrl(target.node, "demon", pid, target, ref)]
+        _pop(self._monitors_there, node, ref)
+        return [_ctrl(node, "demon", pid, target, ref)]
 
     def forget_monitor(self, pid: Pid, ref: Ref) -> None:
         """Drop ``pid``'s half of the monitor ``ref``, which the target's node already
         released (a call's reply with ``released``), or which was never sent."""
         s = self.state(pid)
         target = s.monitors.pop(ref, None) if s is not None else None
-        if target is not None and target.node != self.node:
-            _pop(self._monitors_there, target.node, ref)
+        if target is not None:
+            node = _node_of(target)
+            if node != self.node:
+                _pop(self._monitors_there, node, ref)
 
     def set_trap_exits(self, pid: Pid, flag: bool) -> None:
         s = self.state(pid)
@@ -680,6 +684,12 @@ class ProcessCore:
             _, _, ref, ok, value = msg
             return self._spawn_replied(peer, ref, ok, value)
         raise ValueError(f"unknown control op {op!r}")
+
+
+def _node_of(target: Any) -> str:
+    """The node of a monitor target: a Pid ``(node, id, creation)`` or a RegName ``(name,
+    node)``. Indexed, not by attribute: a Pid's properties cost a Python call."""
+    return target[0] if type(target) is Pid else target[1]  # type: ignore[no-any-return]
 
 
 def _ctrl(peer: str, *args: Any) -> Control:
