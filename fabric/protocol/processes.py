@@ -19,12 +19,14 @@ Semantics are Erlang's, as fabric has them on the wire (PROTOCOL.md section 6.2)
 
 * **Links** are symmetric. A process that ends sends an exit signal with its reason
   along each link. A receiver with ``trap_exits`` gets ``Exit(sender, reason)`` as a
-  message; otherwise any reason but ``"normal"`` ends it with that reason. ``"kill"``
-  (sent only with an explicit :meth:`ProcessCore.exit`) ends even a trapping process,
-  with ``"killed"``. Linking to a process that does not exist gives an immediate exit
-  signal ``"noproc"`` (the peer answers ``link`` with ``exit ... noproc``); linking across
-  a node that is not connected gives ``"noconnection"``. An exit signal that arrives
-  after its sender was unlinked no longer applies.
+  message; otherwise any reason but ``"normal"`` ends it with that reason. An explicit
+  :meth:`ProcessCore.exit` with ``"kill"`` (``exit(Pid, kill)``) ends even a trapping
+  process, with ``"killed"``; a process that ended with reason ``"kill"`` itself sends an
+  ordinary, trappable ``"kill"`` along its links, as in Erlang. Linking to a process
+  that does not exist gives an immediate exit signal ``"noproc"`` (the peer answers
+  ``link`` with ``exit ... noproc``); linking across a node that is not connected gives
+  ``"noconnection"``. An exit signal that arrives after its sender was unlinked no
+  longer applies.
 * **Monitors** are one-way and fire exactly once: ``Down(ref, target, reason)`` when the
   target ends, ``"noproc"`` at once if it does not exist, ``"noconnection"`` when its node
   is or goes down. A monitor on ``(name, node)`` is resolved by that node when it is
@@ -339,7 +341,7 @@ class ProcessCore:
         """Apply an exit signal from ``sender`` (None: an explicit ``exit``) to ``s``."""
         if sender is not None:
             s.links.discard(sender)
-        if reason == "kill":
+        elif reason == "kill":  # only an explicit exit(pid, "kill") cannot be trapped
             return [Kill(s.pid, KILLED)]
         if s.trap_exits:
             return [Deliver(s.pid, Exit(sender if sender is not None else s.pid, reason))]

@@ -110,6 +110,18 @@ def test_kill_ends_even_a_trapping_process_as_killed() -> None:
     assert s.mailbox(watcher) == [Exit(target, "killed")]
 
 
+def test_a_process_ending_with_kill_sends_a_trappable_kill_along_its_links() -> None:
+    s = sim(A, B)
+    ending = s.spawn(A)
+    trapping, plain = s.spawn(B, trap_exits=True), s.spawn(A, link_to=ending)
+    s.link(trapping, ending)
+    s.run()
+    s.end(ending, "kill")  # proc.exit("kill"): not exit(pid, "kill")
+    s.run()
+    assert s.mailbox(trapping) == [Exit(ending, "kill")] and s.alive(trapping)
+    assert s.ended[plain] == "kill"
+
+
 def test_an_explicit_exit_to_a_trapping_process_comes_from_itself() -> None:
     s = sim(A)
     p = s.spawn(A, trap_exits=True)
