@@ -562,6 +562,7 @@ operations = st.lists(st.one_of(
     st.tuples(st.just("partition"), node_i, node_i),
     st.tuples(st.just("heal"), node_i, node_i),
     st.tuples(st.just("crash"), node_i),
+    st.tuples(st.just("restart"), node_i),
     st.tuples(st.just("run"), st.sampled_from([0.0005, 0.002, 0.7, 2.0])),
 ), min_size=10, max_size=80)
 
@@ -642,6 +643,9 @@ def _play(s: ProcessSim, ops: list[tuple[Any, ...]]) -> dict[Ref, Pid]:
         elif kind == "crash":
             if NAMES[op[1]] in s.nodes and len(s.nodes) > 1:
                 s.crash(NAMES[op[1]])
+        elif kind == "restart":
+            if NAMES[op[1]] not in s.nodes:
+                s.restart(NAMES[op[1]])
         elif kind == "run":
             s.run(for_seconds=op[1])
     return refs
