@@ -425,12 +425,16 @@ class ProcessCore:
     def forget_monitor(self, pid: Pid, ref: Ref) -> None:
         """Drop ``pid``'s half of the monitor ``ref``, which the target's node already
         released (a call's reply with ``released``), or which was never sent."""
-        s = self.state(pid)
-        target = s.monitors.pop(ref, None) if s is not None else None
+        s = self.procs.get(pid[1])  # inlined state(): this runs once per remote call
+        if s is None or (s.pid is not pid and s.pid != pid):
+            return
+        target = s.monitors.pop(ref, None)
         if target is not None:
-            node = _node_of(target)
+            node = target[0] if type(target) is Pid else target[1]
             if node != self.node:
-                _pop(self._monitors_there, node, ref)
+                monitors = self._monitors_there.get(node)
+                if monitors is not None:
+                    monitors.pop(ref, None)
 
     def set_trap_exits(self, pid: Pid, flag: bool) -> None:
         s = self.state(pid)
@@ -463,8 +467,9 @@ class ProcessCore:
         else:
             watched = RegName(*server)
             node = watched.node
-        s = self.state(caller)
-        if node not in self._up or s is None:
+        s = self.procs.get(caller[1])  # inlined state(): this runs once per call
+        if (node not in self._up or s is None or (s.pid is not caller and s.pid != caller)
+                or caller[0] != self.node):
             return ref, [Deliver(caller, Down(ref, watched, "noconnection"))]
         s.monitors[ref] = watched
         monitors = self._monitors_there.get(node)
@@ -495,8 +500,9 @@ class ProcessCore:
             gone: Any = (to, self.node)  # as a "mon" on (name, node) reports it
         else:
             pid = gone = to
-        s = self.state(pid)
-        if s is None:
+        # Inlined state(): identity first, a registered name maps to the very pid object.
+        s = self.procs.get(pid[1]) if type(pid) is Pid and pid[0] == self.node else None
+        if s is None or (s.pid is not pid and s.pid != pid):
             return [_ctrl(peer, "down", ref, gone, "noproc", caller)]
         s.monitored_by[ref] = caller
         watched = self._watched_from.get(peer)
@@ -508,8 +514,8 @@ class ProcessCore:
     def call_released(self, server: Pid, caller: Pid, ref: Ref) -> bool:
         """The server answered the call ``(caller, ref)``: drop the monitor the call
         installed on it. True if there was one (the reply then says ``released``)."""
-        s = self.state(server)
-        if s is None:
+        s = self.procs.get(server[1])  # inlined state(): this runs once per call
+        if s is None or (s.pid is not server and s.pid != server):
             return False
         watcher = s.monitored_by.get(ref)
         # Identity first: the From a server answers holds the very pid stored here.
@@ -517,7 +523,9 @@ class ProcessCore:
             return False
         del s.monitored_by[ref]
         if caller[0] != self.node:
-            _pop(self._watched_from, caller[0], ref)
+            watched = self._watched_from.get(caller[0])
+            if watched is not None:
+                watched.pop(ref, None)
         return True
 
     def call_held(self, server: Pid, caller: Pid, ref: Ref) -> None:
@@ -700,20 +708,14 @@ def _ctrl(peer: str, *args: Any) -> Control:
 
 
 def _pop(index: dict[str, dict[Ref, Any]], peer: str, ref: Ref) -> Any:
-    """Remove ``ref`` from ``index[peer]`` (and the peer once it holds nothing)."""
+    """Remove ``ref`` from ``index[peer]``; its value, or None. An emptied per-peer dict
+    stays (the next call to that peer reuses it; the peer's nodedown drops it)."""
     entries = index.get(peer)
-    if entries is None:
-        return None
-    value = entries.pop(ref, None)
-    if not entries:
-        del index[peer]
-    return value
+    return None if entries is None else entries.pop(ref, None)
 
 
 def _discard(index: dict[str, set[tuple[Pid, Pid]]], peer: str, pair: tuple[Pid, Pid]) -> None:
-    """Remove ``pair`` from ``index[peer]`` (and the peer once it holds nothing)."""
+    """Remove ``pair`` from ``index[peer]`` (an emptied set stays, as in :func:`_pop`)."""
     pairs = index.get(peer)
     if pairs is not None:
         pairs.discard(pair)
-        if not pairs:
-            del index[peer]
