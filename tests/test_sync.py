@@ -8,10 +8,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from _exported import COOKIE, free_port, new_name
+from _exported import COOKIE, new_name
 
 import fabric
 from fabric import From, GenServer, Process, SyncNode
+from fabric.testing import free_port
+
+pytestmark = pytest.mark.io  # in-process nodes on 127.0.0.1
 
 
 class KV(GenServer):

@@ -45,7 +45,8 @@ def test_a_malformed_hello_is_counted() -> None:
             ctx: zmq.Context[Any] = zmq.Context()
             try:
                 before = a.metrics["bad_handshake_frames"]
-                _stranger(ctx, a.name).send(codec.encode(["hello", "not", "a", "hello"]))
+                sock = _stranger(ctx, a.name)  # kept: closing it could drop the frame
+                sock.send(codec.encode(["hello", "not", "a", "hello"]))
                 await _counted(a, "bad_handshake_frames", before, "malformed HELLO")
             finally:
                 ctx.destroy(linger=0)
