@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import fabric
 from fabric import Node, Process
+from fabric.testing import free_port
 
 COOKIE = "fabric-test-cookie"
 TEST_TIMEOUT = 20.0  # a hung test fails instead of hanging the suite
@@ -96,13 +96,6 @@ def plain_function() -> str:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A port that was free a moment ago (bind to 0, read it back, close)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def new_name(prefix: str) -> str:

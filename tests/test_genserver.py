@@ -11,13 +11,16 @@ import asyncio
 from typing import Any
 
 import pytest
-from _exported import COOKIE, async_test, cluster, free_port, new_name, wait_until
+from _exported import COOKIE, async_test, cluster, new_name, wait_until
 
 import fabric
 from fabric import NOREPLY, Down, Exit, From, GenServer, Node, Pid, Process, call, cast, reply
 from fabric import genserver as gs
 from fabric.protocol.messages import K_CALL, K_REPLY
+from fabric.testing import free_port
 from fabric.types import Ref
+
+pytestmark = pytest.mark.io  # in-process nodes on 127.0.0.1
 
 # -- servers used by the tests ---------------------------------------------------------------
 

@@ -14,6 +14,8 @@ from fabric.process import Process
 from fabric.testing.cluster import LocalCluster
 from fabric.types import GlobalName, Pid
 
+pytestmark = pytest.mark.io  # in-process nodes on 127.0.0.1
+
 FAST = dict(heartbeat_interval=0.05, heartbeat_timeout=0.3)
 
 

@@ -27,6 +27,8 @@ import fabric
 from fabric import Down, Exit, Node, Pid, Process
 from fabric.protocol.messages import K_SEND_TUPLE
 
+pytestmark = pytest.mark.io  # in-process nodes on 127.0.0.1
+
 # -- mailboxes ---------------------------------------------------------------------------
 
 

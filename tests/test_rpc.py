@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from _exported import COOKIE, async_test, cluster, free_port, new_name, wait_until
+from _exported import COOKIE, async_test, cluster, new_name, wait_until
 
 import fabric
 from fabric import Node, rpc
+from fabric.testing import free_port
+
+pytestmark = pytest.mark.io  # in-process nodes on 127.0.0.1
 
 
 @async_test

@@ -77,7 +77,7 @@ class Reactor:
         self._sockets = sockets
         self.mesh = mesh
         self.codec = codec
-        self._exec = executor.run
+        self._run_effects = executor.run
         self.metrics = metrics
         self.log = log
         self._deliver_pid = table.deliver_pid
@@ -152,7 +152,7 @@ class Reactor:
                 self.bad("undecodable", error=str(exc), peer=peer)
                 continue
             if peer is None:
-                self._exec(mesh.router_frame(identity, value, now))
+                self._run_effects(mesh.router_frame(identity, value, now))
                 continue
             mesh.heard(peer, now)
             if type(value) is not list:
@@ -194,7 +194,7 @@ class Reactor:
                 elif kind == K_CALL:
                     self._on_call(peer, msg)
                 elif type(kind) is int and kind in MESH_KINDS:
-                    self._exec(self.mesh.control(peer, msg, now))
+                    self._run_effects(self.mesh.control(peer, msg, now))
                 else:
                     self.metrics.unknown_kind += 1
                     self.bad("unknown_kind", peer=peer, kind=repr(kind)[:20])
@@ -213,7 +213,7 @@ class Reactor:
             except RemoteProtocolError as exc:
                 self.bad("undecodable", error=str(exc), peer=peer)
                 continue
-            self._exec(self.mesh.channel_frame(peer, value, self.loop.time()))
+            self._run_effects(self.mesh.channel_frame(peer, value, self.loop.time()))
             if ch.closed:
                 return False  # the channel was replaced or closed by that frame
         return True
@@ -231,9 +231,9 @@ class Reactor:
             if event == zmq.EVENT_CONNECTED:
                 ch.connected = True
             elif event == zmq.EVENT_DISCONNECTED:
-                self._exec(self.mesh.channel_closed(ch.peer, now))
+                self._run_effects(self.mesh.channel_closed(ch.peer, now))
             elif event == zmq.EVENT_CONNECT_RETRIED and not ch.connected:
-                self._exec(self.mesh.channel_refused(ch.peer, now))
+                self._run_effects(self.mesh.channel_refused(ch.peer, now))
         return True
 
     def on_sub(self, sock: zmq.Socket[Any]) -> bool:

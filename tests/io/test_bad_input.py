@@ -511,6 +511,7 @@ def test_refusals_of_strangers_are_logged_at_a_bounded_rate(
 # -- memory -------------------------------------------------------------------------------
 
 
+@pytest.mark.procs
 def test_memory_stays_bounded_under_garbage_os_process(arun: Callable[..., Any]) -> None:
     """Rounds of 10k garbage frames at an OS-process node: after the first round
     (allocator and ZeroMQ warm-up), its RSS grows by less than a quarter of what the
@@ -585,6 +586,7 @@ def test_python_state_stays_bounded_under_garbage(arun: Callable[..., Any]) -> N
     arun(body(), 60)
 
 
+@pytest.mark.procs
 def test_a_large_unauthenticated_frame_is_cheap_to_reject() -> None:
     """A stranger's frame must not be decoded at full size: 3 MB of empty arrays once cost
     ~250 MB and ~2 s of loop (16 MB with the default max_frame: ~1.2 GB and 11 s)."""

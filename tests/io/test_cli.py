@@ -18,6 +18,7 @@ def fabric_cli(*args: str, cookie: str = DEFAULT_COOKIE) -> subprocess.Completed
                           capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.procs
 @pytest.mark.io
 def test_ping_and_status() -> None:
     with NodeProcess("cli1", spawn_echo=True) as node:
@@ -37,6 +38,7 @@ def test_ping_and_status() -> None:
         assert text.returncode == 0 and "registered  echo" in text.stdout
 
 
+@pytest.mark.procs
 @pytest.mark.io
 def test_ping_nobody_is_pang() -> None:
     with NodeProcess("cli2") as node:  # only to learn a port that is certainly closed after
