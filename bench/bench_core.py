@@ -15,12 +15,12 @@ ever slowed down by noise, never sped up), and each run repeats that.
   raw baseline ``baselines.codec_raw`` (packb + unpackb of one message).  And a wide
   tuple, ``("ints", [0 .. WIDE-1])`` (large tuples are measured for the nesting bound),
   per item, against raw msgpack of the same value as arrays.
-* receive path: decode one batch frame, dispatch it (``Node._dispatch``: process table
+* receive path: decode one batch frame, dispatch it (``Reactor.dispatch``: process table
   lookup, ``Process.deliver``) and take every message with ``await proc.receive()``; per
   message.  Send path: ``node.send`` of the message to a remote pid plus the batch flush
   (``Outbound.flush``: encode + socket send, the socket being a stub); per message.  Both
-  use a node that is constructed but never started (no sockets); they reach into
-  runtime internals and are skipped if those change.
+  use a node started on loopback with no peer (its sockets stay idle) and its documented
+  low-level objects (``node.reactor``, ``node.channels``).
 * handshake: two ``fabric.protocol.mesh.MeshCore`` instances driven by hand through HELLO,
   CHALLENGE, ANSWER and BIND until both see the other up; per handshake.  Baseline: the 6
   HMAC-SHA256 proofs a handshake computes (its crypto floor).
@@ -53,7 +53,6 @@ import msgpack  # noqa: E402
 from bench import _fabric as fb  # noqa: E402
 from bench import _harness as h  # noqa: E402
 from bench import baselines  # noqa: E402
-from fabric.process import Process  # noqa: E402
 from fabric.protocol import mesh as m  # noqa: E402
 from fabric.protocol.codec import Codec  # noqa: E402
 from fabric.protocol.messages import K_SEND  # noqa: E402
@@ -144,14 +143,12 @@ class _StubSocket:
         self.frames += 1
 
 
-def _offline_node(loop: asyncio.AbstractEventLoop) -> Any:
-    """A Node constructed, never started: no sockets; just enough state for the paths."""
+def _idle_node(loop: asyncio.AbstractEventLoop) -> Any:
+    """A Node started on loopback with no peer: its sockets stay idle during the paths."""
     import fabric
 
-    node = fabric.Node(DEST.node, cookie=fb.COOKIE)
-    node.name = DEST.node
-    node.creation = DEST.creation
-    node.loop = loop
+    node = fabric.Node("rx@127.0.0.1", cookie=fb.COOKIE)
+    loop.run_until_complete(node.start())
     return node
 
 
@@ -161,12 +158,11 @@ def node_paths(n_msgs: int) -> dict[str, float]:
 
     loop = asyncio.new_event_loop()
     try:
-        node = _offline_node(loop)
-        proc = Process(node, DEST)
-        node._procs[DEST.id] = proc
+        node = _idle_node(loop)
+        proc = node.new_mailbox()
         codec = node.codec
-        frame = codec.encode([[K_SEND, DEST, MESSAGE] for _ in range(BATCH)])
-        dispatch = node._dispatch
+        frame = codec.encode([[K_SEND, proc.self, MESSAGE] for _ in range(BATCH)])
+        dispatch = node.reactor.dispatch
 
         async def drain() -> None:
             receive = proc.receive
@@ -190,7 +186,7 @@ def node_paths(n_msgs: int) -> dict[str, float]:
 
         channel = _Channel()
         channel.out = out  # type: ignore[attr-defined]
-        node._channels[SRC.node] = channel
+        node.channels.by_peer[SRC.node] = channel
         send = node.send
         target = SRC  # remote for this node
         message = ("msg", DEST, 42, "hello")
@@ -206,6 +202,8 @@ def node_paths(n_msgs: int) -> dict[str, float]:
         tx = best_us_per(send_path, BATCH, loops)
         if out.queue or sock.frames == 0:
             raise h.BenchError("send path did not flush")
+        del node.channels.by_peer[SRC.node]
+        loop.run_until_complete(node.stop())
         return {"receive_path": rx, "send_path": tx}
     finally:
         loop.close()
@@ -318,8 +316,8 @@ def mailbox_figures(n_msgs: int) -> dict[str, float]:
     """µs per message through a mailbox: fabric Process, bare deque, asyncio.Queue."""
     loop = asyncio.new_event_loop()
     try:
-        node = _offline_node(loop)
-        proc = Process(node, DEST)
+        node = _idle_node(loop)
+        proc = node.new_mailbox()
         msg = MESSAGE
 
         async def fabric_burst() -> None:
@@ -366,12 +364,14 @@ def mailbox_figures(n_msgs: int) -> dict[str, float]:
         def run(coro_fn: Callable[[], Any]) -> Callable[[], None]:
             return lambda: loop.run_until_complete(coro_fn())
 
-        return {
+        figures = {
             "fabric": best_us_per(run(fabric_burst), BATCH, loops),
             "deque": best_us_per(run(deque_burst), BATCH, loops),
             "queue": best_us_per(run(queue_burst), BATCH, loops),
             "pingpong": best_us_per(run(fabric_pingpong), BATCH, max(1, loops // 10)),
         }
+        loop.run_until_complete(node.stop())
+        return figures
     finally:
         loop.close()
 
@@ -425,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add("codec fabric single", "pack+unpack", "us/msg", col("codec", "fabric_single"),
                baseline="codec raw", note="Codec.encode + decode of one message")
     report.add("node receive path", "per message", "us/msg", col("paths", "receive_path"),
-               note="decode + Node._dispatch + Process.deliver + await receive()")
+               note="decode + Reactor.dispatch + Process.deliver + await receive()")
     report.add("node send path", "per message", "us/msg", col("paths", "send_path"),
                note="node.send to a remote pid + Outbound.flush (encode), stub socket")
     report.add("hmac floor", "handshake", "us", [float(v) for v in got["hmac"]],

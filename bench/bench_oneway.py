@@ -106,11 +106,14 @@ def _rx(port: int, n_msgs: int, heartbeat_timeout: float) -> dict[str, Any]:
 
 
 def _outbound(node: Any, peer: str) -> Any:
-    # Diagnostics only (the batch sizes actually sent): the runtime's private per-peer
-    # queue, taken while the session is up (a nodedown removes it from the table).  Reads
-    # degrade to None rather than break the benchmark if the runtime changes.
-    ch = getattr(node, "_channels", {}).get(peer)
-    return getattr(ch, "out", None)
+    # Diagnostics only (the batch sizes actually sent): the per-peer queue, taken while the
+    # session is up (a nodedown removes it).  Reads degrade to None rather than break the
+    # benchmark if the runtime changes (the A/B baseline may predate node.channels).
+    channels = getattr(node, "channels", None)
+    if channels is None:
+        ch = getattr(node, "_channels", {}).get(peer)
+        return getattr(ch, "out", None)
+    return channels.outbound(peer)
 
 
 async def _send_all(

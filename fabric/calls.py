@@ -141,7 +141,7 @@ def send_reply(node: Node, from_: tuple[Pid, Ref], ok: bool, value: Any,
     """
     pid, ref = from_
     try:
-        node._send_reply(pid, ref, ok, value, released)
+        node.signals.send_reply(pid, ref, ok, value, released)
         return None
     except LocalProtocolError as exc:
         ok, value = False, ("LocalProtocolError", f"the reply cannot be sent: {exc}", "")
@@ -149,7 +149,7 @@ def send_reply(node: Node, from_: tuple[Pid, Ref], ok: bool, value: Any,
         return (REPLY, ref, ok, value, released)
     try:
         # Three strings always encode; a from_ that names no pid fails again, and raises.
-        node._send_reply(pid, ref, ok, value, released)
+        node.signals.send_reply(pid, ref, ok, value, released)
     except BackpressureError:
         return (REPLY, ref, ok, value, released)
     return None
@@ -255,11 +255,12 @@ async def call(
         if where != node.name:
             if not node.mesh.is_up(where):
                 await ensure_connected(node, where, timeout)
-            # The monitor and the request travel as one message (see fabric.signals),
+            # The monitor and the request travel as one message (see fabric.node.signals),
             # checked for encodability as it is sent.
-            ref, unsent = node._call_send(proc, target, request)
+            ref, unsent = node.signals.call_send(proc, target, request)
             if unsent is not None:
-                await asyncio.wait_for(node._push_wait(where, unsent), _left(loop, deadline))
+                await asyncio.wait_for(node.channels.push_wait(where, unsent),
+                                       _left(loop, deadline))
         else:
             if target == proc.self:
                 raise LocalProtocolError(f"{proc.self!r} called itself: that would deadlock")
@@ -283,7 +284,7 @@ async def call(
         if ref is None:
             pass  # refused before anything was sent
         elif type(answer) is tuple and answer[4]:
-            node._forget_monitor(proc, ref)  # the server's node dropped it already
+            node.signals.forget_monitor(proc, ref)  # the server's node dropped it already
         else:
             proc.demonitor(ref)  # also drops a Down that arrived meanwhile
     if type(answer) is Down:

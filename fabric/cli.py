@@ -48,7 +48,7 @@ async def report(proc: Process, reply_to: Pid) -> None:
         "creation": node.creation,
         "nodes": node.nodes(),
         "hidden_nodes": [n for n in node.hidden_nodes() if n != reply_to.node],
-        "processes": len(node._procs),
+        "processes": node.processes.count(),
         "registered": node.registered(),
         "global_names": sorted(str(n) for n in node.global_.registered_names()),
         "groups": sorted(str(g) for g in node.pg.which_groups()),

@@ -290,10 +290,10 @@ def _reply_now(proc: Process, from_: From, ok: bool, value: Any) -> tuple[Any, .
     it waits still sends the caller its ``Down``."""
     node = proc.node
     caller, ref = from_
-    if not node._release_call(proc, caller, ref):
+    if not node.signals.release_call(proc, caller, ref):
         return send_reply(node, from_, ok, value)
     unsent = send_reply(node, from_, ok, value, True)
     if unsent is None:
         return None
-    node._hold_call(proc, caller, ref)
+    node.signals.hold_call(proc, caller, ref)
     return (*unsent[:4], False)

@@ -23,10 +23,11 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from fabric.errors import ReceiveTimeout
+from fabric.protocol.processes import KILLED as KILLED  # re-exported: the runtime uses it
+from fabric.protocol.processes import NORMAL, Down, Exit, ProcessState
 from fabric.types import Pid, Ref
 
 if TYPE_CHECKING:
@@ -34,26 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Down", "Exit", "NORMAL", "Process", "ProcessExit", "exception_reason"]
 
-NORMAL: Final = "normal"
-KILLED: Final = "killed"
 _NO_DEFAULT: Final = object()
-
-
-@dataclass(frozen=True, slots=True)
-class Down:
-    """A monitored process (or its node) is gone. Delivered exactly once per monitor."""
-
-    ref: Ref
-    pid: Pid
-    reason: Any
-
-
-@dataclass(frozen=True, slots=True)
-class Exit:
-    """An exit signal from a linked process, received as a message with ``trap_exits``."""
-
-    pid: Pid
-    reason: Any
 
 
 class ProcessExit(BaseException):
@@ -69,20 +51,20 @@ def exception_reason(exc: BaseException) -> tuple[str, str, str]:
     return ("error", type(exc).__qualname__, str(exc))
 
 
-class Process:
-    """A running process's handle, passed to its function as the first argument."""
+class Process(ProcessState):
+    """A running process's handle, passed to its function as the first argument.
+
+    It is also the process's signal state in the node's :class:`~fabric.protocol.
+    processes.ProcessCore` (``trap_exits``, ``links``, ``monitors``, ``monitored_by``,
+    ``names``: see :class:`~fabric.protocol.processes.ProcessState`), kept once."""
 
     def __init__(self, node: Node, pid: Pid) -> None:
+        ProcessState.__init__(self, pid)
         self.node = node
         self.self: Pid = pid  # Erlang's self()
-        self.trap_exits = False
         self.mailbox: deque[Any] = deque()
         self._scanned = 0  # mailbox[:_scanned] were rejected by the current receive
         self._waiter: asyncio.Future[None] | None = None
-        self.links: set[Pid] = set()
-        self.monitors: dict[Ref, Pid] = {}  # monitors this process holds: ref -> target
-        self.monitored_by: dict[Ref, Pid] = {}  # monitors on this process: ref -> watcher
-        self.names: set[str] = set()  # local names registered to this process
         self.task: asyncio.Task[Any] | None = None
         self.exit_reason: Any = None  # set when the process has ended
         self.pending_kill: Any = None  # reason of an exit signal that is ending it
@@ -161,19 +143,19 @@ class Process:
 
     def link(self, pid: Pid) -> None:
         """Link to ``pid``: an abnormal exit of either ends (or signals) the other."""
-        self.node._link(self, pid)
+        self.node.signals.link(self, pid)
 
     def unlink(self, pid: Pid) -> None:
-        self.node._unlink(self, pid)
+        self.node.signals.unlink(self, pid)
 
     def monitor(self, pid: Pid | tuple[str, str]) -> Ref:
         """Watch ``pid`` (or a registered ``(name, node)``, resolved by that node): one
         ``Down(ref, pid, reason)`` message arrives when it ends."""
-        return self.node._monitor(self, pid)
+        return self.node.signals.monitor(self, pid)
 
     def demonitor(self, ref: Ref) -> None:
         """Stop a monitor; a ``Down`` already in the mailbox is removed too."""
-        self.node._demonitor(self, ref)
+        self.node.signals.demonitor(self, ref)
         for i, msg in enumerate(self.mailbox):
             if type(msg) is Down and msg.ref == ref:
                 del self.mailbox[i]

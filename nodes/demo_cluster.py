@@ -21,7 +21,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 import fabric
-from fabric.testing import child_pythonpath
+from fabric.testing import child_pythonpath, free_ports
 from nodes.demo_member import HOST, WAIT, quiet_fabric_log
 
 MEMBERS = 3
@@ -68,25 +67,6 @@ def per_node(pids: list[fabric.Pid]) -> str:
 def tagged(*tags: str) -> Callable[[Any], bool]:
     """A receive pattern: a tuple whose first element is one of ``tags``."""
     return lambda msg: type(msg) is tuple and len(msg) > 0 and msg[0] in tags
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free TCP ports on :data:`HOST`.
-
-    All probe sockets stay open until every port is chosen, so the kernel cannot hand out
-    the same port twice; they are closed before the members bind (a small race with other
-    programs remains, as with any port-0 scheme).
-    """
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 # -- the narrator's view of a member -------------------------------------------------------------
@@ -134,7 +114,7 @@ class Demo:
         self.deadline = self.t0 + BUDGET
         self.cookie = secrets.token_urlsafe(24)
         self.tmp = Path(tempfile.mkdtemp(prefix="fabric-demo-"))
-        ports = free_ports(2 * MEMBERS + 2)
+        ports = free_ports(2 * MEMBERS + 2, HOST)
         self.members: list[Member] = []
         for i in range(MEMBERS):
             seed = self.members[-1] if self.members else None  # n2 <- n1, n3 <- n2

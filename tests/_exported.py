@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import fabric
 from fabric import Node, Process
+from fabric.testing import free_port
 
 COOKIE = "fabric-test-cookie"
 TEST_TIMEOUT = 20.0  # a hung test fails instead of hanging the suite
@@ -98,13 +98,6 @@ def plain_function() -> str:
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A port that was free a moment ago (bind to 0, read it back, close)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def new_name(prefix: str) -> str:
     return f"{prefix}@127.0.0.1:{free_port()}"
 
@@ -162,7 +155,7 @@ def spawn_waiter(node: Node) -> fabric.Pid:
 
 def monitored_by(node: Node, pid: fabric.Pid) -> int:
     """How many monitors are registered on the local process ``pid`` (0 if gone)."""
-    proc = node._procs.get(pid.id)
+    proc = node.processes.get(pid)
     return 0 if proc is None else len(proc.monitored_by)
 
 

@@ -84,6 +84,7 @@ def test_run_interleaved_rotates_and_counts() -> None:
     assert h.run_repeated(lambda: 2.0, runs=3) == [2.0, 2.0, 2.0]
 
 
+@pytest.mark.procs
 def test_report_ratio_table_and_json(tmp_path: Path) -> None:
     args = h.parse_args(None, ["--quick", "--out", str(tmp_path / "r.json")])
     report = h.Report("bench_test", args)
@@ -104,6 +105,7 @@ def test_report_ratio_table_and_json(tmp_path: Path) -> None:
     assert data["rows"][1]["median"] == 100.0
 
 
+@pytest.mark.procs
 @pytest.mark.io
 def test_children_result_error_and_stop() -> None:
     with h.Children() as kids:
@@ -124,6 +126,7 @@ def test_children_result_error_and_stop() -> None:
     assert not _alive(pid)
 
 
+@pytest.mark.procs
 @pytest.mark.io
 def test_baselines_tiny() -> None:
     assert baselines.oneway_raw(2000) > 0
@@ -135,6 +138,7 @@ def test_baselines_tiny() -> None:
     assert baselines.codec_raw(1000) > 0
 
 
+@pytest.mark.procs
 @pytest.mark.io
 def test_bench_baselines_script(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "b.json"

@@ -13,6 +13,8 @@ import fabric
 from fabric.ddata import MAJORITY, GCounter, Key, ORSet, PNCounter, Replicator
 from fabric.testing import async_wait_until
 
+pytestmark = pytest.mark.io
+
 FAST = dict(heartbeat_interval=0.05, heartbeat_timeout=0.5)
 HITS = Key("hits", GCounter)
 SEEN = Key("seen", ORSet)

@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 PID = r"<(n\d)\.\d+>"  # a pid as the narration shows it; group 1 is its node
 
 
+@pytest.mark.procs
 @pytest.mark.io
 def test_demo_runs_every_step_and_exits_0(tmp_path: Path) -> None:
     """The demo forms the mesh, round-trips hello/world, calls a GenServer across nodes

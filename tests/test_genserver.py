@@ -11,13 +11,16 @@ import asyncio
 from typing import Any
 
 import pytest
-from _exported import COOKIE, async_test, cluster, free_port, new_name, wait_until
+from _exported import COOKIE, async_test, cluster, new_name, wait_until
 
 import fabric
 from fabric import NOREPLY, Down, Exit, From, GenServer, Node, Pid, Process, call, cast, reply
 from fabric import genserver as gs
 from fabric.protocol.messages import K_CALL, K_REPLY
+from fabric.testing import free_port
 from fabric.types import Ref
+
+pytestmark = pytest.mark.io  # in-process nodes on 127.0.0.1
 
 # -- servers used by the tests ---------------------------------------------------------------
 
@@ -125,7 +128,7 @@ async def test_call_from_inside_a_process_uses_its_mailbox() -> None:
         assert (await watch.receive(timeout=5)) == Down(ref, client_pid, "normal")
         assert results == [(pid, client_pid), "unrelated"]
         # The call's monitor is removed on the server's node too.
-        await wait_until(lambda: not b._procs[pid.id].monitored_by, what="demonitor")
+        await wait_until(lambda: not b.processes.get(pid).monitored_by, what="demonitor")
 
 
 @async_test
@@ -135,12 +138,12 @@ async def test_a_remote_call_is_one_message_each_way_and_leaves_no_monitor_behin
     # message, and no monitor state left on either node, whichever way the call ends.
     async with cluster(2) as (a, b):
         pid = await Counter.start(b, name="counter")
-        sent = a._channels[b.name].out
-        received = b._channels[a.name].out
+        sent = a.channels.outbound(b.name)
+        received = b.channels.outbound(a.name)
 
         def monitors_left() -> list[Any]:
-            return [b._procs[pid.id].monitored_by, b._watched_by_remote.get(a.name),
-                    a._remote_monitors.get(b.name)]
+            return [b.processes.get(pid).monitored_by, b.signals.watched_by(a.name),
+                    a.signals.monitors_held_on(b.name)]
 
         before = (sent.sent_messages, received.sent_messages)
         for server in (pid, ("counter", b.name)):
@@ -161,8 +164,8 @@ async def test_a_remote_call_is_one_message_each_way_and_leaves_no_monitor_behin
         assert dead.value.reason == "noproc"
         with pytest.raises(fabric.RemoteError):
             await call(a, pid, "crash")
-        await wait_until(lambda: pid.id not in b._procs, what="server crashed")
-        assert not b._watched_by_remote.get(a.name) and not a._remote_monitors.get(b.name)
+        await wait_until(lambda: b.processes.get(pid) is None, what="server crashed")
+        assert not b.signals.watched_by(a.name) and not a.signals.monitors_held_on(b.name)
 
 
 @async_test
@@ -173,11 +176,12 @@ async def test_compact_call_and_reply_messages_are_checked_on_arrival() -> None:
         pid = await Counter.start(b, name="counter")
         box = a.new_mailbox()
         now = a.loop.time()
-        a._dispatch(b.name, [[K_REPLY, a.creation, box.self.id, 99, True, "v", True]], now)
+        a.reactor.dispatch(b.name, [[K_REPLY, a.creation, box.self.id, 99, True, "v", True]], now)
         assert list(box.mailbox) == [("$reply", Ref(a.name, 99, a.creation), True, "v", True)]
         # A reply to a pid of another run (from before a restart) reaches nothing.
         undeliverable = a.metrics["undeliverable"]
-        a._dispatch(b.name, [[K_REPLY, a.creation + 1, box.self.id, 99, True, "v", True]], now)
+        stale = [K_REPLY, a.creation + 1, box.self.id, 99, True, "v", True]
+        a.reactor.dispatch(b.name, [stale], now)
         assert a.metrics["undeliverable"] == undeliverable + 1 and len(box.mailbox) == 1
         # Malformed: counted as bad input, and nothing delivered, monitored or answered.
         malformed = [
@@ -191,20 +195,26 @@ async def test_compact_call_and_reply_messages_are_checked_on_arrival() -> None:
             [K_REPLY, a.creation, box.self.id, 1 << 64, True, "v", True],
         ]
         bad = b.metrics.get("bad_input", 0)
-        b._dispatch(a.name, malformed, now)
+        b.reactor.dispatch(a.name, malformed, now)
         assert b.metrics["bad_input"] == bad + len(malformed)
-        assert not b._procs[pid.id].monitored_by and not b._procs[pid.id].mailbox
-        assert len(box.mailbox) == 1 and not b._channels[a.name].out.queue
+        server = b.processes.get(pid)
+        assert not server.monitored_by and not server.mailbox
+        assert len(box.mailbox) == 1 and not b.channels.outbound(a.name).queue
         # A well-formed one installs the caller's monitor and delivers the request.
-        b._dispatch(a.name, [[K_CALL, "counter", a.creation, box.self.id, 7, "get"]], now)
+        b.reactor.dispatch(a.name, [[K_CALL, "counter", a.creation, box.self.id, 7, "get"]], now)
         ref = Ref(a.name, 7, a.creation)
-        assert b._procs[pid.id].monitored_by == {ref: box.self}
+        assert server.monitored_by == {ref: box.self}
         await wait_until(lambda: len(box.mailbox) == 2, what="the reply")
         assert box.mailbox[1] == ("$reply", ref, True, 0, True)
         # A real call's reply travels as K_REPLY.
         replies: list[Any] = []
-        on_reply = a._on_reply
-        a._on_reply = lambda msg: (replies.append(msg), on_reply(msg))  # type: ignore[method-assign]
+        dispatch = a.reactor.dispatch
+
+        def spy(peer: str, batch: list[Any], now: float) -> None:
+            replies.extend(m for m in batch if m[0] in (K_CALL, K_REPLY))
+            dispatch(peer, batch, now)
+
+        a.reactor.dispatch = spy  # type: ignore[method-assign]
         assert await call(a, pid, "get") == 0
         assert [m[0] for m in replies] == [K_REPLY]
 
@@ -231,14 +241,14 @@ async def test_a_reply_that_waits_for_room_keeps_the_monitor_until_it_is_queued(
     async with cluster(2, outbound_limit=limit) as (a, b):
         sink = a.new_mailbox()
         pid = await Flooder.start(b)
-        out = b._channels[a.name].out
+        out = b.channels.outbound(a.name)
         # The first send leaves at once and `limit` more fill the queue: the reply waits.
         assert await call(a, pid, (sink.self, limit + 1, False), timeout=5) == "done"
         refused = out.refused
         assert refused > 0
-        await wait_until(lambda: not b._procs[pid.id].monitored_by
-                         and not b._watched_by_remote.get(a.name)
-                         and not a._remote_monitors.get(b.name), what="monitors gone")
+        await wait_until(lambda: not b.processes.get(pid).monitored_by
+                         and not b.signals.watched_by(a.name)
+                         and not a.signals.monitors_held_on(b.name), what="monitors gone")
         with pytest.raises(fabric.ProcessDeadError) as dead:
             await call(a, pid, (sink.self, limit + 1, True), timeout=5)
         assert dead.value.reason == "killed" and out.refused > refused
@@ -275,7 +285,7 @@ async def test_start_waits_for_init_and_raises_its_exception() -> None:
                 survived.append(True)
 
         sp = a.spawn(starter)
-        await wait_until(lambda: sp.id not in a._procs, what="starter done")
+        await wait_until(lambda: a.processes.get(sp) is None, what="starter done")
         assert survived == [True]
 
 
@@ -286,7 +296,7 @@ async def test_stop_runs_terminate_and_waits_for_the_exit() -> None:
         pid = await Counter.start(b, 0, events, name="c")
         await gs.stop(a, ("c", b.name), "bye")
         assert events == [("terminate", "bye")]
-        assert b.whereis("c") is None and pid.id not in b._procs
+        assert b.whereis("c") is None and b.processes.get(pid) is None
         with pytest.raises(fabric.ProcessDeadError):
             await gs.stop(a, pid)
 
@@ -370,7 +380,7 @@ async def test_node_down_error_when_the_node_goes_down_or_is_unreachable() -> No
         pid = await Counter.start(b)
 
         async def cut() -> None:
-            await wait_until(lambda: len(b._procs[pid.id].monitored_by) == 1, what="call")
+            await wait_until(lambda: len(b.processes.get(pid).monitored_by) == 1, what="call")
             a.disconnect(b.name)
 
         task = asyncio.get_running_loop().create_task(cut())
@@ -404,7 +414,7 @@ async def test_unencodable_request_or_reply_is_reported_not_lost() -> None:
         assert info.value.type_name == "LocalProtocolError"
         assert await call(a, pid, "get") == 1  # the server and the channel are fine
         assert await call(b, pid, "unencodable") == {1, 2}  # locally nothing is encoded
-        assert not a._remote_monitors.get(b.name)  # a refused call leaves no monitor
+        assert not a.signals.monitors_held_on(b.name)  # a refused call leaves no monitor
 
 
 # -- replies ---------------------------------------------------------------------------------------

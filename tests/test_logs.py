@@ -25,6 +25,7 @@ def restore_logging() -> Iterator[None]:
     root.setLevel(level)
 
 
+@pytest.mark.procs
 def test_unconfigured_fabric_logs_print_nothing() -> None:
     """In a fresh interpreter, a warning and an info from fabric reach neither stream."""
     code = ("from fabric.logs import get_logger\n"

@@ -46,10 +46,12 @@ class FakeSocket:
         self.frames.append(frame)
 
 
-def _outbound(limit: int = 100) -> tuple[Outbound, FakeLoop, FakeSocket, Codec]:
+def _outbound(limit: int = 100, encode: Callable[[Any], bytes] | None = None,
+              on_sent: Callable[[], None] | None = None,
+              ) -> tuple[Outbound, FakeLoop, FakeSocket, Codec]:
     loop, sock, codec = FakeLoop(), FakeSocket(), Codec()
-    out = Outbound(loop, "peer@127.0.0.1:1", sock, codec.encode, limit,  # type: ignore[arg-type]
-                   on_sent=lambda: None)
+    out = Outbound(loop, "peer@127.0.0.1:1", sock,  # type: ignore[arg-type]
+                   encode or codec.encode, limit, on_sent=on_sent or (lambda: None))
     out.open = True
     return out, loop, sock, codec
 
@@ -59,9 +61,14 @@ def _sent(sock: FakeSocket, codec: Codec) -> list[list[Any]]:
 
 
 def test_push_checked_sends_the_first_message_of_a_turn_at_once_encoded_once() -> None:
-    out, loop, sock, codec = _outbound()
-    encodes = []
-    out._encode = lambda value: encodes.append(value) or codec.encode(value)  # type: ignore[method-assign]
+    encodes: list[Any] = []
+    codec = Codec()
+
+    def encode(value: Any) -> bytes:
+        encodes.append(value)
+        return codec.encode(value)
+
+    out, loop, sock, _ = _outbound(encode=encode)
     out.push_checked([6, "srv", 1, 2, 3, ("req", 1)])
     assert _sent(sock, codec) == [[[6, "srv", 1, 2, 3, ("req", 1)]]]
     assert len(encodes) == 1 and not out.queue
@@ -88,9 +95,8 @@ def test_push_checked_refuses_an_unencodable_message_and_queues_nothing(
 
 
 def test_push_checked_keeps_the_message_when_zeromq_is_full_and_the_flush_retries() -> None:
-    out, loop, sock, codec = _outbound()
     looks: list[int] = []
-    out._on_sent = lambda: looks.append(1)  # type: ignore[method-assign]
+    out, loop, sock, codec = _outbound(on_sent=lambda: looks.append(1))
     sock.full = True
     out.push_checked([6, "srv", 1, 2, 3, "first"])
     assert looks  # a refused send may consume the socket's edge: the transport looks

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,15 +12,12 @@ import fabric
 from fabric.errors import LocalProtocolError
 from fabric.process import Process
 from fabric.registry import Registry
+from fabric.testing import free_port
 from fabric.workers import Router
 
+pytestmark = pytest.mark.io  # in-process nodes on 127.0.0.1
+
 FAST = dict(heartbeat_interval=0.05, heartbeat_timeout=0.3)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:

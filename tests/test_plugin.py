@@ -10,6 +10,8 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
+import pytest
+
 from fabric.testing import child_pythonpath
 
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -30,6 +32,7 @@ def test_setup_cfg_registers_the_plugin() -> None:
         assert plugin_installed()  # pip installed it: users get the fixtures for free
 
 
+@pytest.mark.procs
 def test_the_documented_example_passes_with_the_plugin(tmp_path: Path) -> None:
     shutil.copy(EXAMPLE, tmp_path / EXAMPLE.name)
     # Installed, pytest loads the plugin by its entry point; from a checkout, by name.

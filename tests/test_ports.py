@@ -10,6 +10,8 @@ from _exported import COOKIE, async_test, free_port
 
 from fabric import ConfigError, Node, parse_node_name
 
+pytestmark = pytest.mark.io
+
 
 def router_port(node: Node) -> int:
     port = parse_node_name(node.name).port

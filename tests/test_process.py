@@ -27,6 +27,8 @@ import fabric
 from fabric import Down, Exit, Node, Pid, Process
 from fabric.protocol.messages import K_SEND_TUPLE
 
+pytestmark = pytest.mark.io  # in-process nodes on 127.0.0.1
+
 # -- mailboxes ---------------------------------------------------------------------------
 
 
@@ -159,20 +161,20 @@ async def test_the_router_yields_after_a_wakeups_first_batch_then_drains_the_res
     # woke run before the readiness check that usually finds nothing; the re-run drains.
     async with cluster(2) as (a, b):
         sink = b.new_mailbox()
-        identity = b.mesh.peers[a.name].in_identity
+        identity = b.mesh.identity_of(a.name)
         frames = [[identity, b.codec.encode([[K_SEND_TUPLE, sink.self, "m", i]])]
                   for i in range(3)]
-        assert b._on_router(_QueuedRouter([])) is False  # type: ignore[arg-type]  # idle
+        assert b.reactor.on_router(_QueuedRouter([])) is False  # type: ignore[arg-type]  # idle
         router = _QueuedRouter(frames)
-        assert b._on_router(router) is True  # type: ignore[arg-type]
+        assert b.reactor.on_router(router) is True  # type: ignore[arg-type]
         assert list(sink.mailbox) == [("m", 0)] and router.looks == 0
-        assert b._on_router(router) is False  # type: ignore[arg-type]
+        assert b.reactor.on_router(router) is False  # type: ignore[arg-type]
         assert list(sink.mailbox) == [("m", 0), ("m", 1), ("m", 2)] and not router.frames
         assert router.looks == 3  # the re-run asks before each read
         # The next wakeup yields after its first batch again.
         router.frames.append([identity, b.codec.encode([[K_SEND_TUPLE, sink.self, "m", 3]])])
-        assert b._on_router(router) is True  # type: ignore[arg-type]
-        assert b._on_router(router) is False  # type: ignore[arg-type]
+        assert b.reactor.on_router(router) is True  # type: ignore[arg-type]
+        assert b.reactor.on_router(router) is False  # type: ignore[arg-type]
         assert len(sink.mailbox) == 4
 
 
@@ -333,7 +335,7 @@ async def _linked_pair(a: Node, b: Node, trap: bool) -> tuple[Process, Pid, Pid]
     pid_a = await a.spawn_on(a.name, "_exported:linker", target, trap, report.self)
     msg = await report.receive(timeout=2)
     assert msg == ("linked", pid_a)
-    await wait_until(lambda: pid_a in b._procs[target.id].links, what="link on b")
+    await wait_until(lambda: pid_a in b.processes.get(target).links, what="link on b")
     return report, pid_a, target
 
 
@@ -371,7 +373,7 @@ async def test_normal_exit_does_not_kill_linked_processes() -> None:
     async with cluster(2) as (a, b):
         report, pid_a, target = await _linked_pair(a, b, trap=False)
         b.send(target, "stop")  # exits normally
-        await wait_until(lambda: target.id not in b._procs, what="target gone")
+        await wait_until(lambda: b.processes.get(target) is None, what="target gone")
         a.send(pid_a, "ping")
         assert await report.receive(timeout=2) == "ping"  # still alive
         # with trap_exits the normal exit is visible as a message
@@ -412,6 +414,24 @@ async def test_remote_spawn_of_exported_function_and_hello_world_round_trip() ->
         assert await me.receive(timeout=2) == ("world", b.name)
 
 
+@async_test
+async def test_a_requester_killed_during_a_linked_spawn_on_takes_the_child_down() -> None:
+    async with cluster(2) as (a, b):
+
+        async def requester(proc: Process) -> None:
+            await a.spawn_on(b.name, "_exported:echo", link_to=proc)
+            await proc.receive()  # linked to the child, until killed
+
+        req = a.spawn(requester)
+        await wait_until(lambda: b.processes.count() == 1, what="the child on b")
+        (child,) = b.processes.pids()
+        a.exit(req, "kill")  # the spawn_reply is on its way, or just arrived
+        # Either way the child does not outlive its requester with half a link.
+        await wait_until(lambda: not b.is_alive(child), what="the child killed")
+        await wait_until(lambda: b.signals.links_with(a.name) == 0
+                         and a.signals.links_with(b.name) == 0, what="no link left")
+
+
 @pytest.mark.parametrize("spec", ["_exported:not_exported", "_exported:missing",
                                   "no_such_module_xyz:fn", "not a spec"])
 @async_test
@@ -419,7 +439,7 @@ async def test_remote_spawn_of_non_exported_function_fails_on_the_caller(spec: s
     async with cluster(2) as (a, b):
         with pytest.raises(fabric.NotExportedError):
             await a.spawn_on(b.name, spec)
-        assert len(b._procs) == 0  # nothing was started there
+        assert b.processes.count() == 0  # nothing was started there
 
 
 @async_test
@@ -444,7 +464,7 @@ async def test_bounded_memory_under_a_slow_receiver() -> None:
     limit = 1000
     async with cluster(2, outbound_limit=limit) as (a, b):
         sink = b.new_mailbox()
-        out = a._channels[b.name].out
+        out = a.channels.outbound(b.name)
         max_queued = 0
         accepted: list[int] = []
         # 1. Plain sends within one loop turn fill the buffer; past the limit they raise.

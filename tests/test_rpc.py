@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from _exported import COOKIE, async_test, cluster, free_port, new_name, wait_until
+from _exported import COOKIE, async_test, cluster, new_name, wait_until
 
 import fabric
 from fabric import Node, rpc
+from fabric.testing import free_port
+
+pytestmark = pytest.mark.io  # in-process nodes on 127.0.0.1
 
 
 @async_test
@@ -17,7 +20,7 @@ async def test_rpc_call_runs_sync_and_async_exported_functions() -> None:
         assert await rpc.call(a, a.name, "_exported:add", (1, 1)) == 2  # to itself
         assert fabric.rpc is rpc
         # The worker processes are gone afterwards.
-        assert not a._procs and not b._procs
+        assert a.processes.count() == 0 and b.processes.count() == 0
 
 
 @async_test
@@ -71,7 +74,7 @@ async def test_rpc_timeout_and_node_down() -> None:
         # The node goes down while the function runs. (The worker of the timed-out call
         # above still runs; its monitor is removed asynchronously.)
         def monitored() -> bool:
-            return any(p.monitored_by for p in b._procs.values())
+            return any(p.monitored_by for p in b.processes.processes())
 
         await wait_until(lambda: not monitored(), what="old monitor removed")
         call = a.loop.create_task(

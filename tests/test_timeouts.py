@@ -15,6 +15,8 @@ from _exported import COOKIE, async_test, cluster, new_name, spawn_waiter
 import fabric
 from fabric import Node
 
+pytestmark = pytest.mark.io
+
 
 def test_every_fabric_timeout_is_a_builtin_timeout_error() -> None:
     for cls in (fabric.FabricTimeout, fabric.CallTimeout, fabric.ReceiveTimeout,

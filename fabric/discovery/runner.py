@@ -134,7 +134,7 @@ class Discovery:
         self.plan = dp.DialPlan(node.name, disconnect=any(c.disconnect for c in self.configs),
                                 max_backoff=max_backoff)
         self.metrics = self.plan.stats
-        cookie: bytes = secret if secret is not None else node._cookie
+        cookie: bytes = secret if secret is not None else node.get_cookie()
         self.sources = [(f"{c.KIND}#{i}", make_source(c, cookie, self.metrics, node.name,
                                                        node.creation))
                         for i, c in enumerate(self.configs)]

@@ -226,6 +226,25 @@ class MeshCore:
         p = self.peers.get(peer)
         return p is not None and p.state == UP
 
+    def knows(self, peer: str) -> bool:
+        """We have a session with ``peer`` or an attempt of ours to reach it."""
+        return peer in self.peers
+
+    def creation_of(self, peer: str) -> int | None:
+        """The run (creation) of ``peer`` in our session with it (None: no session)."""
+        p = self.peers.get(peer)
+        return None if p is None or p.state != UP else p.creation
+
+    def identity_of(self, peer: str) -> bytes | None:
+        """The ROUTER identity of ``peer``'s DEALER in our UP session with it."""
+        p = self.peers.get(peer)
+        return None if p is None or p.state != UP else p.in_identity
+
+    def held(self) -> int:
+        """Sessions, attempts and unfinished accepts held: what a flood of strangers'
+        handshakes could make this core keep (bounded)."""
+        return len(self.peers) + len(self._accepts)
+
     def negotiating(self, peer: str) -> bool:
         """A session with ``peer`` is being set up (ours or theirs), not yet up."""
         p = self.peers.get(peer)

@@ -14,11 +14,14 @@ message ``[topic, payload]`` where ``payload`` is msgpack.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
+
+import msgpack  # type: ignore[import-untyped,unused-ignore]
 
 __all__ = [
     "CALL_TAG",
     "HEARTBEAT_TOPIC",
+    "PG_TOPIC_PREFIX",
     "K_CALL",
     "K_CTRL",
     "K_GOODBYE",
@@ -33,6 +36,8 @@ __all__ = [
     "K_SERVICE",
     "MESH_KINDS",
     "REPLY_TAG",
+    "decode_heartbeat",
+    "encode_heartbeat",
 ]
 
 # Process traffic (handled by the process layer).
@@ -70,4 +75,33 @@ MESH_KINDS: Final = frozenset({K_PEERS, K_GOODBYE, K_GOODBYE_ACK, K_PING, K_PONG
 
 # Topics on the PUB/SUB plane. Topics are prefix-matched by ZeroMQ, so every topic
 # starts with a distinct type byte and ends with a terminator.
+# Heartbeat: the payload is [name: str, creation: int] (msgpack, see encode_heartbeat):
+# "this run of this node is alive". Sent every heartbeat_interval on the PUB; any data
+# frame from a peer counts as well.
 HEARTBEAT_TOPIC: Final = b"h\x00"
+
+# Group broadcasts: the topic is this prefix followed by the scope and the group
+# (fabric.protocol.pg builds the rest); a node subscribes per group it has members of.
+PG_TOPIC_PREFIX: Final = b"g\x00"
+
+
+def encode_heartbeat(name: str, creation: int) -> bytes:
+    """The payload of a heartbeat on :data:`HEARTBEAT_TOPIC`."""
+    data: bytes = msgpack.packb([name, creation])
+    return data
+
+
+def decode_heartbeat(data: bytes) -> tuple[str, int]:
+    """``(name, creation)`` of a heartbeat payload.
+
+    Raises:
+        ValueError: the payload is not a heartbeat (any decoding error is turned into this).
+    """
+    try:
+        value: Any = msgpack.unpackb(data)
+    except Exception as exc:
+        raise ValueError(f"undecodable heartbeat: {exc}") from None
+    if (type(value) is not list or len(value) != 2 or type(value[0]) is not str
+            or type(value[1]) is not int):
+        raise ValueError("a heartbeat is [name, creation]")
+    return value[0], value[1]

@@ -67,13 +67,12 @@ from fabric.protocol.effects import (
     Subscribe,
     Unsubscribe,
 )
+from fabric.protocol.messages import PG_TOPIC_PREFIX
 from fabric.types import Pid, Ref
 
 __all__ = ["DEFAULT_SCOPE", "PG_TOPIC_PREFIX", "PgCore", "group_topic"]
 
 DEFAULT_SCOPE: Final = "default"
-# The first bytes of every group topic: the host routes publications under it to pg.
-PG_TOPIC_PREFIX: Final = b"g\x00"
 # Marks a monitor on a whole scope in PgCore._monitors (a group can never be this object).
 _WHOLE_SCOPE: Final = object()
 

@@ -19,6 +19,7 @@ from fabric.testing.cluster import (
 )
 from fabric.testing.logcapture import capture_logs
 from fabric.testing.meshsim import MeshSim
+from fabric.testing.processsim import ProcessSim
 from fabric.testing.servicesim import ServiceSim
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "MeshSim",
     "NodeProcess",
     "ProcessCluster",
+    "ProcessSim",
     "ServiceSim",
     "async_wait_until",
     "capture_logs",

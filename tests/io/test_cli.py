@@ -20,6 +20,7 @@ def fabric_cli(*args: str, cookie: str = DEFAULT_COOKIE) -> subprocess.Completed
                           capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.procs
 @pytest.mark.io
 def test_ping_and_status() -> None:
     with NodeProcess("cli1", spawn_echo=True) as node:
@@ -41,6 +42,7 @@ def test_ping_and_status() -> None:
         assert "fabric-cli-" not in text.stdout
 
 
+@pytest.mark.procs
 @pytest.mark.io
 def test_status_shows_every_node_of_the_cluster() -> None:
     with NodeProcess("st1", extra_args=["--run", "_exported:start_kv"]) as one:
@@ -69,6 +71,7 @@ def test_status_shows_every_node_of_the_cluster() -> None:
             assert text.count("  peers ") == 2 and "global      kv_primary" in text
 
 
+@pytest.mark.procs
 @pytest.mark.io
 def test_a_client_without_any_cookie_fails_and_creates_none(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "FABRIC_COOKIE"}
@@ -83,6 +86,7 @@ def test_a_client_without_any_cookie_fails_and_creates_none(tmp_path: Path) -> N
     assert not (tmp_path / ".fabric.cookie").exists()
 
 
+@pytest.mark.procs
 @pytest.mark.io
 def test_ping_nobody_is_pang() -> None:
     with NodeProcess("cli2") as node:  # only to learn a port that is certainly closed after

@@ -19,7 +19,7 @@ from fabric import Node
 from fabric.testing import NodeProcess, child_pythonpath, free_port
 from fabric.testing.cluster import DEFAULT_COOKIE
 
-pytestmark = pytest.mark.io
+pytestmark = [pytest.mark.io, pytest.mark.procs]
 
 
 def printed(text: str) -> Callable[[dict[str, Any]], bool]:

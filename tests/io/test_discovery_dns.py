@@ -15,7 +15,7 @@ from fabric.discovery.dns import DnsSource
 from fabric.testing import async_wait_until, free_ports
 from fabric.testing.dnsmasq import Dnsmasq, dnsmasq_path
 
-pytestmark = [pytest.mark.io,
+pytestmark = [pytest.mark.io, pytest.mark.procs,
               pytest.mark.skipif(dnsmasq_path() is None,
                                  reason="dnsmasq is not installed (apt-get install dnsmasq)")]
 

@@ -45,6 +45,7 @@ async def started(name: str, cookie: str, **options: Any) -> fabric.Node:
     return node
 
 
+@pytest.mark.procs
 def test_eight_nodes_started_at_once_with_gossip_form_one_full_mesh() -> None:
     spec = gossip_spec(free_udp_port())
     procs = [NodeProcess(f"g{i}@127.0.0.1:{port}", extra_args=["--discovery", spec])
@@ -204,6 +205,7 @@ def test_static_list_retries_a_node_that_starts_late(arun: Callable[..., Any]) -
     arun(body(), timeout=60)
 
 
+@pytest.mark.procs
 def test_fabric_discover_prints_what_a_strategy_sees(tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -224,6 +226,7 @@ def test_fabric_discover_prints_what_a_strategy_sees(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "ttl must be 0-255" in bad.stderr
 
 
+@pytest.mark.procs
 def test_fabric_ping_works_from_the_environment_of_a_pod() -> None:
     """The readiness probe of deploy/k8s runs `fabric ping` with the node's FABRIC_*
     variables (a fixed PUB port, a bind host, discovery): the probe must not take them."""

@@ -17,7 +17,7 @@ import pytest
 from fabric import Node, OutcomeUnknown
 from fabric.testing import NodeProcess, async_wait_until, free_port
 
-pytestmark = pytest.mark.io
+pytestmark = [pytest.mark.io, pytest.mark.procs]
 
 COOKIE = "global-outcome"
 FAST: dict[str, Any] = {"heartbeat_interval": 0.1, "heartbeat_timeout": 0.6}

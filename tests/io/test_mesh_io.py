@@ -50,6 +50,7 @@ def nodedowns(proc: NodeProcess, peer: str) -> list[str]:
 # -- OS-process clusters ------------------------------------------------------------------
 
 
+@pytest.mark.procs
 def test_mesh_of_five_from_one_seed_each() -> None:
     start = time.monotonic()
     with ProcessCluster(5, **FAST) as procs:
@@ -70,6 +71,7 @@ def test_mesh_of_five_from_one_seed_each() -> None:
             assert not [e for e in p.events if e["event"] == "nodedown"]
 
 
+@pytest.mark.procs
 def test_kill_9_gives_connection_closed_and_the_restarted_node_rejoins() -> None:
     # Default heartbeats: a connection_closed can only win against the 1 s heartbeat
     # timeout if the closed TCP connection is noticed at once.
@@ -93,6 +95,7 @@ def test_kill_9_gives_connection_closed_and_the_restarted_node_rejoins() -> None
             again.stop()
 
 
+@pytest.mark.procs
 @pytest.mark.parametrize("settings", [FAST, {}], ids=["fast_heartbeat", "default_settings"])
 def test_sigstop_gives_heartbeat_timeout_and_sigcont_brings_it_back(
         settings: dict[str, Any]) -> None:
@@ -116,6 +119,7 @@ def test_sigstop_gives_heartbeat_timeout_and_sigcont_brings_it_back(
         assert nodedowns(n1, n2.name) == [] and nodedowns(n2, n1.name) == []
 
 
+@pytest.mark.procs
 def test_sigterm_stops_gracefully_and_peers_see_shutdown() -> None:
     with ProcessCluster(3, **FAST) as (n1, n2, n3):
         marks = [len(n1.events), len(n2.events)]
@@ -131,6 +135,7 @@ def test_sigterm_stops_gracefully_and_peers_see_shutdown() -> None:
         assert nodedowns(n1, n3.name) == ["shutdown"] and nodedowns(n2, n3.name) == ["shutdown"]
 
 
+@pytest.mark.procs
 def test_hidden_node_is_not_listed_by_its_peers() -> None:
     with ProcessCluster(2, **FAST) as (n1, n2), \
             NodeProcess("hidden", hidden=True, connect=[n1.name], **FAST) as h:
@@ -144,6 +149,7 @@ def test_hidden_node_is_not_listed_by_its_peers() -> None:
         assert h.name not in nodeups(n1) | nodeups(n2)
 
 
+@pytest.mark.procs
 def test_repl_runs_top_level_await_on_the_node() -> None:
     with NodeProcess("peer", **FAST) as peer, \
             NodeProcess("repl", repl=True, connect=[], **FAST) as repl:
@@ -167,6 +173,7 @@ def test_repl_runs_top_level_await_on_the_node() -> None:
         assert peer.wait_nodedown(repl.name, 10, mark)["reason"] == "shutdown"
 
 
+@pytest.mark.procs
 def test_bad_command_lines_fail_with_a_clear_message() -> None:
     env = dict(os.environ, PYTHONPATH=child_pythonpath(REPO), FABRIC_COOKIE="c")
     cmd = [sys.executable, "-m", "nodes.node", "--no-repl"]
@@ -185,6 +192,7 @@ def test_bad_command_lines_fail_with_a_clear_message() -> None:
 # -- in-process nodes against OS-process nodes --------------------------------------------
 
 
+@pytest.mark.procs
 def test_ping_and_echo_across_processes(arun: Callable[..., Any]) -> None:
     with NodeProcess("echoer", spawn_echo=True, **FAST) as remote:
         remote.wait_ready()
@@ -217,6 +225,7 @@ def test_wrong_cookie_refused_on_both_sides(arun: Callable[..., Any]) -> None:
     arun(body())
 
 
+@pytest.mark.procs
 def test_wrong_cookie_from_an_os_process_node(arun: Callable[..., Any]) -> None:
     async def body() -> None:
         async with LocalCluster(1, cookie="right") as (good,):

@@ -20,6 +20,7 @@ def run(body: Callable[[], Any]) -> None:
     asyncio.run(asyncio.wait_for(body(), 60))
 
 
+@pytest.mark.procs
 @pytest.mark.io
 def test_monitor_fires_noconnection_on_kill_9() -> None:
     with NodeProcess("victim", spawn_echo=True, **FAST) as victim:
@@ -40,6 +41,7 @@ def test_monitor_fires_noconnection_on_kill_9() -> None:
         run(body)
 
 
+@pytest.mark.procs
 @pytest.mark.io
 def test_remote_spawn_link_and_exit_across_processes() -> None:
     with NodeProcess("remote", **FAST) as remote:
@@ -63,6 +65,7 @@ def test_remote_spawn_link_and_exit_across_processes() -> None:
         run(body)
 
 
+@pytest.mark.procs
 @pytest.mark.io
 def test_stale_creation_pid_is_noproc_after_restart() -> None:
     with NodeProcess("phoenix", **FAST) as first:
@@ -98,6 +101,7 @@ def test_stale_creation_pid_is_noproc_after_restart() -> None:
         run(after)
 
 
+@pytest.mark.procs
 @pytest.mark.io
 def test_rpc_errors_and_timeouts_across_processes() -> None:
     with NodeProcess("rpcd", **FAST) as remote:

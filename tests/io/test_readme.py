@@ -14,6 +14,7 @@ from fabric.testing import child_pythonpath
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.procs
 @pytest.mark.io
 def test_readme_example_runs(tmp_path: Path) -> None:
     readme = (ROOT / "README.md").read_text()

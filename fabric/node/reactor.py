@@ -1,32 +1,43 @@
-"""The node's inputs: what its sockets deliver, read and handed to the cores and processes.
+"""The socket reactor: reads the node's sockets and hands what they carry to its owners.
 
 Theory of operation
 -------------------
 Each socket has a :class:`~fabric.transport.zeromq.Reader` that calls one of these
 methods when the socket may be readable (ZeroMQ's descriptor is edge-triggered: a method
 returns False only after it saw no input, True when it stopped early and wants to run
-again). The ROUTER carries every peer's batches (``_on_router``, then ``_dispatch`` by
-message kind); each DEALER carries the handshake replies of its session
-(``_on_channel``) and has a monitor socket for connect and disconnect events
-(``_on_monitor``); the SUBs carry heartbeats and group topics (``_on_sub``). Everything
-read is bounded per wakeup (frames, messages and time), so a flood cannot starve the
-heartbeats, and bad input is counted and dropped, never raised (``_bad``).
+again). The ROUTER carries every peer's batches (:meth:`Reactor.on_router`, then
+:meth:`Reactor.dispatch` by message kind to the process table, the signals, the service
+host or the mesh core); each DEALER carries the handshake replies of its session
+(:meth:`Reactor.on_channel`) and has a monitor socket for connect and disconnect events
+(:meth:`Reactor.on_monitor`); the SUBs carry heartbeats and service topics
+(:meth:`Reactor.on_sub`). Everything read is bounded per wakeup (frames, messages and
+time), so a flood cannot starve the heartbeats, and bad input is counted and dropped,
+never raised (:meth:`Reactor.bad`). The reactor also answers strangers on the ROUTER
+(the mesh core's ``RouterSend``), since it owns that socket's reader.
 
-A mixin of :class:`fabric.node.Node`: the state it reads is the node's.
+It owns no protocol state: only the readers and the ROUTER's draining flag.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import msgpack
 import structlog
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from fabric.errors import RemoteProtocolError
+from fabric.node.channels import Channel
+from fabric.node.effects import EffectExecutor
+from fabric.node.metrics import Metrics
+from fabric.node.processes import ProcessTable
+from fabric.node.services import ServiceHost
+from fabric.node.signals import Signals
+from fabric.node.sockets import Sockets
+from fabric.protocol import mesh as m
+from fabric.protocol.codec import Codec
 from fabric.protocol.messages import (
     HEARTBEAT_TOPIC,
     K_CALL,
@@ -36,13 +47,12 @@ from fabric.protocol.messages import (
     K_SEND,
     K_SEND_TUPLE,
     K_SERVICE,
+    MESH_KINDS,
+    decode_heartbeat,
 )
+from fabric.transport.zeromq import Reader
 
-if TYPE_CHECKING:
-    from fabric.protocol.codec import Codec
-    from fabric.protocol.mesh import MeshCore
-
-__all__ = ["Inputs"]
+__all__ = ["Reactor"]
 
 _MAX_READS = 512  # frames handled per wakeup before yielding to other callbacks
 # Messages dispatched per wakeup: a frame is a batch of up to 1024 messages, so a frame
@@ -51,37 +61,60 @@ _MAX_MESSAGES = 2048
 # And a time budget per wakeup, whatever a message costs (one pg broadcast is delivered
 # to every local member): other callbacks, heartbeats among them, run in between.
 _MAX_BUSY = 0.005
-_MAX_HANDSHAKE_FRAME = 4096
+_MAX_HANDSHAKE_FRAME = 4096  # bytes; the largest frame decoded from an unknown identity
 _EVENTS = int(zmq.EVENTS)  # plain ints: the enum members cost a Python-level conversion
-_POLLIN = int(zmq.POLLIN)  # bytes; the largest frame decoded from an unknown identity
+_POLLIN = int(zmq.POLLIN)
 
 
-class Inputs:
-    """Mixin of :class:`fabric.node.Node`: reads its sockets. Not used on its own."""
+class Reactor:
+    """Reads the node's sockets; see the module docstring."""
 
-    # provided by Node / ProcessRuntime
-    loop: asyncio.AbstractEventLoop
-    mesh: MeshCore
-    codec: Codec
-    log: structlog.typing.FilteringBoundLogger
-    metrics: dict[str, int]
-    _channels: dict[str, Any]
-    _bad_input: int
-    _bad_input_logged: float
-    _router_draining: bool  # the ROUTER reader yielded after a batch: see _on_router
+    def __init__(self, loop: asyncio.AbstractEventLoop, sockets: Sockets, mesh: m.MeshCore,
+                 codec: Codec, executor: EffectExecutor, metrics: Metrics,
+                 log: structlog.typing.FilteringBoundLogger, table: ProcessTable,
+                 signals: Signals, services: ServiceHost) -> None:
+        self.loop = loop
+        self._sockets = sockets
+        self.mesh = mesh
+        self.codec = codec
+        self._run_effects = executor.run
+        self.metrics = metrics
+        self.log = log
+        self._deliver_pid = table.deliver_pid
+        self._deliver_name = table.deliver_name
+        self._on_service_message = services.on_message
+        self._on_topic = services.on_topic_message
+        self._on_ctrl = signals.on_ctrl
+        self._on_call = signals.on_call
+        self._on_reply = signals.on_reply
+        self._bad_input_logged = 0.0
+        self._router_draining = False  # the ROUTER reader yielded after a batch: see on_router
+        self._router_reader = Reader(loop, sockets.router, self.on_router)
+        self._sub_reader = Reader(loop, sockets.sub, self.on_sub)
+        self._hb_reader = Reader(loop, sockets.hb_sub, self.on_sub)
+        executor.register(m.RouterSend, self._on_router_send)
 
-    if TYPE_CHECKING:
-        def _exec(self, effects: list[Any]) -> None: ...
-        def _deliver_pid(self, pid: Any, message: Any) -> None: ...
-        def _deliver_name(self, name: Any, message: Any) -> None: ...
-        def _on_service_message(self, peer: str, service: Any, payload: Any,
-                                now: float) -> None: ...
-        def _on_ctrl(self, peer: str, msg: list[Any]) -> None: ...
-        def _on_call(self, peer: str, msg: list[Any]) -> None: ...
-        def _on_reply(self, msg: list[Any]) -> None: ...
-        def _on_topic(self, topic: bytes, data: bytes, now: float) -> None: ...
+    def close(self) -> None:
+        """Stop reading the node's fixed sockets (the channels close their own)."""
+        self._router_reader.close()
+        self._sub_reader.close()
+        self._hb_reader.close()
 
-    def _on_router(self, sock: zmq.Socket[Any]) -> bool:
+    def read_heartbeats(self) -> None:
+        """Drain the heartbeat SUB now (before the failure detector judges peers)."""
+        self.on_sub(self._sockets.hb_sub)
+
+    def _on_router_send(self, service: str, eff: m.RouterSend) -> None:
+        try:
+            self._sockets.router.send_multipart([eff.identity, self.codec.encode(eff.frame)],
+                                                zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # peer gone or full: a refusal is best effort
+        self._router_reader.poke()
+
+    def on_router(self, sock: zmq.Socket[Any]) -> bool:
+        """Read peers' frames on the ROUTER: handshakes from strangers, batches from
+        authenticated peers (see ARCHITECTURE.md section 4)."""
         mesh = self.mesh
         now = self.loop.time()
         budget = _MAX_MESSAGES
@@ -105,28 +138,28 @@ class Inputs:
                 except zmq.Again:
                     return False
             if len(frames) != 2:
-                self._bad("router_frame_count")
+                self.bad("router_frame_count")
                 continue
             identity, data = frames
-            peer = mesh.authenticated.get(identity)
+            peer = mesh.peer_of(identity)
             if peer is None and len(data) > _MAX_HANDSHAKE_FRAME:
                 # Handshake frames are tiny: never spend a full decode on a stranger.
-                self._bad("oversized_stranger_frame", size=len(data))
+                self.bad("oversized_stranger_frame", size=len(data))
                 continue
             try:
                 value = self.codec.decode(data)
             except RemoteProtocolError as exc:
-                self._bad("undecodable", error=str(exc), peer=peer)
+                self.bad("undecodable", error=str(exc), peer=peer)
                 continue
             if peer is None:
-                self._exec(mesh.router_frame(identity, value, now))
+                self._run_effects(mesh.router_frame(identity, value, now))
                 continue
             mesh.heard(peer, now)
             if type(value) is not list:
-                self._bad("not_a_batch", peer=peer)
+                self.bad("not_a_batch", peer=peer)
                 continue
             budget -= len(value)
-            self._dispatch(peer, value, now)
+            self.dispatch(peer, value, now)
             if not self._router_draining:
                 # Latency first: the processes this batch woke run in the next loop turn,
                 # and the readiness check that usually finds nothing more would delay them
@@ -136,9 +169,14 @@ class Inputs:
                 return True
         return True
 
-    def _dispatch(self, peer: str, batch: list[Any], now: float) -> None:
+    def dispatch(self, peer: str, batch: list[Any], now: float) -> None:
+        """Hand each message of an authenticated peer's batch to its owner, in order."""
         deliver = self._deliver_pid
         for msg in batch:
+            if type(msg) is not list:
+                self.metrics.not_a_message += 1
+                self.bad("not_a_message", peer=peer)
+                continue
             try:
                 kind = msg[0]
                 if kind == K_SEND_TUPLE:
@@ -155,12 +193,17 @@ class Inputs:
                     self._on_reply(msg)
                 elif kind == K_CALL:
                     self._on_call(peer, msg)
+                elif type(kind) is int and kind in MESH_KINDS:
+                    self._run_effects(self.mesh.control(peer, msg, now))
                 else:
-                    self._exec(self.mesh.control(peer, msg, now))
+                    self.metrics.unknown_kind += 1
+                    self.bad("unknown_kind", peer=peer, kind=repr(kind)[:20])
             except (AttributeError, IndexError, TypeError, KeyError, ValueError) as exc:
-                self._bad("bad_message", peer=peer, error=repr(exc)[:200])
+                self.bad("bad_message", peer=peer, error=repr(exc)[:200])
 
-    def _on_channel(self, peer: str, sock: zmq.Socket[Any]) -> bool:
+    def on_channel(self, ch: Channel, sock: zmq.Socket[Any]) -> bool:
+        """Read handshake replies on the DEALER of channel ``ch``."""
+        peer = ch.peer
         for _ in range(_MAX_READS):
             if not sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
                 return False
@@ -168,32 +211,32 @@ class Inputs:
             try:
                 value = self.codec.decode(data)
             except RemoteProtocolError as exc:
-                self._bad("undecodable", error=str(exc), peer=peer)
+                self.bad("undecodable", error=str(exc), peer=peer)
                 continue
-            self._exec(self.mesh.channel_frame(peer, value, self.loop.time()))
-            if self._channels.get(peer) is None or self._channels[peer].sock is not sock:
+            self._run_effects(self.mesh.channel_frame(peer, value, self.loop.time()))
+            if ch.closed:
                 return False  # the channel was replaced or closed by that frame
         return True
 
-    def _on_monitor(self, peer: str, sock: zmq.Socket[Any], mon: zmq.Socket[Any]) -> bool:
+    def on_monitor(self, ch: Channel, mon: zmq.Socket[Any]) -> bool:
+        """Read the socket-monitor events of channel ``ch``'s DEALER."""
         for _ in range(64):
             if not mon.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
                 return False
             msg = parse_monitor_message(mon.recv_multipart(zmq.NOBLOCK))
-            ch = self._channels.get(peer)
-            if ch is None or ch.sock is not sock:
+            if ch.closed:
                 return False
             event = msg["event"]
             now = self.loop.time()
             if event == zmq.EVENT_CONNECTED:
                 ch.connected = True
             elif event == zmq.EVENT_DISCONNECTED:
-                self._exec(self.mesh.channel_closed(peer, now))
+                self._run_effects(self.mesh.channel_closed(ch.peer, now))
             elif event == zmq.EVENT_CONNECT_RETRIED and not ch.connected:
-                self._exec(self.mesh.channel_refused(peer, now))
+                self._run_effects(self.mesh.channel_refused(ch.peer, now))
         return True
 
-    def _on_sub(self, sock: zmq.Socket[Any]) -> bool:
+    def on_sub(self, sock: zmq.Socket[Any]) -> bool:
         now = self.loop.time()
         give_up = time.monotonic() + _MAX_BUSY
         for _ in range(_MAX_READS):
@@ -206,24 +249,24 @@ class Inputs:
             except zmq.ZMQError:
                 return False
             if len(frames) != 2:
-                self._bad("sub_frame_count")
+                self.bad("sub_frame_count")
                 continue
             topic, data = frames
             if topic == HEARTBEAT_TOPIC:
                 try:
-                    name, creation = msgpack.unpackb(data)
+                    name, creation = decode_heartbeat(data)
+                except ValueError:
+                    self.bad("bad_heartbeat")
+                else:
                     self.mesh.heartbeat(name, creation, now)
-                except Exception:
-                    self._bad("bad_heartbeat")
             else:
                 self._on_topic(topic, data, now)
         return True
 
-    def _bad(self, what: str, **fields: Any) -> None:
+    def bad(self, what: str, **fields: Any) -> None:
         """Count bad input; log it at most once a second (an attacker controls the rate)."""
-        self._bad_input += 1
-        self.metrics["bad_input"] = self._bad_input
+        self.metrics.bad_input += 1
         t = time.monotonic()
         if t - self._bad_input_logged >= 1.0:
             self._bad_input_logged = t
-            self.log.warning("bad_input", what=what, total=self._bad_input, **fields)
+            self.log.warning("bad_input", what=what, total=self.metrics.bad_input, **fields)
