@@ -8,6 +8,14 @@ selective receive: it takes the first message that ``match`` accepts and leaves 
 in order. Messages that arrive while a receive waits wake it once per delivery burst, and
 the receive scans only the messages it has not seen, so a long mailbox is not rescanned.
 
+The mailbox is bounded: ``mailbox_limit`` messages (NodeConfig default 10,000, or per
+process at ``spawn``). The node enforces it on delivery (:mod:`fabric.node.mailboxes`): a
+local send to a full mailbox raises ``MailboxFullError`` (``send_wait`` waits), a message
+from another node is dropped, counted and reported to that node, which then refuses sends
+to this process until it has room (DECISIONS D23). Signals (``Down``, ``Exit``) and call
+replies are never refused. While a sender waits, ``receive`` tells the node once the
+mailbox is down to ``watch_below`` messages.
+
 A process ends with a reason: ``"normal"`` when its function returns, ``"killed"`` when
 killed, the value given to :meth:`Process.exit`, or ``("error", type_name, message)``
 when it raised (the traceback is logged). Monitors then receive ``Down(ref, pid, reason)``
@@ -72,11 +80,17 @@ def exception_reason(exc: BaseException) -> tuple[str, str, str]:
 class Process:
     """A running process's handle, passed to its function as the first argument."""
 
-    def __init__(self, node: Node, pid: Pid) -> None:
+    def __init__(self, node: Node, pid: Pid, mailbox_limit: int | None = None) -> None:
         self.node = node
         self.self: Pid = pid  # Erlang's self()
         self.trap_exits = False
         self.mailbox: deque[Any] = deque()
+        # The bound of the mailbox (DECISIONS D23; the node's Mailboxes enforce it).
+        self.mailbox_limit: int = (node.config.mailbox_limit if mailbox_limit is None
+                                   else mailbox_limit)
+        # While a sender waits for room (or a peer was told "busy"): the length at or
+        # below which taking a message tells the node (node.mailboxes.drained). -1: none.
+        self.watch_below = -1
         self._scanned = 0  # mailbox[:_scanned] were rejected by the current receive
         self._waiter: asyncio.Future[None] | None = None
         self.links: set[Pid] = set()
@@ -114,13 +128,19 @@ class Process:
         """
         box = self.mailbox
         if match is None and box:
-            return box.popleft()
+            msg = box.popleft()
+            if len(box) <= self.watch_below:
+                self.node.mailboxes.drained(self)
+            return msg
         self._scanned = 0
         deadline = None if timeout is None else self.node.loop.time() + timeout
         while True:
             if match is None:
                 if box:
-                    return box.popleft()
+                    msg = box.popleft()
+                    if len(box) <= self.watch_below:
+                        self.node.mailboxes.drained(self)
+                    return msg
             else:
                 i = self._scanned
                 n = len(box)
@@ -129,6 +149,8 @@ class Process:
                     if match(msg):
                         del box[i]
                         self._scanned = 0
+                        if n <= self.watch_below + 1:
+                            self.node.mailboxes.drained(self)
                         return msg
                     i += 1
                 self._scanned = n
@@ -150,11 +172,14 @@ class Process:
                     timer.cancel()
 
     def send(self, dest: Any, message: Any) -> None:
-        """Send ``message`` to a pid, a local name or ``(name, node)``. Never blocks."""
+        """Send ``message`` to a pid, a local name or ``(name, node)``. Never blocks;
+        raises :class:`~fabric.errors.BackpressureError` when the peer's buffer is full,
+        :class:`~fabric.errors.MailboxFullError` when the destination's mailbox is."""
         self.node.send(dest, message)
 
     async def send_wait(self, dest: Any, message: Any) -> None:
-        """Like :meth:`send`, but waits for room when the peer's buffer is full."""
+        """Like :meth:`send`, but waits for room when the peer's buffer or the
+        destination's mailbox is full."""
         await self.node.send_wait(dest, message)
 
     # -- links and monitors ---------------------------------------------------------------
