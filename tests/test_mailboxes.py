@@ -91,6 +91,25 @@ async def test_send_wait_waits_until_the_mailbox_is_down_to_half() -> None:
 
 
 @async_test
+async def test_send_wait_to_a_global_name_waits_on_the_process_it_names() -> None:
+    async with cluster(1) as (a,):
+        box = a.new_mailbox(mailbox_limit=2)
+        assert await a.global_.register_name("box", box.self) == "yes"
+        name = fabric.GlobalName("box")
+        a.send(name, 1)
+        a.send(name, 2)
+        with pytest.raises(MailboxFullError) as info:
+            a.send(name, 3)
+        assert info.value.dest == box.self
+        waiting = asyncio.ensure_future(a.send_wait(name, 3))
+        await asyncio.sleep(0.05)  # a waiter that spun instead would have starved this
+        assert not waiting.done() and a.metrics["mailbox_refused"] == 2
+        assert await box.receive() == 1
+        await asyncio.wait_for(waiting, 5)
+        assert list(box.mailbox) == [2, 3]
+
+
+@async_test
 async def test_a_local_call_to_a_full_server_waits_within_its_timeout() -> None:
     class Echo(fabric.GenServer):
         async def handle_call(self, request: Any, from_: fabric.From) -> Any:

@@ -493,8 +493,8 @@ class Node:
                         # instead of queueing up to the limit in one go.
                         await asyncio.sleep(0)
                 return
-            except MailboxFullError:
-                await self.mailboxes.wait_for_room(dest)
+            except MailboxFullError as exc:
+                await self.mailboxes.wait_for_room(exc.dest)  # the pid a GlobalName named
             except BackpressureError as exc:
                 if not await self.channels.wait_for_room(exc.node):
                     return
