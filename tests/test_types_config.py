@@ -237,6 +237,7 @@ def test_from_env_reads_every_kind_of_field() -> None:
         "FABRIC_RECONNECT_MAX_BACKOFF": "0.5",
         "FABRIC_MAX_FRAME": "1024",
         "FABRIC_OUTBOUND_LIMIT": "10",
+        "FABRIC_MAILBOX_LIMIT": "13",
         "FABRIC_SNDHWM": "11",
         "FABRIC_RCVHWM": "12",
         "FABRIC_DRAIN_TIMEOUT": "3",
@@ -247,7 +248,7 @@ def test_from_env_reads_every_kind_of_field() -> None:
         port_range=(9000, 9010), pub_port=9500, bind_host="0.0.0.0", hidden=True,
         heartbeat_interval=0.25, heartbeat_timeout=2.0, handshake_timeout=4.5,
         reconnect_window=0.0, reconnect_max_backoff=0.5, max_frame=1024, outbound_limit=10,
-        sndhwm=11, rcvhwm=12, drain_timeout=3.0,
+        mailbox_limit=13, sndhwm=11, rcvhwm=12, drain_timeout=3.0,
         allow_remote_spawn=frozenset({"app.a:f", "app.b:g"}))
     assert type(cfg.heartbeat_timeout) is float and type(cfg.max_frame) is int
     assert type(cfg.reconnect_window) is float
@@ -258,8 +259,8 @@ def test_every_field_has_an_env_variable() -> None:
     names = {f.name for f in dataclasses.fields(NodeConfig)}
     tested = {"port_range", "pub_port", "bind_host", "hidden", "heartbeat_interval",
               "heartbeat_timeout", "handshake_timeout", "reconnect_window",
-              "reconnect_max_backoff", "max_frame", "outbound_limit", "sndhwm", "rcvhwm",
-              "drain_timeout", "allow_remote_spawn"}
+              "reconnect_max_backoff", "max_frame", "outbound_limit", "mailbox_limit", "sndhwm",
+              "rcvhwm", "drain_timeout", "allow_remote_spawn"}
     assert names == tested
 
 
