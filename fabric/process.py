@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from fabric.errors import ReceiveTimeout
+from fabric.protocol.flow import high_water
 from fabric.types import Pid, Ref
 
 if TYPE_CHECKING:
@@ -85,9 +86,11 @@ class Process:
         self.self: Pid = pid  # Erlang's self()
         self.trap_exits = False
         self.mailbox: deque[Any] = deque()
-        # The bound of the mailbox (DECISIONS D23; the node's Mailboxes enforce it).
-        self.mailbox_limit: int = (node.config.mailbox_limit if mailbox_limit is None
-                                   else mailbox_limit)
+        # The bound of the mailbox (DECISIONS D23; the node's Mailboxes enforce it), and
+        # its high-water mark, kept with it: a delivery from a peer compares with it.
+        self.mailbox_limit = self.busy_at = 0
+        self.set_mailbox_limit(node.config.mailbox_limit if mailbox_limit is None
+                               else mailbox_limit)
         # While a sender waits for room (or a peer was told "busy"): the length at or
         # below which taking a message tells the node (node.mailboxes.drained). -1: none.
         self.watch_below = -1
@@ -170,6 +173,11 @@ class Process:
                 self._waiter = None
                 if timer is not None:
                     timer.cancel()
+
+    def set_mailbox_limit(self, limit: int) -> None:
+        """Bound the mailbox to ``limit`` messages (read it as ``mailbox_limit``)."""
+        self.mailbox_limit = limit
+        self.busy_at = high_water(limit)
 
     def send(self, dest: Any, message: Any) -> None:
         """Send ``message`` to a pid, a local name or ``(name, node)``. Never blocks;

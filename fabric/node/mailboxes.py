@@ -51,7 +51,6 @@ from fabric.protocol.flow import (
     InboundFlow,
     OutboundFlow,
     Relieved,
-    high_water,
     is_system,
     low_water,
 )
@@ -126,10 +125,10 @@ class Mailboxes:
         if type(pid) is Pid and pid[2] == self.creation and pid[0] == self.name:
             proc = self._procs.get(pid[1])
             if proc is not None:
-                if len(proc.mailbox) >= high_water(proc.mailbox_limit):
-                    self._crowded(peer, proc, pid, message)
-                else:
+                if len(proc.mailbox) < proc.busy_at:
                     proc.deliver(message)
+                else:
+                    self._crowded(peer, proc, pid, message)
                 return
         self._metrics.undeliverable += 1
 
@@ -139,7 +138,7 @@ class Mailboxes:
         proc = self._procs.get(pid[1]) if pid is not None else None
         if proc is None:
             self._metrics.undeliverable += 1
-        elif len(proc.mailbox) >= high_water(proc.mailbox_limit):
+        elif len(proc.mailbox) >= proc.busy_at:
             self._crowded(peer, proc, name, message)
         else:
             proc.deliver(message)

@@ -15,7 +15,6 @@ from fabric.errors import MailboxFullError
 from fabric.testing import async_wait_until
 from fabric.testing.cluster import LocalCluster, NodeProcess
 
-FAST = dict(heartbeat_interval=0.1, heartbeat_timeout=0.6)
 FLOOD_S = 4.0  # how long the peer sends flat out at the process that does not read
 PAYLOAD = b"x" * 200
 # What the receiving node's peak RSS may grow by during the flood: a full mailbox of
@@ -36,11 +35,11 @@ def rss(pid: int, field: str = "VmRSS") -> int:
 @pytest.mark.procs
 @pytest.mark.io
 def test_a_process_that_never_reads_bounds_its_nodes_memory_os_process() -> None:
-    with NodeProcess("victim", spawn_echo=True, **FAST) as victim:
+    with NodeProcess("victim", spawn_echo=True) as victim:  # default heartbeats
         victim.wait_ready()
 
         async def body() -> None:
-            async with LocalCluster(1, **FAST) as (local,):
+            async with LocalCluster(1) as (local,):
                 assert await local.connect(victim.name)
                 box = local.new_mailbox()
                 gate = local.new_mailbox()
