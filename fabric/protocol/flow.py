@@ -18,7 +18,9 @@ push back through TCP. Instead it tells the sending *node*, XON/XOFF style:
 * When the process has taken enough messages to be at or below its :func:`low_water`
   mark (half the limit), or when it ends, every peer told gets ``[K_CTRL, "room", dest,
   dropped]``: ``dropped`` is how many of that peer's messages to ``dest`` were dropped
-  since the ``busy`` notice (the ``busy`` notice carries the drops before it: 1 or 0).
+  since the last notice (the first ``busy`` carries the drops before it: 1 or 0). While
+  the mailbox stays full, every :data:`REPORT_EVERY` drops are reported in a repeated
+  ``busy``, so the sender's node hears of them even if the process never reads again.
 * The sending node's :class:`OutboundFlow` marks ``dest`` congested on ``busy`` and
   releases it on ``room`` or when the session ends: meanwhile a plain send to it is
   refused (``MailboxFullError``) and ``send_wait`` waits; every reported drop is counted
@@ -48,6 +50,7 @@ __all__ = [
     "BUSY",
     "FLOW_OPS",
     "MAX_CONGESTED_PER_PEER",
+    "REPORT_EVERY",
     "ROOM",
     "Congested",
     "InboundFlow",
@@ -64,6 +67,9 @@ FLOW_OPS: Final = frozenset({BUSY, ROOM})
 # A peer may declare at most this many of its destinations congested at once: what a
 # peer can make this node hold stays bounded (beyond it, notices are malformed input).
 MAX_CONGESTED_PER_PEER: Final = 100_000
+# Drops are reported in the "room" notice, and in a repeated "busy" every this many, so a
+# sender's node hears of them even while the process does not read at all.
+REPORT_EVERY: Final = 1000
 _MAX_COUNT: Final = (1 << 63) - 1
 _SYSTEM_TAGS: Final = frozenset({REPLY_TAG, STOP_TAG})
 
@@ -109,9 +115,10 @@ class InboundFlow:
     """The receiving side: for each local process (by id) that crossed its high-water
     mark, the peers told ``busy`` and how many of their messages were dropped since."""
 
-    def __init__(self) -> None:
-        # pid id -> {(peer, dest as addressed): messages dropped since the busy notice}
+    def __init__(self, report_every: int = REPORT_EVERY) -> None:
+        # pid id -> {(peer, dest as addressed): messages dropped since the last notice}
         self._told: dict[int, dict[tuple[str, Any], int]] = {}
+        self._report_every = report_every
 
     def watching(self, pid_id: int) -> bool:
         """True while some peer was told that process ``pid_id`` is busy."""
@@ -133,8 +140,12 @@ class InboundFlow:
         if count is None:
             told[key] = 0
             return [Control(peer, [K_CTRL, BUSY, dest, 1 if dropped else 0])]
-        if dropped:
-            told[key] = count + 1
+        if not dropped:
+            return []
+        if count + 1 >= self._report_every:  # a full mailbox that never drains: report
+            told[key] = 0
+            return [Control(peer, [K_CTRL, BUSY, dest, count + 1])]
+        told[key] = count + 1
         return []
 
     def drained(self, pid_id: int) -> list[Control]:

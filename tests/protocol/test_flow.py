@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from fabric.calls import REPLY, STOP
 from fabric.protocol.flow import (
     BUSY,
+    REPORT_EVERY,
     ROOM,
     Congested,
     InboundFlow,
@@ -69,6 +70,25 @@ def test_inbound_tells_each_peer_once_and_counts_its_drops() -> None:
     assert not flow.watching(5) and flow.drained(5) == []
     # A new episode starts with a new busy notice.
     assert flow.crowded(5, A, P, dropped=True) == [Control(A, [K_CTRL, BUSY, P, 1])]
+
+
+def test_inbound_reports_drops_every_so_often_while_the_mailbox_stays_full() -> None:
+    flow = InboundFlow()
+    assert flow.crowded(5, A, P, dropped=True) == [Control(A, [K_CTRL, BUSY, P, 1])]
+    for _ in range(REPORT_EVERY - 1):
+        assert flow.crowded(5, A, P, dropped=True) == []
+    assert flow.crowded(5, A, P, dropped=True) == [Control(A, [K_CTRL, BUSY, P, REPORT_EVERY])]
+    assert flow.crowded(5, A, P, dropped=True) == []
+    assert flow.crowded(5, A, P, dropped=False) == []  # admitted: nothing to report
+    assert flow.drained(5) == [Control(A, [K_CTRL, ROOM, P, 1])]
+    # The sending side adds a repeated busy to the episode's count.
+    out = OutboundFlow()
+    out.on_notice(B, 2, [K_CTRL, BUSY, P, 1])
+    assert out.on_notice(B, 2, [K_CTRL, BUSY, P, REPORT_EVERY]) == [
+        Congested(B, P, REPORT_EVERY)]
+    assert out.dropped(P) == REPORT_EVERY + 1
+    assert out.on_notice(B, 2, [K_CTRL, ROOM, P, 1]) == [
+        Relieved(B, P, 1, REPORT_EVERY + 2)]
 
 
 def test_inbound_forgets_a_peer_at_nodedown() -> None:
@@ -131,12 +151,12 @@ class Model:
     with a delay in steps. B runs InboundFlow, A runs OutboundFlow, exactly as the nodes
     do (fabric.node.mailboxes)."""
 
-    def __init__(self, limit: int, delay: int) -> None:
+    def __init__(self, limit: int, delay: int, report_every: int) -> None:
         self.limit = limit
         self.delay = delay
         self.to_b: deque[tuple[int, int]] = deque()  # (arrival step, message number)
         self.to_a: deque[tuple[int, list[Any]]] = deque()
-        self.inbound = InboundFlow()
+        self.inbound = InboundFlow(report_every)
         self.outbound = OutboundFlow()
         self.mailbox: deque[int] = deque()
         self.received: list[int] = []
@@ -187,15 +207,15 @@ class Model:
 
 
 @settings(max_examples=60, deadline=None)
-@given(limit=st.integers(1, 50), delay=st.integers(0, 8),
+@given(limit=st.integers(1, 50), delay=st.integers(0, 8), report_every=st.integers(1, 20),
        script=st.lists(st.tuples(st.integers(0, 12), st.integers(0, 12)), min_size=1,
                        max_size=80))
 def test_model_bound_holds_and_every_message_is_accounted_for(
-        limit: int, delay: int, script: list[tuple[int, int]]) -> None:
+        limit: int, delay: int, report_every: int, script: list[tuple[int, int]]) -> None:
     """Whatever the rates and the delay: the mailbox never exceeds its limit, and once
     the streams are quiet every message sent is received or dropped, and every drop was
     reported to the sender's node; refused sends never left."""
-    model = Model(limit, delay)
+    model = Model(limit, delay, report_every)
     for sends, reads in script:
         for _ in range(sends):
             model.send()
