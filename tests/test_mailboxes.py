@@ -229,22 +229,29 @@ async def test_a_named_destination_is_told_by_name_and_released_when_it_ends() -
 
 @async_test
 async def test_a_remote_call_to_a_busy_server_waits_for_room_or_times_out() -> None:
+    unblock = asyncio.Event()
+
     class Slow(fabric.GenServer):
         async def handle_call(self, request: Any, from_: fabric.From) -> Any:
             return request
 
         async def handle_info(self, msg: Any) -> None:
-            await asyncio.Event().wait()  # stuck on the first info message
+            await unblock.wait()  # stuck until the test lets it go on
 
     async with cluster(2) as (a, b):
         pid = await Slow.start(b, mailbox_limit=4)
-        for i in range(5):
-            a.send(pid, i)
+        for i in range(6):
+            a.send(pid, i)  # from 3 queued: busy; from 4: dropped (one is then stuck)
         await wait_until(lambda: a.mailboxes.is_congested(pid), 5, "busy")
         with pytest.raises(CallTimeout):
-            await fabric.call(a, pid, "ping", timeout=0.2)
-        b.exit(pid, "kill")
-        await wait_until(lambda: not a.mailboxes.is_congested(pid), 5, "room at its end")
+            await fabric.call(a, pid, "ping", timeout=0.2)  # never sent: it waited
+        pending = asyncio.ensure_future(fabric.call(a, pid, "pong", timeout=5))
+        await asyncio.sleep(0.05)
+        assert not pending.done()
+        unblock.set()  # the server reads again: room, and the waiting call goes out
+        assert await asyncio.wait_for(pending, 5) == "pong"
+        assert not a.mailboxes.is_congested(pid)
+        assert a.metrics["dropped_by_peers"] == b.metrics["mailbox_dropped"] >= 1
 
 
 @async_test
