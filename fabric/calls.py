@@ -255,6 +255,11 @@ async def call(
         if where != node.name:
             if not node.mesh.is_up(where):
                 await ensure_connected(node, where, timeout)
+            if node.mailboxes.congested and target in node.mailboxes.congested:
+                # Its node reported its mailbox full: wait for room, within the timeout
+                # (a local call waits the same way, in send_wait; DECISIONS D23).
+                await asyncio.wait_for(node.mailboxes.wait_for_room(target),
+                                       _left(loop, deadline))
             # The monitor and the request travel as one message (see fabric.node.signals),
             # checked for encodability as it is sent.
             ref, unsent = node.signals.call_send(proc, target, request)

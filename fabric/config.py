@@ -50,6 +50,10 @@ class NodeConfig:
         max_frame: the largest frame accepted from the network, bytes.
         outbound_limit: messages queued for one peer before sends are refused (or
             ``send_wait`` suspends): Erlang's dist buffer busy limit.
+        mailbox_limit: messages a process's mailbox holds before sends to it are
+            refused (``MailboxFullError``; ``send_wait`` waits) and messages from other
+            nodes are dropped, counted and reported to their node (``spawn`` takes a
+            per-process value; see DECISIONS D23).
         sndhwm / rcvhwm: ZeroMQ high-water marks, in frames.
         drain_timeout: how long a graceful stop waits for peers to acknowledge.
         allow_remote_spawn: module:function names remote nodes may spawn or rpc,
@@ -72,6 +76,7 @@ class NodeConfig:
     reconnect_give_up: float = 0.0
     max_frame: int = 64 * 1024 * 1024
     outbound_limit: int = 100_000
+    mailbox_limit: int = 10_000
     sndhwm: int = 10_000
     rcvhwm: int = 10_000
     drain_timeout: float = 2.0
@@ -105,7 +110,7 @@ class NodeConfig:
         for name in ("reconnect_window", "reconnect_give_up"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0")
-        for name in ("max_frame", "outbound_limit", "sndhwm", "rcvhwm"):
+        for name in ("max_frame", "outbound_limit", "mailbox_limit", "sndhwm", "rcvhwm"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
         if not isinstance(self.discovery, str):

@@ -16,6 +16,7 @@ __all__ = [
     "FabricError",
     "FabricTimeout",
     "LocalProtocolError",
+    "MailboxFullError",
     "NameConflictError",
     "NodeDownError",
     "NotExportedError",
@@ -124,6 +125,31 @@ class BackpressureError(FabricError):
         super().__init__(f"outbound buffer to {node} is full ({queued} messages queued)")
         self.node = node
         self.queued = queued
+
+
+class MailboxFullError(BackpressureError):
+    """Raised by a non-waiting send when the destination process's mailbox is full: a
+    local process at its ``mailbox_limit``, or a process on another node whose node
+    reported it busy (PROTOCOL.md section 6.2, ``busy``). ``send_wait`` waits for room
+    instead.
+
+    Attributes:
+        dest: the destination as addressed (a pid, a name, or ``(name, node)``).
+        node: the node the process lives on.
+        queued: its mailbox length (-1 when it lives on another node).
+        dropped: messages to ``dest`` its node reported dropped in this episode (the
+            ones that were already on their way when the mailbox filled up).
+    """
+
+    def __init__(self, dest: object, node: str, queued: int = -1, dropped: int = 0) -> None:
+        FabricError.__init__(
+            self, f"mailbox of {dest!r} is full"
+            + (f" ({queued} messages)" if queued >= 0 else f" (reported by {node})")
+            + (f"; {dropped} messages to it were dropped" if dropped else ""))
+        self.dest = dest
+        self.node = node
+        self.queued = queued
+        self.dropped = dropped
 
 
 class RemoteError(FabricError):

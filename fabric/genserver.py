@@ -147,6 +147,7 @@ class GenServer:
         name: str | None = None,
         link_to: Process | None = None,
         timeout: float | None = 5.0,
+        mailbox_limit: int | None = None,
     ) -> Pid:
         """Spawn a server on ``node`` and wait until its :meth:`init` has returned.
 
@@ -158,6 +159,9 @@ class GenServer:
                 ``call(other_node, (name, node.name), ...)`` reach it.
             link_to: link the server to this process (Erlang's ``start_link``).
             timeout: seconds ``init`` may take; None waits forever.
+            mailbox_limit: the bound of the server's mailbox (default: the node's
+                ``mailbox_limit``); calls to a full one wait for room, within their
+                timeout.
 
         Returns:
             The server's pid.
@@ -171,7 +175,8 @@ class GenServer:
         server = cls()
         started: asyncio.Future[None] = node.loop.create_future()
         pid = node.spawn(_serve, server, args, name, started,
-                         None if link_to is None else link_to.self, link_to=link_to)
+                         None if link_to is None else link_to.self, link_to=link_to,
+                         mailbox_limit=mailbox_limit)
         try:
             await asyncio.wait_for(asyncio.shield(started), timeout)
         except asyncio.TimeoutError:

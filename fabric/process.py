@@ -8,6 +8,14 @@ selective receive: it takes the first message that ``match`` accepts and leaves 
 in order. Messages that arrive while a receive waits wake it once per delivery burst, and
 the receive scans only the messages it has not seen, so a long mailbox is not rescanned.
 
+The mailbox is bounded: ``mailbox_limit`` messages (NodeConfig default 10,000, or per
+process at ``spawn``). The node enforces it on delivery (:mod:`fabric.node.mailboxes`): a
+local send to a full mailbox raises ``MailboxFullError`` (``send_wait`` waits), a message
+from another node is dropped, counted and reported to that node, which then refuses sends
+to this process until it has room (DECISIONS D23). Signals (``Down``, ``Exit``) and call
+replies are never refused. While a sender waits, ``receive`` tells the node once the
+mailbox is down to ``watch_below`` messages.
+
 A process ends with a reason: ``"normal"`` when its function returns, ``"killed"`` when
 killed, the value given to :meth:`Process.exit`, or ``("error", type_name, message)``
 when it raised (the traceback is logged). Monitors then receive ``Down(ref, pid, reason)``
@@ -26,6 +34,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from fabric.errors import ReceiveTimeout
+from fabric.protocol.flow import high_water
 from fabric.protocol.processes import KILLED as KILLED  # re-exported: the runtime uses it
 from fabric.protocol.processes import NORMAL, Down, Exit, ProcessState
 from fabric.types import Pid, Ref
@@ -58,11 +67,19 @@ class Process(ProcessState):
     processes.ProcessCore` (``trap_exits``, ``links``, ``monitors``, ``monitored_by``,
     ``names``: see :class:`~fabric.protocol.processes.ProcessState`), kept once."""
 
-    def __init__(self, node: Node, pid: Pid) -> None:
+    def __init__(self, node: Node, pid: Pid, mailbox_limit: int | None = None) -> None:
         ProcessState.__init__(self, pid)
         self.node = node
         self.self: Pid = pid  # Erlang's self()
         self.mailbox: deque[Any] = deque()
+        # The bound of the mailbox (DECISIONS D23; the node's Mailboxes enforce it), and
+        # its high-water mark, kept with it: a delivery from a peer compares with it.
+        self.mailbox_limit = self.busy_at = 0
+        self.set_mailbox_limit(node.config.mailbox_limit if mailbox_limit is None
+                               else mailbox_limit)
+        # While a sender waits for room (or a peer was told "busy"): the length at or
+        # below which taking a message tells the node (node.mailboxes.drained). -1: none.
+        self.watch_below = -1
         self._scanned = 0  # mailbox[:_scanned] were rejected by the current receive
         self._waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[Any] | None = None
@@ -96,13 +113,19 @@ class Process(ProcessState):
         """
         box = self.mailbox
         if match is None and box:
-            return box.popleft()
+            msg = box.popleft()
+            if len(box) <= self.watch_below:
+                self.node.mailboxes.drained(self)
+            return msg
         self._scanned = 0
         deadline = None if timeout is None else self.node.loop.time() + timeout
         while True:
             if match is None:
                 if box:
-                    return box.popleft()
+                    msg = box.popleft()
+                    if len(box) <= self.watch_below:
+                        self.node.mailboxes.drained(self)
+                    return msg
             else:
                 i = self._scanned
                 n = len(box)
@@ -111,6 +134,8 @@ class Process(ProcessState):
                     if match(msg):
                         del box[i]
                         self._scanned = 0
+                        if n <= self.watch_below + 1:
+                            self.node.mailboxes.drained(self)
                         return msg
                     i += 1
                 self._scanned = n
@@ -131,12 +156,20 @@ class Process(ProcessState):
                 if timer is not None:
                     timer.cancel()
 
+    def set_mailbox_limit(self, limit: int) -> None:
+        """Bound the mailbox to ``limit`` messages (read it as ``mailbox_limit``)."""
+        self.mailbox_limit = limit
+        self.busy_at = high_water(limit)
+
     def send(self, dest: Any, message: Any) -> None:
-        """Send ``message`` to a pid, a local name or ``(name, node)``. Never blocks."""
+        """Send ``message`` to a pid, a local name or ``(name, node)``. Never blocks;
+        raises :class:`~fabric.errors.BackpressureError` when the peer's buffer is full,
+        :class:`~fabric.errors.MailboxFullError` when the destination's mailbox is."""
         self.node.send(dest, message)
 
     async def send_wait(self, dest: Any, message: Any) -> None:
-        """Like :meth:`send`, but waits for room when the peer's buffer is full."""
+        """Like :meth:`send`, but waits for room when the peer's buffer or the
+        destination's mailbox is full."""
         await self.node.send_wait(dest, message)
 
     # -- links and monitors ---------------------------------------------------------------

@@ -242,6 +242,7 @@ def test_from_env_reads_every_kind_of_field() -> None:
         "FABRIC_RECONNECT_GIVE_UP": "600",
         "FABRIC_MAX_FRAME": "1024",
         "FABRIC_OUTBOUND_LIMIT": "10",
+        "FABRIC_MAILBOX_LIMIT": "13",
         "FABRIC_SNDHWM": "11",
         "FABRIC_RCVHWM": "12",
         "FABRIC_DRAIN_TIMEOUT": "3",
@@ -254,7 +255,7 @@ def test_from_env_reads_every_kind_of_field() -> None:
         heartbeat_interval=0.25, heartbeat_timeout=2.0, handshake_timeout=4.5,
         reconnect_window=0.0, reconnect_max_backoff=0.5, reconnect_idle_backoff=7.0,
         reconnect_give_up=600.0, max_frame=1024, outbound_limit=10,
-        sndhwm=11, rcvhwm=12, drain_timeout=3.0,
+        mailbox_limit=13, sndhwm=11, rcvhwm=12, drain_timeout=3.0,
         allow_remote_spawn=frozenset({"app.a:f", "app.b:g"}),
         discovery="gossip:port=45900;hosts:path=/etc/fabric/hosts")
     assert type(cfg.heartbeat_timeout) is float and type(cfg.max_frame) is int
@@ -267,7 +268,7 @@ def test_every_field_has_an_env_variable() -> None:
     tested = {"port_range", "pub_port", "bind_host", "hidden", "heartbeat_interval",
               "heartbeat_timeout", "handshake_timeout", "reconnect_window",
               "reconnect_max_backoff", "reconnect_idle_backoff", "reconnect_give_up",
-              "max_frame", "outbound_limit", "sndhwm", "rcvhwm",
+              "max_frame", "outbound_limit", "mailbox_limit", "sndhwm", "rcvhwm",
               "drain_timeout", "allow_remote_spawn", "discovery"}
     assert names == tested
 

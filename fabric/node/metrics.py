@@ -49,6 +49,19 @@ class Metrics(Mapping[str, int]):
     topic_in: int = 0
     # ServiceHost: publications under a service's topic prefix that did not decode.
     bad_publish: int = 0
+    # Mailboxes (DECISIONS D23): sends refused with MailboxFullError (a full local
+    # mailbox, or a remote destination reported busy).
+    mailbox_refused: int = 0
+    # Mailboxes: messages from peers dropped at a full mailbox (their node is told how
+    # many in the "room" notice).
+    mailbox_dropped: int = 0
+    # Mailboxes: group broadcast deliveries dropped at a full mailbox (nobody to tell).
+    broadcast_dropped: int = 0
+    # Mailboxes: "busy" notices sent to peers, and received from them.
+    busy_sent: int = 0
+    busy_received: int = 0
+    # Mailboxes: messages this node sent that peers reported dropped at a full mailbox.
+    dropped_by_peers: int = 0
     # The mesh core's counters, shown under these names (owned by the core).
     mesh_stats: MeshStats | None = None
 

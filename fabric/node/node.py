@@ -9,6 +9,8 @@ collaborators it uses:
 * :class:`~fabric.node.sockets.Sockets`: the context, the ROUTER, the PUB and the SUBs;
 * :class:`~fabric.node.channels.Channels`: one DEALER and ordered queue per peer;
 * :class:`~fabric.node.processes.ProcessTable`: local processes and names;
+* :class:`~fabric.node.mailboxes.Mailboxes`: delivery under the mailbox bound, flow
+  control with peers;
 * :class:`~fabric.node.signals.Signals`: links, monitors, exits, calls' monitors;
 * :class:`~fabric.node.services.ServiceHost`: service cores (pg, global...);
 * :class:`~fabric.node.reactor.Reactor`: reads the sockets and dispatches what they carry;
@@ -37,6 +39,7 @@ from fabric.errors import (
     BackpressureError,
     ConfigError,
     LocalProtocolError,
+    MailboxFullError,
     NodeDownError,
 )
 from fabric.exports import resolve_export
@@ -44,6 +47,7 @@ from fabric.global_ import Global
 from fabric.logs import get_logger
 from fabric.node.channels import Channels
 from fabric.node.effects import EffectExecutor
+from fabric.node.mailboxes import Mailboxes
 from fabric.node.metrics import Metrics
 from fabric.node.processes import ProcessFn, ProcessTable
 from fabric.node.reactor import Reactor
@@ -56,6 +60,7 @@ from fabric.process import NORMAL, Process
 from fabric.protocol import mesh as m
 from fabric.protocol.codec import Codec
 from fabric.protocol.effects import Log
+from fabric.protocol.flow import is_system
 from fabric.protocol.messages import K_REG_SEND, K_SEND, K_SEND_TUPLE
 from fabric.timeouts import wait_for
 from fabric.types import GlobalName, Pid, Ref, parse_node_name
@@ -223,11 +228,14 @@ class Node:
                                          self.creation)
         signals.attach(executor)
         table.bind(self.name, self.creation, loop, self.log, signals.exited, executor)
+        self.mailboxes = mailboxes = Mailboxes(table, mesh, executor, metrics, self.log,
+                                               self.name, self.creation)
         self.reactor = reactor = Reactor(loop, sockets, mesh, self.codec, executor, metrics,
-                                         self.log, table, signals, services)
+                                         self.log, mailboxes, signals, services)
         channels.attach(executor, reactor)
-        self._deliver_pid = table.deliver_pid
-        self._deliver_name = table.deliver_name
+        self._send_local = mailboxes.send_local
+        self._send_local_name = mailboxes.send_local_name
+        self._congested = mailboxes.congested  # read on every remote send
         # The mesh core's session events: the node tells the objects concerned.
         executor.register(m.PeerUp, self._on_peer_up)
         executor.register(m.PeerDown, self._on_peer_down)
@@ -407,14 +415,17 @@ class Node:
         return self.processes.is_alive(pid)
 
     def spawn(self, fn: ProcessFn, *args: Any, link_to: Process | None = None,
-              name: str | None = None) -> Pid:
-        """Start ``async def fn(proc, *args)`` as a local process; returns its pid."""
-        self._require_started()
-        return self.processes.spawn(fn, args, link_to, name)
+              name: str | None = None, mailbox_limit: int | None = None) -> Pid:
+        """Start ``async def fn(proc, *args)`` as a local process; returns its pid.
 
-    def new_mailbox(self) -> Process:
+        ``mailbox_limit``: the most messages its mailbox holds (default: the config's
+        ``mailbox_limit``); see :class:`~fabric.errors.MailboxFullError`."""
+        self._require_started()
+        return self.processes.spawn(fn, args, link_to, name, mailbox_limit)
+
+    def new_mailbox(self, mailbox_limit: int | None = None) -> Process:
         """A process without a task: a mailbox for code outside any process (calls)."""
-        return self.processes.new_mailbox()
+        return self.processes.new_mailbox(mailbox_limit)
 
     def close_mailbox(self, proc: Process) -> None:
         if proc.alive:
@@ -464,13 +475,17 @@ class Node:
     def send(self, dest: Any, message: Any) -> None:
         """Send to a pid, a local name, or ``(name, node)``. Never blocks; never raises for
         a dead or unknown destination (as in Erlang), but raises
-        :class:`BackpressureError` when the peer's outbound buffer is full."""
+        :class:`BackpressureError` when the peer's outbound buffer is full, and its
+        subclass :class:`MailboxFullError` when the destination's mailbox is full (a
+        local one, or one its node reported busy)."""
         t = type(dest)
         if t is Pid:
             node = dest[0]
             if node == self.name:
-                self._deliver_pid(dest, message)
+                self._send_local(dest, message)
             else:
+                if self._congested and dest in self._congested and not is_system(message):
+                    raise self.mailboxes.refused(dest)
                 envelope = ([K_SEND_TUPLE, dest, *message] if type(message) is tuple
                             else [K_SEND, dest, message])
                 ch = self._by_peer.get(node)
@@ -479,7 +494,7 @@ class Node:
                 else:
                     self.channels.push(node, envelope)
         elif t is str:
-            self._deliver_name(dest, message)
+            self._send_local_name(dest, message)
         elif t is GlobalName:
             pid = self.global_.whereis_name(dest.name)
             if pid is None:
@@ -489,14 +504,18 @@ class Node:
         elif t is tuple and len(dest) == 2:
             name, node = dest
             if node == self.name:
-                self._deliver_name(name, message)
+                self._send_local_name(name, message)
             else:
+                if self._congested and dest in self._congested and not is_system(message):
+                    raise self.mailboxes.refused(dest)
                 self.channels.push(node, [K_REG_SEND, name, message])
         else:
             raise LocalProtocolError(f"cannot send to {dest!r}: not a pid, name or (name, node)")
 
     async def send_wait(self, dest: Any, message: Any) -> None:
-        """Like :meth:`send`, but waits for room in the peer's buffer instead of raising."""
+        """Like :meth:`send`, but waits for room in the peer's buffer or in the
+        destination's mailbox instead of raising (wrap it in ``asyncio.wait_for`` to
+        bound the wait: a process that never reads never makes room)."""
         while True:
             try:
                 self.send(dest, message)
@@ -507,6 +526,8 @@ class Node:
                         # instead of queueing up to the limit in one go.
                         await asyncio.sleep(0)
                 return
+            except MailboxFullError as exc:
+                await self.mailboxes.wait_for_room(exc.dest)  # the pid a GlobalName named
             except BackpressureError as exc:
                 if not await self.channels.wait_for_room(exc.node):
                     return
@@ -552,6 +573,7 @@ class Node:
         if not eff.hidden:
             self._notify(NodeDown(eff.peer, eff.reason))
         self.signals.nodedown(eff.peer, eff.reason)
+        self.mailboxes.nodedown(eff.peer)
         self.services.nodedown(eff.peer, eff.reason)
 
     def _on_connect_done(self, service: str, eff: m.ConnectDone) -> None:

@@ -11,7 +11,10 @@ hands the process and its exit reason to the exit handler the node's wiring gave
 
 Delivery to a local pid is the hot path of every message: :meth:`deliver_pid` indexes the
 pid tuple directly and counts what reaches nobody (``undeliverable``), as Erlang drops it.
-A pid of another creation (from before a restart) reaches nothing.
+A pid of another creation (from before a restart) reaches nothing. It ignores the
+mailbox bound: it carries what the node itself delivers (services' notifications, a local
+call's reply); messages that users send go through :class:`fabric.node.mailboxes.
+Mailboxes`, which enforces the bound.
 
 Low-level interface (documented in ARCHITECTURE.md): :meth:`get`, :meth:`count`,
 :meth:`pids`, :meth:`deliver_pid`, :meth:`deliver_name`, :meth:`make_ref`,
@@ -30,7 +33,7 @@ from fabric.errors import ConfigError, LocalProtocolError, NameConflictError
 from fabric.node.effects import EffectExecutor
 from fabric.node.metrics import Metrics
 from fabric.process import KILLED, NORMAL, Process, ProcessExit, exception_reason
-from fabric.protocol.effects import Deliver, DeliverMany
+from fabric.protocol.effects import Deliver
 from fabric.types import Pid, Ref
 
 if TYPE_CHECKING:
@@ -68,7 +71,7 @@ class ProcessTable:
         self._log = log
         self._exited = exited
         executor.register(Deliver, self._on_deliver)
-        executor.register(DeliverMany, self._on_deliver_many)
+        # DeliverMany (group broadcasts: user messages) is bounded: fabric.node.mailboxes.
 
     # -- identifiers ----------------------------------------------------------------------
 
@@ -117,14 +120,16 @@ class ProcessTable:
         self._procs.pop(proc.self[1], None)
         for name in proc.names:
             self._names.pop(name, None)
+        if proc.watch_below >= 0:  # senders wait for its room: it will never come
+            self._node.mailboxes.released(proc)
 
     # -- spawning -------------------------------------------------------------------------
 
     def spawn(self, fn: ProcessFn, args: tuple[Any, ...], link_to: Process | None = None,
-              name: str | None = None) -> Pid:
+              name: str | None = None, mailbox_limit: int | None = None) -> Pid:
         """Start ``async def fn(proc, *args)`` as a local process; returns its pid."""
         pid = self.new_pid()
-        proc = Process(self._node, pid)
+        proc = Process(self._node, pid, _checked_limit(mailbox_limit))
         self._procs[pid[1]] = proc
         if name is not None:
             self.register(name, pid)
@@ -135,9 +140,9 @@ class ProcessTable:
         proc.task = self._loop.create_task(self._run(proc, fn, args))
         return pid
 
-    def new_mailbox(self) -> Process:
+    def new_mailbox(self, mailbox_limit: int | None = None) -> Process:
         """A process without a task: a mailbox for code outside any process (calls)."""
-        proc = Process(self._node, self.new_pid())
+        proc = Process(self._node, self.new_pid(), _checked_limit(mailbox_limit))
         self._procs[proc.self[1]] = proc
         return proc
 
@@ -211,7 +216,9 @@ class ProcessTable:
     def _on_deliver(self, service: str, eff: Deliver) -> None:
         self.deliver_pid(eff.pid, eff.message)
 
-    def _on_deliver_many(self, service: str, eff: DeliverMany) -> None:
-        deliver, message = self.deliver_pid, eff.message
-        for pid in eff.pids:
-            deliver(pid, message)
+
+
+def _checked_limit(limit: int | None) -> int | None:
+    if limit is not None and (type(limit) is not int or limit < 1):
+        raise ConfigError(f"mailbox_limit must be an int >= 1, not {limit!r}")
+    return limit

@@ -6,7 +6,7 @@ Each socket has a :class:`~fabric.transport.zeromq.Reader` that calls one of the
 methods when the socket may be readable (ZeroMQ's descriptor is edge-triggered: a method
 returns False only after it saw no input, True when it stopped early and wants to run
 again). The ROUTER carries every peer's batches (:meth:`Reactor.on_router`, then
-:meth:`Reactor.dispatch` by message kind to the process table, the signals, the service
+:meth:`Reactor.dispatch` by message kind to the mailboxes, the signals, the service
 host or the mesh core); each DEALER carries the handshake replies of its session
 (:meth:`Reactor.on_channel`) and has a monitor socket for connect and disconnect events
 (:meth:`Reactor.on_monitor`); the SUBs carry heartbeats and service topics
@@ -31,13 +31,14 @@ from zmq.utils.monitor import parse_monitor_message
 from fabric.errors import RemoteProtocolError
 from fabric.node.channels import Channel
 from fabric.node.effects import EffectExecutor
+from fabric.node.mailboxes import Mailboxes
 from fabric.node.metrics import Metrics
-from fabric.node.processes import ProcessTable
 from fabric.node.services import ServiceHost
 from fabric.node.signals import Signals
 from fabric.node.sockets import Sockets
 from fabric.protocol import mesh as m
 from fabric.protocol.codec import Codec
+from fabric.protocol.flow import FLOW_OPS
 from fabric.protocol.messages import (
     HEARTBEAT_TOPIC,
     K_CALL,
@@ -71,7 +72,7 @@ class Reactor:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sockets: Sockets, mesh: m.MeshCore,
                  codec: Codec, executor: EffectExecutor, metrics: Metrics,
-                 log: structlog.typing.FilteringBoundLogger, table: ProcessTable,
+                 log: structlog.typing.FilteringBoundLogger, mailboxes: Mailboxes,
                  signals: Signals, services: ServiceHost) -> None:
         self.loop = loop
         self._sockets = sockets
@@ -80,8 +81,9 @@ class Reactor:
         self._run_effects = executor.run
         self.metrics = metrics
         self.log = log
-        self._deliver_pid = table.deliver_pid
-        self._deliver_name = table.deliver_name
+        self._deliver_remote = mailboxes.deliver_remote  # under the mailbox bound
+        self._deliver_remote_name = mailboxes.deliver_remote_name
+        self._on_flow = mailboxes.on_notice
         self._on_service_message = services.on_message
         self._on_topic = services.on_topic_message
         self._on_ctrl = signals.on_ctrl
@@ -171,7 +173,7 @@ class Reactor:
 
     def dispatch(self, peer: str, batch: list[Any], now: float) -> None:
         """Hand each message of an authenticated peer's batch to its owner, in order."""
-        deliver = self._deliver_pid
+        deliver = self._deliver_remote
         for msg in batch:
             if type(msg) is not list:
                 self.metrics.not_a_message += 1
@@ -180,15 +182,18 @@ class Reactor:
             try:
                 kind = msg[0]
                 if kind == K_SEND_TUPLE:
-                    deliver(msg[1], tuple(msg[2:]))
+                    deliver(peer, msg[1], tuple(msg[2:]))
                 elif kind == K_SEND:
-                    deliver(msg[1], msg[2])
+                    deliver(peer, msg[1], msg[2])
                 elif kind == K_REG_SEND:
-                    self._deliver_name(msg[1], msg[2])
+                    self._deliver_remote_name(peer, msg[1], msg[2])
                 elif kind == K_SERVICE:
                     self._on_service_message(peer, msg[1], msg[2], now)
                 elif kind == K_CTRL:
-                    self._on_ctrl(peer, msg)
+                    if msg[1] in FLOW_OPS:  # busy/room: mailbox flow control (D23)
+                        self._on_flow(peer, msg)
+                    else:
+                        self._on_ctrl(peer, msg)
                 elif kind == K_REPLY:
                     self._on_reply(msg)
                 elif kind == K_CALL:

@@ -36,6 +36,7 @@ __all__ = [
     "K_SERVICE",
     "MESH_KINDS",
     "REPLY_TAG",
+    "STOP_TAG",
     "decode_heartbeat",
     "encode_heartbeat",
 ]
@@ -63,6 +64,9 @@ K_REPLY: Final = 7
 # The first item of the tuples GenServer calls and replies travel as (fabric.calls).
 CALL_TAG: Final = "$call"
 REPLY_TAG: Final = "$reply"
+# A GenServer stop request ("$stop", reason) (fabric.calls.STOP): like a reply, never
+# refused by a mailbox's bound (fabric.protocol.flow.is_system).
+STOP_TAG: Final = "$stop"
 
 # Mesh control (handled by the mesh core).
 K_PEERS: Final = 10  # [10, [full node names]]  transitive connect

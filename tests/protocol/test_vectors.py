@@ -177,7 +177,8 @@ def test_every_message_kind_has_a_vector() -> None:
 def test_every_control_op_has_a_vector() -> None:
     ops = {msg[1] for _, hex_ in BATCHES for msg in Codec().decode(unhex(hex_))
            if msg[0] == K_CTRL}
-    assert ops == {"link", "unlink", "exit", "mon", "demon", "down", "spawn", "spawn_reply"}
+    assert ops == {"link", "unlink", "exit", "mon", "demon", "down", "spawn", "spawn_reply",
+                   "busy", "room"}
 
 
 def test_heartbeat_vector_matches_what_the_node_publishes() -> None:
