@@ -7,8 +7,8 @@
 ``ping`` and ``status`` join the cluster as a short-lived *hidden* node (peers do not list
 it and it does not connect to the rest of the mesh), with the cookie from ``--cookie``,
 ``FABRIC_COOKIE`` or ``~/.fabric.cookie``. ``status`` spawns :func:`report` on the target
-(it is exported) and prints its answer: peers, processes, registered names, groups and
-counters.
+(it is exported) and prints its answer: peers, processes, registered names, groups,
+counters, drops by reason and traffic per peer (docs/METRICS.md).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 from fabric.errors import FabricError
 from fabric.exports import export
 from fabric.logs import configure_logging
+from fabric.metrics import take_snapshot
 from fabric.node import Node
 from fabric.process import Process
 from fabric.types import Pid, parse_node_name
@@ -34,6 +35,7 @@ __all__ = ["main", "report"]
 async def report(proc: Process, reply_to: Pid) -> None:
     """Send ``("fabric_status", {...})`` about this node to ``reply_to``."""
     node = proc.node
+    snap = take_snapshot(node)
     info = {
         "name": node.name,
         "creation": node.creation,
@@ -44,6 +46,11 @@ async def report(proc: Process, reply_to: Pid) -> None:
         "groups": sorted(str(g) for g in node.pg.which_groups()),
         "metrics": dict(node.metrics),
         "refused": dict(node.mesh.stats.refused),
+        "dropped": dict(snap.dropped),
+        "traffic": {s.peer: {"up": s.up, "in": [s.messages_in, s.batches_in, s.bytes_in],
+                             "out": [s.messages_out, s.batches_out, s.bytes_out],
+                             "queued": s.queued, "refused": s.refused}
+                    for s in snap.peer_samples},
     }
     proc.send(reply_to, ("fabric_status", info))
 
@@ -95,6 +102,12 @@ async def _status(args: argparse.Namespace) -> int:
                                                for k, v in info["refused"].items()}}
             print("  counters    " + (", ".join(f"{k}={v}" for k, v in sorted(counters.items()))
                                       or "-"))
+            print("  dropped     " + ", ".join(f"{k}={v}" for k, v in info["dropped"].items()))
+            for peer, t in sorted(info["traffic"].items()):
+                (m_in, b_in, by_in), (m_out, b_out, by_out) = t["in"], t["out"]
+                print(f"  peer        {peer}{'' if t['up'] else ' (down)'}: in {m_in} msgs "
+                      f"/ {b_in} batches / {by_in} B, out {m_out} msgs / {b_out} batches / "
+                      f"{by_out} B, queued {t['queued']}, refused {t['refused']}")
         return 0
 
     return await _with_probe(args.node, args.cookie, args.timeout, body)

@@ -17,7 +17,20 @@ from typing import Any
 
 from fabric.errors import ConfigError
 
-__all__ = ["NodeConfig", "load_cookie"]
+__all__ = ["NodeConfig", "load_cookie", "parse_address"]
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``"host:port"`` (``"[::1]:port"`` for IPv6) as ``(host, port)``.
+
+    Raises:
+        ConfigError: no host, or no port in 0..65535.
+    """
+    host, sep, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{address!r} is not a host:port address")
+    return host, int(port)
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,9 @@ class NodeConfig:
         drain_timeout: how long a graceful stop waits for peers to acknowledge.
         allow_remote_spawn: module:function names remote nodes may spawn or rpc,
             on top of functions marked with ``@fabric.export``.
+        metrics_address: ``host:port`` where the node serves its Prometheus metrics
+            over HTTP (docs/METRICS.md; needs ``pip install fabric-dist[metrics]``).
+            Empty (the default): no exporter, no port. Port 0 picks a free one.
     """
 
     port_range: tuple[int, int] = (9100, 9199)
@@ -60,11 +76,13 @@ class NodeConfig:
     rcvhwm: int = 10_000
     drain_timeout: float = 2.0
     allow_remote_spawn: frozenset[str] = field(default_factory=frozenset)
+    metrics_address: str = ""
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            expected = {"float": (int, float), "int": (int,), "bool": (bool,)}.get(str(f.type))
+            expected = {"float": (int, float), "int": (int,), "bool": (bool,),
+                        "str": (str,)}.get(str(f.type))
             if expected is not None and (not isinstance(value, expected)
                                          or (f.type != "bool" and isinstance(value, bool))):
                 raise ConfigError(f"{f.name} must be {f.type}, not {type(value).__name__}")
@@ -90,6 +108,8 @@ class NodeConfig:
         for name in ("max_frame", "outbound_limit", "sndhwm", "rcvhwm"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
+        if self.metrics_address:
+            parse_address(self.metrics_address)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> NodeConfig:
@@ -106,7 +126,7 @@ class NodeConfig:
                     values[f.name] = (int(lo), int(hi or lo))
                 elif f.name == "hidden":
                     values[f.name] = raw.lower() in ("1", "true", "yes")
-                elif f.name == "bind_host":
+                elif f.name in ("bind_host", "metrics_address"):
                     values[f.name] = raw
                 elif f.name == "allow_remote_spawn":
                     values[f.name] = frozenset(x for x in raw.split(",") if x)

@@ -42,6 +42,7 @@ from fabric.errors import (
 )
 from fabric.exports import resolve_export
 from fabric.global_ import Global
+from fabric.metrics.exporter import MetricsExporter
 from fabric.node.channels import Channels
 from fabric.node.effects import EffectExecutor
 from fabric.node.metrics import Metrics
@@ -148,6 +149,8 @@ class Node:
         self._ping_waiters: dict[int, asyncio.Future[bool]] = {}
         self._last_connect_error: dict[str, str] = {}
         self._tick_handle: asyncio.TimerHandle | None = None
+        # Serves this node's Prometheus metrics if config.metrics_address is set.
+        self.metrics_exporter: MetricsExporter | None = None
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -169,6 +172,12 @@ class Node:
         self.loop = loop = asyncio.get_running_loop()
         cfg = self.config
         sockets = Sockets.bind(self._requested, cfg, self._cookie)
+        if cfg.metrics_address:
+            try:
+                self.metrics_exporter = MetricsExporter.open(self, cfg.metrics_address)
+            except ConfigError:
+                sockets.close()
+                raise
         self.name = str(self._requested.with_port(sockets.port))
         self.creation = secrets.randbits(32) or 1
         self.log = structlog.get_logger("fabric").bind(node=self.name)
@@ -245,6 +254,8 @@ class Node:
         self.sockets.close()
         for q in self._watchers:
             q.put_nowait(None)
+        if self.metrics_exporter is not None:
+            await self.metrics_exporter.aclose()
         self.log.info("node_stopped", drained=acked, **self.metrics.as_dict())
 
     def _tick(self) -> None:

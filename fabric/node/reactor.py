@@ -79,6 +79,7 @@ class Reactor:
         self.codec = codec
         self._run_effects = executor.run
         self.metrics = metrics
+        self._traffic = metrics.traffic  # per-peer batches in (on_router)
         self.log = log
         self._deliver_pid = table.deliver_pid
         self._deliver_name = table.deliver_name
@@ -159,6 +160,10 @@ class Reactor:
                 self.bad("not_a_batch", peer=peer)
                 continue
             budget -= len(value)
+            traffic = self._traffic.get(peer) or self.metrics.received_from(peer)
+            traffic.batches_in += 1  # per batch, never per message: the hot path
+            traffic.messages_in += len(value)
+            traffic.bytes_in += len(data)
             self.dispatch(peer, value, now)
             if not self._router_draining:
                 # Latency first: the processes this batch woke run in the next loop turn,
