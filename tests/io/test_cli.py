@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from fabric.metrics import DROP_REASONS
 from fabric.testing.cluster import DEFAULT_COOKIE, NodeProcess, child_pythonpath
 
 
@@ -34,8 +35,16 @@ def test_ping_and_status() -> None:
         assert "echo" in info["registered"]
         assert info["nodes"] == []  # the probe is hidden
         assert len(info["hidden_nodes"]) == 1
+        # Every "dropped and counted" case has its reason; the probe's traffic is shown
+        # (at least the spawn request it sent came in).
+        assert set(info["dropped"]) == set(DROP_REASONS)
+        assert {"stray_batches", "bad_handshake_frames", "unknown_kind",
+                "not_a_message"} <= set(info["metrics"])
+        probe_in = info["traffic"][info["hidden_nodes"][0]]["in"]
+        assert probe_in[0] >= 1 and probe_in[1] >= 1 and probe_in[2] > 0
         text = fabric_cli("status", node.name)
         assert text.returncode == 0 and "registered  echo" in text.stdout
+        assert "dropped     undeliverable=" in text.stdout and "  peer        " in text.stdout
 
 
 @pytest.mark.procs
