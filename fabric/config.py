@@ -17,7 +17,7 @@ from typing import Any
 
 from fabric.errors import ConfigError
 
-__all__ = ["NodeConfig", "load_cookie", "parse_address"]
+__all__ = ["NodeConfig", "load_cookie"]
 
 
 def parse_address(address: str) -> tuple[str, int]:

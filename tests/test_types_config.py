@@ -259,7 +259,8 @@ def test_every_field_has_an_env_variable() -> None:
     tested = {"port_range", "pub_port", "bind_host", "hidden", "heartbeat_interval",
               "heartbeat_timeout", "handshake_timeout", "reconnect_window",
               "reconnect_max_backoff", "max_frame", "outbound_limit", "sndhwm", "rcvhwm",
-              "drain_timeout", "allow_remote_spawn"}
+              "drain_timeout", "allow_remote_spawn",
+              "metrics_address"}  # tests/test_metrics_collector.py
     assert names == tested
 
 
