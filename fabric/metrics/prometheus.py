@@ -14,18 +14,21 @@ units (``_bytes``, ``_seconds``), and labels (``peer``, ``reason``, ``name``, ``
 for dimensions whose values sum to something meaningful. docs/METRICS.md lists them all;
 ``tests/test_metrics_collector.py`` checks that the two agree.
 
-This module imports ``prometheus_client`` (the ``metrics`` extra); nothing imports it
-unless a node is configured with a ``metrics_address``.
+``prometheus_client`` (the ``metrics`` extra) is imported when :func:`families` first
+runs, so this module imports without it; nothing calls it unless a node is configured with
+a ``metrics_address``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from operator import attrgetter
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from typing import TYPE_CHECKING
 
 from fabric.metrics.snapshot import NodeSnapshot, PeerSample
+
+if TYPE_CHECKING:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 __all__ = ["NodeCollector", "families"]
 
@@ -61,6 +64,8 @@ _PEER_SERIES: tuple[_Series, ...] = (
 
 def families(snap: NodeSnapshot | None) -> list[Metric]:
     """The metric families of one scrape (only ``fabric_up 0`` without a snapshot)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
     up = GaugeMetricFamily("fabric_up", "1 if the node answered this scrape, else 0.",
                            value=0.0 if snap is None else 1.0)
     if snap is None:
@@ -109,6 +114,8 @@ def families(snap: NodeSnapshot | None) -> list[Metric]:
 
 def _by_label(name: str, help_text: str, label: str,
               counts: Mapping[str, int]) -> CounterMetricFamily:
+    from prometheus_client.core import CounterMetricFamily
+
     family = CounterMetricFamily(name, help_text, labels=[label])
     for key, count in sorted(counts.items()):
         family.add_metric([key], count)
