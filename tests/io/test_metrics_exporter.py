@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import threading
 import urllib.request
 from typing import Any
 
@@ -133,6 +134,34 @@ def test_scrape_shows_counters_and_per_peer_series(arun: Any) -> None:
             assert b.metrics.traffic_with(a.name).messages_in == \
                 a.metrics.traffic_with(b.name, a.channels.outbound(b.name)).messages_out
         await asyncio.to_thread(_refused, port)
+
+    arun(body())
+
+
+def test_a_blocked_loop_gives_no_snapshot_instead_of_a_torn_one(arun: Any) -> None:
+    async def body() -> None:
+        node = Node("blocked@127.0.0.1", COOKIE, port_range=(20000, 60000),
+                    metrics_address="127.0.0.1:0")
+        async with node:
+            exporter = node.metrics_exporter
+            assert exporter is not None
+            answered = threading.Event()
+            got: list[Any] = []
+
+            def scraper() -> None:
+                got.append(exporter.snapshot(timeout=0.2))
+                answered.set()
+
+            thread = threading.Thread(target=scraper)
+            thread.start()
+            # Block the loop (as a long synchronous callback would) until the scraper
+            # has given up: its snapshot request is still queued behind us.
+            assert answered.wait(10)
+            thread.join(10)
+            assert got == [None]
+            s = await scrape(exporter.address)  # the loop is free again: a real snapshot
+            assert s[("fabric_up", ())] == 1
+            assert ("fabric_processes", ()) in s
 
     arun(body())
 
