@@ -10,8 +10,9 @@ it and it does not connect to the rest of the mesh), with the cookie from ``--co
 ``FABRIC_COOKIE`` or an existing ``~/.fabric.cookie``; with none of them they fail (a
 client must use the cluster's cookie: a new random one could never match). ``status``
 spawns :func:`report` (it is exported) on the target and on each of its peers, and prints
-what each node sees: its peers, process count, locally registered and global names, groups
-and counters. The probe itself is left out of the nodes' hidden peers.
+what each node sees: its peers, process count, locally registered and global names, groups,
+counters, drops by reason and traffic per peer (docs/METRICS.md). The probe itself is left
+out of the nodes' hidden peers.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from fabric.discovery import watch
 from fabric.errors import ConfigError, FabricError
 from fabric.exports import export
 from fabric.logs import configure_logging
+from fabric.metrics import take_snapshot
 from fabric.node import Node
 from fabric.process import Process
 from fabric.types import Pid, parse_node_name
@@ -43,6 +45,7 @@ async def report(proc: Process, reply_to: Pid) -> None:
     The asking node (``reply_to``'s, the CLI's probe) is not listed among the hidden peers.
     """
     node = proc.node
+    snap = take_snapshot(node)
     info = {
         "name": node.name,
         "creation": node.creation,
@@ -55,6 +58,13 @@ async def report(proc: Process, reply_to: Pid) -> None:
         "metrics": {**node.metrics, **{f"discovery.{k}": v for k, v in (
             node.discovery.metrics.items() if node.discovery is not None else ())}},
         "refused": dict(node.mesh.stats.refused),
+        "dropped": dict(snap.dropped),
+        "traffic": {s.peer: {"up": s.up, "in": [s.messages_in, s.batches_in, s.bytes_in],
+                             "out": [s.messages_out, s.batches_out, s.bytes_out],
+                             "queued": s.queued, "refused": s.refused}
+                    # Peers with a session up, but not the asking probe: the traffic of
+                    # earlier sessions (gone probes, say) is history, kept by Prometheus.
+                    for s in snap.peer_samples if s.up and s.peer != reply_to.node},
     }
     proc.send(reply_to, ("fabric_status", info))
 
@@ -134,6 +144,12 @@ def _print_report(info: dict[str, Any]) -> None:
     counters = {**info["metrics"], **{f"refused.{k}": v for k, v in info["refused"].items()}}
     print("  counters    " + (", ".join(f"{k}={v}" for k, v in sorted(counters.items()))
                               or "-"))
+    print("  dropped     " + (", ".join(f"{k}={v}" for k, v in info["dropped"].items()) or "-"))
+    for peer, t in sorted(info["traffic"].items()):
+        (m_in, b_in, by_in), (m_out, b_out, by_out) = t["in"], t["out"]
+        print(f"  peer        {peer}{'' if t['up'] else ' (down)'}: in {m_in} msgs "
+              f"/ {b_in} batches / {by_in} B, out {m_out} msgs / {b_out} batches / "
+              f"{by_out} B, queued {t['queued']}, refused {t['refused']}")
 
 
 async def _status(args: argparse.Namespace, cookie: str | bytes) -> int:

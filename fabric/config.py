@@ -20,6 +20,19 @@ from fabric.errors import ConfigError
 __all__ = ["NodeConfig", "load_cookie"]
 
 
+def parse_address(address: str) -> tuple[str, int]:
+    """``"host:port"`` (``"[::1]:port"`` for IPv6) as ``(host, port)``.
+
+    Raises:
+        ConfigError: no host, or no port in 0..65535.
+    """
+    host, sep, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{address!r} is not a host:port address")
+    return host, int(port)
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """Tuning knobs of a node. Times are in seconds.
@@ -61,6 +74,9 @@ class NodeConfig:
         discovery: strategies that find peers, as a spec (``"gossip"``,
             ``"dns:name=...,basename=...,port=..."``, several joined by ``;``; see
             :mod:`fabric.discovery.config`); empty: none.
+        metrics_address: ``host:port`` where the node serves its Prometheus metrics
+            over HTTP (docs/METRICS.md; needs ``pip install fabric-dist[metrics]``).
+            Empty (the default): no exporter, no port. Port 0 picks a free one.
     """
 
     port_range: tuple[int, int] = (9100, 9199)
@@ -82,11 +98,13 @@ class NodeConfig:
     drain_timeout: float = 2.0
     allow_remote_spawn: frozenset[str] = field(default_factory=frozenset)
     discovery: str = ""
+    metrics_address: str = ""
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            expected = {"float": (int, float), "int": (int,), "bool": (bool,)}.get(str(f.type))
+            expected = {"float": (int, float), "int": (int,), "bool": (bool,),
+                        "str": (str,)}.get(str(f.type))
             if expected is not None and (not isinstance(value, expected)
                                          or (f.type != "bool" and isinstance(value, bool))):
                 raise ConfigError(f"{f.name} must be {f.type}, not {type(value).__name__}")
@@ -117,6 +135,8 @@ class NodeConfig:
             raise ConfigError("discovery must be a spec string (see fabric.discovery)")
         from fabric.discovery.config import parse_specs
         parse_specs(self.discovery)  # a bad spec fails here, not on the event loop
+        if self.metrics_address:
+            parse_address(self.metrics_address)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> NodeConfig:
@@ -133,7 +153,7 @@ class NodeConfig:
                     values[f.name] = (int(lo), int(hi or lo))
                 elif f.name == "hidden":
                     values[f.name] = raw.lower() in ("1", "true", "yes")
-                elif f.name in ("bind_host", "discovery"):
+                elif f.name in ("bind_host", "discovery", "metrics_address"):
                     values[f.name] = raw
                 elif f.name == "allow_remote_spawn":
                     values[f.name] = frozenset(x for x in raw.split(",") if x)

@@ -120,6 +120,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="silence after which a peer is declared down")
     p.add_argument("--max-frame", type=int, metavar="BYTES",
                    help="largest frame accepted from the network")
+    p.add_argument("--metrics-address", metavar="HOST:PORT",
+                   help="serve Prometheus metrics over HTTP there (needs the 'metrics' "
+                        "extra; default: $FABRIC_METRICS_ADDRESS, else off)")
     p.add_argument("--status-file", type=Path, metavar="PATH",
                    help="keep a JSON file with this node's membership up to date")
     p.add_argument("--spawn-echo", action="store_true",
@@ -165,6 +168,8 @@ def node_options(args: argparse.Namespace) -> dict[str, Any]:
         opts["max_frame"] = args.max_frame
     if args.discovery:
         opts["discovery"] = ";".join(args.discovery)
+    if args.metrics_address is not None:
+        opts["metrics_address"] = args.metrics_address
     return opts
 
 

@@ -60,6 +60,7 @@ class Outbound:
         self._room: asyncio.Event | None = None
         self.sent_messages = 0
         self.sent_frames = 0
+        self.sent_bytes = 0  # payload bytes of the frames sent (metrics)
         self.refused = 0
         self.unencodable = 0
 
@@ -159,6 +160,7 @@ class Outbound:
                 return True  # socket closed under us: the session is ending
             del queue[: len(batch)]
             self.sent_frames += 1
+            self.sent_bytes += len(frame)
             self.sent_messages += len(batch)
             frame = None
         self._on_sent()

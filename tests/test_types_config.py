@@ -269,7 +269,8 @@ def test_every_field_has_an_env_variable() -> None:
               "heartbeat_timeout", "handshake_timeout", "reconnect_window",
               "reconnect_max_backoff", "reconnect_idle_backoff", "reconnect_give_up",
               "max_frame", "outbound_limit", "mailbox_limit", "sndhwm", "rcvhwm",
-              "drain_timeout", "allow_remote_spawn", "discovery"}
+              "drain_timeout", "allow_remote_spawn", "discovery",
+              "metrics_address"}  # tests/test_metrics_collector.py
     assert names == tested
 
 

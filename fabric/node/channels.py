@@ -230,6 +230,7 @@ class Channels:
             # Not the end of the session, only of this socket: keep what was queued.
             self._waiting.setdefault(peer, [])[:0] = ch.out.queue
             ch.out.queue = []
+        self._metrics.channel_closed(peer, ch.out)  # its sent/refused counts outlive it
         self._metrics.dropped_on_down += ch.out.close()
         for reader in (ch.reader, ch.monitor_reader):
             if reader is not None:

@@ -13,18 +13,45 @@ is a typo, which ``mypy`` and ``__slots__`` reject.
 benchmarks read it. The mapping also shows the mesh core's own counters of dropped
 handshake traffic (:class:`fabric.protocol.mesh.MeshStats`), which the core owns because
 it is the one that sees those frames.
+
+Traffic per peer (:class:`PeerTraffic`, :meth:`Metrics.traffic_with`) is counted per batch,
+never per message: the reactor adds each batch it reads from a peer
+(:meth:`Metrics.received_from`); what was sent is counted by the peer's
+:class:`~fabric.outbound.Outbound` while its channel is open and folded in here when the
+channel closes (:meth:`Metrics.channel_closed`), so the totals outlive reconnects and the
+send path gains nothing but one byte count per batch. Entries are kept for every peer
+this node run exchanged batches with (bounded by the peers it ever knew).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from fabric.outbound import Outbound
     from fabric.protocol.mesh import MeshStats
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "PeerTraffic"]
+
+
+@dataclass(slots=True, eq=False)
+class PeerTraffic:
+    """What this node run exchanged with one peer: batches (ZeroMQ frames), the messages
+    in them and their bytes (msgpack payload, without ZeroMQ's framing). Outgoing
+    figures here are those of closed channels until :meth:`Metrics.traffic_with` adds
+    the open one's; ``refused`` counts sends refused for backpressure, ``unencodable``
+    messages dropped because the codec refused them."""
+
+    batches_in: int = 0
+    messages_in: int = 0
+    bytes_in: int = 0
+    batches_out: int = 0
+    messages_out: int = 0
+    bytes_out: int = 0
+    refused: int = 0
+    unencodable: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -64,6 +91,28 @@ class Metrics(Mapping[str, int]):
     dropped_by_peers: int = 0
     # The mesh core's counters, shown under these names (owned by the core).
     mesh_stats: MeshStats | None = None
+    # Reactor (in) and Channels (out, at close): per-peer traffic; see the module docstring.
+    traffic: dict[str, PeerTraffic] = field(default_factory=dict)
+
+    def received_from(self, peer: str) -> PeerTraffic:
+        """``peer``'s entry, created on first use (the reactor adds each batch to it)."""
+        entry = self.traffic.get(peer)
+        if entry is None:
+            entry = self.traffic[peer] = PeerTraffic()
+        return entry
+
+    def channel_closed(self, peer: str, out: Outbound) -> None:
+        """Fold the counters of ``peer``'s closing channel into its running totals."""
+        _add_sent(self.received_from(peer), out)
+
+    def traffic_with(self, peer: str, out: Outbound | None = None) -> PeerTraffic:
+        """A copy of ``peer``'s totals, plus the counters of ``out``, its open channel's
+        queue if it has one (``node.channels.outbound(peer)``)."""
+        entry = self.traffic.get(peer)
+        total = PeerTraffic() if entry is None else replace(entry)
+        if out is not None:
+            _add_sent(total, out)
+        return total
 
     def _mesh_counters(self) -> dict[str, int]:
         stats = self.mesh_stats
@@ -76,7 +125,8 @@ class Metrics(Mapping[str, int]):
 
     def as_dict(self) -> dict[str, int]:
         """Every counter by name."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "mesh_stats"}
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name not in ("mesh_stats", "traffic")}
         out.update(self._mesh_counters())
         return out
 
@@ -88,3 +138,11 @@ class Metrics(Mapping[str, int]):
 
     def __len__(self) -> int:
         return len(self.as_dict())
+
+
+def _add_sent(entry: PeerTraffic, out: Outbound) -> None:
+    entry.batches_out += out.sent_frames
+    entry.messages_out += out.sent_messages
+    entry.bytes_out += out.sent_bytes
+    entry.refused += out.refused
+    entry.unencodable += out.unencodable

@@ -45,6 +45,7 @@ from fabric.errors import (
 from fabric.exports import resolve_export
 from fabric.global_ import Global
 from fabric.logs import get_logger
+from fabric.metrics.exporter import MetricsExporter
 from fabric.node.channels import Channels
 from fabric.node.effects import EffectExecutor
 from fabric.node.mailboxes import Mailboxes
@@ -163,6 +164,8 @@ class Node:
         self._last_connect_error: dict[str, str] = {}
         self._tick_handle: asyncio.TimerHandle | None = None
         self.discovery: Discovery | None = None  # see NodeConfig.discovery
+        # Serves this node's Prometheus metrics if config.metrics_address is set.
+        self.metrics_exporter: MetricsExporter | None = None
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -184,6 +187,12 @@ class Node:
         self.loop = loop = asyncio.get_running_loop()
         cfg = self.config
         sockets = Sockets.bind(self._requested, cfg, self._cookie)
+        if cfg.metrics_address:
+            try:
+                self.metrics_exporter = MetricsExporter.open(self, cfg.metrics_address)
+            except ConfigError:
+                sockets.close()
+                raise
         self.name = str(self._requested.with_port(sockets.port))
         self.creation = secrets.randbits(32) or 1
         self.log = get_logger(node=self.name)
@@ -269,6 +278,8 @@ class Node:
         self.sockets.close()
         for q in self._watchers:
             q.put_nowait(None)
+        if self.metrics_exporter is not None:
+            await self.metrics_exporter.aclose()
         self.log.info("node_stopped", drained=acked, **self.metrics.as_dict())
 
     def _tick(self) -> None:

@@ -80,6 +80,7 @@ class Reactor:
         self.codec = codec
         self._run_effects = executor.run
         self.metrics = metrics
+        self._traffic = metrics.traffic  # per-peer batches in (on_router)
         self.log = log
         self._deliver_remote = mailboxes.deliver_remote  # under the mailbox bound
         self._deliver_remote_name = mailboxes.deliver_remote_name
@@ -161,6 +162,10 @@ class Reactor:
                 self.bad("not_a_batch", peer=peer)
                 continue
             budget -= len(value)
+            traffic = self._traffic.get(peer) or self.metrics.received_from(peer)
+            traffic.batches_in += 1  # per batch, never per message: the hot path
+            traffic.messages_in += len(value)
+            traffic.bytes_in += len(data)
             self.dispatch(peer, value, now)
             if not self._router_draining:
                 # Latency first: the processes this batch woke run in the next loop turn,

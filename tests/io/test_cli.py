@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from fabric.metrics import DROP_REASONS
 from fabric.testing.cluster import DEFAULT_COOKIE, NodeProcess, child_pythonpath, wait_until
 
 
@@ -37,8 +38,15 @@ def test_ping_and_status() -> None:
         assert "echo" in info["registered"]
         assert info["nodes"] == []  # the probe is hidden...
         assert info["hidden_nodes"] == []  # ...and not listed as a hidden peer either
+        # Every "dropped and counted" case has its reason. Traffic is shown for peers with
+        # a session up, not for the asking probe (nor the earlier ping's, gone).
+        assert set(info["dropped"]) == set(DROP_REASONS)
+        assert {"stray_batches", "bad_handshake_frames", "unknown_kind",
+                "not_a_message"} <= set(info["metrics"])
+        assert info["traffic"] == {}
         text = fabric_cli("status", node.name)
         assert text.returncode == 0 and "registered  echo" in text.stdout
+        assert "dropped     undeliverable=" in text.stdout
         assert "fabric-cli-" not in text.stdout
 
 
@@ -67,6 +75,9 @@ def test_status_shows_every_node_of_the_cluster() -> None:
             assert first["global_names"] == second["global_names"] == ["kv_primary"]
             assert first["hidden_nodes"] == second["hidden_nodes"] == []
             assert first["processes"] >= 1
+            # Traffic per peer: st1 heard st2 (at least their sync batches).
+            msgs_in, batches_in, bytes_in = first["traffic"][two.name]["in"]
+            assert msgs_in >= 1 and batches_in >= 1 and bytes_in > 0
             text = fabric_cli("status", two.name).stdout
             assert text.count("  peers ") == 2 and "global      kv_primary" in text
 
