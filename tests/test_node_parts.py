@@ -18,7 +18,7 @@ def test_metrics_declare_every_counter_and_read_as_a_mapping() -> None:
     as_dict = dict(metrics)
     assert as_dict["undeliverable"] == 2 and metrics.get("undeliverable") == 2
     assert {"dropped_on_down", "bad_input", "unknown_kind", "not_a_message",
-            "publish_dropped", "topic_in", "bad_handshake_frames", "stray_batches"} <= set(
+            "publish_dropped", "topic_in", "bad_mesh_frames", "stray_batches"} <= set(
         as_dict)
     with pytest.raises(AttributeError):
         metrics.typo = 1  # type: ignore[attr-defined]  # slots: no counter made on first use

@@ -134,7 +134,7 @@ def take_snapshot(node: Node, rtt: Mapping[str, float] | None = None) -> NodeSna
         "not_a_message": counters["not_a_message"],
         "malformed": max(0, bad_input - counters["unknown_kind"] - counters["not_a_message"]),
         "stray_batch": counters["stray_batches"],
-        "bad_handshake_frame": counters["bad_handshake_frames"],
+        "bad_handshake_frame": counters["bad_mesh_frames"],
         "unencodable": unencodable,
         "publish_full": counters["publish_dropped"],
         "undecodable_publish": counters["bad_publish"],

@@ -117,10 +117,10 @@ class Metrics(Mapping[str, int]):
     def _mesh_counters(self) -> dict[str, int]:
         stats = self.mesh_stats
         if stats is None:
-            return {"bad_handshake_frames": 0, "stray_batches": 0}
+            return {"bad_mesh_frames": 0, "stray_batches": 0}
         # bad_frames: malformed handshake frames and mesh control messages;
         # unauthenticated_frames: batches from identities without a session.
-        return {"bad_handshake_frames": stats.bad_frames,
+        return {"bad_mesh_frames": stats.bad_frames,
                 "stray_batches": stats.unauthenticated_frames}
 
     def as_dict(self) -> dict[str, int]:

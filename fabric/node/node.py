@@ -135,6 +135,11 @@ class Node:
 
     Raises:
         ConfigError: invalid name, cookie or option.
+
+    The objects it is made of are attributes, for code that needs the documented
+    low-level interface (ARCHITECTURE.md section 8): ``metrics`` and ``processes`` from
+    construction; ``sockets``, ``channels``, ``signals``, ``services``, ``reactor``,
+    ``effects`` and ``mesh`` once started.
     """
 
     def __init__(

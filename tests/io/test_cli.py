@@ -41,7 +41,7 @@ def test_ping_and_status() -> None:
         # Every "dropped and counted" case has its reason. Traffic is shown for peers with
         # a session up, not for the asking probe (nor the earlier ping's, gone).
         assert set(info["dropped"]) == set(DROP_REASONS)
-        assert {"stray_batches", "bad_handshake_frames", "unknown_kind",
+        assert {"stray_batches", "bad_mesh_frames", "unknown_kind",
                 "not_a_message"} <= set(info["metrics"])
         assert info["traffic"] == {}
         text = fabric_cli("status", node.name)

@@ -44,10 +44,10 @@ def test_a_malformed_hello_is_counted() -> None:
         async with LocalCluster(1) as (a,):
             ctx: zmq.Context[Any] = zmq.Context()
             try:
-                before = a.metrics["bad_handshake_frames"]
+                before = a.metrics["bad_mesh_frames"]
                 sock = _stranger(ctx, a.name)  # kept: closing it could drop the frame
                 sock.send(codec.encode(["hello", "not", "a", "hello"]))
-                await _counted(a, "bad_handshake_frames", before, "malformed HELLO")
+                await _counted(a, "bad_mesh_frames", before, "malformed HELLO")
             finally:
                 ctx.destroy(linger=0)
             assert a.nodes() == []
