@@ -37,6 +37,8 @@ from fabric.protocol.messages import (
     K_SEND_TUPLE,
     K_SERVICE,
 )
+from fabric.transport.security import handshake_failure
+from fabric.transport.zeromq import HANDSHAKE_FAILED_EVENTS
 
 if TYPE_CHECKING:
     from fabric.protocol.codec import Codec
@@ -53,6 +55,9 @@ _MAX_MESSAGES = 2048
 _MAX_BUSY = 0.005
 _MAX_HANDSHAKE_FRAME = 4096
 _EVENTS = int(zmq.EVENTS)  # plain ints: the enum members cost a Python-level conversion
+_RCVMORE = int(zmq.RCVMORE)
+# Parts of an over-long message dropped per wakeup (each is freed as it is read).
+_MAX_DISCARDS = 16384
 _POLLIN = int(zmq.POLLIN)  # bytes; the largest frame decoded from an unknown identity
 
 
@@ -69,6 +74,9 @@ class Inputs:
     _bad_input: int
     _bad_input_logged: float
     _router_draining: bool  # the ROUTER reader yielded after a batch: see _on_router
+    # [transport hook] the ROUTER reader is dropping the rest of an over-long message
+    _router_discarding: bool = False
+    transport_refusals: dict[str, str]
 
     if TYPE_CHECKING:
         def _exec(self, effects: list[Any]) -> None: ...
@@ -87,6 +95,8 @@ class Inputs:
         budget = _MAX_MESSAGES
         clock = time.monotonic
         give_up = clock() + _MAX_BUSY
+        if self._router_discarding and self._discard_parts(sock):
+            return True
         for _ in range(_MAX_READS):
             if budget <= 0 or clock() > give_up:
                 return True  # more may be waiting: the reader runs again next turn
@@ -96,18 +106,26 @@ class Inputs:
                 if not sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
                     self._router_draining = False
                     return False
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                identity = sock.recv(zmq.NOBLOCK)
             else:
                 # A fresh wakeup: input is all but certain (3 empty of 16,549 in the call
                 # benchmark), so read without asking and spare the request that check.
                 try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                    identity = sock.recv(zmq.NOBLOCK)
                 except zmq.Again:
                     return False
-            if len(frames) != 2:
+            # [transport hook] Part by part, never recv_multipart: fabric's messages have
+            # two parts (identity, frame), and a longer one is dropped as it is read
+            # instead of collected (MAXMSGSIZE bounds parts, not their number).
+            if not sock.getsockopt(_RCVMORE):
                 self._bad("router_frame_count")
                 continue
-            identity, data = frames
+            data = sock.recv(zmq.NOBLOCK)
+            if sock.getsockopt(_RCVMORE):
+                self._bad("router_frame_count")
+                if self._discard_parts(sock):
+                    return True
+                continue
             peer = mesh.authenticated.get(identity)
             if peer is None and len(data) > _MAX_HANDSHAKE_FRAME:
                 # Handshake frames are tiny: never spend a full decode on a stranger.
@@ -134,6 +152,17 @@ class Inputs:
                 # Reader schedules looks again and drains whatever came meanwhile.
                 self._router_draining = True
                 return True
+        return True
+
+    def _discard_parts(self, sock: zmq.Socket[Any]) -> bool:
+        """Drop the remaining parts of the message being read, a bounded number per call;
+        True if some remain (call again before reading another message)."""
+        for _ in range(_MAX_DISCARDS):
+            sock.recv(zmq.NOBLOCK, copy=False)
+            if not sock.getsockopt(_RCVMORE):
+                self._router_discarding = False
+                return False
+        self._router_discarding = True
         return True
 
     def _dispatch(self, peer: str, batch: list[Any], now: float) -> None:
@@ -187,10 +216,30 @@ class Inputs:
             now = self.loop.time()
             if event == zmq.EVENT_CONNECTED:
                 ch.connected = True
+            elif event & HANDSHAKE_FAILED_EVENTS:
+                # [transport hook] ZeroMQ's handshake (CURVE, ZAP) failed: fail the connect
+                # now with the reason, instead of waiting for the handshake timeout.
+                self.transport_refusals[peer] = handshake_failure(event)
+                effects = self.mesh.channel_refused(peer, now)
+                if not effects and self.mesh.is_up(peer):
+                    # We accepted it, but it refuses our key as we dial back with BIND.
+                    effects = self.mesh.disconnect(peer, now)
+                self._exec(effects)
             elif event == zmq.EVENT_DISCONNECTED:
                 self._exec(self.mesh.channel_closed(peer, now))
             elif event == zmq.EVENT_CONNECT_RETRIED and not ch.connected:
                 self._exec(self.mesh.channel_refused(peer, now))
+        return True
+
+    def _on_router_monitor(self, mon: zmq.Socket[Any]) -> bool:
+        """[transport hook] Count ZeroMQ handshakes that failed at our ROUTER: wrong
+        keys, refused keys, protocol errors, stalls past ``HANDSHAKE_IVL``."""
+        for _ in range(_MAX_READS):
+            if not mon.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
+                return False
+            event = parse_monitor_message(mon.recv_multipart(zmq.NOBLOCK))["event"]
+            if event & HANDSHAKE_FAILED_EVENTS:
+                self.metrics["handshake_failed"] = self.metrics.get("handshake_failed", 0) + 1
         return True
 
     def _on_sub(self, sock: zmq.Socket[Any]) -> bool:

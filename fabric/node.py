@@ -32,7 +32,6 @@ from fabric.global_ import Global
 from fabric.inputs import _EVENTS, _POLLIN, Inputs
 from fabric.outbound import MAX_BATCH, Outbound
 from fabric.pg import Groups
-from fabric.protocol import handshake as hs
 from fabric.protocol import mesh as m
 from fabric.protocol.codec import Codec
 from fabric.protocol.effects import Log
@@ -40,12 +39,14 @@ from fabric.protocol.messages import (
     HEARTBEAT_TOPIC,
 )
 from fabric.runtime import ProcessRuntime
+from fabric.transport.security import DATA_DOMAIN, SocketSecurity, identity_base
+from fabric.transport.zap import ZapHandler
 from fabric.transport.zeromq import (
+    HANDSHAKE_EVENTS,
     Reader,
     bind_in_range,
     configure,
     open_monitor,
-    secure_pub_plane,
 )
 from fabric.types import parse_node_name
 
@@ -146,6 +147,10 @@ class Node(Inputs, ProcessRuntime):
         self._connect_waiters: dict[str, list[asyncio.Future[tuple[bool, str]]]] = {}
         self._ping_waiters: dict[int, asyncio.Future[bool]] = {}
         self._last_connect_error: dict[str, str] = {}
+        # [transport hook] why ZeroMQ's handshake with a peer failed, for ConnectDone;
+        # and the node bases whose data-plane key our ZAP handler refused, when.
+        self.transport_refusals: dict[str, str] = {}
+        self._refused_bases: dict[str, float] = {}
         self._bad_input = 0
         self._bad_input_logged = 0.0
         self._router_draining = False  # see _on_router
@@ -175,23 +180,34 @@ class Node(Inputs, ProcessRuntime):
         self.ctx: zmq.Context[Any] = zmq.Context()
         host = cfg.bind_host or self._requested.host
         opts = dict(max_frame=cfg.max_frame, sndhwm=cfg.sndhwm, rcvhwm=cfg.rcvhwm)
+        # [transport hook] CURVE on both planes, vetted by a ZAP handler bound before any
+        # socket can accept a connection (D13, D18).
+        try:
+            self.security = SocketSecurity(
+                self._cookie, encrypt=cfg.encrypt_data_plane,
+                secret_key=cfg.curve_secret_key, allowed_keys=cfg.curve_allowed_keys)
+        except ConfigError:
+            self.ctx.destroy(linger=0)
+            raise
+        self.zap = ZapHandler(self.loop, self.ctx, self.security.admits, self._zap_refused)
         self.router = self.ctx.socket(zmq.ROUTER)
         configure(self.router, **opts)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.security.data_server(self.router, cfg.handshake_timeout)
+        self._router_monitor = open_monitor(self.ctx, self.router, HANDSHAKE_EVENTS)
+        self._router_monitor_reader = Reader(self.loop, self._router_monitor,
+                                             self._on_router_monitor)
         self.pub = self.ctx.socket(zmq.PUB)
         configure(self.pub, **opts)
+        self.security.pub_server(self.pub)
         # Two SUB sockets, so two connections to each peer's PUB: heartbeats never queue
         # behind a backlog of group publishes (nor get dropped with them at the HWM).
         self.sub = self.ctx.socket(zmq.SUB)
         configure(self.sub, **opts)
         self.hb_sub = self.ctx.socket(zmq.SUB)
         configure(self.hb_sub, **opts)
-        try:
-            secure_pub_plane(self.pub, [self.sub, self.hb_sub],
-                             *hs.pub_plane_secrets(self._cookie))
-        except ConfigError:
-            self.ctx.destroy(linger=0)
-            raise
+        self.security.pub_client(self.sub)
+        self.security.pub_client(self.hb_sub)
         try:
             if self._requested.port is not None:
                 port = bind_in_range(self.router, host, self._requested.port,
@@ -250,6 +266,8 @@ class Node(Inputs, ProcessRuntime):
         self._router_reader.close()
         self._sub_reader.close()
         self._hb_reader.close()
+        self._router_monitor_reader.close()
+        self.zap.close()
         for fut in self._ping_waiters.values():
             if not fut.done():
                 fut.set_result(False)
@@ -395,11 +413,13 @@ class Node(Inputs, ProcessRuntime):
                     self._notify(NodeDown(eff.peer, eff.reason))
                 self._on_nodedown(eff.peer, eff.reason)
             elif t is m.ConnectDone:
+                reason = eff.reason
                 if not eff.ok:
                     self.metrics["dropped_on_down"] += len(self._early.pop(eff.peer, ()))
+                    reason = self._transport_reason(eff.peer, reason)
                 for fut in self._connect_waiters.pop(eff.peer, []):
                     if not fut.done():
-                        fut.set_result((eff.ok, eff.reason))
+                        fut.set_result((eff.ok, reason))
             elif t is m.Pong:
                 pong = self._ping_waiters.get(eff.token)
                 if pong is not None and not pong.done():
@@ -422,8 +442,9 @@ class Node(Inputs, ProcessRuntime):
         hwm = min(cfg.sndhwm, max(16, cfg.outbound_limit // MAX_BATCH))
         configure(sock, max_frame=cfg.max_frame, sndhwm=hwm, rcvhwm=cfg.rcvhwm)
         sock.setsockopt(zmq.ROUTING_ID, identity)
+        self.security.data_client(sock)  # [transport hook] this node's current CURVE key
         mon = open_monitor(self.ctx, sock, zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
-                           | zmq.EVENT_CONNECT_RETRIED)
+                           | zmq.EVENT_CONNECT_RETRIED | HANDSHAKE_EVENTS)
         sock.connect(endpoint)
         holder: list[_Channel] = []
 
@@ -466,6 +487,29 @@ class Node(Inputs, ProcessRuntime):
             pass
         ch.monitor.close(0)
         ch.sock.close(500 if flush else 0)
+
+    # -- transport security [transport hook: D18] -----------------------------------------
+
+    def _zap_refused(self, domain: str, address: str, routing_id: bytes) -> None:
+        """Our ZAP handler refused a client key: count it, remember whose it was."""
+        self.metrics["key_refused"] = self.metrics.get("key_refused", 0) + 1
+        base = identity_base(routing_id)
+        if domain == DATA_DOMAIN and base:
+            self._refused_bases[base] = self.loop.time()
+        self._bad("key_refused", domain=domain, address=address, node=base)
+
+    def _transport_reason(self, peer: str, reason: str) -> str:
+        """A failed connect's reason, told more precisely when ZeroMQ's handshake failed:
+        ``key_refused`` (one side's key is not on the other's allowlist), ``bad_cookie``
+        (the keys differ: another cookie), ``security_mismatch`` (one side in clear)."""
+        why = self.transport_refusals.pop(peer, None)
+        if why is not None:
+            return why
+        refused_at = self._refused_bases.pop(parse_node_name(peer).base, None)
+        if refused_at is not None and self.loop.time() - refused_at \
+                <= self.config.handshake_timeout + 1.0:
+            return "key_refused"  # we refused its key when it dialled back with BIND
+        return reason
 
     # -- inputs ---------------------------------------------------------------------------
 

@@ -224,6 +224,26 @@ def test_wrong_types_raise_config_error(options: dict[str, Any]) -> None:
         NodeConfig(**options)
 
 
+KEY_A = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"  # Z85 keys (ZeroMQ's test vectors)
+KEY_B = "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID"
+
+
+@pytest.mark.parametrize("options", [
+    {"curve_secret_key": "short"},
+    {"curve_secret_key": KEY_A[:-1] + "~"},  # not in Z85's alphabet
+    {"curve_allowed_keys": frozenset({KEY_A, "x" * 39})},
+    {"curve_allowed_keys": [KEY_A]},  # a list: keys are a set
+    {"encrypt_data_plane": "yes"},
+], ids=repr)
+def test_curve_keys_are_validated(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        NodeConfig(**options)
+
+
+def test_the_secret_key_is_not_in_the_repr() -> None:
+    assert KEY_A not in repr(NodeConfig(curve_secret_key=KEY_A))
+
+
 def test_from_env_reads_every_kind_of_field() -> None:
     cfg = NodeConfig.from_env({
         "FABRIC_PORT_RANGE": "9000-9010",
@@ -241,6 +261,9 @@ def test_from_env_reads_every_kind_of_field() -> None:
         "FABRIC_RCVHWM": "12",
         "FABRIC_DRAIN_TIMEOUT": "3",
         "FABRIC_ALLOW_REMOTE_SPAWN": "app.a:f,app.b:g,",
+        "FABRIC_ENCRYPT_DATA_PLANE": "no",
+        "FABRIC_CURVE_SECRET_KEY": KEY_A,
+        "FABRIC_CURVE_ALLOWED_KEYS": f"{KEY_A},{KEY_B}",
         "OTHER": "ignored",
     })
     assert cfg == NodeConfig(
@@ -248,7 +271,8 @@ def test_from_env_reads_every_kind_of_field() -> None:
         heartbeat_interval=0.25, heartbeat_timeout=2.0, handshake_timeout=4.5,
         reconnect_window=0.0, reconnect_max_backoff=0.5, max_frame=1024, outbound_limit=10,
         sndhwm=11, rcvhwm=12, drain_timeout=3.0,
-        allow_remote_spawn=frozenset({"app.a:f", "app.b:g"}))
+        allow_remote_spawn=frozenset({"app.a:f", "app.b:g"}), encrypt_data_plane=False,
+        curve_secret_key=KEY_A, curve_allowed_keys=frozenset({KEY_A, KEY_B}))
     assert type(cfg.heartbeat_timeout) is float and type(cfg.max_frame) is int
     assert type(cfg.reconnect_window) is float
 
@@ -259,7 +283,8 @@ def test_every_field_has_an_env_variable() -> None:
     tested = {"port_range", "pub_port", "bind_host", "hidden", "heartbeat_interval",
               "heartbeat_timeout", "handshake_timeout", "reconnect_window",
               "reconnect_max_backoff", "max_frame", "outbound_limit", "sndhwm", "rcvhwm",
-              "drain_timeout", "allow_remote_spawn"}
+              "drain_timeout", "allow_remote_spawn", "encrypt_data_plane", "curve_secret_key",
+              "curve_allowed_keys"}
     assert names == tested
 
 

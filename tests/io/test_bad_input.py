@@ -2,8 +2,13 @@
 and keeps its memory bounded.
 
 The attackers are raw pyzmq sockets (and raw TCP sockets) that know the wire format but
-not the cookie. The victim is an in-process node (so a test can look at its counters and
-at a registered process's mailbox) with a friend that completed the handshake; after each
+not the cookie. The data plane is CURVE with keys derived from the cookie (D18), so a
+stranger without them never gets a frame through (tests/io/test_strangers.py); the
+attackers' DEALERs here hold the data plane's client key, as a node with a listed key
+or a leaked key would, to test fabric's own checks behind ZeroMQ's.
+
+The victim is an in-process node (so a test can look at its counters and at a
+registered process's mailbox) with a friend that completed the handshake; after each
 attack the friend still gets "pong" both ways. Memory is measured on an OS-process victim
 (its RSS) and on an in-process one (tracemalloc: Python-level state must not grow).
 
@@ -36,6 +41,7 @@ from fabric.protocol.codec import EXT_PID, EXT_TUPLE, Codec
 from fabric.protocol.mesh import MAX_PENDING_ACCEPTS
 from fabric.protocol.messages import K_CTRL, K_GOODBYE, K_PEERS, K_PING, K_REG_SEND, K_SEND
 from fabric.testing import LocalCluster, NodeProcess, async_wait_until, wait_until
+from fabric.testing.cluster import DEFAULT_COOKIE
 from fabric.transport.zeromq import curve_client
 from fabric.types import parse_node_name
 
@@ -68,13 +74,16 @@ def hello(name: str = "stranger@127.0.0.1:1", version: int = hs.PROTOCOL_VERSION
 
 
 class Attacker:
-    """Raw sockets that know the wire format but not the cookie."""
+    """Raw sockets that know the wire format but not the cookie (their DEALERs hold the
+    data plane's CURVE client key, derived from the victims' cookie)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cookie: str = DEFAULT_COOKIE) -> None:
         self.ctx: zmq.Context[Any] = zmq.Context()
+        self.data_plane_keys = hs.data_plane_secrets(cookie.encode())
 
     def dealer(self, port: int, identity: bytes | None = None) -> zmq.Socket[Any]:
         sock: zmq.Socket[Any] = self.ctx.socket(zmq.DEALER)
+        curve_client(sock, *self.data_plane_keys)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 0)  # queue everything: the victim sets the pace
         if identity is not None:
