@@ -38,7 +38,7 @@ from fabric.protocol.messages import (
     K_SERVICE,
 )
 from fabric.transport.security import handshake_failure
-from fabric.transport.zeromq import HANDSHAKE_FAILED_EVENTS
+from fabric.transport.zeromq import HANDSHAKE_FAILED_EVENTS, PART_SIZE
 
 if TYPE_CHECKING:
     from fabric.protocol.codec import Codec
@@ -114,19 +114,22 @@ class Inputs:
                     identity = sock.recv(zmq.NOBLOCK)
                 except zmq.Again:
                     return False
-            # [transport hook] Part by part, never recv_multipart: fabric's messages have
-            # two parts (identity, frame), and a longer one is dropped as it is read
-            # instead of collected (MAXMSGSIZE bounds parts, not their number).
+            # [transport hook] Part by part, never recv_multipart: a message is the
+            # identity and a frame, the frame in parts if it is long; a message that
+            # breaks the rules is dropped as it is read, never collected (MAXMSGSIZE
+            # bounds parts, not their number).
             if not sock.getsockopt(_RCVMORE):
                 self._bad("router_frame_count")
                 continue
             data = sock.recv(zmq.NOBLOCK)
-            if sock.getsockopt(_RCVMORE):
-                self._bad("router_frame_count")
-                if self._discard_parts(sock):
-                    return True
-                continue
             peer = mesh.authenticated.get(identity)
+            if sock.getsockopt(_RCVMORE):
+                joined = self._rest_of_frame(sock, data, peer is not None)
+                if joined is None:
+                    if self._router_discarding:
+                        return True
+                    continue
+                data = joined
             if peer is None and len(data) > _MAX_HANDSHAKE_FRAME:
                 # Handshake frames are tiny: never spend a full decode on a stranger.
                 self._bad("oversized_stranger_frame", size=len(data))
@@ -153,6 +156,25 @@ class Inputs:
                 self._router_draining = True
                 return True
         return True
+
+    def _rest_of_frame(self, sock: zmq.Socket[Any], first: bytes,
+                       authenticated: bool) -> bytes | None:
+        """[transport hook] Join a frame sent in parts: every part but the last is
+        exactly PART_SIZE bytes, and the whole at most max_frame. Otherwise, or from an
+        identity that did not authenticate (its handshake frames are tiny), the rest of
+        the message is dropped and None returned."""
+        parts = [first]
+        max_frame = self.codec.max_frame
+        while True:
+            # parts[-1] has a successor: it must be a full part, with room after it.
+            if not authenticated or len(parts[-1]) != PART_SIZE \
+                    or len(parts) * PART_SIZE >= max_frame:
+                self._bad("bad_frame_parts", parts=len(parts))
+                self._discard_parts(sock)
+                return None
+            parts.append(sock.recv(zmq.NOBLOCK))
+            if not sock.getsockopt(_RCVMORE):
+                return b"".join(parts)
 
     def _discard_parts(self, sock: zmq.Socket[Any]) -> bool:
         """Drop the remaining parts of the message being read, a bounded number per call;

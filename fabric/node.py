@@ -46,6 +46,7 @@ from fabric.transport.zeromq import (
     Reader,
     bind_in_range,
     configure,
+    limit_inbound_parts,
     open_monitor,
 )
 from fabric.types import parse_node_name
@@ -194,12 +195,14 @@ class Node(Inputs, ProcessRuntime):
         configure(self.router, **opts)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.security.data_server(self.router, cfg.handshake_timeout)
+        limit_inbound_parts(self.router, cfg.max_frame)
         self._router_monitor = open_monitor(self.ctx, self.router, HANDSHAKE_EVENTS)
         self._router_monitor_reader = Reader(self.loop, self._router_monitor,
                                              self._on_router_monitor)
         self.pub = self.ctx.socket(zmq.PUB)
         configure(self.pub, **opts)
         self.security.pub_server(self.pub)
+        limit_inbound_parts(self.pub, cfg.max_frame)  # it only receives subscriptions
         # Two SUB sockets, so two connections to each peer's PUB: heartbeats never queue
         # behind a backlog of group publishes (nor get dropped with them at the HWM).
         self.sub = self.ctx.socket(zmq.SUB)

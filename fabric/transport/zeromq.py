@@ -24,15 +24,39 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import zmq
 from zmq.utils import z85
 
 __all__ = [
     "HANDSHAKE_EVENTS",
-    "Reader", "bind_in_range", "configure", "curve_client", "curve_server", "open_monitor",
+    "PART_SIZE",
+    "Reader", "bind_in_range", "configure", "curve_client", "curve_server",
+    "limit_inbound_parts", "open_monitor", "split_frame",
 ]
+
+# A data-plane frame longer than this crosses as a multipart message of parts this long
+# (the last may be shorter), so that the ROUTER's MAXMSGSIZE, which every connection gets
+# before it authenticates, can be small: what a stranger can make libzmq buffer before
+# its handshake fails is one part, not one max_frame (docs/PROTOCOL.md section 2).
+PART_SIZE: Final = 64 * 1024
+# Room for CURVE's framing around a part (MESSAGE command, nonce, MAC) and for the
+# handshake's commands, which are below 300 bytes.
+_PART_SLACK: Final = 1024
+
+
+def limit_inbound_parts(sock: zmq.Socket[Any], max_frame: int) -> None:
+    """A socket that strangers can connect to (ROUTER, PUB): frames of one part at most,
+    enforced by libzmq during and after ZeroMQ's handshake."""
+    sock.setsockopt(zmq.MAXMSGSIZE, min(max_frame, PART_SIZE) + _PART_SLACK)
+
+
+def split_frame(frame: bytes) -> list[memoryview]:
+    """The parts a frame longer than :data:`PART_SIZE` is sent as."""
+    view = memoryview(frame)
+    return [view[i:i + PART_SIZE] for i in range(0, len(frame), PART_SIZE)]
+
 
 # Monitor events of ZeroMQ's own handshake (CURVE, then ZAP) on a connection.
 HANDSHAKE_FAILED_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL

@@ -42,7 +42,7 @@ from fabric.protocol.mesh import MAX_PENDING_ACCEPTS
 from fabric.protocol.messages import K_CTRL, K_GOODBYE, K_PEERS, K_PING, K_REG_SEND, K_SEND
 from fabric.testing import LocalCluster, NodeProcess, async_wait_until, wait_until
 from fabric.testing.cluster import DEFAULT_COOKIE
-from fabric.transport.zeromq import curve_client
+from fabric.transport.zeromq import PART_SIZE, curve_client, split_frame
 from fabric.types import parse_node_name
 
 pytestmark = pytest.mark.io
@@ -226,14 +226,21 @@ def test_oversized_frames_are_cut_off_by_the_transport(arun: Callable[..., Any])
                     events.append(parse_monitor_message(mon.recv_multipart())["event"])
                 return zmq.EVENT_DISCONNECTED in events
 
-            # Just under the cap: read, found undecodable, counted.
+            # One part just under the part cap: read, found undecodable, counted.
             before = victim.metrics.get("bad_input", 0)
-            sock.send(b"\xc1" + os.urandom(MAX_FRAME - 64))
+            sock.send(b"\xc1" + os.urandom(PART_SIZE - 64))
             await async_wait_until(
                 lambda: victim.metrics.get("bad_input", 0) > before, 10)
-            # Over the cap, though a well-formed batch for the sink: ZeroMQ drops the
-            # connection before fabric sees a byte of it.
-            sock.send(codec.encode([[K_REG_SEND, "sink", b"x" * (2 * MAX_FRAME)]]))
+            # A frame in parts from an identity that never authenticated: dropped part
+            # by part, never joined.
+            before = victim.metrics.get("bad_input", 0)
+            sock.send_multipart(split_frame(
+                codec.encode([[K_REG_SEND, "sink", b"x" * (MAX_FRAME // 2)]])))
+            await async_wait_until(
+                lambda: victim.metrics.get("bad_input", 0) > before, 10)
+            # A part over the cap, though a well-formed batch for the sink: ZeroMQ drops
+            # the connection before fabric sees a byte of it.
+            sock.send(codec.encode([[K_REG_SEND, "sink", b"x" * (2 * PART_SIZE)]]))
             await async_wait_until(disconnected, 10, message="the oversized sender cut off")
             await assert_unharmed(victim, friend, sink)
             sock.disable_monitor()
@@ -260,7 +267,7 @@ def test_valid_msgpack_of_the_wrong_shape(arun: Callable[..., Any]) -> None:
         ext(EXT_PID, pid_body[:5]),  # a truncated pid
         ext(EXT_PID, pid_body + b"\xff\xfe"),  # a pid whose node is not utf-8
         ext(99, b"what"),  # an unknown extension type
-        b"\x91" * 100_000 + b"\x90",  # arrays nested 100k deep
+        b"\x91" * 60_000 + b"\x90",  # arrays nested 60k deep (one part: 64 KiB at most)
         ext(EXT_TUPLE, b"\x01"),  # a tuple that does not hold an array
         b"\xdd\xff\xff\xff\xff",  # an array that claims 4 billion items
         b"\xdf\xff\xff\xff\xff",  # a map that claims 4 billion pairs
