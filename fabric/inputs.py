@@ -37,7 +37,7 @@ from fabric.protocol.messages import (
     K_SEND_TUPLE,
     K_SERVICE,
 )
-from fabric.transport.security import handshake_failure
+from fabric.transport.security import SocketSecurity, handshake_failure
 from fabric.transport.zeromq import HANDSHAKE_FAILED_EVENTS, PART_SIZE
 
 if TYPE_CHECKING:
@@ -77,6 +77,7 @@ class Inputs:
     # [transport hook] the ROUTER reader is dropping the rest of an over-long message
     _router_discarding: bool = False
     transport_refusals: dict[str, str]
+    security: SocketSecurity
 
     if TYPE_CHECKING:
         def _exec(self, effects: list[Any]) -> None: ...
@@ -241,7 +242,8 @@ class Inputs:
             elif event & HANDSHAKE_FAILED_EVENTS:
                 # [transport hook] ZeroMQ's handshake (CURVE, ZAP) failed: fail the connect
                 # now with the reason, instead of waiting for the handshake timeout.
-                self.transport_refusals[peer] = handshake_failure(event)
+                self.transport_refusals[peer] = handshake_failure(
+                    event, self.security.encrypt)
                 effects = self.mesh.channel_refused(peer, now)
                 if not effects and self.mesh.is_up(peer):
                     # We accepted it, but it refuses our key as we dial back with BIND.

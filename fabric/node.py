@@ -39,7 +39,7 @@ from fabric.protocol.messages import (
     HEARTBEAT_TOPIC,
 )
 from fabric.runtime import ProcessRuntime
-from fabric.transport.security import DATA_DOMAIN, SocketSecurity, identity_base
+from fabric.transport.security import DATA_DOMAIN, SocketSecurity
 from fabric.transport.zap import ZapHandler
 from fabric.transport.zeromq import (
     HANDSHAKE_EVENTS,
@@ -149,9 +149,9 @@ class Node(Inputs, ProcessRuntime):
         self._ping_waiters: dict[int, asyncio.Future[bool]] = {}
         self._last_connect_error: dict[str, str] = {}
         # [transport hook] why ZeroMQ's handshake with a peer failed, for ConnectDone;
-        # and the node bases whose data-plane key our ZAP handler refused, when.
+        # and the addresses whose data-plane key our ZAP handler refused, when.
         self.transport_refusals: dict[str, str] = {}
-        self._refused_bases: dict[str, float] = {}
+        self._refused_addresses: dict[str, float] = {}
         self._bad_input = 0
         self._bad_input_logged = 0.0
         self._router_draining = False  # see _on_router
@@ -493,13 +493,14 @@ class Node(Inputs, ProcessRuntime):
 
     # -- transport security [transport hook: D18] -----------------------------------------
 
-    def _zap_refused(self, domain: str, address: str, routing_id: bytes) -> None:
-        """Our ZAP handler refused a client key: count it, remember whose it was."""
+    def _zap_refused(self, domain: str, address: str) -> None:
+        """Our ZAP handler refused a client key: count it, remember where from."""
         self.metrics["key_refused"] = self.metrics.get("key_refused", 0) + 1
-        base = identity_base(routing_id)
-        if domain == DATA_DOMAIN and base:
-            self._refused_bases[base] = self.loop.time()
-        self._bad("key_refused", domain=domain, address=address, node=base)
+        if domain == DATA_DOMAIN:
+            if len(self._refused_addresses) >= 64:  # strangers pick addresses: bounded
+                self._refused_addresses.clear()
+            self._refused_addresses[address] = self.loop.time()
+        self._bad("key_refused", domain=domain, address=address)
 
     def _transport_reason(self, peer: str, reason: str) -> str:
         """A failed connect's reason, told more precisely when ZeroMQ's handshake failed:
@@ -508,10 +509,12 @@ class Node(Inputs, ProcessRuntime):
         why = self.transport_refusals.pop(peer, None)
         if why is not None:
             return why
-        refused_at = self._refused_bases.pop(parse_node_name(peer).base, None)
+        # ZAP tells the address, not the node: a refusal from the peer's host during this
+        # attempt is taken as its key refused when it dialled back with BIND.
+        refused_at = self._refused_addresses.get(parse_node_name(peer).host.strip("[]"))
         if refused_at is not None and self.loop.time() - refused_at \
                 <= self.config.handshake_timeout + 1.0:
-            return "key_refused"  # we refused its key when it dialled back with BIND
+            return "key_refused"
         return reason
 
     # -- inputs ---------------------------------------------------------------------------

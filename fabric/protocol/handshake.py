@@ -56,7 +56,7 @@ __all__ = [
     "pub_plane_secrets",
 ]
 
-PROTOCOL_VERSION: Final = 2  # 2: compact K_CALL, K_REPLY (docs/PROTOCOL.md section 9)
+PROTOCOL_VERSION: Final = 3  # 3: CURVE data plane, frames in parts (PROTOCOL.md section 9)
 CHALLENGE_SIZE: Final = 16
 FLAG_HIDDEN: Final = 1
 

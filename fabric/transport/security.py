@@ -44,28 +44,24 @@ from fabric.errors import ConfigError
 from fabric.protocol import handshake as hs
 from fabric.transport.zeromq import curve_client, curve_server
 
-__all__ = ["DATA_DOMAIN", "PUB_DOMAIN", "SocketSecurity", "handshake_failure", "identity_base"]
+__all__ = ["DATA_DOMAIN", "PUB_DOMAIN", "SocketSecurity", "handshake_failure"]
 
 PUB_DOMAIN = "fabric-pub"
 DATA_DOMAIN = "fabric-data"
 
 
-def identity_base(routing_id: bytes) -> str:
-    """The node base (``name@host``) a fabric DEALER's routing id starts with, else ""."""
-    base, sep, _ = routing_id.partition(b"\x00")
-    try:
-        return base.decode() if sep else ""
-    except UnicodeDecodeError:
-        return ""
-
-
-def handshake_failure(event: int) -> str:
-    """The connect error for a failed ZeroMQ handshake, by monitor event."""
+def handshake_failure(event: int, encrypting: bool) -> str:
+    """The connect error for a DEALER's failed ZeroMQ handshake, by monitor event."""
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
         return "key_refused"  # the peer's ZAP handler does not admit our key
-    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-        return "security_mismatch"  # e.g. one side encrypts and the other does not
-    return "bad_cookie"  # CURVE could not open the peer's boxes: its keys are not ours
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL or not encrypting:
+        # ZMTP's mechanism mismatch: one side encrypts and the other does not. (In
+        # clear, the peer hanging up mid-handshake means the same, seen from the side
+        # whose first frame crossed the peer's refusal.)
+        return "security_mismatch"
+    # The peer hung up: it could not open our CURVE boxes, sealed for the server key
+    # derived from our cookie. Its cookie is another (or it is no fabric node).
+    return "bad_cookie"
 
 
 def _public_of(secret: bytes) -> bytes:

@@ -53,8 +53,7 @@ class ZapHandler:
         ctx: the context whose CURVE servers are vetted (ZAP is per context).
         admits: True if a client with that raw 32-byte public key may connect to a server
             socket of that ZAP domain.
-        on_refused: called with ``(domain, address, routing_id)`` after each refusal (the
-            routing id is what the client claims, unverified).
+        on_refused: called with ``(domain, address)`` after each refusal.
     """
 
     def __init__(
@@ -62,7 +61,7 @@ class ZapHandler:
         loop: asyncio.AbstractEventLoop,
         ctx: zmq.Context[Any],
         admits: Callable[[str, bytes], bool],
-        on_refused: Callable[[str, str, bytes], None] | None = None,
+        on_refused: Callable[[str, str], None] | None = None,
     ) -> None:
         self._admits = admits
         self._on_refused = on_refused
@@ -84,7 +83,7 @@ class ZapHandler:
         if len(request) < 6 or request[0] != _ZAP_VERSION:
             request_id = request[1] if len(request) > 1 else b""
             return [_ZAP_VERSION, request_id, b"500", b"malformed ZAP request", b"", b""]
-        _, request_id, domain_raw, address_raw, routing_id, mechanism, *credentials = request
+        _, request_id, domain_raw, address_raw, _, mechanism, *credentials = request
         domain = domain_raw.decode("utf-8", "replace")
         if mechanism == b"CURVE" and len(credentials) == 1 and len(credentials[0]) == 32 \
                 and self._admits(domain, credentials[0]):
@@ -92,7 +91,7 @@ class ZapHandler:
             return [_ZAP_VERSION, request_id, b"200", b"OK", b"", b""]
         self.refused[domain] = self.refused.get(domain, 0) + 1
         if self._on_refused is not None:
-            self._on_refused(domain, address_raw.decode("utf-8", "replace"), routing_id)
+            self._on_refused(domain, address_raw.decode("utf-8", "replace"))
         return [_ZAP_VERSION, request_id, b"400", b"key not allowed", b"", b""]
 
     def close(self) -> None:
