@@ -9,6 +9,7 @@ from fabric.testing.cluster import (
     free_port,
     free_ports,
     kill_leftovers,
+    process_memory,
     wait_until,
 )
 from fabric.testing.servicesim import ServiceSim
@@ -23,5 +24,6 @@ __all__ = [
     "free_port",
     "free_ports",
     "kill_leftovers",
+    "process_memory",
     "wait_until",
 ]

@@ -40,7 +40,13 @@ from fabric.protocol import handshake as hs
 from fabric.protocol.codec import EXT_PID, EXT_TUPLE, Codec
 from fabric.protocol.mesh import MAX_PENDING_ACCEPTS
 from fabric.protocol.messages import K_CTRL, K_GOODBYE, K_PEERS, K_PING, K_REG_SEND, K_SEND
-from fabric.testing import LocalCluster, NodeProcess, async_wait_until, wait_until
+from fabric.testing import (
+    LocalCluster,
+    NodeProcess,
+    async_wait_until,
+    process_memory,
+    wait_until,
+)
 from fabric.testing.cluster import DEFAULT_COOKIE
 from fabric.transport.zeromq import PART_SIZE, curve_client, split_frame
 from fabric.types import parse_node_name
@@ -155,13 +161,7 @@ async def assert_unharmed(victim: Node, friend: Node, sink: Process) -> None:
     assert sink.alive and victim.whereis("sink") == sink.self
 
 
-def rss(pid: int, field: str = "VmRSS") -> int:
-    """A process's resident (``VmRSS``) or peak resident (``VmHWM``) memory, bytes."""
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {field} in /proc/{pid}/status")
+rss = process_memory
 
 
 def garbage(rng: random.Random, i: int) -> bytes:

@@ -29,7 +29,13 @@ from fabric import Node
 from fabric.protocol import handshake as hs
 from fabric.protocol.codec import Codec
 from fabric.protocol.mesh import MAX_PENDING_ACCEPTS
-from fabric.testing import LocalCluster, NodeProcess, async_wait_until, wait_until
+from fabric.testing import (
+    LocalCluster,
+    NodeProcess,
+    async_wait_until,
+    process_memory,
+    wait_until,
+)
 from fabric.types import parse_node_name
 
 pytestmark = pytest.mark.io
@@ -59,13 +65,7 @@ BIG_FRAME_HEADER = b"\x02" + struct.pack(">Q", 60 << 20)
 codec = Codec()
 
 
-def rss(pid: int, field: str = "VmRSS") -> int:
-    """A process's resident (``VmRSS``) or peak resident (``VmHWM``) memory, bytes."""
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {field} in /proc/{pid}/status")
+rss = process_memory
 
 
 def reset_peak(pid: int) -> None:
