@@ -17,7 +17,7 @@ from typing import Any
 
 from fabric.errors import ConfigError
 
-__all__ = ["NodeConfig", "check_z85_key", "load_cookie"]
+__all__ = ["NodeConfig", "load_cookie"]
 
 
 @dataclass(frozen=True)
