@@ -224,6 +224,8 @@ class Node(Inputs, ProcessRuntime):
             else:
                 self.pub_port = self.pub.bind_to_random_port(f"tcp://{h}")
         except zmq.ZMQError as exc:
+            self.zap.close()  # [transport hook] readers first: their sockets close next
+            self._router_monitor_reader.close()
             self.ctx.destroy(linger=0)
             raise ConfigError(f"cannot bind {self._requested} on {host}: {exc}") from None
         self.hb_sub.setsockopt(zmq.SUBSCRIBE, HEARTBEAT_TOPIC)
@@ -416,10 +418,9 @@ class Node(Inputs, ProcessRuntime):
                     self._notify(NodeDown(eff.peer, eff.reason))
                 self._on_nodedown(eff.peer, eff.reason)
             elif t is m.ConnectDone:
-                reason = eff.reason
+                reason = self._transport_reason(eff.peer, eff.ok, eff.reason)
                 if not eff.ok:
                     self.metrics["dropped_on_down"] += len(self._early.pop(eff.peer, ()))
-                    reason = self._transport_reason(eff.peer, reason)
                 for fut in self._connect_waiters.pop(eff.peer, []):
                     if not fut.done():
                         fut.set_result((eff.ok, reason))
@@ -502,11 +503,13 @@ class Node(Inputs, ProcessRuntime):
             self._refused_addresses[address] = self.loop.time()
         self._bad("key_refused", domain=domain, address=address)
 
-    def _transport_reason(self, peer: str, reason: str) -> str:
+    def _transport_reason(self, peer: str, ok: bool, reason: str) -> str:
         """A failed connect's reason, told more precisely when ZeroMQ's handshake failed:
         ``key_refused`` (one side's key is not on the other's allowlist), ``bad_cookie``
         (the keys differ: another cookie), ``security_mismatch`` (one side in clear)."""
         why = self.transport_refusals.pop(peer, None)
+        if ok:
+            return reason
         if why is not None:
             return why
         # ZAP tells the address, not the node: a refusal from the peer's host during this

@@ -95,5 +95,7 @@ class ZapHandler:
         return [_ZAP_VERSION, request_id, b"400", b"key not allowed", b"", b""]
 
     def close(self) -> None:
+        """Stop answering. Only as the node's sockets close: with no handler bound,
+        libzmq admits any client that holds the server key."""
         self._reader.close()
         self._sock.close(0)
