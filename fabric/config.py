@@ -52,7 +52,7 @@ class NodeConfig:
             secret like the cookie: prefer ``FABRIC_CURVE_SECRET_KEY`` to source code.
         curve_allowed_keys: the CURVE public keys (Z85) allowed to connect to this
             node's data plane; empty allows the cookie-derived key only. Change it at
-            run time with ``node.data_plane.allow()`` / ``revoke()``.
+            run time with ``node.security.allow()`` / ``revoke()``.
     """
 
     port_range: tuple[int, int] = (9100, 9199)
