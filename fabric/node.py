@@ -295,7 +295,8 @@ class Node(Inputs, ProcessRuntime):
         """Connect to ``peer`` (and, unless hidden, transitively to its cluster).
 
         Returns True once the session is up, False if it could not be made; then
-        :meth:`last_connect_error` says why (``bad_cookie``, ``name_in_use``,
+        :meth:`last_connect_error` says why (``bad_cookie``, ``key_refused``,
+        ``security_mismatch`` (README "Security"), ``name_in_use``,
         ``version``, ``connection_refused``, ``timeout``...).
 
         Raises:
