@@ -77,6 +77,16 @@ class NodeConfig:
         metrics_address: ``host:port`` where the node serves its Prometheus metrics
             over HTTP (docs/METRICS.md; needs ``pip install fabric-dist[metrics]``).
             Empty (the default): no exporter, no port. Port 0 picks a free one.
+        encrypt_data_plane: the ROUTER/DEALER plane is CURVE-encrypted and only peers
+            with an accepted key complete ZeroMQ's handshake (default). False sends it
+            in clear, authenticated by the cookie handshake only: every node of a cluster
+            must agree, and the traffic is readable and forgeable on the network.
+        curve_secret_key: this node's own CURVE secret key (Z85, 40 characters) on the
+            data plane; None derives the key every node shares from the cookie. A
+            secret like the cookie: prefer ``FABRIC_CURVE_SECRET_KEY`` to source code.
+        curve_allowed_keys: the CURVE public keys (Z85) allowed to connect to this
+            node's data plane; empty allows the cookie-derived key only. Change it at
+            run time with ``node.security.allow()`` / ``revoke()``.
     """
 
     port_range: tuple[int, int] = (9100, 9199)
@@ -99,6 +109,9 @@ class NodeConfig:
     allow_remote_spawn: frozenset[str] = field(default_factory=frozenset)
     discovery: str = ""
     metrics_address: str = ""
+    encrypt_data_plane: bool = True
+    curve_secret_key: str | None = field(default=None, repr=False)  # a secret
+    curve_allowed_keys: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -137,6 +150,12 @@ class NodeConfig:
         parse_specs(self.discovery)  # a bad spec fails here, not on the event loop
         if self.metrics_address:
             parse_address(self.metrics_address)
+        if self.curve_secret_key is not None:
+            check_z85_key("curve_secret_key", self.curve_secret_key)
+        if not isinstance(self.curve_allowed_keys, frozenset):
+            raise ConfigError("curve_allowed_keys must be a frozenset of Z85 public keys")
+        for key in self.curve_allowed_keys:
+            check_z85_key("curve_allowed_keys", key)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> NodeConfig:
@@ -151,11 +170,12 @@ class NodeConfig:
                 if f.name == "port_range":
                     lo, _, hi = raw.partition("-")
                     values[f.name] = (int(lo), int(hi or lo))
-                elif f.name == "hidden":
+                elif f.name in ("hidden", "encrypt_data_plane"):
                     values[f.name] = raw.lower() in ("1", "true", "yes")
-                elif f.name in ("bind_host", "discovery", "metrics_address"):
+                elif f.name in ("bind_host", "discovery", "metrics_address",
+                                "curve_secret_key"):
                     values[f.name] = raw
-                elif f.name == "allow_remote_spawn":
+                elif f.name in ("allow_remote_spawn", "curve_allowed_keys"):
                     values[f.name] = frozenset(x for x in raw.split(",") if x)
                 elif isinstance(getattr(cls, f.name, None), float) or f.type == "float":
                     values[f.name] = float(raw)
@@ -164,9 +184,25 @@ class NodeConfig:
             except ValueError:
                 raise ConfigError(f"FABRIC_{f.name.upper()}={raw!r} is not valid") from None
         values.update(overrides)
-        if "allow_remote_spawn" in values:
-            values["allow_remote_spawn"] = frozenset(values["allow_remote_spawn"])
+        for name in ("allow_remote_spawn", "curve_allowed_keys"):
+            if name in values:
+                values[name] = frozenset(values[name])
         return cls(**values)
+
+
+_Z85_ALPHABET = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                          ".-:+=^!/*?&<>()[]{}@%$#")
+
+
+def check_z85_key(name: str, key: object) -> None:
+    """A CURVE key in Z85 is 40 characters of Z85's alphabet (32 bytes).
+
+    Raises:
+        ConfigError: it is not.
+    """
+    if not isinstance(key, str) or len(key) != 40 or not set(key) <= _Z85_ALPHABET:
+        raise ConfigError(f"{name}: a CURVE key is 40 Z85 characters (as printed by "
+                          f"zmq.curve_keypair()), not {str(key)[:8]!r}...")
 
 
 def load_cookie(cookie: str | bytes | None = None, *, home: Path | None = None) -> bytes:

@@ -29,6 +29,7 @@ from typing import Any, Final
 import zmq
 
 from fabric.errors import BackpressureError, LocalProtocolError
+from fabric.transport.zeromq import PART_SIZE, split_frame
 
 __all__ = ["Outbound"]
 
@@ -152,7 +153,10 @@ class Outbound:
                     continue
                 frame = self._encode(batch)
             try:
-                self.sock.send(frame, zmq.NOBLOCK)
+                if len(frame) > PART_SIZE:  # [transport hook] long frames go in parts
+                    self.sock.send_multipart(split_frame(frame), zmq.NOBLOCK)
+                else:
+                    self.sock.send(frame, zmq.NOBLOCK)
             except zmq.Again:
                 done = False
                 break

@@ -138,20 +138,26 @@ async def test_ten_thousand_messages_arrive_in_order_across_nodes() -> None:
 
 
 class _QueuedRouter:
-    """Stands in for a ROUTER holding ``frames``: EVENTS shows input while any is left."""
+    """Stands in for a ROUTER holding ``frames`` (messages, read part by part): EVENTS
+    shows input while any is left; ``looks`` counts the EVENTS reads."""
 
     def __init__(self, frames: list[list[bytes]]) -> None:
         self.frames = frames
         self.looks = 0
+        self._parts: list[bytes] = []  # the rest of the message being read
 
     def getsockopt(self, option: int) -> int:
+        if option == zmq.RCVMORE:
+            return 1 if self._parts else 0
         self.looks += 1
-        return zmq.POLLIN if self.frames else 0
+        return zmq.POLLIN if self.frames or self._parts else 0
 
-    def recv_multipart(self, flags: int = 0) -> list[bytes]:
-        if not self.frames:
-            raise zmq.Again()
-        return self.frames.pop(0)
+    def recv(self, flags: int = 0, copy: bool = True) -> bytes:
+        if not self._parts:
+            if not self.frames:
+                raise zmq.Again()
+            self._parts = list(self.frames.pop(0))
+        return self._parts.pop(0)
 
 
 @async_test

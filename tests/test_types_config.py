@@ -227,6 +227,26 @@ def test_wrong_types_raise_config_error(options: dict[str, Any]) -> None:
         NodeConfig(**options)
 
 
+KEY_A = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"  # Z85 keys (ZeroMQ's test vectors)
+KEY_B = "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID"
+
+
+@pytest.mark.parametrize("options", [
+    {"curve_secret_key": "short"},
+    {"curve_secret_key": KEY_A[:-1] + "~"},  # not in Z85's alphabet
+    {"curve_allowed_keys": frozenset({KEY_A, "x" * 39})},
+    {"curve_allowed_keys": [KEY_A]},  # a list: keys are a set
+    {"encrypt_data_plane": "yes"},
+], ids=repr)
+def test_curve_keys_are_validated(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        NodeConfig(**options)
+
+
+def test_the_secret_key_is_not_in_the_repr() -> None:
+    assert KEY_A not in repr(NodeConfig(curve_secret_key=KEY_A))
+
+
 def test_from_env_reads_every_kind_of_field() -> None:
     cfg = NodeConfig.from_env({
         "FABRIC_PORT_RANGE": "9000-9010",
@@ -248,6 +268,9 @@ def test_from_env_reads_every_kind_of_field() -> None:
         "FABRIC_DRAIN_TIMEOUT": "3",
         "FABRIC_ALLOW_REMOTE_SPAWN": "app.a:f,app.b:g,",
         "FABRIC_DISCOVERY": "gossip:port=45900;hosts:path=/etc/fabric/hosts",
+        "FABRIC_ENCRYPT_DATA_PLANE": "no",
+        "FABRIC_CURVE_SECRET_KEY": KEY_A,
+        "FABRIC_CURVE_ALLOWED_KEYS": f"{KEY_A},{KEY_B}",
         "OTHER": "ignored",
     })
     assert cfg == NodeConfig(
@@ -257,7 +280,8 @@ def test_from_env_reads_every_kind_of_field() -> None:
         reconnect_give_up=600.0, max_frame=1024, outbound_limit=10,
         mailbox_limit=13, sndhwm=11, rcvhwm=12, drain_timeout=3.0,
         allow_remote_spawn=frozenset({"app.a:f", "app.b:g"}),
-        discovery="gossip:port=45900;hosts:path=/etc/fabric/hosts")
+        discovery="gossip:port=45900;hosts:path=/etc/fabric/hosts", encrypt_data_plane=False,
+        curve_secret_key=KEY_A, curve_allowed_keys=frozenset({KEY_A, KEY_B}))
     assert type(cfg.heartbeat_timeout) is float and type(cfg.max_frame) is int
     assert type(cfg.reconnect_window) is float
 
@@ -270,7 +294,8 @@ def test_every_field_has_an_env_variable() -> None:
               "reconnect_max_backoff", "reconnect_idle_backoff", "reconnect_give_up",
               "max_frame", "outbound_limit", "mailbox_limit", "sndhwm", "rcvhwm",
               "drain_timeout", "allow_remote_spawn", "discovery",
-              "metrics_address"}  # tests/test_metrics_collector.py
+              "metrics_address",  # tests/test_metrics_collector.py
+              "encrypt_data_plane", "curve_secret_key", "curve_allowed_keys"}
     assert names == tested
 
 

@@ -38,7 +38,8 @@ from fabric.node.metrics import Metrics
 from fabric.outbound import MAX_BATCH, Outbound
 from fabric.protocol import mesh as m
 from fabric.protocol.codec import Codec
-from fabric.transport.zeromq import Reader, configure, open_monitor
+from fabric.transport.security import SocketSecurity
+from fabric.transport.zeromq import HANDSHAKE_EVENTS, Reader, configure, open_monitor
 
 if TYPE_CHECKING:
     from fabric.node.reactor import Reactor
@@ -68,9 +69,11 @@ class Channels:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, ctx: zmq.Context[Any],
                  config: NodeConfig, codec: Codec, mesh: m.MeshCore,
-                 executor: EffectExecutor, metrics: Metrics) -> None:
+                 executor: EffectExecutor, metrics: Metrics,
+                 security: SocketSecurity) -> None:
         self.loop = loop
         self._ctx = ctx
+        self._security = security  # the keys each new DEALER gets
         self._config = config
         self._codec = codec
         self._mesh = mesh
@@ -200,8 +203,9 @@ class Channels:
         hwm = min(cfg.sndhwm, max(16, cfg.outbound_limit // MAX_BATCH))
         configure(sock, max_frame=cfg.max_frame, sndhwm=hwm, rcvhwm=cfg.rcvhwm)
         sock.setsockopt(zmq.ROUTING_ID, eff.identity)
+        self._security.data_client(sock)  # this node's current CURVE key (D18)
         mon = open_monitor(self._ctx, sock, zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
-                           | zmq.EVENT_CONNECT_RETRIED)
+                           | zmq.EVENT_CONNECT_RETRIED | HANDSHAKE_EVENTS)
         sock.connect(eff.endpoint)
         out = Outbound(self.loop, peer, sock, self._codec.encode, cfg.outbound_limit,
                        _after_send_check(sock, lambda: ch.reader))

@@ -76,6 +76,10 @@ class Metrics(Mapping[str, int]):
     topic_in: int = 0
     # ServiceHost: publications under a service's topic prefix that did not decode.
     bad_publish: int = 0
+    # TransportRefusals: ZeroMQ (CURVE/ZAP) handshakes that failed, at our DEALERs or
+    # our ROUTER; and client keys our ZAP handler refused (DECISIONS D18).
+    handshake_failed: int = 0
+    key_refused: int = 0
     # Mailboxes (DECISIONS D23): sends refused with MailboxFullError (a full local
     # mailbox, or a remote destination reported busy).
     mailbox_refused: int = 0

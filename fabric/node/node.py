@@ -52,6 +52,7 @@ from fabric.node.mailboxes import Mailboxes
 from fabric.node.metrics import Metrics
 from fabric.node.processes import ProcessFn, ProcessTable
 from fabric.node.reactor import Reactor
+from fabric.node.refusals import TransportRefusals
 from fabric.node.services import ServiceHost
 from fabric.node.signals import Signals
 from fabric.node.sockets import Sockets
@@ -191,7 +192,13 @@ class Node:
             raise ConfigError("node already started")
         self.loop = loop = asyncio.get_running_loop()
         cfg = self.config
-        sockets = Sockets.bind(self._requested, cfg, self._cookie)
+        # Why ZeroMQ's (CURVE, ZAP) handshakes failed; told by the ZAP handler, which
+        # Sockets.bind starts first, and by the sockets' monitors (node/refusals.py).
+        self.refusals = refusals = TransportRefusals(
+            self.metrics, cfg.encrypt_data_plane, cfg.handshake_timeout + 1.0,
+            lambda what, **fields: self.reactor.bad(what, **fields), loop.time)
+        sockets = Sockets.bind(self._requested, cfg, self._cookie, loop,
+                               refusals.zap_refused)
         if cfg.metrics_address:
             try:
                 self.metrics_exporter = MetricsExporter.open(self, cfg.metrics_address)
@@ -231,8 +238,10 @@ class Node:
         self.effects = executor = EffectExecutor()
         self._run = executor.run
         sockets.attach(executor, metrics, self.codec, self.name, self.creation)
+        self.security = sockets.security  # keys and allowlist, changeable at run time
+        self.zap = sockets.zap  # the ZAP handler: its admitted and refused counts
         self.channels = channels = Channels(loop, sockets.ctx, self.config, self.codec, mesh,
-                                            executor, metrics)
+                                            executor, metrics, sockets.security)
         self._by_peer = channels.by_peer  # read on every remote send
         self.services = services = ServiceHost(loop, mesh, channels.by_peer, executor,
                                                metrics, self.codec)
@@ -245,7 +254,8 @@ class Node:
         self.mailboxes = mailboxes = Mailboxes(table, mesh, executor, metrics, self.log,
                                                self.name, self.creation)
         self.reactor = reactor = Reactor(loop, sockets, mesh, self.codec, executor, metrics,
-                                         self.log, mailboxes, signals, services)
+                                         self.log, mailboxes, signals, services,
+                                         self.refusals)
         channels.attach(executor, reactor)
         self._send_local = mailboxes.send_local
         self._send_local_name = mailboxes.send_local_name
@@ -332,7 +342,8 @@ class Node:
         """Connect to ``peer`` (and, unless hidden, transitively to its cluster).
 
         Returns True once the session is up, False if it could not be made; then
-        :meth:`last_connect_error` says why (``bad_cookie``, ``name_in_use``,
+        :meth:`last_connect_error` says why (``bad_cookie``, ``key_refused``,
+        ``security_mismatch`` (README "Security"), ``name_in_use``,
         ``version``, ``connection_refused``, ``timeout``...).
 
         Raises:
@@ -593,11 +604,12 @@ class Node:
         self.services.nodedown(eff.peer, eff.reason)
 
     def _on_connect_done(self, service: str, eff: m.ConnectDone) -> None:
+        reason = self.refusals.reason(eff.peer, eff.ok, eff.reason)
         if not eff.ok:
             self.channels.connect_failed(eff.peer)
         for fut in self._connect_waiters.pop(eff.peer, []):
             if not fut.done():
-                fut.set_result((eff.ok, eff.reason))
+                fut.set_result((eff.ok, reason))
 
     def _on_pong(self, service: str, eff: m.Pong) -> None:
         pong = self._ping_waiters.get(eff.token)

@@ -33,6 +33,7 @@ from fabric.node.channels import Channel
 from fabric.node.effects import EffectExecutor
 from fabric.node.mailboxes import Mailboxes
 from fabric.node.metrics import Metrics
+from fabric.node.refusals import TransportRefusals
 from fabric.node.services import ServiceHost
 from fabric.node.signals import Signals
 from fabric.node.sockets import Sockets
@@ -51,7 +52,7 @@ from fabric.protocol.messages import (
     MESH_KINDS,
     decode_heartbeat,
 )
-from fabric.transport.zeromq import Reader
+from fabric.transport.zeromq import HANDSHAKE_FAILED_EVENTS, PART_SIZE, Reader
 
 __all__ = ["Reactor"]
 
@@ -65,6 +66,9 @@ _MAX_BUSY = 0.005
 _MAX_HANDSHAKE_FRAME = 4096  # bytes; the largest frame decoded from an unknown identity
 _EVENTS = int(zmq.EVENTS)  # plain ints: the enum members cost a Python-level conversion
 _POLLIN = int(zmq.POLLIN)
+_RCVMORE = int(zmq.RCVMORE)
+# Parts of an over-long message dropped per wakeup (each is freed as it is read).
+_MAX_DISCARDS = 16384
 
 
 class Reactor:
@@ -73,7 +77,8 @@ class Reactor:
     def __init__(self, loop: asyncio.AbstractEventLoop, sockets: Sockets, mesh: m.MeshCore,
                  codec: Codec, executor: EffectExecutor, metrics: Metrics,
                  log: structlog.typing.FilteringBoundLogger, mailboxes: Mailboxes,
-                 signals: Signals, services: ServiceHost) -> None:
+                 signals: Signals, services: ServiceHost,
+                 refusals: TransportRefusals) -> None:
         self.loop = loop
         self._sockets = sockets
         self.mesh = mesh
@@ -92,7 +97,11 @@ class Reactor:
         self._on_reply = signals.on_reply
         self._bad_input_logged = 0.0
         self._router_draining = False  # the ROUTER reader yielded after a batch: see on_router
+        self._router_discarding = False  # dropping the rest of an over-long message
+        self._refusals = refusals
         self._router_reader = Reader(loop, sockets.router, self.on_router)
+        self._router_monitor_reader = Reader(loop, sockets.router_monitor,
+                                             self.on_router_monitor)
         self._sub_reader = Reader(loop, sockets.sub, self.on_sub)
         self._hb_reader = Reader(loop, sockets.hb_sub, self.on_sub)
         executor.register(m.RouterSend, self._on_router_send)
@@ -100,6 +109,7 @@ class Reactor:
     def close(self) -> None:
         """Stop reading the node's fixed sockets (the channels close their own)."""
         self._router_reader.close()
+        self._router_monitor_reader.close()
         self._sub_reader.close()
         self._hb_reader.close()
 
@@ -123,6 +133,8 @@ class Reactor:
         budget = _MAX_MESSAGES
         clock = time.monotonic
         give_up = clock() + _MAX_BUSY
+        if self._router_discarding and self._discard_parts(sock):
+            return True
         for _ in range(_MAX_READS):
             if budget <= 0 or clock() > give_up:
                 return True  # more may be waiting: the reader runs again next turn
@@ -132,19 +144,29 @@ class Reactor:
                 if not sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
                     self._router_draining = False
                     return False
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                identity = sock.recv(zmq.NOBLOCK)
             else:
                 # A fresh wakeup: input is all but certain (3 empty of 16,549 in the call
                 # benchmark), so read without asking and spare the request that check.
                 try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                    identity = sock.recv(zmq.NOBLOCK)
                 except zmq.Again:
                     return False
-            if len(frames) != 2:
+            # Part by part, never recv_multipart: a message is the identity and a frame,
+            # the frame in parts if it is long; a message that breaks the rules is dropped
+            # as it is read, never collected (MAXMSGSIZE bounds parts, not their number).
+            if not sock.getsockopt(_RCVMORE):
                 self.bad("router_frame_count")
                 continue
-            identity, data = frames
+            data = sock.recv(zmq.NOBLOCK)
             peer = mesh.peer_of(identity)
+            if sock.getsockopt(_RCVMORE):
+                joined = self._rest_of_frame(sock, data, peer is not None)
+                if joined is None:
+                    if self._router_discarding:
+                        return True
+                    continue
+                data = joined
             if peer is None and len(data) > _MAX_HANDSHAKE_FRAME:
                 # Handshake frames are tiny: never spend a full decode on a stranger.
                 self.bad("oversized_stranger_frame", size=len(data))
@@ -174,6 +196,47 @@ class Reactor:
                 # Reader schedules looks again and drains whatever came meanwhile.
                 self._router_draining = True
                 return True
+        return True
+
+    def _rest_of_frame(self, sock: zmq.Socket[Any], first: bytes,
+                       authenticated: bool) -> bytes | None:
+        """Join a frame sent in parts: every part but the last is exactly PART_SIZE
+        bytes, and the whole at most max_frame. Otherwise, or from an identity that did
+        not authenticate (its handshake frames are tiny), the rest of the message is
+        dropped and None returned."""
+        parts = [first]
+        max_frame = self.codec.max_frame
+        while True:
+            # parts[-1] has a successor: it must be a full part, with room after it.
+            if not authenticated or len(parts[-1]) != PART_SIZE \
+                    or len(parts) * PART_SIZE >= max_frame:
+                self.bad("bad_frame_parts", parts=len(parts))
+                self._discard_parts(sock)
+                return None
+            parts.append(sock.recv(zmq.NOBLOCK))
+            if not sock.getsockopt(_RCVMORE):
+                return b"".join(parts)
+
+    def _discard_parts(self, sock: zmq.Socket[Any]) -> bool:
+        """Drop the remaining parts of the message being read, a bounded number per call;
+        True if some remain (call again before reading another message)."""
+        for _ in range(_MAX_DISCARDS):
+            sock.recv(zmq.NOBLOCK, copy=False)
+            if not sock.getsockopt(_RCVMORE):
+                self._router_discarding = False
+                return False
+        self._router_discarding = True
+        return True
+
+    def on_router_monitor(self, mon: zmq.Socket[Any]) -> bool:
+        """Count ZeroMQ handshakes that failed at our ROUTER: wrong keys, refused keys,
+        protocol errors, stalls past ``HANDSHAKE_IVL``."""
+        for _ in range(_MAX_READS):
+            if not mon.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
+                return False
+            event = parse_monitor_message(mon.recv_multipart(zmq.NOBLOCK))["event"]
+            if event & HANDSHAKE_FAILED_EVENTS:
+                self._refusals.router_failed()
         return True
 
     def dispatch(self, peer: str, batch: list[Any], now: float) -> None:
@@ -240,6 +303,15 @@ class Reactor:
             now = self.loop.time()
             if event == zmq.EVENT_CONNECTED:
                 ch.connected = True
+            elif event & HANDSHAKE_FAILED_EVENTS:
+                # ZeroMQ's handshake (CURVE, ZAP) failed: fail the connect now with the
+                # reason, instead of waiting for the handshake timeout.
+                self._refusals.channel_failed(ch.peer, event)
+                effects = self.mesh.channel_refused(ch.peer, now)
+                if not effects and self.mesh.is_up(ch.peer):
+                    # We accepted it, but it refuses our key as we dial back with BIND.
+                    effects = self.mesh.disconnect(ch.peer, now)
+                self._run_effects(effects)
             elif event == zmq.EVENT_DISCONNECTED:
                 self._run_effects(self.mesh.channel_closed(ch.peer, now))
             elif event == zmq.EVENT_CONNECT_RETRIED and not ch.connected:

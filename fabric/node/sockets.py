@@ -13,10 +13,19 @@ and the SUB connections to each UP peer's PUB. The ROUTER is read, and answered,
 
 Two SUB sockets, so two connections to each peer's PUB: heartbeats never queue behind a
 backlog of group publishes (nor get dropped with them at the high-water mark).
+
+Both planes are CURVE (DECISIONS D13, D18): :class:`~fabric.transport.security.
+SocketSecurity` holds the keys and sets each socket up, and a
+:class:`~fabric.transport.zap.ZapHandler`, bound before any socket can accept, admits a
+client key or refuses it. The ROUTER and the PUB accept one part of at most 64 KiB per
+frame (long frames cross in parts), and the ROUTER has a monitor that reports failed
+ZeroMQ handshakes (read by the :class:`~fabric.node.reactor.Reactor`).
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -25,12 +34,19 @@ from fabric.config import NodeConfig
 from fabric.errors import ConfigError
 from fabric.node.effects import EffectExecutor
 from fabric.node.metrics import Metrics
-from fabric.protocol import handshake as hs
 from fabric.protocol import mesh as m
 from fabric.protocol.codec import Codec
 from fabric.protocol.effects import Publish, Subscribe, Unsubscribe
 from fabric.protocol.messages import HEARTBEAT_TOPIC, encode_heartbeat
-from fabric.transport.zeromq import bind_in_range, configure, secure_pub_plane
+from fabric.transport.security import SocketSecurity
+from fabric.transport.zap import ZapHandler
+from fabric.transport.zeromq import (
+    HANDSHAKE_EVENTS,
+    bind_in_range,
+    configure,
+    limit_inbound_parts,
+    open_monitor,
+)
 from fabric.types import NodeName
 
 __all__ = ["Sockets"]
@@ -41,8 +57,12 @@ class Sockets:
 
     def __init__(self, ctx: zmq.Context[Any], router: zmq.Socket[Any], pub: zmq.Socket[Any],
                  sub: zmq.Socket[Any], hb_sub: zmq.Socket[Any], port: int,
-                 pub_port: int) -> None:
+                 pub_port: int, security: SocketSecurity, zap: ZapHandler,
+                 router_monitor: zmq.Socket[Any]) -> None:
         self.ctx = ctx
+        self.security = security  # this node's CURVE keys and allowlist (node.security)
+        self.zap = zap
+        self.router_monitor = router_monitor  # failed ZeroMQ handshakes at the ROUTER
         self.router = router
         self.pub = pub
         self.sub = sub  # group publishes and other service topics
@@ -52,31 +72,46 @@ class Sockets:
         self._heartbeat = b""  # this run's heartbeat payload, encoded once
 
     @classmethod
-    def bind(cls, requested: NodeName, config: NodeConfig, cookie: bytes) -> Sockets:
-        """Create the sockets and bind the ROUTER and the PUB.
+    def bind(cls, requested: NodeName, config: NodeConfig, cookie: bytes,
+             loop: asyncio.AbstractEventLoop,
+             on_key_refused: Callable[[str, str], None]) -> Sockets:
+        """Create the sockets, secure both planes and bind the ROUTER and the PUB.
+
+        ``on_key_refused(domain, address)`` is called when the ZAP handler refuses a key.
 
         Raises:
-            ConfigError: no free port, the address cannot be bound, or the PUB plane
-                cannot be secured.
+            ConfigError: no free port, the address cannot be bound, or a key is invalid.
         """
         cfg = config
         ctx: zmq.Context[Any] = zmq.Context()
         host = cfg.bind_host or requested.host
         opts = dict(max_frame=cfg.max_frame, sndhwm=cfg.sndhwm, rcvhwm=cfg.rcvhwm)
+        # CURVE on both planes, vetted by a ZAP handler bound before any socket can
+        # accept a connection (D13, D18).
+        try:
+            security = SocketSecurity(
+                cookie, encrypt=cfg.encrypt_data_plane, secret_key=cfg.curve_secret_key,
+                allowed_keys=cfg.curve_allowed_keys)
+        except ConfigError:
+            ctx.destroy(linger=0)
+            raise
+        zap = ZapHandler(loop, ctx, security.admits, on_key_refused)
         router = ctx.socket(zmq.ROUTER)
         configure(router, **opts)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        security.data_server(router, cfg.handshake_timeout)
+        limit_inbound_parts(router, cfg.max_frame)
+        router_monitor = open_monitor(ctx, router, HANDSHAKE_EVENTS)
         pub = ctx.socket(zmq.PUB)
         configure(pub, **opts)
+        security.pub_server(pub)
+        limit_inbound_parts(pub, cfg.max_frame)  # it only receives subscriptions
         sub = ctx.socket(zmq.SUB)
         configure(sub, **opts)
         hb_sub = ctx.socket(zmq.SUB)
         configure(hb_sub, **opts)
-        try:
-            secure_pub_plane(pub, [sub, hb_sub], *hs.pub_plane_secrets(cookie))
-        except ConfigError:
-            ctx.destroy(linger=0)
-            raise
+        security.pub_client(sub)
+        security.pub_client(hb_sub)
         try:
             if requested.port is not None:
                 port = bind_in_range(router, host, requested.port, requested.port)
@@ -92,10 +127,12 @@ class Sockets:
                 # low ones), so the two rarely contend for a port.
                 pub_port = bind_in_range(pub, host, *cfg.port_range, from_top=True)
         except zmq.ZMQError as exc:
+            zap.close()  # its reader first: its socket closes with the context
             ctx.destroy(linger=0)
             raise ConfigError(f"cannot bind {requested} on {host}: {exc}") from None
         hb_sub.setsockopt(zmq.SUBSCRIBE, HEARTBEAT_TOPIC)
-        return cls(ctx, router, pub, sub, hb_sub, port, pub_port)
+        return cls(ctx, router, pub, sub, hb_sub, port, pub_port, security, zap,
+                   router_monitor)
 
     def attach(self, executor: EffectExecutor, metrics: Metrics, codec: Codec, name: str,
                creation: int) -> None:
@@ -112,6 +149,7 @@ class Sockets:
 
     def close(self) -> None:
         """Close every socket of the node (DEALERs included), dropping what is queued."""
+        self.zap.close()
         self.ctx.destroy(linger=0)
 
     # -- effects --------------------------------------------------------------------------

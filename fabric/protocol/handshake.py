@@ -26,6 +26,12 @@ The PUB/SUB plane has no handshake of its own: it is ZeroMQ CURVE with keys deri
 the cookie (:func:`pub_plane_secrets`). Every PUB is a CURVE server with the same secret
 key and every SUB a CURVE client with the same client key, so a SUB that does not know
 the cookie cannot complete CURVE's handshake with any node's PUB, and reads nothing.
+
+The ROUTER/DEALER plane under this handshake is CURVE too (:func:`data_plane_secrets`):
+every ROUTER is a CURVE server with a cookie-derived key, every DEALER a CURVE client whose
+key a ZAP handler checks against an allowlist (by default the cookie-derived client key).
+A peer without the cookie cannot finish ZeroMQ's handshake, so none of the frames above
+reach a node from it; the cookie proofs still run, inside the encrypted connection.
 """
 
 from __future__ import annotations
@@ -46,10 +52,11 @@ __all__ = [
     "Refuse",
     "parse_handshake",
     "proof",
+    "data_plane_secrets",
     "pub_plane_secrets",
 ]
 
-PROTOCOL_VERSION: Final = 2  # 2: compact K_CALL, K_REPLY (docs/PROTOCOL.md section 9)
+PROTOCOL_VERSION: Final = 3  # 3: CURVE data plane, frames in parts (PROTOCOL.md section 9)
 CHALLENGE_SIZE: Final = 16
 FLAG_HIDDEN: Final = 1
 
@@ -78,6 +85,17 @@ def pub_plane_secrets(cookie: bytes) -> tuple[bytes, bytes]:
     """
     return (hmac.new(cookie, b"fabric pub-plane curve server", hashlib.sha256).digest(),
             hmac.new(cookie, b"fabric pub-plane curve client", hashlib.sha256).digest())
+
+
+def data_plane_secrets(cookie: bytes) -> tuple[bytes, bytes]:
+    """The CURVE secret keys of the ROUTER/DEALER plane: ``(server, shared client)``.
+
+    Derived like :func:`pub_plane_secrets` over other labels, so a key of one plane opens
+    nothing on the other. A node may replace the client key with its own (per-node keys);
+    the server key is always this one.
+    """
+    return (hmac.new(cookie, b"fabric data-plane curve server", hashlib.sha256).digest(),
+            hmac.new(cookie, b"fabric data-plane curve client", hashlib.sha256).digest())
 
 
 @dataclass(frozen=True, slots=True)

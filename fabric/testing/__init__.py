@@ -15,6 +15,7 @@ from fabric.testing.cluster import (
     heal,
     kill_leftovers,
     partition,
+    process_memory,
     wait_until,
 )
 from fabric.testing.logcapture import capture_logs
@@ -37,5 +38,6 @@ __all__ = [
     "heal",
     "kill_leftovers",
     "partition",
+    "process_memory",
     "wait_until",
 ]

@@ -61,6 +61,7 @@ __all__ = [
     "heal",
     "kill_leftovers",
     "partition",
+    "process_memory",
     "wait_until",
 ]
 
@@ -168,6 +169,16 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def process_memory(pid: int, field: str = "VmRSS") -> int:
+    """A process's resident (``VmRSS``) or peak resident (``VmHWM``) memory, bytes
+    (Linux: read from ``/proc/<pid>/status``)."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

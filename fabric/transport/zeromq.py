@@ -13,8 +13,8 @@ the owner's callback is called with the socket when it may have input, and must 
 the socket's ``EVENTS`` show no input (bounded per call; the reader re-arms itself if input
 remains). Checking ``EVENTS`` first is cheaper than reading until ``zmq.Again``.
 
-The PUB/SUB plane is CURVE-secured with cookie-derived keys (:func:`secure_pub_plane`):
-the PUB port serves heartbeats and group topics only to SUBs that know the cookie.
+Both planes are CURVE-secured (:func:`curve_server`, :func:`curve_client`); which keys
+they use and who is admitted is :mod:`fabric.transport.security`'s job.
 
 Socket monitors report a closed TCP connection as soon as the kernel does, which is how a
 killed peer is noticed within milliseconds instead of at the next heartbeat.
@@ -24,15 +24,45 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import zmq
 from zmq.utils import z85
 
-from fabric.errors import ConfigError
+__all__ = [
+    "HANDSHAKE_EVENTS",
+    "PART_SIZE",
+    "Reader", "bind_in_range", "configure", "curve_client", "curve_server",
+    "limit_inbound_parts", "open_monitor", "split_frame",
+]
 
-__all__ = ["Reader", "bind_in_range", "configure", "open_monitor"]
+# A data-plane frame longer than this crosses as a multipart message of parts this long
+# (the last may be shorter), so that the ROUTER's MAXMSGSIZE, which every connection gets
+# before it authenticates, can be small: what a stranger can make libzmq buffer before
+# its handshake fails is one part, not one max_frame (docs/PROTOCOL.md section 2).
+PART_SIZE: Final = 64 * 1024
+# Room for CURVE's framing around a part (MESSAGE command, nonce, MAC) and for the
+# handshake's commands, which are below 300 bytes.
+_PART_SLACK: Final = 1024
 
+
+def limit_inbound_parts(sock: zmq.Socket[Any], max_frame: int) -> None:
+    """A socket that strangers can connect to (ROUTER, PUB): frames of one part at most,
+    enforced by libzmq during and after ZeroMQ's handshake."""
+    sock.setsockopt(zmq.MAXMSGSIZE, min(max_frame, PART_SIZE) + _PART_SLACK)
+
+
+def split_frame(frame: bytes) -> list[memoryview]:
+    """The parts a frame longer than :data:`PART_SIZE` is sent as."""
+    view = memoryview(frame)
+    return [view[i:i + PART_SIZE] for i in range(0, len(frame), PART_SIZE)]
+
+
+# Monitor events of ZeroMQ's own handshake (CURVE, then ZAP) on a connection.
+HANDSHAKE_FAILED_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                           | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                           | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+HANDSHAKE_EVENTS = HANDSHAKE_FAILED_EVENTS | zmq.EVENT_HANDSHAKE_SUCCEEDED
 
 
 def configure(sock: zmq.Socket[Any], *, max_frame: int, sndhwm: int, rcvhwm: int) -> None:
@@ -50,20 +80,11 @@ def configure(sock: zmq.Socket[Any], *, max_frame: int, sndhwm: int, rcvhwm: int
     sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 5)
 
 
-def secure_pub_plane(pub: zmq.Socket[Any], subs: list[zmq.Socket[Any]],
-                     server_secret: bytes, client_secret: bytes) -> None:
-    """Make ``pub`` a CURVE server and ``subs`` its CURVE clients (before bind/connect).
-
-    Raises:
-        ConfigError: this libzmq was built without CURVE.
-    """
-    if not zmq.has("curve"):
-        raise ConfigError("this libzmq has no CURVE support: the PUB/SUB plane needs it "
-                          "(pyzmq's wheels include it; rebuild libzmq with libsodium)")
-    pub.curve_secretkey = z85.encode(server_secret)
-    pub.curve_server = True
-    for sub in subs:
-        curve_client(sub, server_secret, client_secret)
+def curve_server(sock: zmq.Socket[Any], secret: bytes, zap_domain: str) -> None:
+    """Make ``sock`` a CURVE server with this raw secret key, vetted in ``zap_domain``."""
+    sock.curve_secretkey = z85.encode(secret)
+    sock.curve_server = True
+    sock.zap_domain = zap_domain.encode()
 
 
 def curve_client(sock: zmq.Socket[Any], server_secret: bytes, client_secret: bytes) -> None:

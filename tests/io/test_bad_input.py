@@ -2,8 +2,13 @@
 and keeps its memory bounded.
 
 The attackers are raw pyzmq sockets (and raw TCP sockets) that know the wire format but
-not the cookie. The victim is an in-process node (so a test can look at its counters and
-at a registered process's mailbox) with a friend that completed the handshake; after each
+not the cookie. The data plane is CURVE with keys derived from the cookie (D18), so a
+stranger without them never gets a frame through (tests/io/test_strangers.py); the
+attackers' DEALERs here hold the data plane's client key, as a node with a listed key
+or a leaked key would, to test fabric's own checks behind ZeroMQ's.
+
+The victim is an in-process node (so a test can look at its counters and at a
+registered process's mailbox) with a friend that completed the handshake; after each
 attack the friend still gets "pong" both ways. Memory is measured on an OS-process victim
 (its RSS) and on an in-process one (tracemalloc: Python-level state must not grow).
 
@@ -39,10 +44,11 @@ from fabric.testing import (
     NodeProcess,
     async_wait_until,
     capture_logs,
+    process_memory,
     wait_until,
 )
 from fabric.testing.cluster import DEFAULT_COOKIE
-from fabric.transport.zeromq import curve_client
+from fabric.transport.zeromq import PART_SIZE, curve_client, split_frame
 from fabric.types import parse_node_name
 
 pytestmark = pytest.mark.io
@@ -74,13 +80,16 @@ def hello(name: str = "stranger@127.0.0.1:1", version: int = hs.PROTOCOL_VERSION
 
 
 class Attacker:
-    """Raw sockets that know the wire format but not the cookie."""
+    """Raw sockets that know the wire format but not the cookie (their DEALERs hold the
+    data plane's CURVE client key, derived from the victims' cookie)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cookie: str = DEFAULT_COOKIE) -> None:
         self.ctx: zmq.Context[Any] = zmq.Context()
+        self.data_plane_keys = hs.data_plane_secrets(cookie.encode())
 
     def dealer(self, port: int, identity: bytes | None = None) -> zmq.Socket[Any]:
         sock: zmq.Socket[Any] = self.ctx.socket(zmq.DEALER)
+        curve_client(sock, *self.data_plane_keys)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 0)  # queue everything: the victim sets the pace
         if identity is not None:
@@ -152,13 +161,7 @@ async def assert_unharmed(victim: Node, friend: Node, sink: Process) -> None:
     assert sink.alive and victim.whereis("sink") == sink.self
 
 
-def rss(pid: int, field: str = "VmRSS") -> int:
-    """A process's resident (``VmRSS``) or peak resident (``VmHWM``) memory, bytes."""
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {field} in /proc/{pid}/status")
+rss = process_memory
 
 
 def garbage(rng: random.Random, i: int) -> bytes:
@@ -223,14 +226,21 @@ def test_oversized_frames_are_cut_off_by_the_transport(arun: Callable[..., Any])
                     events.append(parse_monitor_message(mon.recv_multipart())["event"])
                 return zmq.EVENT_DISCONNECTED in events
 
-            # Just under the cap: read, found undecodable, counted.
+            # One part just under the part cap: read, found undecodable, counted.
             before = victim.metrics.get("bad_input", 0)
-            sock.send(b"\xc1" + os.urandom(MAX_FRAME - 64))
+            sock.send(b"\xc1" + os.urandom(PART_SIZE - 64))
             await async_wait_until(
                 lambda: victim.metrics.get("bad_input", 0) > before, 10)
-            # Over the cap, though a well-formed batch for the sink: ZeroMQ drops the
-            # connection before fabric sees a byte of it.
-            sock.send(codec.encode([[K_REG_SEND, "sink", b"x" * (2 * MAX_FRAME)]]))
+            # A frame in parts from an identity that never authenticated: dropped part
+            # by part, never joined.
+            before = victim.metrics.get("bad_input", 0)
+            sock.send_multipart(split_frame(
+                codec.encode([[K_REG_SEND, "sink", b"x" * (MAX_FRAME // 2)]])))
+            await async_wait_until(
+                lambda: victim.metrics.get("bad_input", 0) > before, 10)
+            # A part over the cap, though a well-formed batch for the sink: ZeroMQ drops
+            # the connection before fabric sees a byte of it.
+            sock.send(codec.encode([[K_REG_SEND, "sink", b"x" * (2 * PART_SIZE)]]))
             await async_wait_until(disconnected, 10, message="the oversized sender cut off")
             await assert_unharmed(victim, friend, sink)
             sock.disable_monitor()
@@ -257,7 +267,7 @@ def test_valid_msgpack_of_the_wrong_shape(arun: Callable[..., Any]) -> None:
         ext(EXT_PID, pid_body[:5]),  # a truncated pid
         ext(EXT_PID, pid_body + b"\xff\xfe"),  # a pid whose node is not utf-8
         ext(99, b"what"),  # an unknown extension type
-        b"\x91" * 100_000 + b"\x90",  # arrays nested 100k deep
+        b"\x91" * 60_000 + b"\x90",  # arrays nested 60k deep (one part: 64 KiB at most)
         ext(EXT_TUPLE, b"\x01"),  # a tuple that does not hold an array
         b"\xdd\xff\xff\xff\xff",  # an array that claims 4 billion items
         b"\xdf\xff\xff\xff\xff",  # a map that claims 4 billion pairs

@@ -13,8 +13,11 @@ from typing import Any
 import pytest
 import zmq
 
+from fabric.protocol import handshake as hs
 from fabric.protocol.codec import Codec
 from fabric.testing import LocalCluster, async_wait_until
+from fabric.testing.cluster import DEFAULT_COOKIE
+from fabric.transport.zeromq import curve_client
 from fabric.types import parse_node_name
 
 pytestmark = pytest.mark.io
@@ -23,9 +26,12 @@ codec = Codec()
 
 
 def _stranger(ctx: zmq.Context[Any], node_name: str) -> zmq.Socket[Any]:
-    """A raw DEALER at the node's ROUTER: knows the wire format, has no session."""
+    """A raw DEALER at the node's ROUTER: knows the wire format, has no session. It holds
+    the data plane's CURVE keys (it knows the cookie), so its frames reach fabric's own
+    checks; without them ZeroMQ's handshake would refuse it first (test_strangers)."""
     sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    curve_client(sock, *hs.data_plane_secrets(DEFAULT_COOKIE.encode()))
     sock.connect(f"tcp://127.0.0.1:{parse_node_name(node_name).port}")
     return sock
 

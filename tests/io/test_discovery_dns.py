@@ -62,7 +62,9 @@ def test_a_records_added_and_removed_are_followed(dns_server: Dnsmasq,
             for node in (first, second):
                 disc = node.discovery
                 assert disc is not None
-                await async_wait_until(lambda d=disc: d.metrics["disconnected"] == 1, 10)
+                # At least once: the dropped node's mesh retries the lost session, and
+                # discovery lets it go again each time it comes back.
+                await async_wait_until(lambda d=disc: d.metrics["disconnected"] >= 1, 10)
                 assert disc.wanted() == [n.name for n in nodes[:2] if n is not node]
         finally:
             for node in nodes:

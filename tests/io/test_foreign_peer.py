@@ -16,6 +16,8 @@ from fabric import Node
 from fabric.protocol import handshake as hs
 from fabric.protocol.codec import Codec
 from fabric.testing import async_wait_until, free_port
+from fabric.transport.security import DATA_DOMAIN
+from fabric.transport.zeromq import curve_client, curve_server
 
 pytestmark = pytest.mark.io
 
@@ -42,19 +44,25 @@ def test_a_peer_built_from_the_spec_sees_bind_then_the_documented_first_batches(
         try:
             async with Node(f"b@127.0.0.1:{free_port()}", cookie=COOKIE) as real:
                 me = f"f@127.0.0.1:{free_port()}"
+                # §2.1: the data plane is CURVE, with keys derived from the cookie: our
+                # ROUTER is a server with the plane's server key (the real node dials it
+                # for BIND), our DEALER a client with the shared client key.
+                server_key, client_key = hs.data_plane_secrets(COOKIE)
                 router = ctx.socket(zmq.ROUTER)  # where the real node's BIND will come
                 router.setsockopt(zmq.LINGER, 0)
+                curve_server(router, server_key, DATA_DOMAIN)
                 router.bind(f"tcp://{me.partition('@')[2]}")
                 dealer = ctx.socket(zmq.DEALER)
                 dealer.setsockopt(zmq.LINGER, 0)
                 dealer.setsockopt(zmq.ROUTING_ID, b"f@127.0.0.1\x00" + os.urandom(8))
+                curve_client(dealer, server_key, client_key)
                 dealer.connect(f"tcp://127.0.0.1:{real.name.rpartition(':')[2]}")
 
                 c_a = os.urandom(16)  # §4.3 leg 1: HELLO (flags 0: a visible node)
-                dealer.send(codec.encode(["hello", 2, me, 7, 0, free_port(), c_a]))
+                dealer.send(codec.encode(["hello", 3, me, 7, 0, free_port(), c_a]))
                 (raw,) = await recv(dealer)  # leg 2: CHALLENGE, checked as §4.3 says
                 kind, version, name, _creation, _flags, _pub, c_b, proof = codec.decode(raw)
-                assert (kind, version, name) == ("challenge", 2, real.name)
+                assert (kind, version, name) == ("challenge", 3, real.name)
                 assert proof == hs.proof(COOKIE, "challenge", c_a, real.name, me)
                 dealer.send(codec.encode(["answer", hs.proof(COOKIE, "answer", c_b, me,
                                                              real.name)]))

@@ -109,6 +109,7 @@ PROOFS = tables("proofs")
 HANDSHAKE = tables("handshake")
 PG_TOPICS = tables("pg-topics")
 PUB_PLANE = tables("pub-plane")
+DATA_PLANE = tables("data-plane")
 
 
 # -- the parser itself ----------------------------------------------------------------------
@@ -116,7 +117,8 @@ PUB_PLANE = tables("pub-plane")
 
 def test_vector_tables_are_not_empty_and_well_formed() -> None:
     for rows, width in [(VALUES, 2), (BATCHES, 2), (DECODE_ONLY, 2), (REJECTED, 2),
-                        (PROOFS, 3), (HANDSHAKE, 4), (PG_TOPICS, 3), (PUB_PLANE, 3)]:
+                        (PROOFS, 3), (HANDSHAKE, 4), (PG_TOPICS, 3), (PUB_PLANE, 3),
+                        (DATA_PLANE, 3)]:
         assert rows
         for row in rows:
             assert len(row) == width, row
@@ -211,24 +213,35 @@ def test_proof_vectors(name: str, expr: str, hex_: str) -> None:
     assert value(expr, proof=_independent_proof, **_PROOF_NAMES).hex() == hex_
 
 
-def _independent_pub_plane_secrets(cookie: bytes) -> tuple[bytes, bytes]:
-    return tuple(hmac.new(cookie, f"fabric pub-plane curve {role}".encode(),  # type: ignore
-                          hashlib.sha256).digest() for role in ("server", "client"))
+def _independent_secrets(plane: str) -> Callable[[bytes], tuple[bytes, bytes]]:
+    def secrets(cookie: bytes) -> tuple[bytes, bytes]:
+        return tuple(hmac.new(cookie, f"fabric {plane} curve {role}".encode(),  # type: ignore
+                              hashlib.sha256).digest() for role in ("server", "client"))
+    return secrets
 
 
-@pytest.mark.parametrize("name, expr, hex_", PUB_PLANE, ids=_ids(PUB_PLANE))
-def test_pub_plane_key_vectors(name: str, expr: str, hex_: str) -> None:
-    assert value(expr, pub_plane_secrets=hs.pub_plane_secrets, cookie=COOKIE).hex() == hex_
-    assert value(expr, pub_plane_secrets=_independent_pub_plane_secrets,
-                 cookie=COOKIE).hex() == hex_
+_PLANE_KEYS = ([("pub_plane_secrets", "pub-plane", *row) for row in PUB_PLANE]
+               + [("data_plane_secrets", "data-plane", *row) for row in DATA_PLANE])
 
 
-def test_pub_plane_public_keys_in_the_doc() -> None:
-    server, client = hs.pub_plane_secrets(COOKIE)
+@pytest.mark.parametrize("function, plane, name, expr, hex_", _PLANE_KEYS,
+                         ids=[f"{row[1]} {row[2]}" for row in _PLANE_KEYS])
+def test_plane_key_vectors(function: str, plane: str, name: str, expr: str,
+                           hex_: str) -> None:
+    assert value(expr, cookie=COOKIE, **{function: getattr(hs, function)}).hex() == hex_
+    assert value(expr, cookie=COOKIE, **{function: _independent_secrets(plane)}).hex() == hex_
+
+
+@pytest.mark.parametrize("plane, derive", [("PUB/SUB", hs.pub_plane_secrets),
+                                           ("ROUTER/DEALER", hs.data_plane_secrets)])
+def test_plane_public_keys_in_the_doc(plane: str,
+                                      derive: Callable[[bytes], tuple[bytes, bytes]]) -> None:
+    server, client = derive(COOKIE)
     text = DOC.read_text(encoding="utf-8")
-    for role, secret in (("server", server), ("client", client)):
-        public = zmq.curve_public(z85.encode(secret)).decode()
-        assert f"{role} `{public}`" in text, (role, public)
+    publics = [f"{role} `{zmq.curve_public(z85.encode(secret)).decode()}`"
+               for role, secret in (("server", server), ("client", client))]
+    assert f"{plane} public keys, Z85-encoded: {publics[0]}, {publics[1]}." in \
+        " ".join(text.split()), (plane, publics)
 
 
 # -- the handshake transcript ----------------------------------------------------------------
