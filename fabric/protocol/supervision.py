@@ -21,9 +21,9 @@ After a child exits (:meth:`SupervisorCore.exited`), its restart type decides wh
 is restarted: ``permanent`` always, ``transient`` unless the reason is ``"normal"``,
 ``"shutdown"`` or ``("shutdown", anything)``, ``temporary`` never (and a temporary child
 is forgotten once it ended). A restart first counts against the intensity: more than
-``intensity`` restarts within the last ``period`` seconds (``now`` is an argument, so tests
-use a fake clock) and the plan is to stop every running child in reverse start order and
-then :class:`StopSupervisor` with ``"shutdown"``, logged as
+``intensity`` restarts within the last ``period`` seconds, bounds included as in Erlang
+(``now`` is an argument, so tests use a fake clock), and the plan is to stop every running
+child in reverse start order and then :class:`StopSupervisor` with ``"shutdown"``, logged as
 ``reached_max_restart_intensity``; the supervisor's own supervisor sees that exit and
 applies its own policy, which is how failures escalate up a tree. Otherwise the strategy
 chooses what restarts with the child:
@@ -259,7 +259,7 @@ class SupervisorCore:
         within the period."""
         restarts = self._restarts
         restarts.append(now)
-        while restarts and now - restarts[0] >= self.period:
+        while restarts and now - restarts[0] > self.period:
             restarts.popleft()
         return len(restarts) <= self.intensity
 

@@ -121,7 +121,7 @@ def test_restarts_older_than_the_period_are_forgotten() -> None:
     core = running(ONE_FOR_ONE, intensity=1, period=5)
     core.exited("a1", "boom", now=0)
     core.started("a", "a2")
-    assert actions(core.exited("a2", "boom", now=5.0)) == [("start", "a")]  # 0 has aged out
+    assert actions(core.exited("a2", "boom", now=5.5)) == [("start", "a")]  # 0 has aged out
     core.started("a", "a3")
     assert actions(core.exited("a3", "boom", now=6.0))[-1] == ("exit", "shutdown")
 
@@ -184,3 +184,10 @@ def test_invalid_arguments_are_refused() -> None:
                 dict(id="b", shutdown="later")]:
         with pytest.raises(ValueError):
             core.add(**bad)  # type: ignore[arg-type]
+
+
+def test_a_restart_exactly_one_period_later_still_counts() -> None:
+    core = running(ONE_FOR_ONE, intensity=1, period=5)
+    core.exited("a1", "boom", now=0)
+    core.started("a", "a2")
+    assert actions(core.exited("a2", "boom", now=5.0))[-1] == ("exit", "shutdown")
