@@ -138,8 +138,9 @@ class Supervisor:
         Args:
             children: the child specs, in start order.
             strategy: ``"one_for_one"``, ``"one_for_all"`` or ``"rest_for_one"``.
-            intensity, period: more than ``intensity`` restarts within ``period``
-                seconds stop the supervisor with reason ``"shutdown"``.
+            intensity: more than this many restarts within ``period`` seconds stop
+                the supervisor with reason ``"shutdown"``.
+            period: the window of the intensity, in seconds.
             name: register the supervisor under this local name.
             link_to: its parent: linked, and its exit signal stops the supervisor.
             timeout: seconds starting all children may take (None: no limit).
