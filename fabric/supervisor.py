@@ -21,8 +21,9 @@ reverse order and ``start`` raises that child's error. A child is
 
 A ``name`` in the spec is registered for each incarnation of the child (the dead one's
 name is free by the time its exit arrives). Stopping a child sends it the exit signal
-``"shutdown"`` (a child that does not trap exits ends with it at once) and waits up to
-its ``shutdown`` seconds for its exit, then kills it; ``"brutal_kill"`` kills at once,
+``"shutdown"`` (a child that does not trap exits ends with it at once; a GenServer that
+traps exits is sent a stop request instead, so that its ``terminate`` runs) and waits up
+to its ``shutdown`` seconds for its exit, then kills it; ``"brutal_kill"`` kills at once,
 ``"infinity"`` waits. The supervisor ends on an exit signal from its parent (the process
 given as ``link_to``) or an explicit one (``node.exit(sup, "shutdown")``), or when the
 intensity is exceeded (reason ``"shutdown"``); it then stops its children in reverse start
@@ -40,8 +41,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fabric.calls import Server, call
-from fabric.errors import NameConflictError
+from fabric.calls import STOP, Server, call
+from fabric.errors import BackpressureError, NameConflictError
 from fabric.genserver import From, GenServer
 from fabric.process import Exit, Process, ProcessExit, exception_reason
 from fabric.protocol.effects import Log
@@ -294,7 +295,7 @@ class _Server(GenServer):
             effect = plan[i]
             i += 1
             if type(effect) is StopChild:
-                await self._stop(effect.pid, effect.shutdown)
+                await self._stop(effect.id, effect.pid, effect.shutdown)
             elif type(effect) is StartChild:
                 try:
                     self.core.started(effect.id, await self._start(self.specs[effect.id]))
@@ -338,8 +339,8 @@ class _Server(GenServer):
         fn: Callable[..., Awaitable[Any]] = start
         return node.spawn(fn, *spec.args, link_to=self.proc, name=spec.name)
 
-    async def _stop(self, pid: Pid, shutdown: float | str) -> None:
-        """Stop the child ``pid`` and wait for its exit (its ``Exit`` message)."""
+    async def _stop(self, id: str, pid: Pid, shutdown: float | str) -> None:
+        """Stop the child ``id`` running as ``pid``; wait for its exit (its ``Exit``)."""
         node = self.node
 
         def its_exit(m: Any) -> bool:
@@ -348,7 +349,7 @@ class _Server(GenServer):
         if shutdown == BRUTAL_KILL:
             node.exit(pid, "kill")
         else:
-            node.exit(pid, "shutdown")
+            self._ask_to_stop(id, pid)
             wait = None if shutdown == INFINITY else float(shutdown)
             if await self.proc.receive(its_exit, timeout=wait, default=None) is not None:
                 return
@@ -358,6 +359,22 @@ class _Server(GenServer):
         if await self.proc.receive(its_exit, timeout=_KILL_GRACE, default=None) is None:
             node.log.error("supervisor_child_kill_unanswered", supervisor=repr(self.pid),
                            child=repr(pid))
+
+
+    def _ask_to_stop(self, id: str, pid: Pid) -> None:
+        """Send the child the exit signal ``"shutdown"``; a GenServer that traps exits is
+        sent a stop request instead (Erlang's gen_server stops on its parent's exit
+        signal; ours would take the ``Exit`` for a message), so its ``terminate`` runs."""
+        spec = self.specs.get(id)
+        proc = self.node.processes.get(pid)
+        if (spec is not None and proc is not None and proc.trap_exits
+                and isinstance(spec.start, type) and issubclass(spec.start, GenServer)):
+            try:
+                self.node.send(pid, (STOP, "shutdown"))
+                return
+            except BackpressureError:  # a full mailbox: the signal passes its bound
+                pass
+        self.node.exit(pid, "shutdown")
 
 
 class _StartFailed(Exception):

@@ -199,6 +199,29 @@ async def test_stopping_the_supervisor_stops_children_in_reverse_within_shutdown
             ("first", "shutdown"), ("sup", "shutdown")]
 
 
+class Trapping(GenServer):
+    """Traps exits, and tells ``report_to`` the reason its ``terminate`` got."""
+
+    async def init(self, report_to: Pid) -> None:
+        self.proc.trap_exits = True
+        self.report_to = report_to
+
+    async def terminate(self, reason: Any) -> None:
+        self.node.send(self.report_to, ("terminated", reason))
+
+
+@async_test
+async def test_a_trapping_genserver_child_is_stopped_through_its_terminate() -> None:
+    async with cluster(1) as (a,):
+        report = a.new_mailbox()
+        sup = await Supervisor.start(a, [ChildSpec("t", Trapping, args=(report.self,),
+                                                   shutdown=5, name="t")])
+        report.monitor(a.whereis("t"))  # type: ignore[arg-type]
+        a.exit(sup, "shutdown")
+        assert await report.receive(timeout=5) == ("terminated", "shutdown")
+        assert (await report.receive(timeout=5)).reason == "shutdown"  # not killed
+
+
 @async_test
 async def test_a_child_failing_at_start_fails_the_start_and_stops_the_started_ones() -> None:
     async with cluster(1) as (a,):
