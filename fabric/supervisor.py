@@ -25,9 +25,9 @@ name is free by the time its exit arrives). Stopping a child sends it the exit s
 traps exits is sent a stop request instead, so that its ``terminate`` runs) and waits up
 to its ``shutdown`` seconds for its exit, then kills it; ``"brutal_kill"`` kills at once,
 ``"infinity"`` waits. The supervisor ends on an exit signal from its parent (the process
-given as ``link_to``) or an explicit one (``node.exit(sup, "shutdown")``), or when the
-intensity is exceeded (reason ``"shutdown"``); it then stops its children in reverse start
-order, each within its shutdown. ``node.exit(sup, "kill")`` skips that: the children, being
+given as ``link_to``), an explicit one other than ``"normal"`` (``node.exit(sup,
+"shutdown")``), or when the intensity is exceeded (reason ``"shutdown"``); it then stops
+its children in reverse start order, each within its shutdown. ``node.exit(sup, "kill")`` skips that: the children, being
 linked, get the exit signal ``"killed"``.
 
 The requests (:meth:`Supervisor.which_children`, ``terminate_child``, ``restart_child``,
@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from fabric.calls import STOP, Server, call
 from fabric.errors import BackpressureError, NameConflictError
 from fabric.genserver import From, GenServer
-from fabric.process import Exit, Process, ProcessExit, exception_reason
+from fabric.process import NORMAL, Exit, Process, ProcessExit, exception_reason
 from fabric.protocol.effects import Log
 from fabric.protocol.supervision import (
     BRUTAL_KILL,
@@ -239,7 +239,10 @@ class _Server(GenServer):
     async def handle_info(self, message: Any) -> None:
         if type(message) is not Exit:
             await super().handle_info(message)
-        elif message.pid == self.pid or message.pid == self.parent:
+        elif message.pid == self.parent or (message.pid == self.pid
+                                            and message.reason != NORMAL):
+            # From the parent, or an explicit exit signal (which carries our own pid; a
+            # "normal" one is ignored, as by a process that does not trap exits).
             raise ProcessExit(message.reason)  # terminate stops the children
         else:
             now = self.node.loop.time()

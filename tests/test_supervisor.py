@@ -191,6 +191,8 @@ async def test_stopping_the_supervisor_stops_children_in_reverse_within_shutdown
             assert pid is not None
             watcher.monitor(pid)
         watcher.monitor(sup)
+        a.exit(sup, "normal")  # ignored, as by a process that does not trap exits
+        assert await Supervisor.which_children(a, sup) == children
         a.exit(sup, "shutdown")
         downs = [await watcher.receive(timeout=5) for _ in range(5)]
         by_id = dict((pid, i) for i, pid in children)
