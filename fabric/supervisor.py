@@ -27,8 +27,8 @@ to its ``shutdown`` seconds for its exit, then kills it; ``"brutal_kill"`` kills
 ``"infinity"`` waits. The supervisor ends on an exit signal from its parent (the process
 given as ``link_to``), an explicit one other than ``"normal"`` (``node.exit(sup,
 "shutdown")``), or when the intensity is exceeded (reason ``"shutdown"``); it then stops
-its children in reverse start order, each within its shutdown. ``node.exit(sup, "kill")`` skips that: the children, being
-linked, get the exit signal ``"killed"``.
+its children in reverse start order, each within its shutdown. ``node.exit(sup, "kill")``
+skips that: the children, being linked, get the exit signal ``"killed"``.
 
 The requests (:meth:`Supervisor.which_children`, ``terminate_child``, ``restart_child``,
 ``start_child``, ``delete_child``) are GenServer calls; the supervisor answers errors as
