@@ -312,6 +312,11 @@ class _Server(GenServer):
                     effect.event, supervisor=repr(self.pid),
                     **{k: repr(v) if isinstance(v, tuple) else v
                        for k, v in effect.fields.items()})
+        if len(self.specs) != len(self.core.children):
+            # The core forgot temporary children that ended: so do we, once their stop
+            # (which reads the spec) is over, or a dynamic supervisor would grow forever.
+            kept = {c.id for c in self.core.children}
+            self.specs = {i: spec for i, spec in self.specs.items() if i in kept}
 
     async def _start_now(self, id: str) -> Pid:
         """Start the child ``id`` on request (not a restart: no intensity counted)."""

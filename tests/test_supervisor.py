@@ -294,3 +294,20 @@ async def test_requests_terminate_restart_start_and_delete_children() -> None:
         before = names(a, "w2")
         a.send("w2", "crash")
         await restarted(a, before, ("w2",))
+
+
+@async_test
+async def test_dynamic_temporary_children_are_forgotten_when_they_end() -> None:
+    async with cluster(1) as (a,):
+        sup = await Supervisor.start(a, [])  # children only at run time
+        for round_ in range(3):  # the same ids again: nothing of the ended ones is kept
+            pids = [await Supervisor.start_child(
+                a, sup, ChildSpec(f"job{i}", worker, restart="temporary"))
+                for i in range(3)]
+            assert [p for _, p in await Supervisor.which_children(a, sup)] == pids
+            a.send(pids[0], "quit")
+            a.send(pids[1], "crash")
+            await Supervisor.terminate_child(a, sup, "job2")
+            await wait_until(lambda pids=pids: not any(a.is_alive(p) for p in pids),  # type: ignore[misc]
+                             what="ended")
+            assert await Supervisor.which_children(a, sup) == [], round_
