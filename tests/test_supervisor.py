@@ -311,3 +311,33 @@ async def test_dynamic_temporary_children_are_forgotten_when_they_end() -> None:
             await wait_until(lambda pids=pids: not any(a.is_alive(p) for p in pids),  # type: ignore[misc]
                              what="ended")
             assert await Supervisor.which_children(a, sup) == [], round_
+
+
+@async_test
+async def test_the_parents_exit_stops_the_tree_and_a_kill_takes_the_children_along() -> None:
+    async with cluster(1) as (a,):
+        watcher = a.new_mailbox()
+
+        async def parent(proc: Process) -> None:
+            sup = await Supervisor.start(a, specs("w1"), name="sup", link_to=proc)
+            watcher.send(watcher.self, ("sup", sup))
+            await proc.receive(match=lambda m: m == "go")
+            proc.exit("parent_gone")
+
+        parent_pid = a.spawn(parent)
+        _, sup = await watcher.receive(timeout=5)
+        watcher.monitor(sup)
+        watcher.monitor(a.whereis("w1"))  # type: ignore[arg-type]
+        a.send(parent_pid, "go")
+        downs = [await watcher.receive(timeout=5) for _ in range(2)]
+        assert [d.reason for d in downs] == ["shutdown", "parent_gone"]  # w1, then sup
+        assert downs[1].pid == sup
+
+        sup = await Supervisor.start(a, specs("w1", "w2"))
+        children = [pid for _, pid in await Supervisor.which_children(a, sup)]
+        for pid in children:
+            watcher.monitor(pid)  # type: ignore[arg-type]
+        a.exit(sup, "kill")  # no orderly stop: the links take the children down
+        assert sorted((d.pid, d.reason) for d in
+                      [await watcher.receive(timeout=5) for _ in range(2)]) == \
+            sorted((pid, "killed") for pid in children)
