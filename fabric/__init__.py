@@ -32,6 +32,7 @@ from fabric.genserver import NOREPLY, From, GenServer, call, cast, reply
 from fabric.node import Node, NodeDown, NodeMonitor, NodeUp
 from fabric.process import Down, Exit, Process, ProcessExit
 from fabric.registry import Registry
+from fabric.supervisor import ChildSpec, Supervisor
 from fabric.sync import SyncMailbox, SyncNode
 from fabric.types import GlobalName, NodeName, Pid, Ref, parse_node_name
 from fabric.workers import Router
@@ -40,6 +41,7 @@ __all__ = [
     "AuthenticationError",
     "BackpressureError",
     "CallTimeout",
+    "ChildSpec",
     "ConfigError",
     "ConsistencyError",
     "Down",
@@ -74,6 +76,7 @@ __all__ = [
     "RemoteProtocolError",
     "Router",
     "SpawnTimeout",
+    "Supervisor",
     "SyncMailbox",
     "SyncNode",
     "call",
