@@ -197,7 +197,7 @@ async def test_a_flood_from_another_node_is_bounded_counted_and_reported() -> No
                          "the drops reported to the sender's node")
         assert not a.mailboxes.is_congested(sink)
         assert a.nodes() == [b.name]
-        with pytest.raises(asyncio.TimeoutError):
+        with pytest.raises(TimeoutError):
             await events.next(timeout=0)  # no NodeDown (nor anything else) meanwhile
 
 
