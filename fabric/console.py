@@ -84,8 +84,11 @@ from fabric.types import NodeName, Pid, parse_node_name
 __all__ = ["main", "parse_args"]
 
 # Seed connects that fail for these reasons will not succeed by retrying.
+# Seeds refused for a reason that another try cannot change (the data plane's key and
+# security refusals too: D18) are not retried.
 _PERMANENT_REFUSALS = frozenset({"bad_cookie", "name_in_use", "version", "bad_name",
-                                 "wrong_node", "stopping"})
+                                 "wrong_node", "stopping", "key_refused",
+                                 "security_mismatch"})
 _STATUS_POLL = 0.1  # hidden peers raise no events: membership is also polled this often
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
