@@ -31,6 +31,13 @@ from fabric.exports import export
 from fabric.genserver import NOREPLY, From, GenServer, call, cast, reply
 from fabric.node import Node, NodeDown, NodeMonitor, NodeUp
 from fabric.process import Down, Exit, Process, ProcessExit
+from fabric.protocol.events import (
+    GlobalNameConflict,
+    LeaderElected,
+    LeaderLost,
+    PgJoin,
+    PgLeave,
+)
 from fabric.registry import Registry
 from fabric.supervisor import ChildSpec, Supervisor
 from fabric.sync import SyncMailbox, SyncNode
@@ -51,6 +58,9 @@ __all__ = [
     "From",
     "GenServer",
     "GlobalName",
+    "GlobalNameConflict",
+    "LeaderElected",
+    "LeaderLost",
     "LocalProtocolError",
     "MailboxFullError",
     "NOREPLY",
@@ -64,6 +74,8 @@ __all__ = [
     "NodeUp",
     "NotExportedError",
     "OutcomeUnknown",
+    "PgJoin",
+    "PgLeave",
     "Pid",
     "Process",
     "ProcessDeadError",

@@ -17,13 +17,14 @@ down), or not. Read ``whereis_name`` to learn what happened; unregister if unwan
 
 A name disappears everywhere when its process exits or its node goes down. After a
 partition heals, two owners of a name are resolved by the resolver (default: the earlier
-registration wins); the loser receives ``("global_name_conflict", name, winner)`` and is
+registration wins); the loser receives ``GlobalNameConflict(name, winner)`` and is
 not killed unless the resolver says so (``method="random_exit"`` kills one, as Erlang's
 ``random_exit_name``).
 
 Leader election: candidates :meth:`Global.stand` for a group; each is told
-``("leader_elected", group, leader_pid, term)`` whenever the leader changes, and a leader
-deposed after a heal gets ``("leader_lost", group, term)``. Terms only grow: use them as
+``LeaderElected(group, leader, term)`` whenever the leader changes, and a leader
+deposed after a heal gets ``LeaderLost(group, term)`` (events: :mod:`fabric.protocol.events`,
+exported from ``fabric``). Terms only grow: use them as
 fencing tokens.
 
 Pids passed here must be local to this node (register a process on its own node).

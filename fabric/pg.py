@@ -120,7 +120,8 @@ class Groups:
     def monitor(self, group: Hashable, watcher: Pid,
                 scope: str = DEFAULT_SCOPE) -> tuple[Ref, list[Pid]]:
         """Watch ``group``; returns ``(token, members now)``. Then ``watcher`` receives
-        ``("pg_join" | "pg_leave", token, scope, group, [pids])`` for every change."""
+        a :class:`~fabric.PgJoin` or :class:`~fabric.PgLeave` event (``token``, ``scope``,
+        ``group``, ``pids``) for every change."""
         self._check_alive(watcher)
         result: tuple[Ref, list[Pid]] = self._run(
             self.core.monitor(scope, group, watcher, self._now()))
