@@ -56,6 +56,7 @@ from fabric.node.refusals import TransportRefusals
 from fabric.node.services import ServiceHost
 from fabric.node.signals import Signals
 from fabric.node.sockets import Sockets
+from fabric.node.timers import Timers
 from fabric.outbound import MAX_BATCH
 from fabric.pg import Groups
 from fabric.process import NORMAL, Process
@@ -218,6 +219,7 @@ class Node:
             reconnect_give_up=cfg.reconnect_give_up,
         )
         self._wire(loop, sockets, mesh)
+        self._timers = Timers(loop, self.send, self.make_ref, self.log, self.metrics)
         # Services every node runs, so that views are complete wherever they are read.
         self.pg = Groups(self)
         self.global_ = Global(self)
@@ -286,6 +288,7 @@ class Node:
         self._run(self.mesh.close_all(self.loop.time()))
         if self._tick_handle is not None:
             self._tick_handle.cancel()
+        self._timers.close()
         self.reactor.close()
         for fut in self._ping_waiters.values():
             if not fut.done():
@@ -558,6 +561,32 @@ class Node:
             except BackpressureError as exc:
                 if not await self.channels.wait_for_room(exc.node):
                     return
+
+    # -- timers ---------------------------------------------------------------------------
+
+    def send_after(self, dest: Any, message: Any, delay: float) -> Ref:
+        """Send ``message`` to ``dest`` (anything :meth:`send` takes) in ``delay`` seconds;
+        returns the timer's ref for :meth:`cancel_timer` (Erlang's ``send_after/3``).
+
+        The destination is resolved when the timer fires; a dead one drops the message.
+
+        Raises:
+            LocalProtocolError: ``delay`` is negative.
+        """
+        self._require_started()
+        return self._timers.send_after(dest, message, delay)
+
+    def cancel_timer(self, ref: Ref) -> float | None:
+        """Cancel a :meth:`send_after` timer: the seconds it had left, or None if it
+        already fired, was cancelled, or is unknown (Erlang's ``false``). Once this
+        returns, its message is not sent."""
+        self._require_started()
+        return self._timers.cancel(ref)
+
+    def read_timer(self, ref: Ref) -> float | None:
+        """Seconds before a :meth:`send_after` timer fires, or None (not pending)."""
+        self._require_started()
+        return self._timers.read(ref)
 
     # -- services (for service authors: see fabric.node.services) --------------------------
 
