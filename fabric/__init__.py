@@ -41,10 +41,11 @@ from fabric.protocol.events import (
 from fabric.registry import Registry
 from fabric.supervisor import ChildSpec, Supervisor
 from fabric.sync import SyncMailbox, SyncNode
-from fabric.types import GlobalName, NodeName, Pid, Ref, parse_node_name
+from fabric.types import Answer, GlobalName, NodeName, Pid, Ref, parse_node_name
 from fabric.workers import Router
 
 __all__ = [
+    "Answer",
     "AuthenticationError",
     "BackpressureError",
     "CallTimeout",

@@ -51,6 +51,7 @@ from fabric.errors import (
 )
 from fabric.exports import export, resolve_export
 from fabric.process import Down, Process
+from fabric.timeouts import CALL_TIMEOUT
 from fabric.types import Pid, Ref
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ async def call(
     target: str,
     spec: str,
     args: Sequence[Any] = (),
-    timeout: float | None = 5.0,
+    timeout: float | None = CALL_TIMEOUT,
 ) -> Any:
     """Run the exported function ``spec`` (``"module:function"``) on node ``target``.
 
@@ -174,7 +175,7 @@ async def multicall(
     nodes: Iterable[str],
     spec: str,
     args: Sequence[Any] = (),
-    timeout: float | None = 5.0,
+    timeout: float | None = CALL_TIMEOUT,
 ) -> tuple[dict[str, Any], list[str]]:
     """Run ``spec`` on every node of ``nodes`` at once; Erlang's ``rpc:multicall``.
 

@@ -139,8 +139,8 @@ def test_send_and_call_by_global_name() -> None:
             pid = await Counter.start(a)
             assert await a.global_.register_name("counter", pid) == "yes"
             await until(lambda: b.global_.whereis_name("counter") == pid)
-            assert await b.global_.call("counter", 5) == 5
-            assert await b.global_.call("counter", 2) == 7
+            assert await call(b, GlobalName("counter"), 5) == 5
+            assert await call(b, GlobalName("counter"), 2) == 7
             with pytest.raises(ProcessDeadError):
                 b.global_.send("nobody", "x")
             with pytest.raises(LocalProtocolError):

@@ -16,8 +16,8 @@ matches every event the same way, by type::
 Events are created by the sans-I/O cores and delivered to local processes only: they
 never cross the wire (a process that forwards one to another node sends its fields).
 
-Until release 0.3 these events were tagged tuples, Erlang's shape
-(``("pg_join", token, scope, group, pids)``). For one release an event still reads as
+In fabric 0.1 these events were tagged tuples, Erlang's shape
+(``("pg_join", token, scope, group, pids)``). For one release (0.2) an event still reads as
 that tuple, with a ``DeprecationWarning``: indexing and slicing (``m[0] == "pg_join"``),
 unpacking (``kind, token, *rest = m``), ``len(m)`` and ``m == (...)``. What cannot be
 kept is ``type(m) is tuple`` / ``isinstance(m, tuple)``: code that checks for a tuple
@@ -51,7 +51,7 @@ class ServiceEvent:
     def _old(self) -> tuple[Any, ...]:
         warnings.warn(
             f"{type(self).__name__} is a dataclass now: read its fields by name, match on "
-            f"its type; reading it as the tuple ({self.tag!r}, ...) goes in the next release",
+            f"its type; reading it as the tuple ({self.tag!r}, ...) goes in fabric 0.3",
             DeprecationWarning, stacklevel=3)
         return self.as_tuple()
 
