@@ -32,6 +32,8 @@ from fabric.genserver import NOREPLY, From, GenServer, call, cast, reply
 from fabric.node import Node, NodeDown, NodeMonitor, NodeUp
 from fabric.process import Down, Exit, Process, ProcessExit
 from fabric.protocol.events import (
+    DataChanged,
+    DataDeleted,
     GlobalNameConflict,
     LeaderElected,
     LeaderLost,
@@ -52,6 +54,8 @@ __all__ = [
     "ChildSpec",
     "ConfigError",
     "ConsistencyError",
+    "DataChanged",
+    "DataDeleted",
     "Down",
     "Exit",
     "FabricError",

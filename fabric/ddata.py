@@ -150,8 +150,9 @@ class Replicator:
             timeout)
 
     def subscribe(self, key: Key[Any], pid: Pid) -> None:
-        """Deliver ``("ddata_changed", name, value)`` to the local process ``pid`` on every
-        change of ``key`` (and ``("ddata_deleted", name)``); ends when ``pid`` exits."""
+        """Deliver :class:`~fabric.DataChanged` ``(key, value)`` to the local process
+        ``pid`` on every change of ``key`` (and :class:`~fabric.DataDeleted` ``(key)``);
+        ends when ``pid`` exits."""
         lowlevel.run_service(self.node, SERVICE,
                              self.core.subscribe(key.name, pid, lowlevel.now(self.node)))
 

@@ -77,7 +77,8 @@ def test_three_nodes_replicate_counters_and_sets() -> None:
             assert (await box.receive(timeout=5))[2].value == 30
             await repls[0].update(HITS, lambda c: c.increment(5))
             msg = await box.receive(timeout=5)
-            assert msg[:2] == ("ddata_changed", "hits") and msg[2].value == 35
+            assert type(msg) is fabric.DataChanged and msg.key == "hits"
+            assert msg.value.value == 35
         finally:
             await stop(nodes)
 

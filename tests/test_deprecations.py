@@ -43,6 +43,8 @@ def test_an_event_is_a_frozen_dataclass_matched_by_type_and_fields() -> None:
     (fabric.LeaderElected("g", PID, 2), ("leader_elected", "g", PID, 2)),
     (fabric.LeaderLost("g", 2), ("leader_lost", "g", 2)),
     (fabric.GlobalNameConflict("x", PID), ("global_name_conflict", "x", PID)),
+    (fabric.DataChanged("k", 3), ("ddata_changed", "k", 3)),
+    (fabric.DataDeleted("k"), ("ddata_deleted", "k")),
 ])
 def test_an_event_still_reads_as_its_old_tuple_with_a_warning(event: Any,
                                                                 old: tuple[Any, ...]) -> None:

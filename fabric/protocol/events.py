@@ -5,7 +5,8 @@ Theory of operation
 A service tells a local process about a change by putting an event in its mailbox (a
 ``Deliver`` effect): a process-group monitor sees :class:`PgJoin` and :class:`PgLeave`,
 a leadership candidate :class:`LeaderElected` and :class:`LeaderLost`, the loser of a
-global name after a heal :class:`GlobalNameConflict`. They join the events fabric already
+global name after a heal :class:`GlobalNameConflict`, a subscriber to replicated data
+:class:`DataChanged` and :class:`DataDeleted`. They join the events fabric already
 delivered as dataclasses (``Down``, ``Exit``, ``NodeUp``, ``NodeDown``), so a process
 matches every event the same way, by type::
 
@@ -32,8 +33,8 @@ from typing import Any, ClassVar, TypeVar
 
 from fabric.types import Pid, Ref
 
-__all__ = ["GlobalNameConflict", "LeaderElected", "LeaderLost", "PgJoin", "PgLeave",
-           "ServiceEvent"]
+__all__ = ["DataChanged", "DataDeleted", "GlobalNameConflict", "LeaderElected", "LeaderLost",
+           "PgJoin", "PgLeave", "ServiceEvent"]
 
 T = TypeVar("T")
 
@@ -134,3 +135,23 @@ class GlobalNameConflict(ServiceEvent):
     tag: ClassVar[str] = "global_name_conflict"
     name: Any
     other: Pid
+
+
+@_tuple_equality
+@dataclass(frozen=True, slots=True)
+class DataChanged(ServiceEvent):
+    """To a subscriber of a replicated key after every change of its value, whatever
+    caused it (``Replicator.subscribe``; Akka's ``Changed``)."""
+
+    tag: ClassVar[str] = "ddata_changed"
+    key: str  # the key's name
+    value: Any  # the new value, a CRDT
+
+
+@_tuple_equality
+@dataclass(frozen=True, slots=True)
+class DataDeleted(ServiceEvent):
+    """To a subscriber of a replicated key that was deleted (for good)."""
+
+    tag: ClassVar[str] = "ddata_deleted"
+    key: str
