@@ -36,7 +36,7 @@ from fabric.errors import FabricTimeout
 from fabric.node import Node
 from fabric.process import Process
 from fabric.timeouts import CALL_TIMEOUT
-from fabric.types import Answer, Pid
+from fabric.types import Answer, Pid, Ref
 
 __all__ = ["SyncMailbox", "SyncNode"]
 
@@ -196,6 +196,15 @@ class SyncNode:
     def send_wait(self, dest: Any, message: Any) -> None:
         """Like :meth:`send`, but waits for room instead of raising BackpressureError."""
         self._wait(self.node.send_wait(dest, message))
+
+    def send_after(self, dest: Any, message: Any, delay: float) -> Ref:
+        """Send ``message`` to ``dest`` in ``delay`` seconds; the timer's ref (see
+        :meth:`Node.send_after`)."""
+        return self._invoke(self.node.send_after, dest, message, delay)
+
+    def cancel_timer(self, ref: Ref) -> float | None:
+        """Cancel a timer: the seconds it had left, or None (see :meth:`Node.cancel_timer`)."""
+        return self._invoke(self.node.cancel_timer, ref)
 
     def whereis(self, name: str) -> Pid | None:
         """The pid registered locally under ``name``, or None."""

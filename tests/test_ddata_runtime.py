@@ -74,7 +74,7 @@ def test_three_nodes_replicate_counters_and_sets() -> None:
             # Subscriptions deliver every change to a local process.
             box = nodes[1].new_mailbox()
             repls[1].subscribe(HITS, box.self)
-            assert (await box.receive(timeout=5))[2].value == 30
+            assert (await box.receive(timeout=5)).value.value == 30
             await repls[0].update(HITS, lambda c: c.increment(5))
             msg = await box.receive(timeout=5)
             assert type(msg) is fabric.DataChanged and msg.key == "hits"
