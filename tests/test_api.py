@@ -229,6 +229,8 @@ ASYNC_METHODS: dict[str, set[str]] = {
     "fabric.workers:Router": {"call"},
     "fabric.ddata:Replicator": {"update", "get", "delete"},
     "fabric.node:NodeMonitor": {"next"},
+    "fabric.sync:SyncNode": set(),  # the blocking mirror: nothing to await
+    "fabric.sync:SyncMailbox": set(),
     "fabric.genserver:GenServer": {"start", "init", "handle_call", "handle_cast",
                                    "handle_info", "terminate"},
     "fabric.supervisor:Supervisor": {"start", "which_children", "terminate_child",

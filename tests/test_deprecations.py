@@ -33,8 +33,9 @@ def test_an_event_is_a_frozen_dataclass_matched_by_type_and_fields() -> None:
         case _:
             pytest.fail("no match")
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # reading fields never warns
+        warnings.simplefilter("error")  # reading fields, testing or comparing never warns
         assert event.as_tuple() == ("leader_elected", "g", PID, 3)
+        assert event and event != "stop" and event is not None and repr(event)
 
 
 @pytest.mark.parametrize("event, old", [

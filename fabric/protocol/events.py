@@ -65,6 +65,9 @@ class ServiceEvent:
     def __len__(self) -> int:
         return len(self._old())
 
+    def __bool__(self) -> bool:
+        return True  # an event is always true (without this, ``if event:`` asks __len__)
+
 
 def _tuple_equality(cls: type[T]) -> type[T]:
     """Let ``event == (tag, ...)`` still hold for one release (with the warning)."""
