@@ -118,7 +118,7 @@ async def test_the_node_service_hooks_and_sockets_still_work_with_a_warning() ->
 
 @pytest.mark.io
 @async_test
-async def test_global_call_still_calls_by_global_name_with_a_warning() -> None:
+async def test_global_call_still_works_with_a_warning_and_answers_are_truthful() -> None:
     async with cluster(1) as (a,):
         class Echo(fabric.GenServer):
             async def handle_call(self, request: Any, from_: Any) -> Any:
@@ -126,10 +126,14 @@ async def test_global_call_still_calls_by_global_name_with_a_warning() -> None:
 
         pid = await Echo.start(a)
         assert await a.global_.register_name("echo", pid)
+        taken = await a.global_.register_name("echo", await Echo.start(a))
+        assert type(taken) is fabric.Answer and taken == "no" and not taken
         with pytest.deprecated_call(match=r"fabric\.call\(node, fabric\.GlobalName"):
             assert await a.global_.call("echo", 1) == ("echo", 1)
         assert await fabric.call(a, fabric.GlobalName("echo"), 2) == ("echo", 2)
         with pytest.deprecated_call(), pytest.raises(fabric.ProcessDeadError):
             await a.global_.call("nobody", 1)
-        assert await a.ping(a.name) and await a.ping(a.name) == "pong"
-        assert not await a.ping("nobody@127.0.0.1:1", timeout=0.5)
+        pong = await a.ping(a.name)
+        assert type(pong) is fabric.Answer and pong == "pong" and pong
+        pang = await a.ping("nobody@127.0.0.1:1", timeout=0.5)
+        assert pang == "pang" and not pang
