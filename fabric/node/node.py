@@ -139,10 +139,12 @@ class Node:
     Raises:
         ConfigError: invalid name, cookie or option.
 
-    The objects it is made of are attributes, for code that needs the documented
-    low-level interface (ARCHITECTURE.md section 8): ``metrics`` and ``processes`` from
-    construction; ``sockets``, ``channels``, ``signals``, ``services``, ``reactor``,
-    ``effects`` and ``mesh`` once started.
+    Its public API is listed by concept in docs/API.md (async exactly when a method may
+    wait for another node or process). Service authors use :mod:`fabric.lowlevel`. The
+    objects it is made of are attributes for fabric's own runtime modules, tools and tests
+    (ARCHITECTURE.md section 8), not API: ``processes`` from construction; ``sockets``,
+    ``channels``, ``signals``, ``services``, ``reactor``, ``effects``, ``mailboxes`` and
+    ``mesh`` once started.
     """
 
     def __init__(
