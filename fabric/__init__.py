@@ -31,19 +31,31 @@ from fabric.exports import export
 from fabric.genserver import NOREPLY, From, GenServer, call, cast, reply
 from fabric.node import Node, NodeDown, NodeMonitor, NodeUp
 from fabric.process import Down, Exit, Process, ProcessExit
+from fabric.protocol.events import (
+    DataChanged,
+    DataDeleted,
+    GlobalNameConflict,
+    LeaderElected,
+    LeaderLost,
+    PgJoin,
+    PgLeave,
+)
 from fabric.registry import Registry
 from fabric.supervisor import ChildSpec, Supervisor
 from fabric.sync import SyncMailbox, SyncNode
-from fabric.types import GlobalName, NodeName, Pid, Ref, parse_node_name
+from fabric.types import Answer, GlobalName, NodeName, Pid, Ref, parse_node_name
 from fabric.workers import Router
 
 __all__ = [
+    "Answer",
     "AuthenticationError",
     "BackpressureError",
     "CallTimeout",
     "ChildSpec",
     "ConfigError",
     "ConsistencyError",
+    "DataChanged",
+    "DataDeleted",
     "Down",
     "Exit",
     "FabricError",
@@ -51,6 +63,9 @@ __all__ = [
     "From",
     "GenServer",
     "GlobalName",
+    "GlobalNameConflict",
+    "LeaderElected",
+    "LeaderLost",
     "LocalProtocolError",
     "MailboxFullError",
     "NOREPLY",
@@ -64,6 +79,8 @@ __all__ = [
     "NodeUp",
     "NotExportedError",
     "OutcomeUnknown",
+    "PgJoin",
+    "PgLeave",
     "Pid",
     "Process",
     "ProcessDeadError",

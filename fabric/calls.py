@@ -65,6 +65,7 @@ from fabric.errors import (
 )
 from fabric.process import NORMAL, Down, Process
 from fabric.protocol.messages import CALL_TAG, REPLY_TAG
+from fabric.timeouts import CALL_TIMEOUT
 from fabric.types import GlobalName, Pid, Ref
 
 if TYPE_CHECKING:
@@ -215,7 +216,7 @@ async def ensure_connected(node: Node, peer: str, timeout: float | None) -> None
 
 
 async def call(
-    node_or_proc: Node | Process, server: Server, request: Any, timeout: float | None = 5.0
+    node_or_proc: Node | Process, server: Server, request: Any, timeout: float | None = CALL_TIMEOUT
 ) -> Any:
     """Send ``request`` to a GenServer and wait for its reply.
 
@@ -337,7 +338,7 @@ def cast(node_or_proc: Node | Process, server: Server, request: Any) -> None:
 
 async def stop(
     node_or_proc: Node | Process, server: Server, reason: Any = NORMAL,
-    timeout: float | None = 5.0,
+    timeout: float | None = CALL_TIMEOUT,
 ) -> None:
     """Stop a GenServer with ``reason`` (its ``terminate`` runs) and wait until it is gone.
 

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from fabric import lowlevel
 from fabric.errors import ConfigError, ConsistencyError
 from fabric.protocol import crdt as _crdt
 from fabric.protocol.codec import Codec
@@ -45,7 +46,7 @@ from fabric.protocol.replicator import (
     Persist,
     ReplicatorCore,
 )
-from fabric.timeouts import wait_for
+from fabric.timeouts import CALL_TIMEOUT, wait_for
 from fabric.types import Pid
 
 if TYPE_CHECKING:
@@ -103,9 +104,10 @@ class Replicator:
         self.store = SqliteStore(path) if durable and path is not None else None
         if self.store is not None:
             # Before the service meets its peers: what this node acknowledged is back.
-            node.run_service(SERVICE, self.core.restore(self.store.load(), node.loop.time()))
-            node.on_effect(Persist, self._persist)
-        node.add_service(self.core)
+            lowlevel.run_service(node, SERVICE,
+                                 self.core.restore(self.store.load(), lowlevel.now(node)))
+            lowlevel.on_effect(node, Persist, self._persist)
+        lowlevel.add_service(node, self.core)
 
     def close(self) -> None:
         """Close the sqlite file (after the node stopped)."""
@@ -125,7 +127,7 @@ class Replicator:
         return self.core.value(key)
 
     async def update(self, key: Key[C], fn: Callable[[C], C], write: Consistency = LOCAL,
-                     timeout: float = 5.0) -> C:
+                     timeout: float = CALL_TIMEOUT) -> C:
         """Apply ``fn`` to the key's value and replicate the change at level ``write``;
         returns the new local value."""
         stamp = time.time_ns() // 1000
@@ -134,33 +136,34 @@ class Replicator:
         return result
 
     async def get(self, key: Key[C], read: Consistency = LOCAL,
-                  timeout: float = 5.0) -> C | None:
+                  timeout: float = CALL_TIMEOUT) -> C | None:
         """The key's value merged from ``read`` replicas (None if no replica has it)."""
         result: C | None = await self._request(
             lambda token, now: self.core.get(key, read, token, now, timeout=timeout), timeout)
         return result
 
     async def delete(self, key: Key[Any], write: Consistency = LOCAL,
-                     timeout: float = 5.0) -> None:
+                     timeout: float = CALL_TIMEOUT) -> None:
         """Delete ``key`` for good on every replica."""
         await self._request(
             lambda token, now: self.core.delete(key, write, token, now, timeout=timeout),
             timeout)
 
     def subscribe(self, key: Key[Any], pid: Pid) -> None:
-        """Deliver ``("ddata_changed", name, value)`` to the local process ``pid`` on every
-        change of ``key`` (and ``("ddata_deleted", name)``); ends when ``pid`` exits."""
-        self.node.run_service(SERVICE, self.core.subscribe(key.name, pid,
-                                                           self.node.loop.time()))
+        """Deliver :class:`~fabric.DataChanged` ``(key, value)`` to the local process
+        ``pid`` on every change of ``key`` (and :class:`~fabric.DataDeleted` ``(key)``);
+        ends when ``pid`` exits."""
+        lowlevel.run_service(self.node, SERVICE,
+                             self.core.subscribe(key.name, pid, lowlevel.now(self.node)))
 
     def unsubscribe(self, key: Key[Any], pid: Pid) -> bool:
         return self.core.unsubscribe(key.name, pid)
 
     async def _request(self, start: Callable[[Any, float], list[Any]], timeout: float) -> Any:
         token = self.node.make_ref()
-        effects = start(token, self.node.loop.time())  # may raise (bad level, fn failed)
-        fut = self.node.expect(token)  # before the effects run: one may complete it
-        self.node.run_service(SERVICE, effects)
+        effects = start(token, lowlevel.now(self.node))  # may raise (bad level, fn failed)
+        fut = lowlevel.expect(self.node, token)  # before the effects run: one may complete it
+        lowlevel.run_service(self.node, SERVICE, effects)
         # The core completes every request by its own timeout; the margin only guards
         # against a node that stops meanwhile.
         status, value = await wait_for(fut, timeout + 5.0, "ddata request")

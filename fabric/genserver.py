@@ -44,6 +44,7 @@ from fabric.calls import (
 )
 from fabric.errors import CallTimeout, ProcessDeadError
 from fabric.process import KILLED, Process, ProcessExit, exception_reason
+from fabric.timeouts import CALL_TIMEOUT
 from fabric.types import Pid, Ref
 
 if TYPE_CHECKING:
@@ -146,7 +147,7 @@ class GenServer:
         *args: Any,
         name: str | None = None,
         link_to: Process | None = None,
-        timeout: float | None = 5.0,
+        timeout: float | None = CALL_TIMEOUT,
         mailbox_limit: int | None = None,
     ) -> Pid:
         """Spawn a server on ``node`` and wait until its :meth:`init` has returned.

@@ -8,7 +8,7 @@ lookups everywhere::
     await node.global_.register_name("scheduler", pid)    # "yes" / "no"
     node.global_.whereis_name("scheduler")                # pid or None, no round trip
     node.global_.send("scheduler", message)
-    await node.global_.call("scheduler", request)          # GenServer call by global name
+    await fabric.call(node, GlobalName("scheduler"), request)  # a GenServer, by global name
 
 A registration (or unregistration) whose answer does not come within ``timeout`` raises
 :class:`~fabric.errors.OutcomeUnknown` (a ``TimeoutError``): the request stays in flight,
@@ -17,13 +17,14 @@ down), or not. Read ``whereis_name`` to learn what happened; unregister if unwan
 
 A name disappears everywhere when its process exits or its node goes down. After a
 partition heals, two owners of a name are resolved by the resolver (default: the earlier
-registration wins); the loser receives ``("global_name_conflict", name, winner)`` and is
+registration wins); the loser receives ``GlobalNameConflict(name, winner)`` and is
 not killed unless the resolver says so (``method="random_exit"`` kills one, as Erlang's
 ``random_exit_name``).
 
 Leader election: candidates :meth:`Global.stand` for a group; each is told
-``("leader_elected", group, leader_pid, term)`` whenever the leader changes, and a leader
-deposed after a heal gets ``("leader_lost", group, term)``. Terms only grow: use them as
+``LeaderElected(group, leader, term)`` whenever the leader changes, and a leader
+deposed after a heal gets ``LeaderLost(group, term)`` (events: :mod:`fabric.protocol.events`,
+exported from ``fabric``). Terms only grow: use them as
 fencing tokens.
 
 Pids passed here must be local to this node (register a process on its own node).
@@ -35,12 +36,15 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from fabric import lowlevel
+from fabric._deprecation import deprecated
 from fabric.errors import LocalProtocolError, OutcomeUnknown, ProcessDeadError
 from fabric.protocol.effects import Effect, ExitProcess
 from fabric.protocol.global_ import GlobalCore
 from fabric.protocol.global_resolve import BUILTIN_RESOLVERS
 from fabric.protocol.leader import LeaderElection
-from fabric.types import Pid
+from fabric.timeouts import CALL_TIMEOUT, CLUSTER_TIMEOUT, wait_for
+from fabric.types import Answer, GlobalName, Pid
 
 if TYPE_CHECKING:
     from fabric.node import Node
@@ -59,14 +63,16 @@ class Global:
         self.leaders = LeaderElection()
         self.core = GlobalCore(node.name, node.creation, seed=random.getrandbits(32),
                                plugin=self.leaders)
-        node.add_service(self.core)
-        node.on_effect(ExitProcess, self._exit_process)
+        lowlevel.add_service(node, self.core)
+        lowlevel.on_effect(node, ExitProcess, self._exit_process)
 
     # -- names ----------------------------------------------------------------------------
 
     async def register_name(self, name: Any, pid: Pid, *, method: str | None = None,
-                            wait_all: bool = True, timeout: float | None = 30.0) -> str:
-        """Register ``pid`` (local, alive) under ``name`` cluster-wide: ``"yes"`` or ``"no"``.
+                            wait_all: bool = True,
+                            timeout: float | None = CLUSTER_TIMEOUT) -> Answer:
+        """Register ``pid`` (local, alive) under ``name`` cluster-wide: ``"yes"`` or ``"no"``
+        (an :class:`~fabric.types.Answer`: true for ``"yes"`` only).
 
         Args:
             method: the conflict resolver for this name after a heal: ``"earliest"``
@@ -85,10 +91,11 @@ class Global:
         answer: str = await self._request(lambda token, now: self.core.register_name(
             name, pid, token, now, method=_method(method), wait_all=wait_all), timeout,
             f"register_name({name!r})")
-        return answer
+        return Answer(answer)
 
     async def re_register_name(self, name: Any, pid: Pid, *, method: str | None = None,
-                               wait_all: bool = True, timeout: float | None = 30.0) -> str:
+                               wait_all: bool = True,
+                               timeout: float | None = CLUSTER_TIMEOUT) -> Answer:
         """Register ``pid`` under ``name``, replacing any current owner (no notification).
 
         ``wait_all``: as for :meth:`register_name`.
@@ -100,9 +107,9 @@ class Global:
         answer: str = await self._request(lambda token, now: self.core.re_register_name(
             name, pid, token, now, method=_method(method), wait_all=wait_all), timeout,
             f"re_register_name({name!r})")
-        return answer
+        return Answer(answer)
 
-    async def unregister_name(self, name: Any, timeout: float | None = 30.0) -> None:
+    async def unregister_name(self, name: Any, timeout: float | None = CLUSTER_TIMEOUT) -> None:
         """Remove ``name`` everywhere (whoever owns it).
 
         Raises:
@@ -130,23 +137,23 @@ class Global:
         self.node.send(pid, message)
         return pid
 
-    async def call(self, name: Any, request: Any, timeout: float = 5.0) -> Any:
-        """GenServer-call the owner of ``name``.
+    async def call(self, name: Any, request: Any, timeout: float = CALL_TIMEOUT) -> Any:
+        """Deprecated: ``fabric.call(node, fabric.GlobalName(name), request)``, the one
+        GenServer call, takes a global name like any other address.
 
         Raises:
             ProcessDeadError: no process is registered under ``name`` (or it died).
         """
         from fabric.calls import call
 
-        pid = self.whereis_name(name)
-        if pid is None:
-            raise ProcessDeadError(name, "noproc")
-        return await call(self.node, pid, request, timeout=timeout)
+        deprecated("node.global_.call(name, ...)",
+                   "fabric.call(node, fabric.GlobalName(name), ...)")
+        return await call(self.node, GlobalName(name), request, timeout=timeout)
 
     # -- locks ----------------------------------------------------------------------------
 
     async def set_lock(self, resource: Any, pid: Pid, *, retries: int | None = None,
-                       timeout: float | None = 60.0) -> bool:
+                       timeout: float | None = CLUSTER_TIMEOUT) -> bool:
         """Lock ``resource`` cluster-wide for ``pid``; False after ``retries`` refusals."""
         self._check(pid)
         ok: bool = await self._request(lambda token, now: self.core.set_lock(
@@ -193,20 +200,18 @@ class Global:
                 "own node)")
 
     def _now(self) -> float:
-        return self.node.loop.time()
+        return lowlevel.now(self.node)
 
     def _run(self, effects: list[Effect]) -> None:
-        self.node.run_service(self.core.service, effects)
+        lowlevel.run_service(self.node, self.core.service, effects)
 
     async def _request(self, start: Callable[[Any, float], list[Effect]],
                        timeout: float | None, what: str | None = None) -> Any:
         """Start a transaction whose ``Complete(token, result)`` ends it; its result.
         ``what``: a name operation, whose timeout is reported as :class:`OutcomeUnknown`
         (it stays in flight)."""
-        from fabric.timeouts import wait_for
-
         token = self.node.make_ref()
-        fut = self.node.expect(token)
+        fut = lowlevel.expect(self.node, token)
         self._run(start(token, self._now()))
         if what is None:
             return await wait_for(fut, timeout, "global request")

@@ -26,6 +26,7 @@ import random
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from fabric import lowlevel
 from fabric.errors import LocalProtocolError
 from fabric.protocol.effects import Effect
 from fabric.protocol.hashring import rendezvous
@@ -81,7 +82,7 @@ class Groups:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.core = PgCore(node.name, node.creation)
-        node.add_service(self.core)  # it routes publications under core.topic_prefix
+        lowlevel.add_service(node, self.core)  # it routes publications under core.topic_prefix
         self._rr: dict[tuple[str, Hashable], itertools.count[int]] = {}
 
     # -- membership -----------------------------------------------------------------------
@@ -120,7 +121,8 @@ class Groups:
     def monitor(self, group: Hashable, watcher: Pid,
                 scope: str = DEFAULT_SCOPE) -> tuple[Ref, list[Pid]]:
         """Watch ``group``; returns ``(token, members now)``. Then ``watcher`` receives
-        ``("pg_join" | "pg_leave", token, scope, group, [pids])`` for every change."""
+        a :class:`~fabric.PgJoin` or :class:`~fabric.PgLeave` event (``token``, ``scope``,
+        ``group``, ``pids``) for every change."""
         self._check_alive(watcher)
         result: tuple[Ref, list[Pid]] = self._run(
             self.core.monitor(scope, group, watcher, self._now()))
@@ -173,8 +175,8 @@ class Groups:
                 raise LocalProtocolError(f"{pid!r} is not a live local process")
 
     def _now(self) -> float:
-        return self.node.loop.time()
+        return lowlevel.now(self.node)
 
     def _run(self, effects: list[Effect]) -> Any:
         """Execute the effects of a core method; returns its reply (None without one)."""
-        return self.node.run_service(self.core.service, effects)
+        return lowlevel.run_service(self.node, self.core.service, effects)

@@ -172,6 +172,16 @@ class Process(ProcessState):
         destination's mailbox is full."""
         await self.node.send_wait(dest, message)
 
+    def send_after(self, dest: Any, message: Any, delay: float) -> Ref:
+        """Send ``message`` to ``dest`` in ``delay`` seconds (``dest`` may be
+        ``proc.self``: a timeout message to oneself); see :meth:`fabric.Node.send_after`."""
+        return self.node.send_after(dest, message, delay)
+
+    def cancel_timer(self, ref: Ref) -> float | None:
+        """Cancel a timer; the seconds it had left, or None (see
+        :meth:`fabric.Node.cancel_timer`)."""
+        return self.node.cancel_timer(ref)
+
     # -- links and monitors ---------------------------------------------------------------
 
     def link(self, pid: Pid) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 from fabric.pg import pick_member
+from fabric.timeouts import CALL_TIMEOUT
 from fabric.types import Pid
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ class Registry:
         """Send to every process under ``name`` over the ordered mesh."""
         self.node.pg.broadcast_reliable(name, message, scope=self.scope)
 
-    async def call(self, name: Hashable, request: Any, timeout: float = 5.0) -> Any:
+    async def call(self, name: Hashable, request: Any, timeout: float = CALL_TIMEOUT) -> Any:
         """GenServer-call the process :meth:`whereis` picks.
 
         Raises:

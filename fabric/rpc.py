@@ -18,7 +18,10 @@ message and a task) per call.
 
 Functions run on the target node's event loop: a sync function blocks that node while it
 runs, so keep them short or make them async (``await asyncio.to_thread(...)`` inside).
-They take plain arguments (not a ``proc``); their result must be encodable.
+They take plain arguments (not a ``proc``); their result must be encodable. A function
+that needs its node (to send, spawn, read ``node.pg``...) asks :func:`current_node`: the
+worker sets a context variable before calling it, which tasks it creates inherit (as
+``asyncio.to_thread`` does); GenServer handlers see the same variable.
 """
 
 from __future__ import annotations
@@ -28,9 +31,17 @@ import inspect
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from fabric.calls import REPLY, ensure_connected, error_info, remote_error, send_reply
+from fabric.calls import (
+    REPLY,
+    _current_node,
+    ensure_connected,
+    error_info,
+    remote_error,
+    send_reply,
+)
 from fabric.errors import (
     CallTimeout,
+    LocalProtocolError,
     NodeDownError,
     NotExportedError,
     ProcessDeadError,
@@ -40,12 +51,13 @@ from fabric.errors import (
 )
 from fabric.exports import export, resolve_export
 from fabric.process import Down, Process
+from fabric.timeouts import CALL_TIMEOUT
 from fabric.types import Pid, Ref
 
 if TYPE_CHECKING:
     from fabric.node import Node
 
-__all__ = ["call", "multicall", "worker"]
+__all__ = ["call", "current_node", "multicall", "worker"]
 
 WORKER: Final = "fabric.rpc:worker"
 
@@ -54,6 +66,7 @@ WORKER: Final = "fabric.rpc:worker"
 async def worker(proc: Process, reply_to: Pid, tag: Ref, spec: str, args: list[Any]) -> None:
     """The process an rpc runs in (spawned remotely by :func:`call`; not for direct use)."""
     node = proc.node
+    _current_node.set(node)
     try:
         fn = resolve_export(spec, node.config.allow_remote_spawn)
         result = fn(*args)
@@ -69,12 +82,26 @@ async def worker(proc: Process, reply_to: Pid, tag: Ref, spec: str, args: list[A
         await node.send_wait(reply_to, unsent)
 
 
+def current_node() -> Node:
+    """The node the calling code runs on: inside a function run by :func:`call` (or
+    :func:`multicall`), a GenServer's handlers, and the tasks they create.
+
+    Raises:
+        LocalProtocolError: called anywhere else (a plain process has ``proc.node``).
+    """
+    node = _current_node.get()
+    if node is None:
+        raise LocalProtocolError("current_node() is set only inside an rpc function or a "
+                                 "GenServer (a process has proc.node)")
+    return node
+
+
 async def call(
     node: Node,
     target: str,
     spec: str,
     args: Sequence[Any] = (),
-    timeout: float | None = 5.0,
+    timeout: float | None = CALL_TIMEOUT,
 ) -> Any:
     """Run the exported function ``spec`` (``"module:function"``) on node ``target``.
 
@@ -148,7 +175,7 @@ async def multicall(
     nodes: Iterable[str],
     spec: str,
     args: Sequence[Any] = (),
-    timeout: float | None = 5.0,
+    timeout: float | None = CALL_TIMEOUT,
 ) -> tuple[dict[str, Any], list[str]]:
     """Run ``spec`` on every node of ``nodes`` at once; Erlang's ``rpc:multicall``.
 

@@ -35,7 +35,8 @@ from fabric.config import NodeConfig
 from fabric.errors import FabricTimeout
 from fabric.node import Node
 from fabric.process import Process
-from fabric.types import Pid
+from fabric.timeouts import CALL_TIMEOUT
+from fabric.types import Answer, Pid, Ref
 
 __all__ = ["SyncMailbox", "SyncNode"]
 
@@ -180,7 +181,7 @@ class SyncNode:
         """The visible peers with a session up."""
         return self._invoke(self.node.nodes)
 
-    def ping(self, peer: str, timeout: float = 3.0) -> str:
+    def ping(self, peer: str, timeout: float = CALL_TIMEOUT) -> Answer:
         """``"pong"`` if ``peer`` answers, else ``"pang"``."""
         return self._wait(self.node.ping(peer, timeout))
 
@@ -196,6 +197,15 @@ class SyncNode:
         """Like :meth:`send`, but waits for room instead of raising BackpressureError."""
         self._wait(self.node.send_wait(dest, message))
 
+    def send_after(self, dest: Any, message: Any, delay: float) -> Ref:
+        """Send ``message`` to ``dest`` in ``delay`` seconds; the timer's ref (see
+        :meth:`Node.send_after`)."""
+        return self._invoke(self.node.send_after, dest, message, delay)
+
+    def cancel_timer(self, ref: Ref) -> float | None:
+        """Cancel a timer: the seconds it had left, or None (see :meth:`Node.cancel_timer`)."""
+        return self._invoke(self.node.cancel_timer, ref)
+
     def whereis(self, name: str) -> Pid | None:
         """The pid registered locally under ``name``, or None."""
         return self._invoke(self.node.whereis, name)
@@ -204,11 +214,11 @@ class SyncNode:
         """Start ``async def fn(proc, *args)`` as a process on this node (its loop)."""
         return self._invoke(self.node.spawn, fn, *args)
 
-    def spawn_on(self, peer: str, spec: str, *args: Any, timeout: float = 5.0) -> Pid:
+    def spawn_on(self, peer: str, spec: str, *args: Any, timeout: float = CALL_TIMEOUT) -> Pid:
         """Spawn the exported ``"module:function"`` on ``peer`` (see :meth:`Node.spawn_on`)."""
         return self._wait(self.node.spawn_on(peer, spec, *args, timeout=timeout))
 
-    def call(self, server: calls.Server, request: Any, timeout: float | None = 5.0) -> Any:
+    def call(self, server: calls.Server, request: Any, timeout: float | None = CALL_TIMEOUT) -> Any:
         """:func:`fabric.call` from this node: returns the reply or raises (CallTimeout,
         NodeDownError, ProcessDeadError, RemoteError)."""
         return self._wait(calls.call(self.node, server, request, timeout))
@@ -218,12 +228,12 @@ class SyncNode:
         self._invoke(calls.cast, self.node, server, request)
 
     def rpc(self, target: str, spec: str, args: Sequence[Any] = (),
-            timeout: float | None = 5.0) -> Any:
+            timeout: float | None = CALL_TIMEOUT) -> Any:
         """:func:`fabric.rpc.call` from this node."""
         return self._wait(rpc.call(self.node, target, spec, args, timeout))
 
     def multicall(self, nodes: Iterable[str], spec: str, args: Sequence[Any] = (),
-                  timeout: float | None = 5.0) -> tuple[dict[str, Any], list[str]]:
+                  timeout: float | None = CALL_TIMEOUT) -> tuple[dict[str, Any], list[str]]:
         """:func:`fabric.rpc.multicall` from this node: ``(results, bad_nodes)``."""
         return self._wait(rpc.multicall(self.node, list(nodes), spec, args, timeout))
 

@@ -9,17 +9,45 @@ deadline therefore raises :class:`~fabric.errors.FabricTimeout` (a ``FabricError
 builtin ``TimeoutError``) or one of its subclasses (``CallTimeout``, ``ReceiveTimeout``,
 ``SpawnTimeout``). :func:`wait_for` is ``asyncio.wait_for`` with that translation, for the
 places that wait on a future of their own.
+
+Defaults: one per kind of wait, not one per function (docs/API.md, "Timeouts"):
+
+* :data:`CALL_TIMEOUT` (5 s), an answer from one process or one node: ``fabric.call``,
+  ``genserver.stop``, ``GenServer.start`` (its ``init``), ``rpc.call`` and ``multicall``,
+  ``node.spawn_on``, ``node.ping``, ``Router.call``, ``Registry.call``, the replicated
+  data's ``update``/``get``/``delete``, and ``SyncNode``'s mirrors of them;
+* :data:`CLUSTER_TIMEOUT` (30 s), the agreement of every connected node: global
+  ``register_name``, ``re_register_name``, ``unregister_name``, ``set_lock``;
+* :func:`connect_timeout`, a new session: the node's ``handshake_timeout`` plus a second
+  (``node.connect``; ``ping`` and calls connect within their own timeout).
+
+``timeout=None`` waits forever wherever it is accepted. Waits that only involve this node
+(``proc.receive``, ``NodeMonitor.next``) have no default: they wait until told otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from fabric.errors import FabricTimeout
 
-__all__ = ["wait_for"]
+if TYPE_CHECKING:
+    from fabric.config import NodeConfig
+
+__all__ = ["CALL_TIMEOUT", "CLUSTER_TIMEOUT", "connect_timeout", "wait_for"]
+
+CALL_TIMEOUT: Final = 5.0
+"""Seconds to wait, by default, for an answer from one process or one node."""
+
+CLUSTER_TIMEOUT: Final = 30.0
+"""Seconds to wait, by default, for the agreement of every connected node (global)."""
+
+
+def connect_timeout(config: NodeConfig) -> float:
+    """The default wait for a new session: the handshake's own deadline plus a second."""
+    return config.handshake_timeout + 1.0
 
 T = TypeVar("T")
 

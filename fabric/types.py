@@ -20,7 +20,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 
 from fabric.errors import ConfigError
 
-__all__ = ["GlobalName", "NodeName", "Pid", "Ref", "parse_node_name"]
+__all__ = ["Answer", "GlobalName", "NodeName", "Pid", "Ref", "parse_node_name"]
 
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
 _HOST_RE: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-.]{0,252})")
@@ -185,3 +185,26 @@ class GlobalName(NamedTuple):
     round trip."""
 
     name: Any
+
+
+class Answer(str):
+    """An answer in Erlang's words that is also a truth value.
+
+    ``node.ping`` answers ``"pong"`` or ``"pang"`` and ``global_.register_name`` ``"yes"``
+    or ``"no"``, as ``net_adm:ping`` and ``global:register_name`` do, so a reader of
+    Erlang finds the words she knows, printed and compared as strings (``answer ==
+    "pong"``). A plain ``"no"`` would be true in an ``if``, a trap: an :class:`Answer` is
+    true for ``"yes"`` and ``"pong"`` only, so ``if await node.ping(peer):`` means what it
+    says. Every other yes-or-no answer of the API is a ``bool`` (docs/API.md).
+    """
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return str.__eq__(self, "yes") or str.__eq__(self, "pong")
+
+
+YES: Final = Answer("yes")
+NO: Final = Answer("no")
+PONG: Final = Answer("pong")
+PANG: Final = Answer("pang")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from fabric.errors import ProcessDeadError
 from fabric.pg import DEFAULT_SCOPE, STRATEGIES, pick_member
+from fabric.timeouts import CALL_TIMEOUT
 from fabric.types import Pid
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ class Router:
             self.node.send(pid, message)
         return pid
 
-    async def call(self, request: Any, key: Any = None, timeout: float = 5.0) -> Any:
+    async def call(self, request: Any, key: Any = None, timeout: float = CALL_TIMEOUT) -> Any:
         """GenServer-call one member.
 
         Raises:

@@ -171,8 +171,9 @@ async def candidate(proc: fabric.Process, group: str, reply_to: fabric.Pid,
                     lifetime: float = LIFETIME) -> None:
     """Stand for leading ``group``; forward every election message to ``reply_to``.
 
-    Sends ``("candidate", own_pid, message, t)`` for each ``("leader_elected", group,
-    leader, term)`` or ``("leader_lost", group, term)``. ``t`` is taken on receipt here,
+    Sends ``("candidate", own_pid, event, t)`` for each ``LeaderElected`` or
+    ``LeaderLost`` event, as its tuple ``("leader_elected", group, leader, term)`` or
+    ``("leader_lost", group, term)`` (events do not cross nodes). ``t`` is taken on receipt here,
     so the narrator measures the election, not the forwarding. Ends on ``"stop"`` or after
     ``lifetime`` seconds (its candidacy ends with it).
     """
@@ -182,8 +183,8 @@ async def candidate(proc: fabric.Process, group: str, reply_to: fabric.Pid,
         msg = await proc.receive(timeout=left, default=None)
         if msg is None or msg == "stop":
             return
-        if type(msg) is tuple and msg[:1] in (("leader_elected",), ("leader_lost",)):
-            proc.send(reply_to, ("candidate", proc.self, msg, time.monotonic()))
+        if type(msg) in (fabric.LeaderElected, fabric.LeaderLost):
+            proc.send(reply_to, ("candidate", proc.self, msg.as_tuple(), time.monotonic()))
 
 
 # -- member mode ------------------------------------------------------------------------------

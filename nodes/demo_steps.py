@@ -229,11 +229,11 @@ async def step_groups(demo: Demo) -> str:
             for m in demo.members for _ in range(SUBSCRIBERS))))
         demo.say(f"spawn_on subscriber x{SUBSCRIBERS} on each member: {len(pids)} processes "
                  f"join {EVENTS!r} ({per_node(pids)})")
-        # The group monitor turns every change of the narrator's view into a pg_join /
-        # pg_leave message, delivered as the view changes: once the view is complete,
+        # The group monitor turns every change of the narrator's view into a PgJoin /
+        # PgLeave event, delivered as the view changes: once the view is complete,
         # every notification is already in the mailbox, and they replay its growth.
         def note(m: Any) -> bool:
-            return tagged("pg_join", "pg_leave")(m) and m[1] == token
+            return type(m) in (fabric.PgJoin, fabric.PgLeave) and m.token == token
 
         size, sizes = 0, []
         while True:
@@ -242,12 +242,12 @@ async def step_groups(demo: Demo) -> str:
                     mbox, f"get_members({EVENTS!r}) to list all of them", note)
             elif (change := await mbox.receive(note, timeout=0, default=None)) is None:
                 break
-            size += len(change[4]) * (1 if change[0] == "pg_join" else -1)
+            size += len(change.pids) * (1 if type(change) is fabric.PgJoin else -1)
             sizes.append(size)
         done = time.monotonic()
         node.pg.demonitor(token)
         demo.say(f"narrator's get_members({EVENTS!r}): {' '.join(map(str, sizes))} pids "
-                 f"(pg_join notices), all {len(pids)} after {(done - t0) * 1000:.1f} ms")
+                 f"(PgJoin events), all {len(pids)} after {(done - t0) * 1000:.1f} ms")
 
         async def deliveries(msg: Any, what: str, timeout: float,
                              want: int = len(pids)) -> list[Any]:

@@ -82,6 +82,13 @@ async def slow_double(x: int, delay: float) -> int:
 
 
 @fabric.export
+async def where_am_i() -> str:
+    """The name of the node an rpc runs on, from ``rpc.current_node()`` (no argument)."""
+    await asyncio.sleep(0)
+    return fabric.rpc.current_node().name
+
+
+@fabric.export
 def boom(message: str) -> None:
     raise ValueError(message)
 

@@ -5,6 +5,11 @@
 * Everything the foundation modules list in their ``__all__`` is exported from ``fabric``,
   except the names in ``NOT_EXPORTED`` (each with its reason).
 * Every top-level module is classified below, so a new module forces a decision.
+* ``Node``'s surface is pinned: every public method and attribute is listed below as
+  API (sync or async), low-level object, or deprecated; a new one fails until it is
+  listed (and documented in docs/API.md). The async rule is pinned the same way for the
+  other public classes and functions: async exactly when it may wait for another node or
+  another process.
 * No module under ``fabric/protocol`` imports asyncio, zmq, time, logging or structlog:
   the cores are sans-I/O (time is an argument, logging is a ``Log`` effect).
 """
@@ -39,10 +44,12 @@ NOT_EXPORTED = {
 # Top-level modules whose export decisions belong to the subsystems' owners (their names
 # exist and they declare __all__; completeness is not enforced here yet), and internals.
 SUBSYSTEMS = ["calls", "ddata", "genserver", "global_", "logs", "pg", "registry", "rpc",
-              "supervisor", "sync", "workers"]
+              "supervisor", "sync", "timeouts", "workers"]
+# The documented low-level interface for service authors (as trio.lowlevel).
+LOWLEVEL = ["lowlevel"]
 # Programs: the console (interactive node) and the `fabric` command.
 PROGRAMS = ["cli", "console"]
-INTERNAL = ["outbound", "timeouts"]  # and the package fabric.node (its objects)
+INTERNAL = ["outbound"]  # and the package fabric.node (its objects)
 
 # Known gaps, each a strict xfail so that fixing it forces updating this list.
 MISSING: dict[tuple[str, str], str] = {}
@@ -141,7 +148,7 @@ def test_not_exported_names_exist_and_are_not_exported() -> None:
 
 
 def test_every_top_level_module_is_classified() -> None:
-    known = set(FOUNDATION) | set(SUBSYSTEMS) | set(INTERNAL) | set(PROGRAMS)
+    known = set(FOUNDATION) | set(SUBSYSTEMS) | set(INTERNAL) | set(PROGRAMS) | set(LOWLEVEL)
     unclassified = [m for m in _top_level_modules() if m not in known]
     assert unclassified == [], "classify these modules in tests/test_api.py"
 
@@ -151,6 +158,107 @@ def test_module_declares_all_and_every_name_exists(module: str) -> None:
     mod = importlib.import_module(f"fabric.{module}")
     assert isinstance(getattr(mod, "__all__", None), list), f"fabric.{module} has no __all__"
     assert [n for n in mod.__all__ if not hasattr(mod, n)] == []
+
+
+# -- the Node's surface, pinned --------------------------------------------------------------
+
+# Methods of the public API, by shape. Async exactly when the call may wait for another
+# node or another process (docs/API.md, "The rule"); sync ones read local state or queue.
+NODE_SYNC = {"nodes", "hidden_nodes", "disconnect", "learn", "last_connect_error",
+             "get_cookie", "monitor_nodes", "make_ref", "is_local", "is_alive", "spawn",
+             "new_mailbox", "close_mailbox", "register", "unregister", "whereis",
+             "registered", "exit", "send", "send_after", "cancel_timer", "read_timer"}
+NODE_ASYNC = {"start", "stop", "connect", "ping", "spawn_on", "send_wait"}
+# Public attributes: identity, life cycle, configuration, the services every node runs.
+NODE_ATTRIBUTES = {"name", "config", "creation", "started", "stopped", "loop", "log",
+                   "metrics", "metrics_exporter", "pg", "global_", "discovery", "security",
+                   "pub_port"}
+# The node's objects: the documented low-level interface (ARCHITECTURE.md section 8,
+# fabric.lowlevel), not the API promised to applications.
+NODE_LOWLEVEL = {"mesh", "codec", "sockets", "channels", "signals", "services", "reactor",
+                 "effects", "mailboxes", "processes", "refusals", "zap"}
+# Old spellings kept for one release, each warning with its replacement (fabric.lowlevel).
+NODE_DEPRECATED = {"add_service", "service", "on_topic", "on_effect", "expect",
+                   "run_service", "ctx", "router", "pub", "sub", "hb_sub"}
+
+
+def _node_instance_attributes() -> set[str]:
+    """Public names ``Node``'s methods assign on ``self`` (read from the source, so the
+    test needs no running node)."""
+    tree = ast.parse((PACKAGE / "node" / "node.py").read_text(encoding="utf-8"))
+    node_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Node")
+    found = set()
+    for sub in ast.walk(node_class):
+        targets = (sub.targets if isinstance(sub, ast.Assign)
+                   else [sub.target] if isinstance(sub, ast.AnnAssign) else [])
+        for target in targets:
+            for t in ast.walk(target):
+                if (isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name)
+                        and t.value.id == "self" and not t.attr.startswith("_")):
+                    found.add(t.attr)
+    return found
+
+
+def test_the_node_surface_is_exactly_what_is_listed() -> None:
+    listed = NODE_SYNC | NODE_ASYNC | NODE_ATTRIBUTES | NODE_LOWLEVEL | NODE_DEPRECATED
+    groups = [NODE_SYNC, NODE_ASYNC, NODE_ATTRIBUTES, NODE_LOWLEVEL, NODE_DEPRECATED]
+    assert sum(map(len, groups)) == len(listed), "a name is listed twice"
+    on_class = {n for n in dir(fabric.Node) if not n.startswith("_")}
+    surface = on_class | _node_instance_attributes()
+    assert sorted(surface - listed) == [], "new public names on Node: list them here"
+    assert sorted(listed - surface) == [], "stale names in the lists"
+
+
+def test_node_methods_are_async_exactly_when_listed() -> None:
+    for name in NODE_SYNC | NODE_ASYNC:
+        fn = getattr(fabric.Node, name)
+        assert inspect.iscoroutinefunction(fn) == (name in NODE_ASYNC), name
+
+
+def test_the_scanner_sees_attributes_assigned_in_start() -> None:
+    assert {"name", "mesh", "pg", "loop"} <= _node_instance_attributes()
+
+
+# The other public classes and functions: which are async (the rest are sync).
+ASYNC_METHODS: dict[str, set[str]] = {
+    "fabric.process:Process": {"receive", "send_wait"},
+    "fabric.pg:Groups": set(),
+    "fabric.global_:Global": {"register_name", "re_register_name", "unregister_name",
+                              "call", "set_lock", "trans"},
+    "fabric.registry:Registry": {"call"},
+    "fabric.workers:Router": {"call"},
+    "fabric.ddata:Replicator": {"update", "get", "delete"},
+    "fabric.node:NodeMonitor": {"next"},
+    "fabric.sync:SyncNode": set(),  # the blocking mirror: nothing to await
+    "fabric.sync:SyncMailbox": set(),
+    "fabric.genserver:GenServer": {"start", "init", "handle_call", "handle_cast",
+                                   "handle_info", "terminate"},
+    "fabric.supervisor:Supervisor": {"start", "which_children", "terminate_child",
+                                     "restart_child", "start_child", "delete_child"},
+}
+ASYNC_FUNCTIONS: dict[str, set[str]] = {
+    "fabric.calls": {"call", "stop"},
+    "fabric.rpc": {"call", "multicall", "worker"},
+}
+
+
+@pytest.mark.parametrize("where", sorted(ASYNC_METHODS))
+def test_public_methods_are_async_exactly_when_listed(where: str) -> None:
+    module, name = where.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    found = {n for n, fn in inspect.getmembers(cls, inspect.isfunction)
+             if not n.startswith("_") and inspect.iscoroutinefunction(fn)}
+    found |= {n for n, fn in vars(cls).items()
+              if isinstance(fn, (classmethod, staticmethod))
+              and inspect.iscoroutinefunction(fn.__func__)}
+    assert found == ASYNC_METHODS[where]
+
+
+@pytest.mark.parametrize("module", sorted(ASYNC_FUNCTIONS))
+def test_public_functions_are_async_exactly_when_listed(module: str) -> None:
+    mod = importlib.import_module(module)
+    found = {n for n in mod.__all__ if inspect.iscoroutinefunction(getattr(mod, n))}
+    assert found == ASYNC_FUNCTIONS[module]
 
 
 # -- the protocol cores are sans-I/O ---------------------------------------------------------

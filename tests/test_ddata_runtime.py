@@ -74,10 +74,11 @@ def test_three_nodes_replicate_counters_and_sets() -> None:
             # Subscriptions deliver every change to a local process.
             box = nodes[1].new_mailbox()
             repls[1].subscribe(HITS, box.self)
-            assert (await box.receive(timeout=5))[2].value == 30
+            assert (await box.receive(timeout=5)).value.value == 30
             await repls[0].update(HITS, lambda c: c.increment(5))
             msg = await box.receive(timeout=5)
-            assert msg[:2] == ("ddata_changed", "hits") and msg[2].value == 35
+            assert type(msg) is fabric.DataChanged and msg.key == "hits"
+            assert msg.value.value == 35
         finally:
             await stop(nodes)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+import fabric
 from fabric.errors import LocalProtocolError, ProcessDeadError
 from fabric.genserver import GenServer, call
 from fabric.process import Process
@@ -118,7 +119,7 @@ def test_split_brain_heals_to_one_owner_and_the_loser_is_told() -> None:
             winner = a.global_.whereis_name("leader")
             assert winner == box_a.self  # the earlier registration wins by default
             msg = await box_b.receive(timeout=5)
-            assert msg == ("global_name_conflict", "leader", box_a.self)
+            assert msg == fabric.GlobalNameConflict("leader", box_a.self)
             assert box_b.alive  # told, not killed
 
     run(main)
@@ -138,8 +139,8 @@ def test_send_and_call_by_global_name() -> None:
             pid = await Counter.start(a)
             assert await a.global_.register_name("counter", pid) == "yes"
             await until(lambda: b.global_.whereis_name("counter") == pid)
-            assert await b.global_.call("counter", 5) == 5
-            assert await b.global_.call("counter", 2) == 7
+            assert await call(b, GlobalName("counter"), 5) == 5
+            assert await call(b, GlobalName("counter"), 2) == 7
             with pytest.raises(ProcessDeadError):
                 b.global_.send("nobody", "x")
             with pytest.raises(LocalProtocolError):

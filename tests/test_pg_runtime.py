@@ -191,10 +191,10 @@ def test_monitor_reports_joins_and_leaves() -> None:
         p = b.spawn(echo, "m")
         b.pg.join("m", p)
         msg = await watcher.receive(timeout=5)
-        assert msg == ("pg_join", token, "default", "m", [p])
+        assert msg == fabric.PgJoin(token, "default", "m", [p])
         b.send(p, "stop")
         msg = await watcher.receive(timeout=5)
-        assert msg == ("pg_leave", token, "default", "m", [p])
+        assert msg == fabric.PgLeave(token, "default", "m", [p])
         await a.stop()
         await b.stop()
 

@@ -75,6 +75,19 @@ def test_sync_node_spawn_on_send_and_receive_hello_world(
         one.send(3.14, "not an address")  # errors of the loop thread reach the caller
 
 
+def test_sync_node_timers(pair: tuple[SyncNode, SyncNode]) -> None:
+    one, _ = pair
+    with one.mailbox() as box:
+        kept = one.send_after(box.pid, "soon", 0.01)
+        dropped = one.send_after(box.pid, "never", 30)
+        left = one.cancel_timer(dropped)
+        assert left is not None and 0 < left <= 30
+        assert box.receive(timeout=5) == "soon"
+        assert one.cancel_timer(kept) is None  # it fired
+        one.send_after(box.pid, "marker", 0)
+        assert box.receive(timeout=5) == "marker"  # the cancelled one never came
+
+
 def test_sync_node_call_cast_rpc_and_multicall(pair: tuple[SyncNode, SyncNode]) -> None:
     one, two = pair
     pid = two.run(KV.start(two.node, name="kv"))

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from fabric._deprecation import deprecated
 from fabric.config import NodeConfig, load_cookie
 from fabric.errors import (
     BackpressureError,
@@ -56,6 +57,7 @@ from fabric.node.refusals import TransportRefusals
 from fabric.node.services import ServiceHost
 from fabric.node.signals import Signals
 from fabric.node.sockets import Sockets
+from fabric.node.timers import Timers
 from fabric.outbound import MAX_BATCH
 from fabric.pg import Groups
 from fabric.process import NORMAL, Process
@@ -64,8 +66,8 @@ from fabric.protocol.codec import Codec
 from fabric.protocol.effects import Log
 from fabric.protocol.flow import is_system
 from fabric.protocol.messages import K_REG_SEND, K_SEND, K_SEND_TUPLE
-from fabric.timeouts import wait_for
-from fabric.types import GlobalName, Pid, Ref, parse_node_name
+from fabric.timeouts import CALL_TIMEOUT, connect_timeout, wait_for
+from fabric.types import PANG, PONG, Answer, GlobalName, Pid, Ref, parse_node_name
 
 if TYPE_CHECKING:
     from fabric.discovery import Discovery
@@ -137,10 +139,12 @@ class Node:
     Raises:
         ConfigError: invalid name, cookie or option.
 
-    The objects it is made of are attributes, for code that needs the documented
-    low-level interface (ARCHITECTURE.md section 8): ``metrics`` and ``processes`` from
-    construction; ``sockets``, ``channels``, ``signals``, ``services``, ``reactor``,
-    ``effects`` and ``mesh`` once started.
+    Its public API is listed by concept in docs/API.md (async exactly when a method may
+    wait for another node or process). Service authors use :mod:`fabric.lowlevel`. The
+    objects it is made of are attributes for fabric's own runtime modules, tools and tests
+    (ARCHITECTURE.md section 8), not API: ``processes`` from construction; ``sockets``,
+    ``channels``, ``signals``, ``services``, ``reactor``, ``effects``, ``mailboxes`` and
+    ``mesh`` once started.
     """
 
     def __init__(
@@ -218,6 +222,7 @@ class Node:
             reconnect_give_up=cfg.reconnect_give_up,
         )
         self._wire(loop, sockets, mesh)
+        self._timers = Timers(loop, self.send, self.make_ref, self.log, self.metrics)
         # Services every node runs, so that views are complete wherever they are read.
         self.pg = Groups(self)
         self.global_ = Global(self)
@@ -286,6 +291,7 @@ class Node:
         self._run(self.mesh.close_all(self.loop.time()))
         if self._tick_handle is not None:
             self._tick_handle.cancel()
+        self._timers.close()
         self.reactor.close()
         for fut in self._ping_waiters.values():
             if not fut.done():
@@ -302,30 +308,36 @@ class Node:
         self._run(self.mesh.tick(self.loop.time()))
         self._tick_handle = self.loop.call_later(TICK, self._tick)
 
-    # -- the sockets, as attributes (documented low-level) -----------------------------------
+    # -- the sockets: fabric.lowlevel.sockets(node); the old attributes are deprecated ------
 
     @property
     def ctx(self) -> zmq.Context[Any]:
+        deprecated("Node.ctx", "fabric.lowlevel.sockets(node).ctx")
         return self.sockets.ctx
 
     @property
     def router(self) -> zmq.Socket[Any]:
+        deprecated("Node.router", "fabric.lowlevel.sockets(node).router")
         return self.sockets.router
 
     @property
     def pub(self) -> zmq.Socket[Any]:
+        deprecated("Node.pub", "fabric.lowlevel.sockets(node).pub")
         return self.sockets.pub
 
     @property
     def sub(self) -> zmq.Socket[Any]:
+        deprecated("Node.sub", "fabric.lowlevel.sockets(node).sub")
         return self.sockets.sub
 
     @property
     def hb_sub(self) -> zmq.Socket[Any]:
+        deprecated("Node.hb_sub", "fabric.lowlevel.sockets(node).hb_sub")
         return self.sockets.hb_sub
 
     @property
     def pub_port(self) -> int:
+        """The port of this node's PUB socket (heartbeats and group broadcasts)."""
         return self.sockets.pub_port
 
     # -- public mesh API ------------------------------------------------------------------
@@ -356,7 +368,7 @@ class Node:
         self._run(self.mesh.connect(peer, self.loop.time()))
         try:
             ok, reason = await asyncio.wait_for(
-                fut, self.config.handshake_timeout + 1.0 if timeout is None else timeout)
+                fut, connect_timeout(self.config) if timeout is None else timeout)
         except asyncio.TimeoutError:
             ok, reason = False, "timeout"
         if not ok:
@@ -390,25 +402,26 @@ class Node:
         self._run(self.mesh.disconnect(peer, self.loop.time()))
         return was_up
 
-    async def ping(self, peer: str, timeout: float = 3.0) -> str:
-        """``"pong"`` if ``peer`` answers (connecting first if needed), else ``"pang"``."""
+    async def ping(self, peer: str, timeout: float = CALL_TIMEOUT) -> Answer:
+        """``"pong"`` if ``peer`` answers (connecting first if needed), else ``"pang"``:
+        an :class:`~fabric.types.Answer`, true for ``"pong"`` only."""
         self._require_started()
         try:
             peer = str(parse_node_name(peer))
         except ConfigError:
-            return "pang"
+            return PANG
         if peer == self.name:
-            return "pong"
+            return PONG
         if not self.mesh.is_up(peer) and not await self.connect(peer, timeout):
-            return "pang"
+            return PANG
         token = secrets.randbits(48)
         fut: asyncio.Future[bool] = self.loop.create_future()
         self._ping_waiters[token] = fut
         self._run(self.mesh.ping(peer, token))
         try:
-            return "pong" if await asyncio.wait_for(fut, timeout) else "pang"
+            return PONG if await asyncio.wait_for(fut, timeout) else PANG
         except asyncio.TimeoutError:
-            return "pang"
+            return PANG
         finally:
             self._ping_waiters.pop(token, None)
 
@@ -459,7 +472,7 @@ class Node:
             self.signals.exited(proc, NORMAL)
 
     async def spawn_on(self, node: str, spec: str, *args: Any, link_to: Process | None = None,
-                       timeout: float = 5.0) -> Pid:
+                       timeout: float = CALL_TIMEOUT) -> Pid:
         """Spawn ``"module:function"`` on ``node``; only functions that node exports.
 
         Raises:
@@ -559,30 +572,62 @@ class Node:
                 if not await self.channels.wait_for_room(exc.node):
                     return
 
-    # -- services (for service authors: see fabric.node.services) --------------------------
+    # -- timers ---------------------------------------------------------------------------
+
+    def send_after(self, dest: Any, message: Any, delay: float) -> Ref:
+        """Send ``message`` to ``dest`` (anything :meth:`send` takes) in ``delay`` seconds;
+        returns the timer's ref for :meth:`cancel_timer` (Erlang's ``send_after/3``).
+
+        The destination is resolved when the timer fires; a dead one drops the message.
+
+        Raises:
+            LocalProtocolError: ``delay`` is negative.
+        """
+        self._require_started()
+        return self._timers.send_after(dest, message, delay)
+
+    def cancel_timer(self, ref: Ref) -> float | None:
+        """Cancel a :meth:`send_after` timer: the seconds it had left, or None if it
+        already fired, was cancelled, or is unknown (Erlang's ``false``). Once this
+        returns, its message is not sent."""
+        self._require_started()
+        return self._timers.cancel(ref)
+
+    def read_timer(self, ref: Ref) -> float | None:
+        """Seconds before a :meth:`send_after` timer fires, or None (not pending)."""
+        self._require_started()
+        return self._timers.read(ref)
+
+    # -- services: moved to fabric.lowlevel (these spellings are deprecated) ---------------
 
     def add_service(self, core: Any) -> None:
-        """Host a service core (pg, global, ...) on this node."""
+        """Deprecated: :func:`fabric.lowlevel.add_service`."""
+        deprecated("Node.add_service(core)", "fabric.lowlevel.add_service(node, core)")
         self.services.add_service(core)
 
     def service(self, name: str) -> Any:
+        """Deprecated: :func:`fabric.lowlevel.service`."""
+        deprecated("Node.service(name)", "fabric.lowlevel.service(node, name)")
         return self.services.service(name)
 
     def on_topic(self, prefix: bytes, handler: Any) -> None:
-        """Route PUB/SUB messages whose topic starts with ``prefix`` to ``handler``."""
+        """Deprecated: :func:`fabric.lowlevel.on_topic`."""
+        deprecated("Node.on_topic(...)", "fabric.lowlevel.on_topic(node, ...)")
         self.services.on_topic(prefix, handler)
 
     def on_effect(self, effect_type: type, handler: Any) -> None:
-        """Teach the node a service-specific effect type: ``handler(service, effect)``."""
+        """Deprecated: :func:`fabric.lowlevel.on_effect`."""
+        deprecated("Node.on_effect(...)", "fabric.lowlevel.on_effect(node, ...)")
         self.services.on_effect(effect_type, handler)
 
     def expect(self, token: Any) -> asyncio.Future[Any]:
-        """A future resolved by a service's ``Complete(token, result)`` effect."""
+        """Deprecated: :func:`fabric.lowlevel.expect`."""
+        deprecated("Node.expect(token)", "fabric.lowlevel.expect(node, token)")
         return self.services.expect(token)
 
     def run_service(self, service: str, effects: list[Any]) -> Any:
-        """Execute the effects a facade got from its core's API method (called with
-        ``now = node.loop.time()``); returns the value of their ``Reply``, else None."""
+        """Deprecated: :func:`fabric.lowlevel.run_service`."""
+        deprecated("Node.run_service(...)", "fabric.lowlevel.run_service(node, ...)")
         return self.services.run_service(service, effects)
 
     # -- the mesh core's session events ---------------------------------------------------

@@ -36,7 +36,7 @@ claims, so names of a dead or unreachable node vanish.
 locks (``sync``, replacing what the other knew of them). A node that then holds two
 claims for one name reports the pair to both owners (``conflict``); every node computes
 the same verdict (:func:`resolve_pair`), the loser's owner delivers
-``("global_name_conflict", name, other_pid)`` or kills (:class:`ExitProcess`) as the
+``GlobalNameConflict(name, other_pid)`` or kills (:class:`ExitProcess`) as the
 resolver says, and retracts. Nodes that see both claims show the winner at once.
 
 **Overlapping partitions** (a-b, b-c up, a-c down) are kept, not cut as OTP 25 does

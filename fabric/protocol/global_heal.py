@@ -8,7 +8,7 @@ message that *replaces* what the receiver knew of the sender. A node that then h
 claims for one name reports the pair to both owners (:mod:`.global_names`); every node
 would compute the same verdict (:class:`~.global_resolve.Verdicts`), and :class:`Healer`
 is what an *owner* does with a report about its own claim: deliver
-``("global_name_conflict", name, other_pid)`` or exit the process (``ExitProcess``) as the
+``GlobalNameConflict(name, other_pid)`` or exit the process (``ExitProcess``) as the
 resolver says, tell the plug-in whether the claim won, and retract a losing claim.
 
 An owner acts once per pair of claim versions: a report about a claim of ours that is
@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from fabric.protocol.effects import Deliver, ExitProcess
+from fabric.protocol.events import GlobalNameConflict
 from fabric.protocol.global_context import GlobalContext
 from fabric.protocol.global_locks import Granter
 from fabric.protocol.global_names import NameTable
@@ -77,7 +78,7 @@ class Healer:
         self._handled.add((mine, other))
         _, _, verdict = self._verdicts.decide(a, b)
         if mine.pid in verdict.notify:
-            self._ctx.emit(Deliver(mine.pid, ("global_name_conflict", name, other.pid)))
+            self._ctx.emit(Deliver(mine.pid, GlobalNameConflict(name, other.pid)))
         if mine.pid in verdict.exit:
             self._ctx.emit(ExitProcess(mine.pid, "kill"))
         won = verdict.winner == mine.pid

@@ -23,8 +23,8 @@ Determinism is the whole point, so:
 A resolver returns the pid that keeps the name, ``None`` (nobody keeps it), or a full
 :class:`Resolution` that also lists which pids to notify and which to kill. Returning a
 bare pid notifies the loser; returning ``None`` notifies both. Notifications are delivered
-by the owner of the notified pid as ``("global_name_conflict", name, other_pid)``, the
-same tuple as Erlang's ``{global_name_conflict, Name, OtherPid}``: ``other_pid`` is the
+by the owner of the notified pid as ``GlobalNameConflict(name, other_pid)``, the
+event for Erlang's ``{global_name_conflict, Name, OtherPid}``: ``other_pid`` is the
 pid of the other claim (the one that kept the name, unless nobody did).
 """
 
@@ -125,7 +125,7 @@ class Resolution:
 
     Attributes:
         winner: the pid that keeps the name (one of the two), or None: unregistered.
-        notify: pids to send ``("global_name_conflict", name, other_pid)``.
+        notify: pids to send ``GlobalNameConflict(name, other_pid)``.
         exit: pids the owner kills (:class:`ExitProcess` with reason ``"kill"``).
     """
 

@@ -28,7 +28,7 @@ A group's leader is whoever holds the global name ``("leader", group)``; the cla
 * **Split brain.** ``global`` has no quorum, so each side of a partition (a restarted
   node that is still alone, too) may elect a leader. After the heal the claims conflict
   and the ``"leader"`` resolver keeps the higher term (ties: the earlier registration).
-  The loser is told ``("leader_lost", group, its_term)`` and its claim goes; if the terms
+  The loser is told ``LeaderLost(group, its_term)`` and its claim goes; if the terms
   were equal (or the node saw a higher one meanwhile) the winner takes a fresh term.
   Nodes remember the two highest-term leaders that are gone and send them in the sync:
   a leader that learns of a gone one (another claim) with a term at least as high as its
@@ -45,11 +45,11 @@ input, to execute as the core's), and the reads ``leader(group) -> (pid, term) |
 ``"leader"``; the terms travel in the grants of the name lock and in the ``sync``
 message's extra (the plug-in's wire state, see :mod:`fabric.protocol.global_plugin`).
 
-Messages delivered to local candidates (the runtime converts them to events)::
+Events delivered to local candidates (:mod:`fabric.protocol.events`)::
 
-    ("leader_elected", group, leader_pid, term)   to every local candidate, whenever the
-                                                  leader or its term changes (and at stand)
-    ("leader_lost", group, term)                  to a leader deposed by a conflict
+    LeaderElected(group, leader, term)   to every local candidate, whenever the leader
+                                         or its term changes (and at stand)
+    LeaderLost(group, term)              to a leader deposed by a conflict
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ from typing import Any
 
 from fabric.errors import LocalProtocolError
 from fabric.protocol.effects import Deliver, Effect, SetTimer
+from fabric.protocol.events import LeaderElected, LeaderLost
 from fabric.protocol.global_plugin import NamePlugin, NamesPort
 from fabric.protocol.global_resolve import Entry
 from fabric.types import Pid
@@ -132,7 +133,7 @@ class LeaderElection(NamePlugin):
     def stand(self, group: Any, pid: Pid, now: float) -> list[Effect]:
         """Make the local ``pid`` a candidate for leading ``group``.
 
-        The candidate is told ``("leader_elected", group, leader, term)`` now if the group
+        The candidate is told ``LeaderElected(group, leader, term)`` now if the group
         has a leader, else when the election it takes part in ends.
 
         Raises:
@@ -147,7 +148,7 @@ class LeaderElection(NamePlugin):
                 cands.append(pid)
             current = self.leader(group)
             if current is not None:
-                names.emit(Deliver(pid, ("leader_elected", group, *current)))
+                names.emit(Deliver(pid, LeaderElected(group, *current)))
             self._try_stand(group)
 
         return names.run(now, go)
@@ -211,7 +212,7 @@ class LeaderElection(NamePlugin):
             return
         self._told[group] = told
         for pid in self._candidates.get(group, ()):
-            self._names.emit(Deliver(pid, ("leader_elected", group, *told)))
+            self._names.emit(Deliver(pid, LeaderElected(group, *told)))
 
     # -- NamePlugin hooks -----------------------------------------------------------------
 
@@ -272,7 +273,7 @@ class LeaderElection(NamePlugin):
         self._see_term(group, other.meta)
         mine_term = self._term_of(mine)
         if not won:
-            self._names.emit(Deliver(mine.pid, ("leader_lost", group, mine_term)))
+            self._names.emit(Deliver(mine.pid, LeaderLost(group, mine_term)))
         elif mine_term <= self._term_of(other) or mine_term < self.max_term(group):
             # Equal terms on both sides of a healed split (or a higher one seen since):
             # take a fresh term, so the survivor fences off every deposed leader.

@@ -33,7 +33,9 @@ Monitors (:meth:`PgCore.monitor`, :meth:`PgCore.monitor_scope`) deliver, to a lo
 watcher, one message per change of a watched group, whatever its cause (local or remote
 join/leave, exit, nodedown, sync)::
 
-    ("pg_join" | "pg_leave", token: Ref, scope, group, [pid, ...])
+    PgJoin | PgLeave(token: Ref, scope, group, pids: [pid, ...])
+
+(:mod:`fabric.protocol.events`; Erlang's ``{join | leave, Ref, Group, Pids}``.)
 
 Fan-out: a node's SUB is subscribed to :func:`group_topic` of exactly the groups with at
 least one local member (``Subscribe`` on the first local join, ``Unsubscribe`` when the
@@ -67,6 +69,7 @@ from fabric.protocol.effects import (
     Subscribe,
     Unsubscribe,
 )
+from fabric.protocol.events import PgJoin, PgLeave
 from fabric.protocol.messages import PG_TOPIC_PREFIX
 from fabric.types import Pid, Ref
 
@@ -432,7 +435,7 @@ class PgCore:
         else:
             view.nodes[node] = view.nodes.get(node, 0) + len(pids)
         view.all.extend(pids)
-        self._notify("pg_join", scope, group, pids, out)
+        self._notify(PgJoin, scope, group, pids, out)
 
     def _remove(
         self, scope: str, group: Hashable, pids: Iterable[Pid], out: list[Effect]
@@ -468,15 +471,16 @@ class PgCore:
             if not groups:
                 del self._views[scope]
         if removed:
-            self._notify("pg_leave", scope, group, removed, out)
+            self._notify(PgLeave, scope, group, removed, out)
         return removed
 
     def _notify(
-        self, kind: str, scope: str, group: Hashable, pids: list[Pid], out: list[Effect]
+        self, kind: type[PgJoin | PgLeave], scope: str, group: Hashable, pids: list[Pid],
+        out: list[Effect],
     ) -> None:
         for watchers in (self._group_watchers.get((scope, group)), self._scope_watchers.get(scope)):
             for token, watcher in (watchers or {}).items():
-                out.append(Deliver(watcher, (kind, token, scope, group, list(pids))))
+                out.append(Deliver(watcher, kind(token, scope, group, list(pids))))
 
     def _on_sync(self, peer: str, known: dict[str, _Members], body: Any, out: list[Effect]) -> None:
         # Parse everything before touching state, so a malformed sync changes nothing.

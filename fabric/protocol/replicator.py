@@ -82,8 +82,8 @@ Three ways state moves between nodes (payloads are plain lists; ``state`` is a C
   the runtime feeds the stored rows to :meth:`ReplicatorCore.restore` before the node
   meets its peers, so a write this node acknowledged survives its crash.
 * **Subscriptions**: a local process subscribed to a key receives
-  ``("ddata_changed", key, value)`` after every change of the key's value, whatever caused
-  it, and ``("ddata_deleted", key)`` on delete.
+  ``DataChanged(key, value)`` after every change of the key's value, whatever caused
+  it, and ``DataDeleted(key)`` on delete (:mod:`fabric.protocol.events`).
 """
 
 from __future__ import annotations
@@ -98,6 +98,7 @@ from fabric.protocol.crdt.base import Crdt, dump, load
 from fabric.protocol.crdt.replica import Replica, acting_as, replica_from_data
 from fabric.protocol.ddata_digests import KeyDigests, check_count
 from fabric.protocol.effects import CancelTimer, Complete, Deliver, Effect, Log, Send, SetTimer
+from fabric.protocol.events import DataChanged, DataDeleted
 from fabric.types import Pid
 
 __all__ = ["ALL", "LOCAL", "MAJORITY", "Consistency", "Key", "Persist", "ReplicatorCore"]
@@ -283,13 +284,13 @@ class ReplicatorCore:
         return out
 
     def subscribe(self, key_name: str, pid: Pid, now: float) -> list[Effect]:
-        """Deliver ``("ddata_changed", key, value)`` to ``pid`` on every change of the key
+        """Deliver ``DataChanged(key, value)`` to ``pid`` on every change of the key
         (and its current value now, if it has one)."""
         watchers = self._subscribers.setdefault(key_name, [])
         if pid not in watchers:
             watchers.append(pid)
         current = self._data.get(key_name)
-        return [] if current is None else [Deliver(pid, ("ddata_changed", key_name, current))]
+        return [] if current is None else [Deliver(pid, DataChanged(key_name, current))]
 
     def unsubscribe(self, key_name: str, pid: Pid) -> bool:
         watchers = self._subscribers.get(key_name, [])
@@ -622,7 +623,7 @@ class ReplicatorCore:
             out.append(cast(Effect, Persist(name, dump(value))))
         watchers = self._subscribers.get(name)
         if watchers and (old is None or old.value != value.value):
-            out.extend(Deliver(pid, ("ddata_changed", name, value)) for pid in watchers)
+            out.extend(Deliver(pid, DataChanged(name, value)) for pid in watchers)
 
     def _tombstone(self, name: str, out: list[Effect]) -> None:
         if name in self._deleted:
@@ -633,7 +634,7 @@ class ReplicatorCore:
         if not self._restoring and self.is_durable(name):
             out.append(cast(Effect, Persist(name, None)))
         for pid in self._subscribers.pop(name, []):
-            out.append(Deliver(pid, ("ddata_deleted", name)))
+            out.append(Deliver(pid, DataDeleted(name)))
 
     def _merge_rows(self, rows: Any, out: list[Effect]) -> None:
         for name, state in rows:

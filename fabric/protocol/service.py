@@ -25,8 +25,9 @@ from its host and a host knows nothing of any particular core:
   that change nothing (``whereis_name``, ``get_members``) are plain methods.
 
 A facade (``node.pg``, ``node.global_``) calls its core's typed methods directly and
-hands the effects to the host (``node.run_service(service, effects)``), which executes
-them and returns the reply's value: no method names as strings, no guessing at shapes.
+hands the effects to the host (``fabric.lowlevel.run_service(node, service, effects)``),
+which executes them and returns the reply's value: no method names as strings, no guessing
+at shapes.
 """
 
 from __future__ import annotations

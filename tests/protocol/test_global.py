@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from fabric.errors import LocalProtocolError
 from fabric.protocol.codec import Codec
 from fabric.protocol.effects import Complete, Log, Send, SetTimer
+from fabric.protocol.events import GlobalNameConflict
 from fabric.protocol.global_ import (
     ConflictInfo,
     GlobalCore,
@@ -444,7 +445,7 @@ def test_split_brain_heal_keeps_earlier_registration_and_notifies_loser() -> Non
     winner, loser = (pa, pb) if stamp_a < stamp_b else (pb, pa)
     run_checked(sim, ["x"], 3.0)
     assert set(where(sim, "x").values()) == {winner}
-    assert sim.mailboxes[loser] == [("global_name_conflict", "x", winner)]
+    assert sim.mailboxes[loser] == [GlobalNameConflict("x", winner)]
     assert sim.mailboxes[winner] == []
     assert sim.exited == []
 
@@ -461,15 +462,15 @@ def test_split_brain_random_notify_keeps_lower_node() -> None:
     sim, pa, pb = split_brain(random_notify_name)
     settle(sim)
     assert set(where(sim, "x").values()) == {pa}
-    assert sim.mailboxes[pb] == [("global_name_conflict", "x", pa)]
+    assert sim.mailboxes[pb] == [GlobalNameConflict("x", pa)]
 
 
 def test_split_brain_notify_all_unregisters_and_tells_both() -> None:
     sim, pa, pb = split_brain(notify_all_name)
     settle(sim)
     assert set(where(sim, "x").values()) == {None}
-    assert sim.mailboxes[pa] == [("global_name_conflict", "x", pb)]
-    assert sim.mailboxes[pb] == [("global_name_conflict", "x", pa)]
+    assert sim.mailboxes[pa] == [GlobalNameConflict("x", pb)]
+    assert sim.mailboxes[pb] == [GlobalNameConflict("x", pa)]
 
 
 def test_custom_resolver_gets_canonical_arguments_and_may_return_a_pid() -> None:
@@ -484,7 +485,7 @@ def test_custom_resolver_gets_canonical_arguments_and_may_return_a_pid() -> None
     assert {(c[1], c[2]) for c in calls} == {(pa, pb)}  # earlier registration first
     assert all(c[3].stamp1 < c[3].stamp2 for c in calls)
     assert set(where(sim, "x").values()) == {pb}
-    assert sim.mailboxes[pa] == [("global_name_conflict", "x", pb)]
+    assert sim.mailboxes[pa] == [GlobalNameConflict("x", pb)]
 
 
 def test_failing_resolver_falls_back_to_earliest_and_logs() -> None:
@@ -580,7 +581,7 @@ def test_partial_heal_relay_resolves_conflict_it_alone_sees() -> None:
     sim.advance(0.01)
     run_checked(sim, ["x"], 1.0)
     assert where(sim, "x") == {A: pa, B: pa, C: None}
-    assert sim.mailboxes[pc] == [("global_name_conflict", "x", pa)]
+    assert sim.mailboxes[pc] == [GlobalNameConflict("x", pa)]
 
 
 def test_claim_synced_to_a_granter_after_its_grant_makes_the_answer_no() -> None:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from fabric.errors import LocalProtocolError
 from fabric.protocol.codec import Codec
 from fabric.protocol.effects import Send
+from fabric.protocol.events import LeaderElected, LeaderLost
 from fabric.protocol.global_ import GlobalCore
 from fabric.protocol.leader import LeaderElection, leader_name
 from fabric.testing import ServiceSim
@@ -82,7 +83,7 @@ def the_leader(sim: ServiceSim, group: Any = G) -> tuple[Pid, int]:
 
 def elected(sim: ServiceSim, pid: Pid) -> list[tuple[Pid, int]]:
     """The (leader, term) announcements a candidate received, in order."""
-    return [(m[2], m[3]) for m in sim.mailboxes.get(pid, []) if m[0] == "leader_elected"]
+    return [(m.leader, m.term) for m in sim.mailboxes.get(pid, []) if type(m) is LeaderElected]
 
 
 def stand_all(sim: ServiceSim, nodes: Iterable[str], group: Any = G) -> dict[str, Pid]:
@@ -265,8 +266,8 @@ def test_split_brain_heal_keeps_one_leader_with_the_highest_term(pre_elect: bool
     leader, term = the_leader(sim)
     deposed = left if leader != left[0] else right
     assert term == 2 and term > deposed[1]  # equal terms: the winner took a fresh one
-    assert ("leader_lost", G, deposed[1]) in sim.mailboxes[deposed[0]]
-    assert [m for m in sim.mailboxes[leader] if m[0] == "leader_lost"] == []
+    assert LeaderLost(G, deposed[1]) in sim.mailboxes[deposed[0]]
+    assert [m for m in sim.mailboxes[leader] if type(m) is LeaderLost] == []
     for pid in cands.values():
         assert elected(sim, pid)[-1] == (leader, term)
     if pre_elect:
@@ -364,7 +365,7 @@ def test_property_chaos_ends_with_one_leader_fencing_all_others(
     announced: dict[Pid, int] = {}  # leader -> highest term announced to a live process
     for box in sim.mailboxes.values():
         for m in box:
-            if m[0] == "leader_elected":
-                announced[m[2]] = max(announced.get(m[2], 0), m[3])
+            if type(m) is LeaderElected:
+                announced[m.leader] = max(announced.get(m.leader, 0), m.term)
     assert announced[leader] == term
     assert all(t < term for pid, t in announced.items() if pid != leader), (announced, term)

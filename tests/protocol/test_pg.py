@@ -26,6 +26,7 @@ from fabric.protocol.effects import (
     Subscribe,
     Unsubscribe,
 )
+from fabric.protocol.events import PgJoin, PgLeave
 from fabric.protocol.pg import DEFAULT_SCOPE, PgCore, group_topic
 from fabric.testing import ServiceSim
 from fabric.types import Pid
@@ -330,11 +331,11 @@ def test_monitors_deliver_exact_join_leave_notifications() -> None:
     sim.kill(C)
     sim.run()
     assert sim.mailboxes[w] == [
-        ("pg_join", token, S, "g", [p]),  # local: at once
-        ("pg_join", token, S, "g", [q, q]),  # remote: after the latency
-        ("pg_leave", token, S, "g", [p]),
-        ("pg_leave", token, S, "g", [q]),
-        ("pg_leave", token, S, "g", [r]),
+        PgJoin(token, S, "g", [p]),  # local: at once
+        PgJoin(token, S, "g", [q, q]),  # remote: after the latency
+        PgLeave(token, S, "g", [p]),
+        PgLeave(token, S, "g", [q]),
+        PgLeave(token, S, "g", [r]),
     ]
     assert sim.call(A, "demonitor", token) is True
     assert sim.call(A, "demonitor", token) is False
@@ -353,7 +354,7 @@ def test_scope_monitor_and_watcher_exit() -> None:
     sim.call(A, "join", S, "h", p)
     sim.call(A, "join", "elsewhere", "h", p)
     sim.call(A, "leave", S, "h", p)
-    assert sim.mailboxes[w] == [("pg_join", token, S, "h", [p]), ("pg_leave", token, S, "h", [p])]
+    assert sim.mailboxes[w] == [PgJoin(token, S, "h", [p]), PgLeave(token, S, "h", [p])]
     sim.exit(w)
     assert sim.call(A, "demonitor", token) is False  # demonitored when the watcher exited
     effects = sim.core(A).join(S, "g", p, sim.now)

@@ -17,6 +17,7 @@ from fabric.errors import LocalProtocolError
 from fabric.protocol.codec import Codec
 from fabric.protocol.crdt import GCounter, LWWMap, ORSet, PNCounter, Replica, dump
 from fabric.protocol.effects import Effect, Send
+from fabric.protocol.events import DataDeleted
 from fabric.protocol.replicator import ALL, LOCAL, MAJORITY, Key, Persist, ReplicatorCore
 from fabric.testing import ServiceSim
 
@@ -203,7 +204,7 @@ def test_delete_is_permanent_and_replicated() -> None:
     w.sim.advance(0.5)
     assert w.result(token)[0] == "ok"
     assert [w.value(n, SEEN) for n in (A, B, C)] == [None, None, None]
-    assert w.sim.mailboxes[pid][-1] == ("ddata_deleted", "seen")
+    assert w.sim.mailboxes[pid][-1] == DataDeleted("seen")
     assert w.result(w.update(A, SEEN, lambda s: s.add("y")))[0] == "error"
 
 
@@ -214,7 +215,7 @@ def test_subscribers_get_every_change_whatever_its_cause() -> None:
     w.update(A, HITS, lambda c: c.increment(2))
     w.sim.advance(0.5)
     w.update(B, HITS, lambda c: c.increment(1))
-    assert [m[2].value for m in w.sim.mailboxes[pid]] == [2, 3]
+    assert [m.value.value for m in w.sim.mailboxes[pid]] == [2, 3]
     w.sim.exit(pid)
     w.update(B, HITS, lambda c: c.increment(1))  # no delivery to the dead subscriber
 
