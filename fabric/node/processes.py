@@ -24,6 +24,7 @@ Low-level interface (documented in ARCHITECTURE.md): :meth:`get`, :meth:`count`,
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import traceback
 from collections.abc import Awaitable, Callable
@@ -39,10 +40,20 @@ from fabric.types import Pid, Ref
 if TYPE_CHECKING:
     from fabric.node import Node
 
-__all__ = ["ProcessFn", "ProcessTable"]
+__all__ = ["ProcessFn", "ProcessTable", "running_process"]
 
 ProcessFn = Callable[..., Awaitable[Any]]
 ExitHandler = Callable[[Process, Any], None]
+
+# The process whose task (or a task it created) is running: the sender of an exit signal
+# sent with ``node.exit`` (Erlang's exit/2 names its caller). Set per task by _run.
+_running: contextvars.ContextVar[Process | None] = contextvars.ContextVar(
+    "fabric_running_process", default=None)
+
+
+def running_process() -> Process | None:
+    """The local process running the current task, or None outside any process."""
+    return _running.get()
 
 
 class ProcessTable:
@@ -132,12 +143,17 @@ class ProcessTable:
         proc = Process(self._node, pid, _checked_limit(mailbox_limit))
         self._procs[pid[1]] = proc
         if name is not None:
-            self.register(name, pid)
+            try:
+                self.register(name, pid)
+            except BaseException:
+                del self._procs[pid[1]]  # never started: it must not stay in the table
+                raise
         if link_to is not None:
             proc.links.add(link_to.self)
             link_to.links.add(pid)
         assert self._loop is not None, "spawn before the node started"
-        proc.task = self._loop.create_task(self._run(proc, fn, args))
+        proc.task = task = self._loop.create_task(self._run(proc, fn, args))
+        task.add_done_callback(lambda _: self._ended(proc))
         return pid
 
     def new_mailbox(self, mailbox_limit: int | None = None) -> Process:
@@ -148,6 +164,7 @@ class ProcessTable:
 
     async def _run(self, proc: Process, fn: ProcessFn, args: tuple[Any, ...]) -> None:
         reason: Any = NORMAL
+        _running.set(proc)  # this task's own context: other tasks do not see it
         try:
             await fn(proc, *args)
         except ProcessExit as exc:
@@ -160,6 +177,13 @@ class ProcessTable:
                             traceback=traceback.format_exc())
         assert self._exited is not None
         self._exited(proc, reason)
+
+    def _ended(self, proc: Process) -> None:
+        """The task is done. A task cancelled before its first step (an exit signal
+        right after spawn) never ran :meth:`_run`, so its end is reported here."""
+        if proc.alive:
+            assert self._exited is not None
+            self._exited(proc, proc.pending_kill if proc.pending_kill is not None else KILLED)
 
     # -- names ----------------------------------------------------------------------------
 

@@ -51,7 +51,7 @@ from fabric.exports import resolve_export
 from fabric.node.channels import Channels
 from fabric.node.effects import EffectExecutor
 from fabric.node.metrics import Metrics
-from fabric.node.processes import ProcessTable
+from fabric.node.processes import ProcessTable, running_process
 from fabric.node.services import ServiceHost
 from fabric.process import Down, Process
 from fabric.protocol.codec import Codec
@@ -152,8 +152,11 @@ class Signals:
         self.core.forget_monitor(proc.self, ref)
 
     def exit(self, pid: Pid, reason: Any) -> None:
-        """Send an exit signal to ``pid`` (``"kill"`` kills even a trapping process)."""
-        self._run(self.core.exit(pid, reason))
+        """Send an exit signal to ``pid`` (``"kill"`` kills even a trapping process),
+        from the process running the current task if there is one: a trapping receiver
+        sees ``Exit(sender, reason)``, as with Erlang's ``exit/2``."""
+        sender = running_process()
+        self._run(self.core.exit(pid, reason, None if sender is None else sender.self))
 
     def kill(self, proc: Process, reason: Any) -> None:
         """End ``proc`` with ``reason``: cancel its task (a process already ending keeps

@@ -177,9 +177,10 @@ class ProcessSim:
                 del box[i]
                 break
 
-    def exit(self, node: str, pid: Pid, reason: Any) -> None:
-        """An explicit exit signal sent from ``node`` (``node.exit(pid, reason)``)."""
-        self._execute(node, self.core(node).exit(pid, reason))
+    def exit(self, node: str, pid: Pid, reason: Any, sender: Pid | None = None) -> None:
+        """An explicit exit signal sent from ``node`` (``node.exit(pid, reason)``), by
+        the process ``sender`` of that node (None: by no process)."""
+        self._execute(node, self.core(node).exit(pid, reason, sender))
 
     def register(self, name: str, pid: Pid) -> bool:
         return self.core(pid.node).register(name, pid)

@@ -130,6 +130,28 @@ def test_an_explicit_exit_to_a_trapping_process_comes_from_itself() -> None:
     assert s.mailbox(p) == [Exit(p, "shutdown")]
 
 
+def test_an_explicit_exit_names_its_sender_and_leaves_links_alone() -> None:
+    s, sender, remote = _linked_pair(trap_exits=True)
+    local = s.spawn(A, trap_exits=True)
+    s.exit(A, local, "shutdown", sender)
+    s.exit(A, remote, "shutdown", sender)  # travels as exit2: not a link's signal
+    s.run()
+    assert s.mailbox(local) == [Exit(sender, "shutdown")]
+    assert s.mailbox(remote) == [Exit(sender, "shutdown")]
+    s.end(sender, "later")  # the link is still there and carries the sender's end
+    s.run()
+    assert s.mailbox(remote) == [Exit(sender, "shutdown"), Exit(sender, "later")]
+
+
+def test_an_explicit_exit_to_itself_with_normal_ends_a_process_that_does_not_trap() -> None:
+    s = sim(A)
+    p, other = s.spawn(A), s.spawn(A)
+    s.exit(A, other, "normal", p)  # to another: nothing
+    s.exit(A, p, "normal", p)  # exit(self(), normal): the process ends
+    s.run()
+    assert s.alive(other) and s.ended == {p: "normal"}
+
+
 def test_a_normal_exit_does_not_propagate_to_non_trapping_linked_processes() -> None:
     s = sim(A, B)
     ending = s.spawn(A)
@@ -502,6 +524,7 @@ def test_requests_send_todays_control_messages() -> None:
     ref, effects = core.monitor(p, ("db", B))
     assert effects == [Control(B, [4, "mon", p, RegName("db", B), ref])]
     assert core.exit(remote, "kill") == [Control(B, [4, "exit", None, remote, "kill"])]
+    assert core.exit(remote, "bye", p) == [Control(B, [4, "exit2", p, remote, "bye"])]
     assert core.on_control(B, [4, "spawn", remote, ref, "m:f", [1], True]) == [
         ServeSpawn(B, remote, ref, "m:f", [1], True)]
     core.link(p, remote)
