@@ -158,8 +158,12 @@ class Reactor:
             if not sock.getsockopt(_RCVMORE):
                 self.bad("router_frame_count")
                 continue
-            data = sock.recv(zmq.NOBLOCK)
             peer = mesh.peer_of(identity)
+            if peer is None:  # a stranger: where from bounds its handshakes (mesh core)
+                part = sock.recv(zmq.NOBLOCK, copy=False)
+                data, source = part.bytes, _peer_address(part)
+            else:
+                data = sock.recv(zmq.NOBLOCK)
             if sock.getsockopt(_RCVMORE):
                 joined = self._rest_of_frame(sock, data, peer is not None)
                 if joined is None:
@@ -177,7 +181,7 @@ class Reactor:
                 self.bad("undecodable", error=str(exc), peer=peer)
                 continue
             if peer is None:
-                self._run_effects(mesh.router_frame(identity, value, now))
+                self._run_effects(mesh.router_frame(identity, value, now, source))
                 continue
             mesh.heard(peer, now)
             if type(value) is not list:
@@ -352,3 +356,11 @@ class Reactor:
         if t - self._bad_input_logged >= 1.0:
             self._bad_input_logged = t
             self.log.warning("bad_input", what=what, total=self.metrics.bad_input, **fields)
+
+
+def _peer_address(part: zmq.Frame) -> str:
+    """The address a message part came from (ZeroMQ's ``Peer-Address``), or ""."""
+    try:
+        return str(part.get("Peer-Address"))
+    except (zmq.ZMQError, ValueError):
+        return ""

@@ -107,6 +107,9 @@ FIRST_BACKOFF: Final = 0.05
 RETRY_HANDSHAKE_TIMEOUT: Final = 1.0
 # Cap on handshakes we accept concurrently: unauthenticated state must stay bounded.
 MAX_PENDING_ACCEPTS: Final = 256
+# And per source address (as the transport reports it): a host that can reach our
+# handshake (its key admitted) cannot take every slot and starve the others.
+MAX_ACCEPTS_PER_SOURCE: Final = 64
 # Refusal reasons we count by name; anything else a stranger sends counts as "other".
 KNOWN_REASONS: Final = frozenset({
     "bad_cookie", "name_in_use", "version", "simultaneous", "not_connected", "stopping",
@@ -130,6 +133,7 @@ class _Peer:
     pub_endpoint: str = ""
     goodbye_acked: bool = False
     auto: bool = False  # started by the mesh itself (peer list, retry), not by a user
+    source: str = ""  # an accept's: the address its HELLO came from ("" unknown)
 
 
 @dataclass
@@ -353,8 +357,11 @@ class MeshCore:
         """The authenticated peer behind a ROUTER identity (None: not in a session)."""
         return self.authenticated.get(identity)
 
-    def router_frame(self, identity: bytes, value: Any, now: float) -> list[Any]:
-        """A frame from an identity with no session: handshake, or refused."""
+    def router_frame(self, identity: bytes, value: Any, now: float,
+                     source: str = "") -> list[Any]:
+        """A frame from an identity with no session: handshake, or refused. ``source``
+        is the address it came from, if the transport knows it: pending accepts are
+        bounded per source as well as in total."""
         if type(value) is list and value and type(value[0]) is list:
             # A batch from a stranger: a peer that we dropped while it was frozen, or
             # garbage. Tell it (rate is bounded by the peer's own sending).
@@ -366,7 +373,7 @@ class MeshCore:
             self.stats.bad_frames += 1
             return [Log("debug", "bad_handshake_frame", {"error": str(exc)})]
         if isinstance(frame, hs.Hello):
-            return self._on_hello(identity, frame, now)
+            return self._on_hello(identity, frame, now, source)
         if isinstance(frame, hs.Answer):
             return self._on_answer(identity, frame, now)
         if isinstance(frame, hs.Bind):
@@ -546,7 +553,8 @@ class MeshCore:
                 *self._log(now, "warning", "connect_refused_here", reason=reason,
                            detail=detail)]
 
-    def _on_hello(self, identity: bytes, hello: hs.Hello, now: float) -> list[Any]:
+    def _on_hello(self, identity: bytes, hello: hs.Hello, now: float,
+                  source: str) -> list[Any]:
         if self.stopping:
             return self._refuse(identity, "stopping", now)
         if hello.version != hs.PROTOCOL_VERSION:
@@ -574,9 +582,11 @@ class MeshCore:
         for other_id, other in list(self._accepts.items()):
             if other.name == name:
                 del self._accepts[other_id]
-        if len(self._accepts) >= MAX_PENDING_ACCEPTS:
+        if len(self._accepts) >= MAX_PENDING_ACCEPTS or (source and sum(
+                a.source == source for a in self._accepts.values()) >= MAX_ACCEPTS_PER_SOURCE):
             return self._refuse(identity, "busy", now)
         p = _Peer(name, ACCEPTING, now + self.handshake_timeout, in_identity=identity,
+                  source=source,
                   my_challenge=self._entropy(hs.CHALLENGE_SIZE),
                   their_challenge=hello.challenge, creation=hello.creation,
                   hidden=bool(hello.flags & hs.FLAG_HIDDEN),

@@ -228,6 +228,28 @@ def test_stranger_batch_gets_not_connected() -> None:
     assert effects == [m.RouterSend(b"x", ["refuse", "not_connected", ""])]
 
 
+def test_one_source_cannot_take_every_handshake_slot() -> None:
+    # Peers whose transport key is admitted reach the handshake: one host's flood of
+    # HELLOs (fresh identities and names) is bounded, so another host still gets in.
+    from fabric.protocol import handshake as hs
+
+    core = MeshSim([N5[0]]).core(N5[0])
+
+    def hello(name: str, identity: bytes, source: str) -> list[object]:
+        frame = hs.Hello(hs.PROTOCOL_VERSION, name, 1, 0, 9000, bytes(hs.CHALLENGE_SIZE))
+        return core.router_frame(identity, frame.frame(), 0.0, source)
+
+    def challenged(effects: list[object]) -> bool:
+        return any(isinstance(e, m.RouterSend) and e.frame[0] == "challenge"
+                   for e in effects)
+
+    flood = [challenged(hello(f"s{i}@10.0.0.66:{10000 + i}", b"s%d" % i, "10.0.0.66"))
+             for i in range(m.MAX_PENDING_ACCEPTS + 10)]
+    assert sum(flood) == m.MAX_ACCEPTS_PER_SOURCE < m.MAX_PENDING_ACCEPTS
+    assert core.stats.refused["busy"] == len(flood) - m.MAX_ACCEPTS_PER_SOURCE
+    assert challenged(hello("real@10.0.0.5:9100", b"real", "10.0.0.5"))
+
+
 @pytest.mark.parametrize("junk", [None, 1, "hello", ["hello"], ["hello", 1, 2, 3, 4, 5, 6],
                                   ["bind", "x", 1], ["answer", b"x"], [b"\x00"], {}])
 def test_garbage_handshake_frames_are_counted_not_fatal(junk: object) -> None:
