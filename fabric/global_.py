@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fabric.errors import LocalProtocolError, OutcomeUnknown, ProcessDeadError
-from fabric.protocol.effects import Effect, ExitProcess
+from fabric.protocol.effects import Effect
 from fabric.protocol.global_ import GlobalCore
 from fabric.protocol.global_resolve import BUILTIN_RESOLVERS
 from fabric.protocol.leader import LeaderElection
@@ -60,7 +60,6 @@ class Global:
         self.core = GlobalCore(node.name, node.creation, seed=random.getrandbits(32),
                                plugin=self.leaders)
         node.add_service(self.core)
-        node.on_effect(ExitProcess, self._exit_process)
 
     # -- names ----------------------------------------------------------------------------
 
@@ -212,9 +211,6 @@ class Global:
             return await wait_for(fut, timeout, "global request")
         return await wait_for(fut, timeout, f"{what} got no answer: the outcome is unknown, "
                               "it may still take effect (check whereis_name)", OutcomeUnknown)
-
-    def _exit_process(self, service: str, effect: ExitProcess) -> None:
-        self.node.exit(effect.pid, effect.reason)
 
 
 def _method(method: str | None) -> str | None:

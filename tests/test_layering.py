@@ -98,3 +98,32 @@ def test_the_scanner_finds_a_private_access() -> None:
 def test_the_mixin_modules_are_gone() -> None:
     for old in ("inputs", "runtime", "signals", "services"):
         assert not (PACKAGE / f"{old}.py").exists(), f"fabric/{old}.py came back"
+
+
+def _effect_types_registered_in(folder: Path) -> set[str]:
+    """Effect type names passed to ``executor.register(...)`` by modules of ``folder``."""
+    found: set[str] = set()
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "register" and node.args):
+                first = node.args[0]
+                name = first.attr if isinstance(first, ast.Attribute) else getattr(
+                    first, "id", None)
+                if name is not None:
+                    found.add(name)
+    return found
+
+
+def test_every_shared_effect_is_run_by_an_object_of_the_node() -> None:
+    # One executor, one table, filled by the node's own objects as they are wired: no
+    # shared effect type (ExitProcess included) depends on a facade teaching it later.
+    from typing import get_args
+
+    from fabric.protocol import effects, mesh_effects, processes
+
+    shared = {t.__name__ for t in get_args(effects.Effect)}
+    shared |= {t.__name__ for t in get_args(processes.SignalEffect)}
+    shared |= {name for name in mesh_effects.__all__ if name[0].isupper()}
+    missing = shared - _effect_types_registered_in(NODE_PACKAGE)
+    assert missing == set()

@@ -55,6 +55,7 @@ from fabric.node.processes import ProcessTable, running_process
 from fabric.node.services import ServiceHost
 from fabric.process import Down, Process
 from fabric.protocol.codec import Codec
+from fabric.protocol.effects import ExitProcess
 from fabric.protocol.mesh import MeshCore
 from fabric.protocol.messages import K_CALL, K_REPLY
 from fabric.protocol.messages import REPLY_TAG as CALL_REPLY
@@ -110,6 +111,7 @@ class Signals:
         executor.register(ServeSpawn, self._on_serve_spawn)
         executor.register(SpawnReplied, self._on_spawn_replied)
         executor.register(SpawnLost, self._on_spawn_lost)
+        executor.register(ExitProcess, self._on_exit_process)
 
     def make_ref(self) -> Ref:
         return self._table.make_ref()
@@ -329,6 +331,11 @@ class Signals:
         fut = self._spawn_waiters.get(eff.ref)
         if fut is not None and not fut.done():
             fut.set_exception(NodeDownError(eff.peer, eff.reason))
+
+    def _on_exit_process(self, service: str, eff: ExitProcess) -> None:
+        """A service core ends a local process (global kills a name conflict's loser): an
+        explicit exit signal from no process, like ``node.exit(pid, reason)``."""
+        self._run(self.core.exit(eff.pid, eff.reason))
 
     def _on_kill(self, service: str, eff: Kill) -> None:
         proc = self._procs.get(eff.pid[1])
