@@ -195,8 +195,8 @@ class Node:
         # Why ZeroMQ's (CURVE, ZAP) handshakes failed; told by the ZAP handler, which
         # Sockets.bind starts first, and by the sockets' monitors (node/refusals.py).
         self.refusals = refusals = TransportRefusals(
-            self.metrics, cfg.encrypt_data_plane, cfg.handshake_timeout + 1.0,
-            lambda what, **fields: self.reactor.bad(what, **fields), loop.time)
+            self.metrics, cfg.encrypt_data_plane,
+            lambda what, **fields: self.reactor.bad(what, **fields))
         sockets = Sockets.bind(self._requested, cfg, self._cookie, loop,
                                refusals.zap_refused)
         if cfg.metrics_address:
@@ -604,7 +604,7 @@ class Node:
         self.services.nodedown(eff.peer, eff.reason)
 
     def _on_connect_done(self, service: str, eff: m.ConnectDone) -> None:
-        reason = self.refusals.reason(eff.peer, eff.ok, eff.reason)
+        reason = eff.reason
         if not eff.ok:
             self.channels.connect_failed(eff.peer)
         for fut in self._connect_waiters.pop(eff.peer, []):

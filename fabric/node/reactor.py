@@ -310,12 +310,10 @@ class Reactor:
             elif event & HANDSHAKE_FAILED_EVENTS:
                 # ZeroMQ's handshake (CURVE, ZAP) failed: fail the connect now with the
                 # reason, instead of waiting for the handshake timeout.
-                self._refusals.channel_failed(ch.peer, event)
-                effects = self.mesh.channel_refused(ch.peer, now)
-                if not effects and self.mesh.is_up(ch.peer):
-                    # We accepted it, but it refuses our key as we dial back with BIND.
-                    effects = self.mesh.disconnect(ch.peer, now)
-                self._run_effects(effects)
+                # Attributed to the peer this DEALER dialled (and, when it is the
+                # dial-back of a session we accepted, told to that peer).
+                reason = self._refusals.channel_failed(event)
+                self._run_effects(self.mesh.transport_refused(ch.peer, reason, now))
             elif event == zmq.EVENT_DISCONNECTED:
                 self._run_effects(self.mesh.channel_closed(ch.peer, now))
             elif event == zmq.EVENT_CONNECT_RETRIED and not ch.connected:

@@ -114,7 +114,10 @@ MAX_ACCEPTS_PER_SOURCE: Final = 64
 KNOWN_REASONS: Final = frozenset({
     "bad_cookie", "name_in_use", "version", "simultaneous", "not_connected", "stopping",
     "bad_name", "busy", "wrong_node", "timeout", "connection_refused",
+    "key_refused", "security_mismatch",  # the transport's (transport_refused)
 })
+# What the transport reports of a failed ZeroMQ (CURVE/ZAP) handshake: transport_refused.
+TRANSPORT_REFUSALS: Final = frozenset({"key_refused", "security_mismatch", "bad_cookie"})
 # Warnings caused by strangers are rate-limited: at most this many per event per second.
 LOG_BUDGET: Final = 5
 
@@ -478,6 +481,28 @@ class MeshCore:
         if p is None or p.state != HELLO_SENT:
             return []
         return self._drop_pending(peer, "connection_refused", now=now)
+
+    def transport_refused(self, peer: str, reason: str, now: float) -> list[Any]:
+        """ZeroMQ's own handshake (CURVE, ZAP) failed on our DEALER to ``peer``: one of
+        ``TRANSPORT_REFUSALS``, as the transport names it.
+
+        An attempt of ours fails at once with that reason. A session we accepted (this
+        DEALER was our dial-back with BIND) ends without a retry, and the peer is told
+        the reason on its own channel (``REFUSE``), so its connect fails with it too:
+        the refusal is the one peer's, never guessed from an address.
+        """
+        p = self.peers.get(peer)
+        if p is None:
+            return []
+        reason = reason if reason in TRANSPORT_REFUSALS else "other"
+        self._count_refusal(reason)
+        if p.state != UP:
+            return self._drop_pending(peer, reason, now=now)
+        effects: list[Any] = []
+        if p.in_identity is not None:
+            effects.append(RouterSend(p.in_identity, hs.Refuse(reason).frame()))
+        self._retry.pop(peer, None)
+        return effects + self._down(peer, "disconnect", now, notify_peer=False)
 
     def tick(self, now: float) -> list[Any]:
         """Heartbeats, silence, handshake deadlines and reconnects, at time ``now``."""

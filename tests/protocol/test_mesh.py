@@ -228,6 +228,31 @@ def test_stranger_batch_gets_not_connected() -> None:
     assert effects == [m.RouterSend(b"x", ["refuse", "not_connected", ""])]
 
 
+def test_a_transport_refusal_fails_that_attempt_with_its_reason() -> None:
+    a, b = N5[:2]
+    core = MeshSim([a]).core(a)
+    core.connect(b, 0.0)
+    effects = core.transport_refused(b, "key_refused", 0.1)
+    assert m.ConnectDone(b, False, "key_refused") in effects
+    assert not core.knows(b) and core.stats.refused["key_refused"] == 1
+
+
+def test_a_refused_dial_back_ends_the_session_and_tells_that_peer_why() -> None:
+    # We accepted b's session; our DEALER's dial-back (BIND) is refused by b's ZAP: the
+    # session ends without a retry, and b hears the reason on its own channel.
+    a, b = N5[:2]
+    sim = MeshSim([a, b])
+    sim.connect(b, a)
+    sim.run_for(0.1)
+    core = sim.core(a)
+    identity = core.identity_of(b)
+    effects = core.transport_refused(b, "security_mismatch", sim.now)
+    assert effects[0] == m.RouterSend(identity, ["refuse", "security_mismatch", ""])
+    assert m.PeerDown(b, "disconnect", False) in effects
+    assert not core.knows(b) and b not in core.reconnecting()
+    assert core.transport_refused(b, "key_refused", sim.now) == []  # nothing left
+
+
 def test_one_source_cannot_take_every_handshake_slot() -> None:
     # Peers whose transport key is admitted reach the handshake: one host's flood of
     # HELLOs (fresh identities and names) is bounded, so another host still gets in.
