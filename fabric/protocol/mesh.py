@@ -305,16 +305,18 @@ class MeshCore:
     def learn(self, peer: str, now: float) -> list[Any]:
         """A node's name learned other than from a user: a peer list, or discovery.
 
-        Connects unless ``peer`` is this node or already known, as an automatic attempt:
-        if it fails (``timeout``, ``connection_refused``...) it is retried like a lost
-        peer, forever unless ``reconnect_give_up`` is set. Refusals and name conflicts
-        (``name_in_use``) end it as they end :meth:`connect`. Discovery feeds names here
-        (through ``Node.learn``).
+        Connects unless ``peer`` is this node, already known, or already planned for a
+        retry (learning it again then changes nothing, so discovery may hand over a name
+        as often as it likes), as an automatic attempt: if it fails (``timeout``,
+        ``connection_refused``...) it is retried like a lost peer, forever unless
+        ``reconnect_give_up`` is set. Refusals and name conflicts (``name_in_use``) end
+        it as they end :meth:`connect`. Discovery feeds names here (through
+        ``Node.learn``); the mesh alone paces the attempts.
 
         Raises:
             ConfigError: ``peer`` is not a full node name with a port.
         """
-        if peer == self.name or peer in self.peers:
+        if peer == self.name or peer in self.peers or peer in self._retry:
             return []
         effects = self.connect(peer, now)
         attempt = self.peers.get(str(parse_node_name(peer)))
