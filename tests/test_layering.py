@@ -127,3 +127,28 @@ def test_every_shared_effect_is_run_by_an_object_of_the_node() -> None:
     shared |= {name for name in mesh_effects.__all__ if name[0].isupper()}
     missing = shared - _effect_types_registered_in(NODE_PACKAGE)
     assert missing == set()
+
+
+SIMULATORS = [PACKAGE / "testing" / f"{m}.py" for m in ("meshsim", "servicesim", "processsim")]
+SIM_PRIVATE = set().union(*(_private_names_defined(p) for p in SIMULATORS))
+
+
+def test_protocol_tests_observe_the_simulators_through_their_public_api() -> None:
+    # The simulators' per-node records (``sim.nodes[n]``), underscore names and instance
+    # dicts are theirs: tests read is_up, live_nodes, creation, subscriptions, processes,
+    # nodedown_pending, execute, schedule...
+    assert {"_exec", "_after", "_closing"} <= SIM_PRIVATE
+    breaches = {}
+    for path in sorted((ROOT / "tests" / "protocol").glob("*.py")):
+        found = _private_uses(path, SIM_PRIVATE)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Attribute):
+                continue
+            owner = node.value
+            sim_like = (isinstance(owner, ast.Name) and owner.id in ("s", "sim")) or (
+                isinstance(owner, ast.Attribute) and owner.attr == "sim")
+            if (sim_like and node.attr == "nodes") or node.attr == "__dict__":
+                found.append(f"{node.lineno}: {ast.unparse(node)}")
+        if found:
+            breaches[path.name] = found
+    assert breaches == {}

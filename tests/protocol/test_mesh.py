@@ -184,7 +184,7 @@ def test_graceful_stop_says_goodbye() -> None:
     sim = MeshSim([a, b])
     sim.connect(b, a)
     sim.run_for(0.2)
-    sim._exec(b, sim.core(b).stop(sim.now))
+    sim.execute(b, sim.core(b).stop(sim.now))
     sim.run_for(0.1)
     assert downs(sim, a, b) == ["shutdown"]
     assert sim.core(b).all_acked()
@@ -209,7 +209,7 @@ def test_ping_pong() -> None:
     sim = MeshSim([a, b])
     sim.connect(a, b)
     sim.run_for(0.1)
-    sim._exec(a, sim.core(a).ping(b, 42))
+    sim.execute(a, sim.core(a).ping(b, 42))
     sim.run_for(0.1)
     assert ("pong", b, 42) in sim.events[a]
 
@@ -307,7 +307,7 @@ def test_many_nodes_joining_one_seed_form_the_mesh_quickly(seed: int) -> None:
     names = [f"j{i}@127.0.0.1:{9400 + i}" for i in range(12)]
     sim = MeshSim(names, seed=seed, jitter=0.02)
     for name in names[1:]:
-        sim._after(sim.rng.random() * 0.05, lambda n=name: sim.connect(n, names[0]))
+        sim.schedule(sim.rng.random() * 0.05, lambda n=name: sim.connect(n, names[0]))
     took = sim.run_until(lambda: sim.full_mesh(), timeout=20)
     assert took < 1.5
 
@@ -483,7 +483,7 @@ def test_disconnect_forgets_a_peer_being_retried() -> None:
     sim.run_for(0.2)
     sim.cut(a, b)
     sim.run_until(lambda: b in sim.core(a).reconnecting())
-    sim._exec(a, sim.core(a).disconnect(b, sim.now))
+    sim.execute(a, sim.core(a).disconnect(b, sim.now))
     assert b not in sim.core(a).reconnecting()
 
 
