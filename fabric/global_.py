@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fabric.errors import LocalProtocolError, OutcomeUnknown, ProcessDeadError
+from fabric.node.services import standard_service
 from fabric.protocol.effects import Effect
 from fabric.protocol.global_ import GlobalCore
 from fabric.protocol.global_resolve import BUILTIN_RESOLVERS
@@ -218,3 +219,7 @@ def _method(method: str | None) -> str | None:
         raise LocalProtocolError(
             f"unknown resolver method {method!r}; use one of {sorted(BUILTIN_RESOLVERS)}")
     return method
+
+
+# Every node runs it, as node.global_: the node creates it at start (it never imports this).
+standard_service("global_", Global, rank=1)

@@ -27,6 +27,7 @@ from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fabric.errors import LocalProtocolError
+from fabric.node.services import standard_service
 from fabric.protocol.effects import Effect
 from fabric.protocol.hashring import rendezvous
 from fabric.protocol.pg import DEFAULT_SCOPE, PgCore
@@ -178,3 +179,7 @@ class Groups:
     def _run(self, effects: list[Effect]) -> Any:
         """Execute the effects of a core method; returns its reply (None without one)."""
         return self.node.run_service(self.core.service, effects)
+
+
+# Every node runs it, as node.pg: the node creates it at start (it never imports this).
+standard_service("pg", Groups, rank=0)

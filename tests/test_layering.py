@@ -152,3 +152,52 @@ def test_protocol_tests_observe_the_simulators_through_their_public_api() -> Non
         if found:
             breaches[path.name] = found
     assert breaches == {}
+
+
+FACADES = ("fabric.global_", "fabric.pg", "fabric.calls", "fabric.process", "fabric.genserver")
+
+
+def _runtime_imports(path: Path) -> list[str]:
+    """Modules ``path`` imports when it runs (anywhere, functions included), leaving out
+    ``if TYPE_CHECKING:`` blocks (annotations only)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test) in (
+                "TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            skipped |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    found = []
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.append(node.module)
+            found += [f"{node.module}.{alias.name}" for alias in node.names]
+    return found
+
+
+def _imports_of(path: Path, prefixes: tuple[str, ...]) -> list[str]:
+    return sorted({m for m in _runtime_imports(path)
+                   if any(m == p or m.startswith(p + ".") for p in prefixes)})
+
+
+def test_the_node_imports_no_facade() -> None:
+    # The facades (pg, global, calls, process handles, GenServer) depend on the node; the
+    # node gets what it needs of them by injection (standard_service, use_process_handles).
+    uses = {p.name: _imports_of(p, FACADES) for p in sorted(NODE_PACKAGE.glob("*.py"))}
+    assert {name: found for name, found in uses.items() if found} == {}
+
+
+def test_the_configuration_does_not_depend_on_discovery() -> None:
+    # Discovery checks its own field of NodeConfig (add_field_check), not the reverse.
+    assert _imports_of(PACKAGE / "config.py", ("fabric.discovery",)) == []
+
+
+def test_the_import_scanner_sees_function_imports_and_skips_type_checking(
+        tmp_path: Path) -> None:
+    path = tmp_path / "probe.py"
+    path.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import fabric.pg\n"
+                    "def f():\n    from fabric.global_ import Global\n", encoding="utf-8")
+    assert _imports_of(path, FACADES) == ["fabric.global_", "fabric.global_.Global"]

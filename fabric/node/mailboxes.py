@@ -44,7 +44,6 @@ from fabric.errors import MailboxFullError
 from fabric.node.effects import EffectExecutor
 from fabric.node.metrics import Metrics
 from fabric.node.processes import ProcessTable
-from fabric.process import Process
 from fabric.protocol.effects import DeliverMany
 from fabric.protocol.flow import (
     Congested,
@@ -57,6 +56,7 @@ from fabric.protocol.flow import (
 from fabric.types import Pid
 
 if TYPE_CHECKING:
+    from fabric.process import Process
     from fabric.protocol.mesh import MeshCore
 
 __all__ = ["Mailboxes"]

@@ -43,7 +43,6 @@ from fabric.errors import (
     NodeDownError,
 )
 from fabric.exports import resolve_export
-from fabric.global_ import Global
 from fabric.logs import get_logger
 from fabric.metrics.exporter import MetricsExporter
 from fabric.node.channels import Channels
@@ -53,22 +52,24 @@ from fabric.node.metrics import Metrics
 from fabric.node.processes import ProcessFn, ProcessTable
 from fabric.node.reactor import Reactor
 from fabric.node.refusals import TransportRefusals
-from fabric.node.services import ServiceHost
+from fabric.node.services import ServiceHost, standard_services
 from fabric.node.signals import Signals
 from fabric.node.sockets import Sockets
 from fabric.outbound import MAX_BATCH
-from fabric.pg import Groups
-from fabric.process import NORMAL, Process
 from fabric.protocol import mesh as m
 from fabric.protocol.codec import Codec
 from fabric.protocol.effects import Log
 from fabric.protocol.flow import is_system
 from fabric.protocol.messages import K_REG_SEND, K_SEND, K_SEND_TUPLE
+from fabric.protocol.processes import NORMAL
 from fabric.timeouts import wait_for
 from fabric.types import GlobalName, Pid, Ref, parse_node_name
 
 if TYPE_CHECKING:
     from fabric.discovery import Discovery
+    from fabric.global_ import Global
+    from fabric.pg import Groups
+    from fabric.process import Process
 
 __all__ = ["Node", "NodeDown", "NodeMonitor", "NodeUp"]
 
@@ -142,6 +143,10 @@ class Node:
     construction; ``sockets``, ``channels``, ``signals``, ``services``, ``reactor``,
     ``effects`` and ``mesh`` once started.
     """
+
+    # The services every node runs, set by start() (fabric.node.services.standard_service)
+    pg: Groups
+    global_: Global
 
     def __init__(
         self,
@@ -218,9 +223,10 @@ class Node:
             reconnect_give_up=cfg.reconnect_give_up,
         )
         self._wire(loop, sockets, mesh)
-        # Services every node runs, so that views are complete wherever they are read.
-        self.pg = Groups(self)
-        self.global_ = Global(self)
+        # Services every node runs, so that views are complete wherever they are read:
+        # node.pg, node.global_ (injected by their facades, D26).
+        for attribute, factory in standard_services():
+            setattr(self, attribute, factory(self))
         self.started = True
         self._tick()
         self.log.info("node_started", pub_port=self.pub_port, hidden=cfg.hidden)

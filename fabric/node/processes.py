@@ -28,22 +28,50 @@ import contextvars
 import itertools
 import traceback
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fabric.errors import ConfigError, LocalProtocolError, NameConflictError
 from fabric.node.effects import EffectExecutor
 from fabric.node.metrics import Metrics
-from fabric.process import KILLED, NORMAL, Process, ProcessExit, exception_reason
 from fabric.protocol.effects import Deliver
+from fabric.protocol.processes import KILLED, NORMAL
 from fabric.types import Pid, Ref
 
 if TYPE_CHECKING:
     from fabric.node import Node
+    from fabric.process import Process
 
-__all__ = ["ProcessFn", "ProcessTable", "running_process"]
+__all__ = ["ProcessFn", "ProcessHandles", "ProcessTable", "running_process",
+           "use_process_handles"]
 
 ProcessFn = Callable[..., Awaitable[Any]]
-ExitHandler = Callable[[Process, Any], None]
+ExitHandler = Callable[["Process", Any], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessHandles:
+    """What the table needs of :mod:`fabric.process`, which depends on the node and
+    hands this over when it is imported (the node never imports it: D26)."""
+
+    make: Callable[[Any, Pid, int | None], Process]  # (node, pid, mailbox_limit)
+    exit_exception: type[BaseException]  # raised to end a process; its ``reason``
+    crash_reason: Callable[[BaseException], Any]  # the reason of a process that raised
+
+
+_handles: ProcessHandles | None = None
+
+
+def use_process_handles(handles: ProcessHandles) -> None:
+    """Make every node's processes with ``handles`` (called by :mod:`fabric.process`)."""
+    global _handles
+    _handles = handles
+
+
+def _process_handles() -> ProcessHandles:
+    if _handles is None:
+        raise ConfigError("fabric.process is not imported: import fabric first")
+    return _handles
 
 # The process whose task (or a task it created) is running: the sender of an exit signal
 # sent with ``node.exit`` (Erlang's exit/2 names its caller). Set per task by _run.
@@ -61,6 +89,7 @@ class ProcessTable:
 
     def __init__(self, node: Node, metrics: Metrics) -> None:
         self._node = node  # what a Process handle points to (proc.node)
+        self._handles = _process_handles()  # the process handle's class and exceptions
         self._metrics = metrics
         self.name = node.name  # this run's name and creation, set by bind()
         self.creation = node.creation
@@ -140,7 +169,7 @@ class ProcessTable:
               name: str | None = None, mailbox_limit: int | None = None) -> Pid:
         """Start ``async def fn(proc, *args)`` as a local process; returns its pid."""
         pid = self.new_pid()
-        proc = Process(self._node, pid, _checked_limit(mailbox_limit))
+        proc = self._handles.make(self._node, pid, _checked_limit(mailbox_limit))
         self._procs[pid[1]] = proc
         if name is not None:
             try:
@@ -158,21 +187,22 @@ class ProcessTable:
 
     def new_mailbox(self, mailbox_limit: int | None = None) -> Process:
         """A process without a task: a mailbox for code outside any process (calls)."""
-        proc = Process(self._node, self.new_pid(), _checked_limit(mailbox_limit))
+        proc = self._handles.make(self._node, self.new_pid(), _checked_limit(mailbox_limit))
         self._procs[proc.self[1]] = proc
         return proc
 
     async def _run(self, proc: Process, fn: ProcessFn, args: tuple[Any, ...]) -> None:
         reason: Any = NORMAL
         _running.set(proc)  # this task's own context: other tasks do not see it
+        handles = self._handles
         try:
             await fn(proc, *args)
-        except ProcessExit as exc:
-            reason = exc.reason
+        except handles.exit_exception as exc:
+            reason = getattr(exc, "reason", NORMAL)
         except asyncio.CancelledError:
             reason = proc.pending_kill if proc.pending_kill is not None else KILLED
         except Exception as exc:
-            reason = exception_reason(exc)
+            reason = handles.crash_reason(exc)
             self._log.error("process_crashed", pid=repr(proc.self), error=repr(exc),
                             traceback=traceback.format_exc())
         assert self._exited is not None

@@ -43,7 +43,7 @@ processes, calls and GenServers (ARCHITECTURE.md, "Low-level interface").
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fabric.config import NodeConfig
 from fabric.errors import BackpressureError, NodeDownError, NotExportedError, SpawnTimeout
@@ -53,13 +53,13 @@ from fabric.node.effects import EffectExecutor
 from fabric.node.metrics import Metrics
 from fabric.node.processes import ProcessTable, running_process
 from fabric.node.services import ServiceHost
-from fabric.process import Down, Process
 from fabric.protocol.codec import Codec
 from fabric.protocol.effects import ExitProcess
 from fabric.protocol.mesh import MeshCore
 from fabric.protocol.messages import K_CALL, K_REPLY
 from fabric.protocol.messages import REPLY_TAG as CALL_REPLY
 from fabric.protocol.processes import (
+    Down,
     Kill,
     ProcessCore,
     RegName,
@@ -69,6 +69,9 @@ from fabric.protocol.processes import (
 )
 from fabric.timeouts import wait_for
 from fabric.types import Pid, Ref
+
+if TYPE_CHECKING:
+    from fabric.process import Process
 
 __all__ = ["RegName", "Signals"]
 
