@@ -325,11 +325,11 @@ class MeshCore:
         return effects
 
     def disconnect(self, peer: str, now: float) -> list[Any]:
-        """Tear down the session with ``peer`` (reason ``disconnect``); no retry."""
+        """Tear down the session with ``peer`` (reason ``disconnect``), or end an attempt
+        to reach it; no retry (an automatic attempt ended here is not planned again)."""
+        effects = self._down(peer, "disconnect", now) if peer in self.peers else []
         self._retry.pop(peer, None)
-        if peer not in self.peers:
-            return []
-        return self._down(peer, "disconnect", now)
+        return effects
 
     def ping(self, peer: str, token: int) -> list[Any]:
         """Queue a ping; a ``Pong`` effect follows if the peer answers."""

@@ -487,6 +487,15 @@ def test_disconnect_forgets_a_peer_being_retried() -> None:
     assert b not in sim.core(a).reconnecting()
 
 
+def test_disconnect_during_a_learned_attempt_plans_no_retry() -> None:
+    a = N5[0]
+    core = MeshSim([a]).core(a)
+    core.learn("ghost@127.0.0.1:9999", 0.0)  # an automatic attempt, in flight
+    assert core.knows("ghost@127.0.0.1:9999")
+    core.disconnect("ghost@127.0.0.1:9999", 0.01)
+    assert core.reconnecting() == {} and not core.knows("ghost@127.0.0.1:9999")
+
+
 def test_a_learned_name_is_retried_until_its_node_starts() -> None:
     # Discovery's path: a name that does not answer yet is kept and tried again.
     a, b = N5[:2]
