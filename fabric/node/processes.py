@@ -16,6 +16,12 @@ mailbox bound: it carries what the node itself delivers (services' notifications
 call's reply); messages that users send go through :class:`fabric.node.mailboxes.
 Mailboxes`, which enforces the bound.
 
+The table makes process handles with what :mod:`fabric.process` handed over when it was
+imported (:func:`use_process_handles`: the handle class, the exception that ends a
+process, the reason of a crash), so the node never imports that module. Each process's
+task records its process in a context variable (:func:`running_process`): an exit
+signal sent from that task names it as the sender.
+
 Low-level interface (documented in ARCHITECTURE.md): :meth:`get`, :meth:`count`,
 :meth:`pids`, :meth:`deliver_pid`, :meth:`deliver_name`, :meth:`make_ref`,
 :meth:`remove`.
