@@ -4,6 +4,12 @@ Named nodes that form a full mesh, processes with mailboxes addressed the same w
 node, monitors and links across nodes, and the tools built on them. See README.md.
 """
 
+# Registered when imported (D26): the services every node runs, node.pg and
+# node.global_ (the node never imports them), and the check of NodeConfig.discovery
+# (fabric.config never imports discovery).
+import fabric.discovery.config  # noqa: F401
+import fabric.global_  # noqa: F401
+import fabric.pg  # noqa: F401
 from fabric import rpc
 from fabric.config import NodeConfig
 from fabric.errors import (

@@ -11,13 +11,25 @@ import math
 import os
 import secrets
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from fabric.errors import ConfigError
 
-__all__ = ["NodeConfig", "load_cookie"]
+__all__ = ["NodeConfig", "load_cookie"]  # add_field_check: for fabric's own packages
+
+# field name -> check(value) that raises ConfigError, added by the package that interprets
+# the field (fabric.discovery.config checks the discovery spec): this module depends on
+# no feature package; they depend on it (D26).
+_FIELD_CHECKS: dict[str, Callable[[Any], object]] = {}
+
+
+def add_field_check(name: str, check: Callable[[Any], object]) -> None:
+    """Validate field ``name`` of every :class:`NodeConfig` with ``check(value)`` (which
+    raises :class:`ConfigError`), from now on."""
+    _FIELD_CHECKS[name] = check
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -146,8 +158,8 @@ class NodeConfig:
                 raise ConfigError(f"{name} must be >= 1")
         if not isinstance(self.discovery, str):
             raise ConfigError("discovery must be a spec string (see fabric.discovery)")
-        from fabric.discovery.config import parse_specs
-        parse_specs(self.discovery)  # a bad spec fails here, not on the event loop
+        for name, check in _FIELD_CHECKS.items():
+            check(getattr(self, name))  # a bad discovery spec fails here, not on the loop
         if self.metrics_address:
             parse_address(self.metrics_address)
         if self.curve_secret_key is not None:

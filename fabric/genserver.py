@@ -43,7 +43,7 @@ from fabric.calls import (
     stop,
 )
 from fabric.errors import CallTimeout, ProcessDeadError
-from fabric.process import KILLED, Process, ProcessExit, exception_reason
+from fabric.process import KILLED, Exit, Process, ProcessExit, exception_reason
 from fabric.timeouts import CALL_TIMEOUT
 from fabric.types import Pid, Ref
 
@@ -232,7 +232,7 @@ async def _serve(
     if not started.done():
         started.set_result(None)
     try:
-        await _loop(proc, server)
+        await _loop(proc, server, link_to)
     except ProcessExit as exc:
         await _terminate(server, exc.reason)
         raise
@@ -254,7 +254,7 @@ async def _terminate(server: GenServer, reason: Any) -> None:
                               error=repr(exc), traceback=traceback.format_exc())
 
 
-async def _loop(proc: Process, server: GenServer) -> None:
+async def _loop(proc: Process, server: GenServer, parent: Pid | None) -> None:
     node = proc.node
     receive = proc.receive
     while True:
@@ -286,6 +286,10 @@ async def _loop(proc: Process, server: GenServer) -> None:
                 # A reply that came after its call timed out (this server called another
                 # one from a handler). Its call is over; nobody can want it.
                 continue
+        elif type(msg) is Exit and msg.pid == parent and proc.trap_exits:
+            # OTP: a server trapping exits ends with its parent's reason when the parent
+            # (the process it was started linked to) exits; terminate/1 runs.
+            raise ProcessExit(msg.reason)
         await server.handle_info(msg)
 
 

@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from fabric import lowlevel
 from fabric._deprecation import deprecated
 from fabric.errors import LocalProtocolError, OutcomeUnknown, ProcessDeadError
-from fabric.protocol.effects import Effect, ExitProcess
+from fabric.node.services import standard_service
+from fabric.protocol.effects import Effect
 from fabric.protocol.global_ import GlobalCore
 from fabric.protocol.global_resolve import BUILTIN_RESOLVERS
 from fabric.protocol.leader import LeaderElection
@@ -64,7 +65,6 @@ class Global:
         self.core = GlobalCore(node.name, node.creation, seed=random.getrandbits(32),
                                plugin=self.leaders)
         lowlevel.add_service(node, self.core)
-        lowlevel.on_effect(node, ExitProcess, self._exit_process)
 
     # -- names ----------------------------------------------------------------------------
 
@@ -218,12 +218,13 @@ class Global:
         return await wait_for(fut, timeout, f"{what} got no answer: the outcome is unknown, "
                               "it may still take effect (check whereis_name)", OutcomeUnknown)
 
-    def _exit_process(self, service: str, effect: ExitProcess) -> None:
-        self.node.exit(effect.pid, effect.reason)
-
 
 def _method(method: str | None) -> str | None:
     if method is not None and method not in BUILTIN_RESOLVERS:
         raise LocalProtocolError(
             f"unknown resolver method {method!r}; use one of {sorted(BUILTIN_RESOLVERS)}")
     return method
+
+
+# Every node runs it, as node.global_: the node creates it at start (it never imports this).
+standard_service("global_", Global, rank=1)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from fabric import lowlevel
 from fabric.errors import LocalProtocolError
+from fabric.node.services import standard_service
 from fabric.protocol.effects import Effect
 from fabric.protocol.hashring import rendezvous
 from fabric.protocol.pg import DEFAULT_SCOPE, PgCore
@@ -180,3 +181,7 @@ class Groups:
     def _run(self, effects: list[Effect]) -> Any:
         """Execute the effects of a core method; returns its reply (None without one)."""
         return lowlevel.run_service(self.node, self.core.service, effects)
+
+
+# Every node runs it, as node.pg: the node creates it at start (it never imports this).
+standard_service("pg", Groups, rank=0)

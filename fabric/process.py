@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from fabric.errors import ReceiveTimeout
+from fabric.node.processes import ProcessHandles, use_process_handles
 from fabric.protocol.flow import high_water
 from fabric.protocol.processes import KILLED as KILLED  # re-exported: the runtime uses it
 from fabric.protocol.processes import NORMAL, Down, Exit, ProcessState
@@ -223,3 +224,7 @@ class Process(ProcessState):
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+# The node makes processes with these; it does not import this module (D26).
+use_process_handles(ProcessHandles(Process, ProcessExit, exception_reason))

@@ -477,7 +477,7 @@ async def step_gossip(demo: Demo) -> str:
             assert disc is not None
             demo.say(f"{node.name.split('@')[0]} sees {', '.join(sorted(node.nodes()))}; "
                      f"beacons accepted {disc.metrics.get('gossip.accepted', 0)}, "
-                     f"dialled {disc.metrics['dialled']}")
+                     f"handed to the mesh {disc.metrics['learned']}")
         demo.say(f"full mesh of the 3 by gossip {took:.0f} ms after the last start")
     finally:
         for node in nodes:

@@ -196,6 +196,12 @@ def _node_instance_attributes() -> set[str]:
                 if (isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name)
                         and t.value.id == "self" and not t.attr.startswith("_")):
                     found.add(t.attr)
+    # Attributes declared in the class body and set by ``setattr`` (the standard services,
+    # node.pg and node.global_, which the node creates without importing their facades).
+    for stmt in node_class.body:
+        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                and not stmt.target.id.startswith("_")):
+            found.add(stmt.target.id)
     return found
 
 

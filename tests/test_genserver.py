@@ -69,6 +69,14 @@ class Counter(GenServer):
         self.events.append(("terminate", reason))
 
 
+class Trapper(Counter):
+    """A Counter that traps exits."""
+
+    async def init(self, start: int = 0, events: list[Any] | None = None) -> None:
+        await super().init(start, events)
+        self.proc.trap_exits = True
+
+
 class FailingInit(GenServer):
     async def init(self, *args: Any) -> None:
         raise RuntimeError(f"cannot start with {args!r}")
@@ -306,11 +314,6 @@ async def test_trap_exits_in_a_genserver_goes_to_handle_info() -> None:
     async with cluster(1) as (a,):
         events: list[Any] = []
 
-        class Trapper(Counter):
-            async def init(self, start: int = 0, events: list[Any] | None = None) -> None:
-                await super().init(start, events)
-                self.proc.trap_exits = True
-
         pid = await Trapper.start(a, 0, events)
 
         async def doomed(proc: Process) -> None:
@@ -321,6 +324,37 @@ async def test_trap_exits_in_a_genserver_goes_to_handle_info() -> None:
         await wait_until(lambda: len(events) == 1, what="Exit delivered")
         assert events == [Exit(d, ("error", "ValueError", "doomed"))]
         assert await call(a, pid, "get") == 0  # alive
+
+
+@async_test
+async def test_a_trapping_genserver_ends_with_its_parents_reason() -> None:
+    # OTP: a gen_server that traps exits terminates with its parent's reason when the
+    # parent (the process it was started linked to) exits; another linked process's exit
+    # is still a message for handle_info.
+    async with cluster(1) as (a,):
+        events: list[Any] = []
+
+        started: list[fabric.Pid] = []
+
+        async def parent(proc: Process) -> None:
+            started.append(await Trapper.start(a, 0, events, link_to=proc))
+            await proc.receive(match=lambda m: m == "go")
+            proc.exit("shutdown")
+
+        p = a.spawn(parent)
+        await wait_until(lambda: len(started) == 1, what="server started")
+        server = started[0]
+
+        async def neighbour(proc: Process) -> None:
+            proc.link(server)
+            raise ValueError("not the parent")
+
+        n = a.spawn(neighbour)
+        await wait_until(lambda: len(events) == 1, what="the neighbour's Exit handled")
+        assert events == [Exit(n, ("error", "ValueError", "not the parent"))]
+        a.send(p, "go")
+        await wait_until(lambda: not a.is_alive(server), what="the server ended")
+        assert events[1:] == [("terminate", "shutdown")]
 
 
 # -- errors --------------------------------------------------------------------------------------

@@ -98,3 +98,106 @@ def test_the_scanner_finds_a_private_access() -> None:
 def test_the_mixin_modules_are_gone() -> None:
     for old in ("inputs", "runtime", "signals", "services"):
         assert not (PACKAGE / f"{old}.py").exists(), f"fabric/{old}.py came back"
+
+
+def _effect_types_registered_in(folder: Path) -> set[str]:
+    """Effect type names passed to ``executor.register(...)`` by modules of ``folder``."""
+    found: set[str] = set()
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "register" and node.args):
+                first = node.args[0]
+                name = first.attr if isinstance(first, ast.Attribute) else getattr(
+                    first, "id", None)
+                if name is not None:
+                    found.add(name)
+    return found
+
+
+def test_every_shared_effect_is_run_by_an_object_of_the_node() -> None:
+    # One executor, one table, filled by the node's own objects as they are wired: no
+    # shared effect type (ExitProcess included) depends on a facade teaching it later.
+    from typing import get_args
+
+    from fabric.protocol import effects, mesh_effects, processes
+
+    shared = {t.__name__ for t in get_args(effects.Effect)}
+    shared |= {t.__name__ for t in get_args(processes.SignalEffect)}
+    shared |= {name for name in mesh_effects.__all__ if name[0].isupper()}
+    missing = shared - _effect_types_registered_in(NODE_PACKAGE)
+    assert missing == set()
+
+
+SIMULATORS = [PACKAGE / "testing" / f"{m}.py" for m in ("meshsim", "servicesim", "processsim")]
+SIM_PRIVATE = set().union(*(_private_names_defined(p) for p in SIMULATORS))
+
+
+def test_protocol_tests_observe_the_simulators_through_their_public_api() -> None:
+    # The simulators' per-node records (``sim.nodes[n]``), underscore names and instance
+    # dicts are theirs: tests read is_up, live_nodes, creation, subscriptions, processes,
+    # nodedown_pending, execute, schedule...
+    assert {"_exec", "_after", "_closing"} <= SIM_PRIVATE
+    breaches = {}
+    for path in sorted((ROOT / "tests" / "protocol").glob("*.py")):
+        found = _private_uses(path, SIM_PRIVATE)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Attribute):
+                continue
+            owner = node.value
+            sim_like = (isinstance(owner, ast.Name) and owner.id in ("s", "sim")) or (
+                isinstance(owner, ast.Attribute) and owner.attr == "sim")
+            if (sim_like and node.attr == "nodes") or node.attr == "__dict__":
+                found.append(f"{node.lineno}: {ast.unparse(node)}")
+        if found:
+            breaches[path.name] = found
+    assert breaches == {}
+
+
+FACADES = ("fabric.global_", "fabric.pg", "fabric.calls", "fabric.process", "fabric.genserver")
+
+
+def _runtime_imports(path: Path) -> list[str]:
+    """Modules ``path`` imports when it runs (anywhere, functions included), leaving out
+    ``if TYPE_CHECKING:`` blocks (annotations only)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test) in (
+                "TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            skipped |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    found = []
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.append(node.module)
+            found += [f"{node.module}.{alias.name}" for alias in node.names]
+    return found
+
+
+def _imports_of(path: Path, prefixes: tuple[str, ...]) -> list[str]:
+    return sorted({m for m in _runtime_imports(path)
+                   if any(m == p or m.startswith(p + ".") for p in prefixes)})
+
+
+def test_the_node_imports_no_facade() -> None:
+    # The facades (pg, global, calls, process handles, GenServer) depend on the node; the
+    # node gets what it needs of them by injection (standard_service, use_process_handles).
+    uses = {p.name: _imports_of(p, FACADES) for p in sorted(NODE_PACKAGE.glob("*.py"))}
+    assert {name: found for name, found in uses.items() if found} == {}
+
+
+def test_the_configuration_does_not_depend_on_discovery() -> None:
+    # Discovery checks its own field of NodeConfig (add_field_check), not the reverse.
+    assert _imports_of(PACKAGE / "config.py", ("fabric.discovery",)) == []
+
+
+def test_the_import_scanner_sees_function_imports_and_skips_type_checking(
+        tmp_path: Path) -> None:
+    path = tmp_path / "probe.py"
+    path.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import fabric.pg\n"
+                    "def f():\n    from fabric.global_ import Global\n", encoding="utf-8")
+    assert _imports_of(path, FACADES) == ["fabric.global_", "fabric.global_.Global"]

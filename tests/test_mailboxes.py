@@ -102,7 +102,9 @@ async def test_send_wait_to_a_global_name_waits_on_the_process_it_names() -> Non
             a.send(name, 3)
         assert info.value.dest == box.self
         waiting = asyncio.ensure_future(a.send_wait(name, 3))
-        await asyncio.sleep(0.05)  # a waiter that spun instead would have starved this
+        # Suspended on the pid the name names (a waiter that spun instead would starve
+        # this wait, and refuse more than once).
+        await wait_until(lambda: a.mailboxes.waiting_for_room(box.self) == 1, 5, "waiting")
         assert not waiting.done() and a.metrics["mailbox_refused"] == 2
         assert await box.receive() == 1
         await asyncio.wait_for(waiting, 5)
@@ -220,7 +222,7 @@ async def test_a_named_destination_is_told_by_name_and_released_when_it_ends() -
         with pytest.raises(MailboxFullError):
             a.send(dest, "refused")
         waiting = asyncio.ensure_future(a.send_wait(dest, "after"))
-        await asyncio.sleep(0.05)
+        await wait_until(lambda: a.mailboxes.waiting_for_room(dest) == 1, 5, "waiting")
         assert not waiting.done()
         b.exit(pid, "kill")  # its end is room too: nobody will ever read it
         await asyncio.wait_for(waiting, 5)  # then sent and, the name gone, undeliverable
@@ -246,7 +248,7 @@ async def test_a_remote_call_to_a_busy_server_waits_for_room_or_times_out() -> N
         with pytest.raises(CallTimeout):
             await fabric.call(a, pid, "ping", timeout=0.2)  # never sent: it waited
         pending = asyncio.ensure_future(fabric.call(a, pid, "pong", timeout=5))
-        await asyncio.sleep(0.05)
+        await wait_until(lambda: a.mailboxes.waiting_for_room(pid) == 1, 5, "waiting")
         assert not pending.done()
         unblock.set()  # the server reads again: room, and the waiting call goes out
         assert await asyncio.wait_for(pending, 5) == "pong"
@@ -262,11 +264,11 @@ async def test_a_nodedown_releases_what_that_node_reported_busy() -> None:
             a.send(pid, i)
         await wait_until(lambda: a.mailboxes.is_congested(pid), 5, "busy")
         waiting = asyncio.ensure_future(a.send_wait(pid, "after"))
-        await asyncio.sleep(0.05)
+        await wait_until(lambda: a.mailboxes.waiting_for_room(pid) == 1, 5, "waiting")
         assert not waiting.done()
         a.disconnect(b.name)
         await asyncio.wait_for(waiting, 5)
-        assert not a.mailboxes.is_congested(pid)
+        assert not a.mailboxes.is_congested(pid) and a.mailboxes.waiting_for_room(pid) == 0
 
 
 @async_test

@@ -375,6 +375,63 @@ async def test_trap_exits_turns_exit_signals_into_messages() -> None:
 
 
 @async_test
+async def test_an_exit_sent_from_a_process_names_its_sender_locally_and_across_nodes() -> None:
+    # Erlang's exit/2: the trapping target's Exit names the process that sent it.
+    async with cluster(2) as (a, b):
+        seen: list[Any] = []
+        trapping: list[fabric.Pid] = []
+
+        async def trapper(proc: Process) -> None:
+            proc.trap_exits = True
+            trapping.append(proc.self)
+            seen.append(await proc.receive())
+
+        async def sender(proc: Process, target: fabric.Pid) -> None:
+            proc.node.exit(target, "go away")
+
+        local, remote = a.spawn(trapper), b.spawn(trapper)
+        await wait_until(lambda: len(trapping) == 2, what="both trapping")
+        s1 = a.spawn(sender, local)
+        s2 = a.spawn(sender, remote)
+        await wait_until(lambda: len(seen) == 2, what="both Exits received")
+        assert sorted(seen, key=repr) == sorted([Exit(s1, "go away"), Exit(s2, "go away")],
+                                                key=repr)
+        # From no process, the target itself is named (as before).
+        target = a.spawn(trapper)
+        await wait_until(lambda: len(trapping) == 3, what="the third trapping")
+        a.exit(target, "from outside")
+        await wait_until(lambda: len(seen) == 3, what="the outside Exit received")
+        assert seen[2] == Exit(target, "from outside")
+
+
+@async_test
+async def test_a_kill_before_the_first_run_ends_the_process() -> None:
+    async with cluster(1) as (a,):
+        watcher = a.new_mailbox()
+        pid = spawn_waiter(a)  # its task has not run a step yet
+        ref = watcher.monitor(pid)
+        a.exit(pid, "kill")
+        assert await watcher.receive(timeout=2) == Down(ref, pid, "killed")
+        assert not a.is_alive(pid) and a.processes.get(pid) is None
+
+
+@async_test
+async def test_a_spawn_under_a_taken_name_leaves_no_process_behind() -> None:
+    async with cluster(1) as (a,):
+        holder = spawn_waiter(a)
+        a.register("taken", holder)
+        before = a.processes.count()
+        with pytest.raises(fabric.NameConflictError):
+            a.spawn(_idle, name="taken")
+        assert a.processes.count() == before
+        assert a.whereis("taken") == holder
+
+
+async def _idle(proc: Process) -> None:
+    await proc.receive()
+
+
+@async_test
 async def test_normal_exit_does_not_kill_linked_processes() -> None:
     async with cluster(2) as (a, b):
         report, pid_a, target = await _linked_pair(a, b, trap=False)

@@ -8,7 +8,8 @@ static list (:mod:`~fabric.discovery.static`), a hosts file
 (:mod:`~fabric.discovery.gossip`) and DNS A/AAAA/SRV records (:mod:`~fabric.discovery.dns`).
 They are configured alike (:mod:`~fabric.discovery.config`: a dataclass per strategy and a
 one-line spec). :class:`Discovery` (:mod:`~fabric.discovery.runner`) runs several at once
-for a node and dials what they list through ``node.connect``; it never touches mesh state.
+for a node and hands what they list to the mesh (``node.learn``), which dials and retries;
+it never touches mesh state.
 
 Three ways to turn it on::
 
@@ -43,7 +44,7 @@ __all__ = ["Discovery", "DiscoveryEvent", "DnsConfig", "GossipConfig", "HostsFil
 
 
 def start(node: Node, strategies: str | StrategyConfig | Sequence[str | StrategyConfig],
-          *, secret: bytes | None = None, max_backoff: float = 5.0) -> Discovery:
+          *, secret: bytes | None = None, max_backoff: float | None = None) -> Discovery:
     """Start discovery for a started ``node`` (on its loop); see :class:`Discovery`.
 
     Raises:

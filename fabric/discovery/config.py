@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Final
 
+from fabric.config import add_field_check
 from fabric.errors import ConfigError
 from fabric.types import parse_node_name
 
@@ -260,3 +261,7 @@ def _convert(kind: str, key: str, type_text: str, raw: str) -> Any:
         raise ConfigError(f"discovery {kind}: {key}={raw!r} is not a valid "
                           f"{type_text.split(' ')[0]}") from None
     return raw
+
+
+# NodeConfig.discovery is a spec of this grammar: a bad one fails at construction.
+add_field_check("discovery", parse_specs)

@@ -1,31 +1,32 @@
-"""Discovery as a running object: sources' snapshots in, ``node.connect`` calls out.
+"""Discovery as a running object: sources' snapshots in, ``node.learn`` calls out.
 
 Theory of operation
 -------------------
 A :class:`Discovery` holds a reference to a started node and uses only its public API:
-``name``, ``creation``, ``nodes()``, ``monitor_nodes()``, ``connect()``,
-``last_connect_error()`` and ``disconnect()``. It runs one task per source
-(:mod:`fabric.discovery.source`); each snapshot is checked (a name that does not parse as a
-full node name is counted under ``bad_name`` and dropped, names are normalised) and fed to
-the pure :class:`~fabric.protocol.dialplan.DialPlan`, whose ``Dial`` effects become
-``node.connect`` tasks and whose ``Disconnect`` effects ``node.disconnect`` calls. The
-node's ``NodeUp``/``NodeDown`` events keep the plan's view of what is connected (the mesh
-connects transitively, so most names are up before discovery dials them); a timer wakes
-the plan when its next retry is due (one ``call_at`` handle, re-armed after every
-change).
+``name``, ``creation``, ``nodes()``, ``monitor_nodes()``, ``learn()`` and
+``disconnect()``. It runs one task per source (:mod:`fabric.discovery.source`); each
+snapshot is checked (a name that does not parse as a full node name is counted under
+``bad_name`` and dropped, names are normalised) and fed to the pure
+:class:`~fabric.protocol.discovered.DiscoveredNames`, whose ``Learn`` effects become
+``node.learn`` calls and whose ``Disconnect`` effects ``node.disconnect`` calls. The mesh
+owns dialing and retrying (one backoff, the mesh's: PROTOCOL.md section 7.1); discovery
+only hands it names, again on each snapshot and at a listed name's ``nodedown`` (the
+mesh ignores names it already holds). Whether a forgotten name is connected is read from the node
+(``nodes()``, ``hidden_nodes()``) when it is forgotten.
 
 Discovery never touches mesh state. It stops by itself when the node stops (the node's
 event stream ends), or with :meth:`Discovery.stop`.
 
-``metrics`` holds the plan's counters (``seen``, ``dialled``, ``connected``, ``failed``,
-``forgotten``, ``disconnected``) and the sources' (``gossip.refused.bad_mac``,
-``dns.errors``...). :meth:`Discovery.events` yields :class:`DiscoveryEvent` for each name
-seen, dialled (with its outcome), forgotten or disconnected.
+``metrics`` holds the core's counters (``seen``, ``learned``, ``forgotten``) and
+``disconnected`` and the sources' (``gossip.refused.bad_mac``, ``dns.errors``...).
+:meth:`Discovery.events` yields :class:`DiscoveryEvent` for each name seen, forgotten or
+disconnected.
 """
 
 from __future__ import annotations
 
 import asyncio
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -42,7 +43,7 @@ from fabric.discovery.config import (
 )
 from fabric.discovery.source import Source, count
 from fabric.errors import ConfigError
-from fabric.protocol import dialplan as dp
+from fabric.protocol import discovered as dn
 from fabric.types import parse_node_name
 
 if TYPE_CHECKING:
@@ -53,8 +54,10 @@ __all__ = ["Discovery", "DiscoveryEvent", "make_source", "normalise"]
 
 @dataclass(frozen=True, slots=True)
 class DiscoveryEvent:
-    """``kind`` is ``seen``, ``dialled`` (``ok``/``reason`` say how it went),
-    ``forgotten`` or ``disconnected``; ``source`` names the strategy for ``seen``."""
+    """``kind`` is ``seen``, ``forgotten`` or ``disconnected``; ``source`` names the
+    strategy for ``seen``. (``ok`` and ``reason`` belonged to ``dialled`` events, from
+    when discovery dialled by itself: the mesh dials now, and ``node.monitor_nodes()``
+    and ``node.last_connect_error()`` say how it goes.)"""
 
     kind: str
     node: str
@@ -117,7 +120,8 @@ class Discovery:
         strategies: spec strings (``"gossip"``, ``"dns:name=...,port=..."``) and/or
             strategy config objects.
         secret: the gossip secret unless a strategy sets its own (default: the cookie).
-        max_backoff: the longest pause between two dials of a name never reached.
+        max_backoff: deprecated and ignored: the mesh retries the names discovery hands
+            it, paced by the node's ``reconnect_*`` settings.
 
     Raises:
         ConfigError: a bad spec or option, or no strategy at all.
@@ -125,24 +129,27 @@ class Discovery:
 
     def __init__(self, node: Node,
                  strategies: str | StrategyConfig | Sequence[str | StrategyConfig],
-                 *, secret: bytes | None = None, max_backoff: float = 5.0) -> None:
+                 *, secret: bytes | None = None, max_backoff: float | None = None) -> None:
+        if max_backoff is not None:
+            warnings.warn("Discovery(max_backoff=...) is ignored: the mesh retries what "
+                          "discovery finds (NodeConfig.reconnect_max_backoff)",
+                          DeprecationWarning, stacklevel=2)
         self.configs = as_configs(strategies)
         if not self.configs:
             raise ConfigError("discovery: no strategy given")
         self.node = node
         self.metrics: dict[str, int] = {}
-        self.plan = dp.DialPlan(node.name, disconnect=any(c.disconnect for c in self.configs),
-                                max_backoff=max_backoff)
+        self.plan = dn.DiscoveredNames(node.name,
+                                       disconnect=any(c.disconnect for c in self.configs))
         self.metrics = self.plan.stats
+        self.metrics["disconnected"] = 0  # sessions ended on removal (disconnect=true)
         cookie: bytes = secret if secret is not None else node.get_cookie()
         self.sources = [(f"{c.KIND}#{i}", make_source(c, cookie, self.metrics, node.name,
                                                        node.creation))
                         for i, c in enumerate(self.configs)]
         self.log: Any = structlog.get_logger("fabric.discovery").bind(node=node.name)
         self._tasks: list[asyncio.Task[Any]] = []
-        self._dials: set[asyncio.Task[Any]] = set()
         self._subscribers: list[asyncio.Queue[DiscoveryEvent]] = []
-        self._timer: asyncio.TimerHandle | None = None
         self.running = False
 
     # -- life cycle -----------------------------------------------------------------------
@@ -154,8 +161,6 @@ class Discovery:
         self.running = True
         loop = asyncio.get_running_loop()
         node_events = self.node.monitor_nodes()
-        for peer in self.node.nodes():
-            self.plan.node_up(peer)
         self._tasks = [loop.create_task(self._run_source(label, src))
                        for label, src in self.sources]
         self._tasks.append(loop.create_task(self._follow_node(node_events)))
@@ -163,13 +168,12 @@ class Discovery:
         return self
 
     async def stop(self) -> None:
-        """Stop the sources and pending dials (the node's sessions stay)."""
+        """Stop the sources (the node's sessions, and the mesh's retries, stay)."""
         if not self.running:
             return
         self.running = False
-        self._schedule()  # cancels the timer
         current = asyncio.current_task()
-        tasks = [t for t in [*self._tasks, *self._dials] if t is not current]
+        tasks = [t for t in self._tasks if t is not current]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -197,63 +201,44 @@ class Discovery:
         from fabric.node import NodeUp
 
         async for event in node_events:
-            if isinstance(event, NodeUp):
-                self.plan.node_up(event.node)
-            else:
-                self.plan.node_down(event.node, self._now())
-                self._schedule()
+            if not isinstance(event, NodeUp) and self.running:
+                self._apply(self.plan.node_down(event.node))
         await self.stop()  # the node stopped
 
-    def _schedule(self) -> None:
-        """(Re)arm the one timer for the plan's next due retry."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        due = self.plan.next_due()
-        if due is not None and self.running:
-            self._timer = asyncio.get_running_loop().call_at(due, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._apply(self.plan.tick(self._now()))
-
-    async def _dial(self, name: str) -> None:
-        try:
-            ok = await self.node.connect(name)
-            reason = "ok" if ok else (self.node.last_connect_error(name) or "unknown")
-        except ConfigError as exc:  # the node is stopping
-            ok, reason = False, str(exc)
-        self._publish(DiscoveryEvent("dialled", name, ok=ok, reason=reason))
-        if not ok:
-            self.log.debug("discovery_dial_failed", peer=name, reason=reason)
-        self._apply(self.plan.dial_result(name, ok, reason, self._now()))
-
-    # -- plan -----------------------------------------------------------------------------
-
-    def _now(self) -> float:
-        return asyncio.get_running_loop().time()
+    # -- the core -------------------------------------------------------------------------
 
     def _on_snapshot(self, label: str, names: frozenset[str]) -> None:
         if self.running:
-            self._apply(self.plan.update(label, normalise(names, self.metrics), self._now()))
+            self._apply(self.plan.update(label, normalise(names, self.metrics)))
 
-    def _apply(self, effects: list[dp.Effect]) -> None:
-        loop = asyncio.get_running_loop()
+    def _apply(self, effects: list[dn.Effect]) -> None:
         for eff in effects:
-            if isinstance(eff, dp.Dial):
-                task = loop.create_task(self._dial(eff.name))
-                self._dials.add(task)
-                task.add_done_callback(self._dials.discard)
-            elif isinstance(eff, dp.Disconnect):
-                self.node.disconnect(eff.name)
-                self._publish(DiscoveryEvent("disconnected", eff.name))
-            elif isinstance(eff, dp.Seen):
+            if isinstance(eff, dn.Learn):
+                try:
+                    self.node.learn(eff.name)
+                except ConfigError:  # the node is stopping: its event stream ends us
+                    return
+            elif isinstance(eff, dn.Seen):
                 self.log.info("discovery_seen", peer=eff.name, source=eff.source)
                 self._publish(DiscoveryEvent("seen", eff.name, source=eff.source))
-            elif isinstance(eff, dp.Forgotten):
+            elif isinstance(eff, dn.Forgotten):
                 self.log.info("discovery_forgotten", peer=eff.name)
                 self._publish(DiscoveryEvent("forgotten", eff.name))
-        self._schedule()
+                self._forget(eff)
+
+    def _forget(self, eff: dn.Forgotten) -> None:
+        """Take a name no source lists back from the mesh: its attempts stop unless it
+        is connected; with ``disconnect`` its session ends too."""
+        connected = eff.name in self.node.nodes() or eff.name in self.node.hidden_nodes()
+        if connected and not eff.disconnect:
+            return  # its session stays (and is retried by the mesh if it drops)
+        try:
+            self.node.disconnect(eff.name)
+        except ConfigError:  # the node is stopping: its event stream ends us
+            return
+        if connected:
+            count(self.metrics, "disconnected")
+            self._publish(DiscoveryEvent("disconnected", eff.name))
 
     def _publish(self, event: DiscoveryEvent) -> None:
         for queue in self._subscribers:

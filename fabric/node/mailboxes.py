@@ -44,7 +44,6 @@ from fabric.errors import MailboxFullError
 from fabric.node.effects import EffectExecutor
 from fabric.node.metrics import Metrics
 from fabric.node.processes import ProcessTable
-from fabric.process import Process
 from fabric.protocol.effects import DeliverMany
 from fabric.protocol.flow import (
     Congested,
@@ -57,6 +56,7 @@ from fabric.protocol.flow import (
 from fabric.types import Pid
 
 if TYPE_CHECKING:
+    from fabric.process import Process
     from fabric.protocol.mesh import MeshCore
 
 __all__ = ["Mailboxes"]
@@ -65,7 +65,8 @@ __all__ = ["Mailboxes"]
 class Mailboxes:
     """Delivery under the mailbox bound and flow control with peers; see the module
     docstring. Low-level interface: :meth:`is_congested`, :meth:`wait_for_room`,
-    :meth:`congested_dropped`, :meth:`send_local`, :meth:`deliver_remote`."""
+    :meth:`waiting_for_room`, :meth:`congested_dropped`, :meth:`send_local`,
+    :meth:`deliver_remote`."""
 
     def __init__(self, table: ProcessTable, mesh: MeshCore, executor: EffectExecutor,
                  metrics: Metrics, log: Any, name: str, creation: int) -> None:
@@ -84,6 +85,7 @@ class Mailboxes:
         self.congested = self.outbound.congested
         self._local_room: dict[int, asyncio.Event] = {}  # pid id -> set once it has room
         self._remote_room: dict[Any, asyncio.Event] = {}  # dest key -> set on "room"
+        self._waiters: dict[Any, int] = {}  # dest -> senders suspended in wait_for_room
         executor.register(DeliverMany, self._on_deliver_many)
         executor.register(Congested, self._on_congested)
         executor.register(Relieved, self._on_relieved)
@@ -244,6 +246,20 @@ class Mailboxes:
         """Return once a send to ``dest`` may succeed again: its mailbox has room (down
         to half its limit), it ended, or, for a remote one, its node said ``room`` or
         went down. Returns at once if it is not congested."""
+        self._waiters[dest] = self._waiters.get(dest, 0) + 1
+        try:
+            await self._room_for(dest)
+        finally:
+            left = self._waiters.pop(dest) - 1
+            if left:
+                self._waiters[dest] = left
+
+    def waiting_for_room(self, dest: Any) -> int:
+        """How many senders are suspended in :meth:`wait_for_room` for ``dest`` now (a
+        test's proof that a send was refused and is waiting, not spinning)."""
+        return self._waiters.get(dest, 0)
+
+    async def _room_for(self, dest: Any) -> None:
         if dest in self.congested:
             remote = self._remote_room.get(dest)
             if remote is None:

@@ -44,7 +44,6 @@ from fabric.errors import (
     NodeDownError,
 )
 from fabric.exports import resolve_export
-from fabric.global_ import Global
 from fabric.logs import get_logger
 from fabric.metrics.exporter import MetricsExporter
 from fabric.node.channels import Channels
@@ -54,23 +53,25 @@ from fabric.node.metrics import Metrics
 from fabric.node.processes import ProcessFn, ProcessTable
 from fabric.node.reactor import Reactor
 from fabric.node.refusals import TransportRefusals
-from fabric.node.services import ServiceHost
+from fabric.node.services import ServiceHost, standard_services
 from fabric.node.signals import Signals
 from fabric.node.sockets import Sockets
 from fabric.node.timers import Timers
 from fabric.outbound import MAX_BATCH
-from fabric.pg import Groups
-from fabric.process import NORMAL, Process
 from fabric.protocol import mesh as m
 from fabric.protocol.codec import Codec
 from fabric.protocol.effects import Log
 from fabric.protocol.flow import is_system
 from fabric.protocol.messages import K_REG_SEND, K_SEND, K_SEND_TUPLE
+from fabric.protocol.processes import NORMAL
 from fabric.timeouts import CALL_TIMEOUT, connect_timeout, wait_for
 from fabric.types import PANG, PONG, Answer, GlobalName, Pid, Ref, parse_node_name
 
 if TYPE_CHECKING:
     from fabric.discovery import Discovery
+    from fabric.global_ import Global
+    from fabric.pg import Groups
+    from fabric.process import Process
 
 __all__ = ["Node", "NodeDown", "NodeMonitor", "NodeUp"]
 
@@ -147,6 +148,10 @@ class Node:
     ``mesh`` once started.
     """
 
+    # The services every node runs, set by start() (fabric.node.services.standard_service)
+    pg: Groups
+    global_: Global
+
     def __init__(
         self,
         name: str,
@@ -199,8 +204,8 @@ class Node:
         # Why ZeroMQ's (CURVE, ZAP) handshakes failed; told by the ZAP handler, which
         # Sockets.bind starts first, and by the sockets' monitors (node/refusals.py).
         self.refusals = refusals = TransportRefusals(
-            self.metrics, cfg.encrypt_data_plane, cfg.handshake_timeout + 1.0,
-            lambda what, **fields: self.reactor.bad(what, **fields), loop.time)
+            self.metrics, cfg.encrypt_data_plane,
+            lambda what, **fields: self.reactor.bad(what, **fields))
         sockets = Sockets.bind(self._requested, cfg, self._cookie, loop,
                                refusals.zap_refused)
         if cfg.metrics_address:
@@ -223,9 +228,10 @@ class Node:
         )
         self._wire(loop, sockets, mesh)
         self._timers = Timers(loop, self.send, self.make_ref, self.log, self.metrics)
-        # Services every node runs, so that views are complete wherever they are read.
-        self.pg = Groups(self)
-        self.global_ = Global(self)
+        # Services every node runs, so that views are complete wherever they are read:
+        # node.pg, node.global_ (injected by their facades, D26).
+        for attribute, factory in standard_services():
+            setattr(self, attribute, factory(self))
         self.started = True
         self._tick()
         self.log.info("node_started", pub_port=self.pub_port, hidden=cfg.hidden)
@@ -649,7 +655,7 @@ class Node:
         self.services.nodedown(eff.peer, eff.reason)
 
     def _on_connect_done(self, service: str, eff: m.ConnectDone) -> None:
-        reason = self.refusals.reason(eff.peer, eff.ok, eff.reason)
+        reason = eff.reason
         if not eff.ok:
             self.channels.connect_failed(eff.peer)
         for fut in self._connect_waiters.pop(eff.peer, []):

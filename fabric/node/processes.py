@@ -16,6 +16,12 @@ mailbox bound: it carries what the node itself delivers (services' notifications
 call's reply); messages that users send go through :class:`fabric.node.mailboxes.
 Mailboxes`, which enforces the bound.
 
+The table makes process handles with what :mod:`fabric.process` handed over when it was
+imported (:func:`use_process_handles`: the handle class, the exception that ends a
+process, the reason of a crash), so the node never imports that module. Each process's
+task records its process in a context variable (:func:`running_process`): an exit
+signal sent from that task names it as the sender.
+
 Low-level interface (documented in ARCHITECTURE.md): :meth:`get`, :meth:`count`,
 :meth:`pids`, :meth:`deliver_pid`, :meth:`deliver_name`, :meth:`make_ref`,
 :meth:`remove`.
@@ -24,25 +30,64 @@ Low-level interface (documented in ARCHITECTURE.md): :meth:`get`, :meth:`count`,
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import traceback
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fabric.errors import ConfigError, LocalProtocolError, NameConflictError
 from fabric.node.effects import EffectExecutor
 from fabric.node.metrics import Metrics
-from fabric.process import KILLED, NORMAL, Process, ProcessExit, exception_reason
 from fabric.protocol.effects import Deliver
+from fabric.protocol.processes import KILLED, NORMAL
 from fabric.types import Pid, Ref
 
 if TYPE_CHECKING:
     from fabric.node import Node
+    from fabric.process import Process
 
-__all__ = ["ProcessFn", "ProcessTable"]
+__all__ = ["ProcessFn", "ProcessHandles", "ProcessTable", "running_process",
+           "use_process_handles"]
 
 ProcessFn = Callable[..., Awaitable[Any]]
-ExitHandler = Callable[[Process, Any], None]
+ExitHandler = Callable[["Process", Any], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessHandles:
+    """What the table needs of :mod:`fabric.process`, which depends on the node and
+    hands this over when it is imported (the node never imports it: D26)."""
+
+    make: Callable[[Any, Pid, int | None], Process]  # (node, pid, mailbox_limit)
+    exit_exception: type[BaseException]  # raised to end a process; its ``reason``
+    crash_reason: Callable[[BaseException], Any]  # the reason of a process that raised
+
+
+_handles: ProcessHandles | None = None
+
+
+def use_process_handles(handles: ProcessHandles) -> None:
+    """Make every node's processes with ``handles`` (called by :mod:`fabric.process`)."""
+    global _handles
+    _handles = handles
+
+
+def _process_handles() -> ProcessHandles:
+    if _handles is None:
+        raise ConfigError("fabric.process is not imported: import fabric first")
+    return _handles
+
+# The process whose task (or a task it created) is running: the sender of an exit signal
+# sent with ``node.exit`` (Erlang's exit/2 names its caller). Set per task by _run.
+_running: contextvars.ContextVar[Process | None] = contextvars.ContextVar(
+    "fabric_running_process", default=None)
+
+
+def running_process() -> Process | None:
+    """The local process running the current task, or None outside any process."""
+    return _running.get()
 
 
 class ProcessTable:
@@ -50,6 +95,7 @@ class ProcessTable:
 
     def __init__(self, node: Node, metrics: Metrics) -> None:
         self._node = node  # what a Process handle points to (proc.node)
+        self._handles = _process_handles()  # the process handle's class and exceptions
         self._metrics = metrics
         self.name = node.name  # this run's name and creation, set by bind()
         self.creation = node.creation
@@ -129,37 +175,51 @@ class ProcessTable:
               name: str | None = None, mailbox_limit: int | None = None) -> Pid:
         """Start ``async def fn(proc, *args)`` as a local process; returns its pid."""
         pid = self.new_pid()
-        proc = Process(self._node, pid, _checked_limit(mailbox_limit))
+        proc = self._handles.make(self._node, pid, _checked_limit(mailbox_limit))
         self._procs[pid[1]] = proc
         if name is not None:
-            self.register(name, pid)
+            try:
+                self.register(name, pid)
+            except BaseException:
+                del self._procs[pid[1]]  # never started: it must not stay in the table
+                raise
         if link_to is not None:
             proc.links.add(link_to.self)
             link_to.links.add(pid)
         assert self._loop is not None, "spawn before the node started"
-        proc.task = self._loop.create_task(self._run(proc, fn, args))
+        proc.task = task = self._loop.create_task(self._run(proc, fn, args))
+        task.add_done_callback(lambda _: self._ended(proc))
         return pid
 
     def new_mailbox(self, mailbox_limit: int | None = None) -> Process:
         """A process without a task: a mailbox for code outside any process (calls)."""
-        proc = Process(self._node, self.new_pid(), _checked_limit(mailbox_limit))
+        proc = self._handles.make(self._node, self.new_pid(), _checked_limit(mailbox_limit))
         self._procs[proc.self[1]] = proc
         return proc
 
     async def _run(self, proc: Process, fn: ProcessFn, args: tuple[Any, ...]) -> None:
         reason: Any = NORMAL
+        _running.set(proc)  # this task's own context: other tasks do not see it
+        handles = self._handles
         try:
             await fn(proc, *args)
-        except ProcessExit as exc:
-            reason = exc.reason
+        except handles.exit_exception as exc:
+            reason = getattr(exc, "reason", NORMAL)
         except asyncio.CancelledError:
             reason = proc.pending_kill if proc.pending_kill is not None else KILLED
         except Exception as exc:
-            reason = exception_reason(exc)
+            reason = handles.crash_reason(exc)
             self._log.error("process_crashed", pid=repr(proc.self), error=repr(exc),
                             traceback=traceback.format_exc())
         assert self._exited is not None
         self._exited(proc, reason)
+
+    def _ended(self, proc: Process) -> None:
+        """The task is done. A task cancelled before its first step (an exit signal
+        right after spawn) never ran :meth:`_run`, so its end is reported here."""
+        if proc.alive:
+            assert self._exited is not None
+            self._exited(proc, proc.pending_kill if proc.pending_kill is not None else KILLED)
 
     # -- names ----------------------------------------------------------------------------
 

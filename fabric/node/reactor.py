@@ -158,8 +158,12 @@ class Reactor:
             if not sock.getsockopt(_RCVMORE):
                 self.bad("router_frame_count")
                 continue
-            data = sock.recv(zmq.NOBLOCK)
             peer = mesh.peer_of(identity)
+            if peer is None:  # a stranger: where from bounds its handshakes (mesh core)
+                part = sock.recv(zmq.NOBLOCK, copy=False)
+                data, source = part.bytes, _peer_address(part)
+            else:
+                data = sock.recv(zmq.NOBLOCK)
             if sock.getsockopt(_RCVMORE):
                 joined = self._rest_of_frame(sock, data, peer is not None)
                 if joined is None:
@@ -177,7 +181,7 @@ class Reactor:
                 self.bad("undecodable", error=str(exc), peer=peer)
                 continue
             if peer is None:
-                self._run_effects(mesh.router_frame(identity, value, now))
+                self._run_effects(mesh.router_frame(identity, value, now, source))
                 continue
             mesh.heard(peer, now)
             if type(value) is not list:
@@ -306,12 +310,10 @@ class Reactor:
             elif event & HANDSHAKE_FAILED_EVENTS:
                 # ZeroMQ's handshake (CURVE, ZAP) failed: fail the connect now with the
                 # reason, instead of waiting for the handshake timeout.
-                self._refusals.channel_failed(ch.peer, event)
-                effects = self.mesh.channel_refused(ch.peer, now)
-                if not effects and self.mesh.is_up(ch.peer):
-                    # We accepted it, but it refuses our key as we dial back with BIND.
-                    effects = self.mesh.disconnect(ch.peer, now)
-                self._run_effects(effects)
+                # Attributed to the peer this DEALER dialled (and, when it is the
+                # dial-back of a session we accepted, told to that peer).
+                reason = self._refusals.channel_failed(event)
+                self._run_effects(self.mesh.transport_refused(ch.peer, reason, now))
             elif event == zmq.EVENT_DISCONNECTED:
                 self._run_effects(self.mesh.channel_closed(ch.peer, now))
             elif event == zmq.EVENT_CONNECT_RETRIED and not ch.connected:
@@ -352,3 +354,11 @@ class Reactor:
         if t - self._bad_input_logged >= 1.0:
             self._bad_input_logged = t
             self.log.warning("bad_input", what=what, total=self.metrics.bad_input, **fields)
+
+
+def _peer_address(part: zmq.Frame) -> str:
+    """The address a message part came from (ZeroMQ's ``Peer-Address``), or ""."""
+    try:
+        return str(part.get("Peer-Address"))
+    except (zmq.ZMQError, ValueError):
+        return ""

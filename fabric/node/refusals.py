@@ -4,19 +4,19 @@ Theory of operation
 -------------------
 The data plane is CURVE, vetted by this node's ZAP handler (DECISIONS D18). A peer whose
 key is wrong or not admitted never gets a frame to fabric's handshake, so the mesh core
-alone would only see a connect that times out. Two places learn more, and tell this object:
+alone would only see a connect that times out. This object counts and names what ZeroMQ
+reports:
 
-* a channel's socket monitor reports a failed ZeroMQ handshake on our DEALER
-  (:meth:`channel_failed`: the reason comes from the event, see
-  :func:`fabric.transport.security.handshake_failure`);
-* our ZAP handler refuses a client key (:meth:`zap_refused`): ZAP names an address, not a
-  node, so the address is remembered for a while (bounded: strangers choose addresses).
-
-When the mesh core reports a failed ``ConnectDone``, :meth:`reason` replaces its generic
-reason by what was learnt: ``key_refused``, ``bad_cookie`` or ``security_mismatch``. A
-refusal from the peer's host within one handshake timeout is taken as the peer's key
-refused as it dialled back (two nodes on one host refused at the same moment could be
-confused: the mesh has no per-attempt hook for it yet).
+* a channel's socket monitor reports a failed ZeroMQ handshake on our DEALER to a peer
+  (:meth:`channel_failed`): the reason (``key_refused``, ``security_mismatch``,
+  ``bad_cookie``, see :func:`fabric.transport.security.handshake_failure`) goes to the
+  mesh core as ``MeshCore.transport_refused(peer, reason)``, for the one peer that
+  channel dialled. When we had accepted that peer's session (our DEALER is the dial-back
+  of PROTOCOL.md 4.3), the core tells the peer why with a ``REFUSE`` on its own channel,
+  so the dialler learns that its key was refused, precisely and at once;
+* a ZeroMQ handshake failed at our ROUTER (:meth:`router_failed`), or our ZAP handler
+  refused a client key (:meth:`zap_refused`): counted and logged. ZAP names an address,
+  not a node, so nothing is attributed to a peer from it.
 """
 
 from __future__ import annotations
@@ -25,53 +25,31 @@ from collections.abc import Callable
 from typing import Any
 
 from fabric.node.metrics import Metrics
-from fabric.transport.security import DATA_DOMAIN, handshake_failure
-from fabric.types import parse_node_name
+from fabric.transport.security import handshake_failure
 
 __all__ = ["TransportRefusals"]
 
-_MAX_ADDRESSES = 64  # addresses remembered; a stranger picks them, so the set is bounded
-
 
 class TransportRefusals:
-    """Reasons of failed ZeroMQ handshakes, per peer and per refused address."""
+    """Counts and names failed ZeroMQ handshakes; see the module docstring."""
 
-    def __init__(self, metrics: Metrics, encrypting: bool, window: float,
-                 bad: Callable[..., None], clock: Callable[[], float]) -> None:
+    def __init__(self, metrics: Metrics, encrypting: bool,
+                 bad: Callable[..., None]) -> None:
         self._metrics = metrics
         self._encrypting = encrypting
-        self._window = window  # how long a ZAP refusal explains a failed connect
         self._bad = bad
-        self._clock = clock
-        self._by_peer: dict[str, str] = {}  # peer -> why its handshake failed
-        self._addresses: dict[str, float] = {}  # address ZAP refused -> when
 
-    def channel_failed(self, peer: str, event: int) -> None:
-        """Our DEALER's ZeroMQ handshake with ``peer`` failed (a monitor ``event``)."""
+    def channel_failed(self, event: int) -> str:
+        """Our DEALER's ZeroMQ handshake failed (a monitor ``event``): count it and
+        return the reason to give the mesh core."""
         self._metrics.handshake_failed += 1
-        self._by_peer[peer] = handshake_failure(event, self._encrypting)
+        return handshake_failure(event, self._encrypting)
 
     def router_failed(self) -> None:
         """A ZeroMQ handshake at our ROUTER failed (wrong or refused key, stall)."""
         self._metrics.handshake_failed += 1
 
     def zap_refused(self, domain: str, address: str, *_: Any) -> None:
-        """Our ZAP handler refused a client key: count it, remember where from."""
+        """Our ZAP handler refused a client key: count it, log where from."""
         self._metrics.key_refused += 1
-        if domain == DATA_DOMAIN:
-            if len(self._addresses) >= _MAX_ADDRESSES:
-                self._addresses.clear()
-            self._addresses[address] = self._clock()
         self._bad("key_refused", domain=domain, address=address)
-
-    def reason(self, peer: str, ok: bool, reason: str) -> str:
-        """A connect's reason, told more precisely when ZeroMQ's handshake failed."""
-        why = self._by_peer.pop(peer, None)
-        if ok:
-            return reason
-        if why is not None:
-            return why
-        refused_at = self._addresses.get(parse_node_name(peer).host.strip("[]"))
-        if refused_at is not None and self._clock() - refused_at <= self._window:
-            return "key_refused"
-        return reason

@@ -19,6 +19,11 @@ of their ``Reply`` (the answer to the local caller).
 Entry points for service facades (``fabric/pg.py``, ``fabric/global_.py``):
 :meth:`add_service`, :meth:`run_service`, :meth:`execute`, :meth:`on_topic`,
 :meth:`on_effect`, :meth:`expect`, :meth:`service`.
+
+Services every node runs (pg as ``node.pg``, global as ``node.global_``) are injected:
+their facade module calls :func:`standard_service` when it is imported, and the node
+creates each registered facade as it starts, by rank. The node never
+imports a facade (D26): the facades depend on the node, not the reverse.
 """
 
 from __future__ import annotations
@@ -36,9 +41,24 @@ from fabric.protocol.mesh import MeshCore
 from fabric.protocol.messages import K_SERVICE
 from fabric.protocol.service import ServiceCore, reply_of
 
-__all__ = ["ServiceHost"]
+__all__ = ["ServiceHost", "standard_service", "standard_services"]
 
 TopicHandler = Callable[[bytes, bytes, float], None]
+
+# node attribute -> (rank, facade factory(node)): see the module docstring
+_STANDARD: dict[str, tuple[int, Callable[[Any], Any]]] = {}
+
+
+def standard_service(attribute: str, factory: Callable[[Any], Any], rank: int) -> None:
+    """Run ``factory(node)`` on every node as it starts, as ``node.<attribute>``; lower
+    ranks first (the order in which the services are hosted, whatever the import order)."""
+    _STANDARD[attribute] = (rank, factory)
+
+
+def standard_services() -> list[tuple[str, Callable[[Any], Any]]]:
+    """The registered services, by rank."""
+    return [(attr, factory) for attr, (_, factory)
+            in sorted(_STANDARD.items(), key=lambda item: item[1][0])]
 
 
 class ServiceHost:

@@ -43,7 +43,7 @@ processes, calls and GenServers (ARCHITECTURE.md, "Low-level interface").
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fabric.config import NodeConfig
 from fabric.errors import BackpressureError, NodeDownError, NotExportedError, SpawnTimeout
@@ -51,14 +51,15 @@ from fabric.exports import resolve_export
 from fabric.node.channels import Channels
 from fabric.node.effects import EffectExecutor
 from fabric.node.metrics import Metrics
-from fabric.node.processes import ProcessTable
+from fabric.node.processes import ProcessTable, running_process
 from fabric.node.services import ServiceHost
-from fabric.process import Down, Process
 from fabric.protocol.codec import Codec
+from fabric.protocol.effects import ExitProcess
 from fabric.protocol.mesh import MeshCore
 from fabric.protocol.messages import K_CALL, K_REPLY
 from fabric.protocol.messages import REPLY_TAG as CALL_REPLY
 from fabric.protocol.processes import (
+    Down,
     Kill,
     ProcessCore,
     RegName,
@@ -68,6 +69,9 @@ from fabric.protocol.processes import (
 )
 from fabric.timeouts import wait_for
 from fabric.types import Pid, Ref
+
+if TYPE_CHECKING:
+    from fabric.process import Process
 
 __all__ = ["RegName", "Signals"]
 
@@ -110,6 +114,7 @@ class Signals:
         executor.register(ServeSpawn, self._on_serve_spawn)
         executor.register(SpawnReplied, self._on_spawn_replied)
         executor.register(SpawnLost, self._on_spawn_lost)
+        executor.register(ExitProcess, self._on_exit_process)
 
     def make_ref(self) -> Ref:
         return self._table.make_ref()
@@ -152,8 +157,11 @@ class Signals:
         self.core.forget_monitor(proc.self, ref)
 
     def exit(self, pid: Pid, reason: Any) -> None:
-        """Send an exit signal to ``pid`` (``"kill"`` kills even a trapping process)."""
-        self._run(self.core.exit(pid, reason))
+        """Send an exit signal to ``pid`` (``"kill"`` kills even a trapping process),
+        from the process running the current task if there is one: a trapping receiver
+        sees ``Exit(sender, reason)``, as with Erlang's ``exit/2``."""
+        sender = running_process()
+        self._run(self.core.exit(pid, reason, None if sender is None else sender.self))
 
     def kill(self, proc: Process, reason: Any) -> None:
         """End ``proc`` with ``reason``: cancel its task (a process already ending keeps
@@ -326,6 +334,11 @@ class Signals:
         fut = self._spawn_waiters.get(eff.ref)
         if fut is not None and not fut.done():
             fut.set_exception(NodeDownError(eff.peer, eff.reason))
+
+    def _on_exit_process(self, service: str, eff: ExitProcess) -> None:
+        """A service core ends a local process (global kills a name conflict's loser): an
+        explicit exit signal from no process, like ``node.exit(pid, reason)``."""
+        self._run(self.core.exit(eff.pid, eff.reason))
 
     def _on_kill(self, service: str, eff: Kill) -> None:
         proc = self._procs.get(eff.pid[1])

@@ -107,11 +107,17 @@ FIRST_BACKOFF: Final = 0.05
 RETRY_HANDSHAKE_TIMEOUT: Final = 1.0
 # Cap on handshakes we accept concurrently: unauthenticated state must stay bounded.
 MAX_PENDING_ACCEPTS: Final = 256
+# And per source address (as the transport reports it): a host that can reach our
+# handshake (its key admitted) cannot take every slot and starve the others.
+MAX_ACCEPTS_PER_SOURCE: Final = 64
 # Refusal reasons we count by name; anything else a stranger sends counts as "other".
 KNOWN_REASONS: Final = frozenset({
     "bad_cookie", "name_in_use", "version", "simultaneous", "not_connected", "stopping",
     "bad_name", "busy", "wrong_node", "timeout", "connection_refused",
+    "key_refused", "security_mismatch",  # the transport's (transport_refused)
 })
+# What the transport reports of a failed ZeroMQ (CURVE/ZAP) handshake: transport_refused.
+TRANSPORT_REFUSALS: Final = frozenset({"key_refused", "security_mismatch", "bad_cookie"})
 # Warnings caused by strangers are rate-limited: at most this many per event per second.
 LOG_BUDGET: Final = 5
 
@@ -130,6 +136,7 @@ class _Peer:
     pub_endpoint: str = ""
     goodbye_acked: bool = False
     auto: bool = False  # started by the mesh itself (peer list, retry), not by a user
+    source: str = ""  # an accept's: the address its HELLO came from ("" unknown)
 
 
 @dataclass
@@ -298,16 +305,18 @@ class MeshCore:
     def learn(self, peer: str, now: float) -> list[Any]:
         """A node's name learned other than from a user: a peer list, or discovery.
 
-        Connects unless ``peer`` is this node or already known, as an automatic attempt:
-        if it fails (``timeout``, ``connection_refused``...) it is retried like a lost
-        peer, forever unless ``reconnect_give_up`` is set. Refusals and name conflicts
-        (``name_in_use``) end it as they end :meth:`connect`. Discovery feeds names here
-        (through ``Node.learn``).
+        Connects unless ``peer`` is this node, already known, or already planned for a
+        retry (learning it again then changes nothing, so discovery may hand over a name
+        as often as it likes), as an automatic attempt: if it fails (``timeout``,
+        ``connection_refused``...) it is retried like a lost peer, forever unless
+        ``reconnect_give_up`` is set. Refusals and name conflicts (``name_in_use``) end
+        it as they end :meth:`connect`. Discovery feeds names here (through
+        ``Node.learn``); the mesh alone paces the attempts.
 
         Raises:
             ConfigError: ``peer`` is not a full node name with a port.
         """
-        if peer == self.name or peer in self.peers:
+        if peer == self.name or peer in self.peers or peer in self._retry:
             return []
         effects = self.connect(peer, now)
         attempt = self.peers.get(str(parse_node_name(peer)))
@@ -316,11 +325,11 @@ class MeshCore:
         return effects
 
     def disconnect(self, peer: str, now: float) -> list[Any]:
-        """Tear down the session with ``peer`` (reason ``disconnect``); no retry."""
+        """Tear down the session with ``peer`` (reason ``disconnect``), or end an attempt
+        to reach it; no retry (an automatic attempt ended here is not planned again)."""
+        effects = self._down(peer, "disconnect", now) if peer in self.peers else []
         self._retry.pop(peer, None)
-        if peer not in self.peers:
-            return []
-        return self._down(peer, "disconnect", now)
+        return effects
 
     def ping(self, peer: str, token: int) -> list[Any]:
         """Queue a ping; a ``Pong`` effect follows if the peer answers."""
@@ -353,8 +362,11 @@ class MeshCore:
         """The authenticated peer behind a ROUTER identity (None: not in a session)."""
         return self.authenticated.get(identity)
 
-    def router_frame(self, identity: bytes, value: Any, now: float) -> list[Any]:
-        """A frame from an identity with no session: handshake, or refused."""
+    def router_frame(self, identity: bytes, value: Any, now: float,
+                     source: str = "") -> list[Any]:
+        """A frame from an identity with no session: handshake, or refused. ``source``
+        is the address it came from, if the transport knows it: pending accepts are
+        bounded per source as well as in total."""
         if type(value) is list and value and type(value[0]) is list:
             # A batch from a stranger: a peer that we dropped while it was frozen, or
             # garbage. Tell it (rate is bounded by the peer's own sending).
@@ -366,7 +378,7 @@ class MeshCore:
             self.stats.bad_frames += 1
             return [Log("debug", "bad_handshake_frame", {"error": str(exc)})]
         if isinstance(frame, hs.Hello):
-            return self._on_hello(identity, frame, now)
+            return self._on_hello(identity, frame, now, source)
         if isinstance(frame, hs.Answer):
             return self._on_answer(identity, frame, now)
         if isinstance(frame, hs.Bind):
@@ -472,6 +484,28 @@ class MeshCore:
             return []
         return self._drop_pending(peer, "connection_refused", now=now)
 
+    def transport_refused(self, peer: str, reason: str, now: float) -> list[Any]:
+        """ZeroMQ's own handshake (CURVE, ZAP) failed on our DEALER to ``peer``: one of
+        ``TRANSPORT_REFUSALS``, as the transport names it.
+
+        An attempt of ours fails at once with that reason. A session we accepted (this
+        DEALER was our dial-back with BIND) ends without a retry, and the peer is told
+        the reason on its own channel (``REFUSE``), so its connect fails with it too:
+        the refusal is the one peer's, never guessed from an address.
+        """
+        p = self.peers.get(peer)
+        if p is None:
+            return []
+        reason = reason if reason in TRANSPORT_REFUSALS else "other"
+        self._count_refusal(reason)
+        if p.state != UP:
+            return self._drop_pending(peer, reason, now=now)
+        effects: list[Any] = []
+        if p.in_identity is not None:
+            effects.append(RouterSend(p.in_identity, hs.Refuse(reason).frame()))
+        self._retry.pop(peer, None)
+        return effects + self._down(peer, "disconnect", now, notify_peer=False)
+
     def tick(self, now: float) -> list[Any]:
         """Heartbeats, silence, handshake deadlines and reconnects, at time ``now``."""
         effects: list[Any] = []
@@ -546,7 +580,8 @@ class MeshCore:
                 *self._log(now, "warning", "connect_refused_here", reason=reason,
                            detail=detail)]
 
-    def _on_hello(self, identity: bytes, hello: hs.Hello, now: float) -> list[Any]:
+    def _on_hello(self, identity: bytes, hello: hs.Hello, now: float,
+                  source: str) -> list[Any]:
         if self.stopping:
             return self._refuse(identity, "stopping", now)
         if hello.version != hs.PROTOCOL_VERSION:
@@ -574,9 +609,11 @@ class MeshCore:
         for other_id, other in list(self._accepts.items()):
             if other.name == name:
                 del self._accepts[other_id]
-        if len(self._accepts) >= MAX_PENDING_ACCEPTS:
+        if len(self._accepts) >= MAX_PENDING_ACCEPTS or (source and sum(
+                a.source == source for a in self._accepts.values()) >= MAX_ACCEPTS_PER_SOURCE):
             return self._refuse(identity, "busy", now)
         p = _Peer(name, ACCEPTING, now + self.handshake_timeout, in_identity=identity,
+                  source=source,
                   my_challenge=self._entropy(hs.CHALLENGE_SIZE),
                   their_challenge=hello.challenge, creation=hello.creation,
                   hidden=bool(hello.flags & hs.FLAG_HIDDEN),

@@ -22,7 +22,9 @@ Semantics are Erlang's, as fabric has them on the wire (PROTOCOL.md section 6.2)
   message; otherwise any reason but ``"normal"`` ends it with that reason. An explicit
   :meth:`ProcessCore.exit` with ``"kill"`` (``exit(Pid, kill)``) ends even a trapping
   process, with ``"killed"``; a process that ended with reason ``"kill"`` itself sends an
-  ordinary, trappable ``"kill"`` along its links, as in Erlang. Linking to a process
+  ordinary, trappable ``"kill"`` along its links, as in Erlang. An explicit exit names
+  its sender (``exit(pid, reason, sender)``, ``exit2`` on the wire): a trapping receiver
+  gets ``Exit(sender, reason)``, and no link is involved. Linking to a process
   that does not exist gives an immediate exit signal ``"noproc"`` (the peer answers
   ``link`` with ``exit ... noproc``); linking across a node that is not connected gives
   ``"noconnection"``. An exit signal that arrives after its sender was unlinked no
@@ -337,14 +339,27 @@ class ProcessCore:
                     spawn.requester_exit = reason  # for the child, when the reply comes
         return effects
 
-    def _signal(self, s: ProcessState, sender: Pid | None, reason: Any) -> list[SignalEffect]:
-        """Apply an exit signal from ``sender`` (None: an explicit ``exit``) to ``s``."""
-        if sender is not None:
-            s.links.discard(sender)
-        elif reason == "kill":  # only an explicit exit(pid, "kill") cannot be trapped
+    def _signal(self, s: ProcessState, sender: Pid, reason: Any) -> list[SignalEffect]:
+        """Apply the exit signal a link carries from ``sender`` to ``s`` (the link is
+        gone with it)."""
+        s.links.discard(sender)
+        return self._receive_signal(s, sender, reason)
+
+    def _explicit(self, s: ProcessState, sender: Pid | None,
+                  reason: Any) -> list[SignalEffect]:
+        """Apply an explicit exit signal (Erlang's ``exit(Pid, Reason)``) sent by
+        ``sender`` (None: from no process) to ``s``: no link is involved, and ``"kill"``
+        cannot be trapped."""
+        if reason == "kill":
             return [Kill(s.pid, KILLED)]
+        if reason == NORMAL and sender == s.pid and not s.trap_exits:
+            return [Kill(s.pid, NORMAL)]  # exit(self(), normal) ends the caller
+        return self._receive_signal(s, sender if sender is not None else s.pid, reason)
+
+    @staticmethod
+    def _receive_signal(s: ProcessState, sender: Pid, reason: Any) -> list[SignalEffect]:
         if s.trap_exits:
-            return [Deliver(s.pid, Exit(sender if sender is not None else s.pid, reason))]
+            return [Deliver(s.pid, Exit(sender, reason))]
         if reason != NORMAL:
             return [Kill(s.pid, reason)]
         return _NONE
@@ -441,13 +456,17 @@ class ProcessCore:
         if s is not None:
             s.trap_exits = flag
 
-    def exit(self, pid: Pid, reason: Any) -> list[SignalEffect]:
-        """An explicit exit signal to ``pid`` (from no process): ``"kill"`` kills even a
-        trapping process. An unknown local pid: nothing."""
+    def exit(self, pid: Pid, reason: Any, sender: Pid | None = None) -> list[SignalEffect]:
+        """An explicit exit signal to ``pid`` from the local process ``sender`` (None:
+        from no process), Erlang's ``exit(Pid, Reason)``: ``"kill"`` kills even a
+        trapping process, and a trapping one receives ``Exit(sender, reason)``. An
+        unknown local pid: nothing."""
         if pid[0] == self.node:
             s = self.state(pid)
-            return self._signal(s, None, reason) if s is not None else _NONE
-        return [_ctrl(pid[0], "exit", None, pid, reason)]
+            return self._explicit(s, sender, reason) if s is not None else _NONE
+        if sender is None:
+            return [_ctrl(pid[0], "exit", None, pid, reason)]
+        return [_ctrl(pid[0], "exit2", sender, pid, reason)]
 
     # -- calls ----------------------------------------------------------------------------
 
@@ -657,11 +676,18 @@ class ProcessCore:
             s = self.state(dst)
             if s is None:
                 return _NONE
-            if src is not None:
-                _discard(self._links_there, peer, (dst, src))
-                if src not in s.links:
-                    return _NONE  # unlinked meanwhile: the signal no longer applies
+            if src is None:
+                return self._explicit(s, None, reason)
+            _discard(self._links_there, peer, (dst, src))
+            if src not in s.links:
+                return _NONE  # unlinked meanwhile: the signal no longer applies
             return self._signal(s, src, reason)
+        if op == "exit2":  # an explicit exit(Pid, Reason) sent by the process src
+            _, _, src, dst, reason = msg
+            if type(src) is not Pid:
+                raise TypeError("exit2 needs the sender's pid")
+            s = self.state(dst)
+            return self._explicit(s, src, reason) if s is not None else _NONE
         if op == "mon":
             _, _, watcher, target, ref = msg
             if type(target) is tuple:  # a monitor on a registered name: resolve it now

@@ -90,6 +90,15 @@ class MeshSim:
 
     # -- scripting ------------------------------------------------------------------------
 
+    def execute(self, name: str, effects: list[Any]) -> None:
+        """Carry out ``effects`` that node ``name``'s core returned for an input a test
+        gave it directly (``sim.execute(a, sim.core(a).ping(b, 1))``)."""
+        self._exec(name, effects)
+
+    def schedule(self, delay: float, action: Callable[[], None]) -> None:
+        """Run ``action`` after ``delay`` seconds of virtual time."""
+        self._after(delay, action)
+
     def core(self, name: str) -> m.MeshCore:
         return self.nodes[name].core
 

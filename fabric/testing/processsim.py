@@ -148,6 +148,18 @@ class ProcessSim:
         self.ended[pid] = reason
         self._execute(pid.node, n.core.exited(pid, reason))
 
+    def names(self) -> list[str]:
+        """The names of the running nodes (a crashed node is gone until its restart)."""
+        return list(self.nodes)
+
+    def creation(self, node: str) -> int:
+        """The creation of ``node``'s current run."""
+        return self.nodes[node].creation
+
+    def processes(self, node: str) -> list[Pid]:
+        """The live processes of ``node``, oldest first."""
+        return list(self.nodes[node].mailboxes)
+
     def alive(self, pid: Pid) -> bool:
         n = self.nodes.get(pid.node)
         return n is not None and pid in n.mailboxes
@@ -177,9 +189,10 @@ class ProcessSim:
                 del box[i]
                 break
 
-    def exit(self, node: str, pid: Pid, reason: Any) -> None:
-        """An explicit exit signal sent from ``node`` (``node.exit(pid, reason)``)."""
-        self._execute(node, self.core(node).exit(pid, reason))
+    def exit(self, node: str, pid: Pid, reason: Any, sender: Pid | None = None) -> None:
+        """An explicit exit signal sent from ``node`` (``node.exit(pid, reason)``), by
+        the process ``sender`` of that node (None: by no process)."""
+        self._execute(node, self.core(node).exit(pid, reason, sender))
 
     def register(self, name: str, pid: Pid) -> bool:
         return self.core(pid.node).register(name, pid)

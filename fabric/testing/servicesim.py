@@ -122,6 +122,32 @@ class ServiceSim:
                 self._link_up(a, b)
             self.run()
 
+    # -- observing ------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        """Every node's name, running or not, in the order given."""
+        return list(self.nodes)
+
+    def is_up(self, name: str) -> bool:
+        """Node ``name`` runs (not killed, or restarted since)."""
+        return self.nodes[name].up
+
+    def live_nodes(self) -> list[str]:
+        """The names of the nodes that run, in the order given."""
+        return [n for n, node in self.nodes.items() if node.up]
+
+    def creation(self, name: str) -> int:
+        """The creation of node ``name``'s current run."""
+        return self.nodes[name].creation
+
+    def subscriptions(self, name: str) -> frozenset[bytes]:
+        """The topics node ``name``'s core is subscribed to."""
+        return frozenset(self.nodes[name].subscriptions)
+
+    def nodedown_pending(self, a: str, b: str) -> bool:
+        """The session of ``a`` and ``b`` ended but its nodedown is not delivered yet."""
+        return frozenset((a, b)) in self._closing
+
     # -- scripting ------------------------------------------------------------------------
 
     def core(self, name: str) -> Any:

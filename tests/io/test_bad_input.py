@@ -37,7 +37,7 @@ from zmq.utils.monitor import parse_monitor_message
 from fabric import Node, Pid, Process
 from fabric.protocol import handshake as hs
 from fabric.protocol.codec import EXT_PID, EXT_TUPLE, Codec
-from fabric.protocol.mesh import MAX_PENDING_ACCEPTS
+from fabric.protocol.mesh import MAX_ACCEPTS_PER_SOURCE, MAX_PENDING_ACCEPTS
 from fabric.protocol.messages import K_CTRL, K_GOODBYE, K_PEERS, K_PING, K_REG_SEND, K_SEND
 from fabric.testing import (
     LocalCluster,
@@ -481,6 +481,29 @@ def test_a_hello_flood_from_one_identity_stays_bounded(arun: Callable[..., Any])
             await collect_replies(sock, n, timeout=30)
             pending = victim.mesh.held()  # sessions, attempts and pending accepts
             assert pending <= MAX_PENDING_ACCEPTS + 1, f"{pending} handshakes held"
+            await assert_unharmed(victim, friend, sink)
+
+    arun(body(), 60)
+
+
+def test_hellos_from_many_connections_of_one_host_hold_a_bounded_share(
+        arun: Callable[..., Any]) -> None:
+    """Connections with the admitted key, each a fresh identity and name, from one host:
+    the victim holds at most MAX_ACCEPTS_PER_SOURCE of their handshakes (the ROUTER
+    tells the mesh core where a stranger's frame came from), so other hosts keep slots."""
+
+    async def body() -> None:
+        async with victim_with_friend(handshake_timeout=30.0) as (victim, friend, sink), \
+                Attacker() as atk:
+            n = MAX_ACCEPTS_PER_SOURCE + 36
+            socks = [atk.dealer(router_port(victim)) for _ in range(n)]
+            for i, sock in enumerate(socks):
+                sock.send(hello(f"many{i}@127.0.0.1:{2000 + i}"))
+            for sock in socks:
+                await collect_replies(sock, 1, timeout=20)
+            held = victim.mesh.held() - len(victim.nodes())  # the friend's session
+            assert held == MAX_ACCEPTS_PER_SOURCE, f"{held} handshakes held"
+            assert victim.mesh.stats.refused.get("busy", 0) == n - MAX_ACCEPTS_PER_SOURCE
             await assert_unharmed(victim, friend, sink)
 
     arun(body(), 60)

@@ -87,6 +87,11 @@ def test_a_refusal_of_the_dial_back_is_reported(arun: Callable[..., Any]) -> Non
             assert strict.metrics.get("key_refused", 0) >= 1
             await async_wait_until(lambda: open_.nodes() == [] and strict.nodes() == [], 5,
                                    message="no session left on either side")
+            # The refusal was open_'s, told by open_: another node of the same host that
+            # fails right after fails for its own reason, not "key_refused".
+            ghost = f"ghost@127.0.0.1:{free_port()}"
+            assert await strict.connect(ghost) is False
+            assert strict.last_connect_error(ghost) == "connection_refused"
 
     arun(body())
 

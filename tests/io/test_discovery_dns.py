@@ -55,6 +55,11 @@ def test_a_records_added_and_removed_are_followed(dns_server: Dnsmasq,
             dns_server.set_hosts([(a, service) for a in addresses])
             await async_wait_until(lambda: sorted(third.nodes()) == sorted(
                 [first.name, second.name]), 10)
+            # Both pods' discovery must have seen it in the record: the mesh connects
+            # transitively, so the session alone does not say that a poll found it.
+            await async_wait_until(lambda: all(
+                n.discovery is not None and third.name in n.discovery.wanted()
+                for n in (first, second)), 10, message="both polls found the new pod")
             # A pod disappears from the record: with disconnect=true its peers let it go.
             # (In Kubernetes it is gone; here it still runs, and its mesh may reconnect
             # after the drop, so the check is on what discovery did, not on what follows.)

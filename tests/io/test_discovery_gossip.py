@@ -124,7 +124,7 @@ def test_forged_stale_and_replayed_beacons_are_refused_and_counted(
             assert bait[0].name not in listener.nodes()
             assert bait[1].name not in listener.nodes()
             assert disc.wanted() == [bait[2].name]
-            assert disc.metrics["dialled"] == 1
+            assert disc.metrics["seen"] == 1
         finally:
             for node in [listener, *bait]:
                 await node.stop()
@@ -188,11 +188,14 @@ def test_static_list_retries_a_node_that_starts_late(arun: Callable[..., Any]) -
         late_name = f"late@127.0.0.1:{late_port}"
         node = fabric.Node("early@127.0.0.1", "cookie", port_range=(20000, 60000))
         await node.start()
-        disc = fabric.discovery.start(node, f"static:nodes={late_name}", max_backoff=0.3)
+        disc = fabric.discovery.start(node, f"static:nodes={late_name}")
         late = None
         try:
-            await async_wait_until(lambda: disc.metrics["failed"] >= 2, 10,
-                                   message="dials of a node not started yet fail")
+            # Discovery handed the name to the mesh, which retries it with its own
+            # backoff: discovery keeps no retry schedule of its own.
+            await async_wait_until(lambda: late_name in node.mesh.reconnecting(), 10,
+                                   message="the mesh retries a node not started yet")
+            assert disc.metrics["learned"] >= 1
             late = fabric.Node(late_name, "cookie")
             await late.start()
             await async_wait_until(lambda: node.nodes() == [late_name], 10)
@@ -201,6 +204,29 @@ def test_static_list_retries_a_node_that_starts_late(arun: Callable[..., Any]) -
             await node.stop()
             if late is not None:
                 await late.stop()
+
+    arun(body(), timeout=60)
+
+
+def test_a_name_no_source_lists_any_more_is_no_longer_retried(
+        arun: Callable[..., Any], tmp_path: Path) -> None:
+    async def body() -> None:
+        [dead_port] = free_ports(1)
+        dead = f"dead@127.0.0.1:{dead_port}"
+        hosts = tmp_path / "fabric.hosts"
+        hosts.write_text(f"{dead}\n")
+        node = await started("main@127.0.0.1", "cookie",
+                             discovery=f"hosts:path={hosts},interval=0.05")
+        try:
+            await async_wait_until(lambda: dead in node.mesh.reconnecting(), 10,
+                                   message="the mesh retries the listed name")
+            hosts.write_text("")  # gone from the list (a pod gone from DNS)
+            await async_wait_until(lambda: dead not in node.mesh.reconnecting()
+                                   and not node.mesh.knows(dead), 10,
+                                   message="the mesh stops trying the forgotten name")
+            assert node.discovery is not None and node.discovery.wanted() == []
+        finally:
+            await node.stop()
 
     arun(body(), timeout=60)
 

@@ -8,7 +8,9 @@ increments smaller than the link latency), not just once the simulation settles.
 from __future__ import annotations
 
 import itertools
+import weakref
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -80,7 +82,7 @@ def make_sim(
 
 
 def up(sim: ServiceSim) -> list[str]:
-    return [n for n, node in sim.nodes.items() if node.up]
+    return sim.live_nodes()
 
 
 def where(sim: ServiceSim, name: Any) -> dict[str, Pid | None]:
@@ -88,6 +90,17 @@ def where(sim: ServiceSim, name: Any) -> dict[str, Pid | None]:
 
 
 GRACE = 0.005  # one sync round after a link comes up: sync, report, retract (+ slack)
+
+
+@dataclass
+class _LinkHistory:
+    """What :func:`assert_agree` saw of a simulation's links at its previous check."""
+
+    links: set[frozenset[str]] = field(default_factory=set)
+    last_link_up: float = -1.0  # when a link last came up
+
+
+_LINKS_SEEN: weakref.WeakKeyDictionary[ServiceSim, _LinkHistory] = weakref.WeakKeyDictionary()
 
 
 def undetected_dead_session(sim: ServiceSim, node: str, pid: Pid | None) -> bool:
@@ -102,7 +115,7 @@ def undetected_dead_session(sim: ServiceSim, node: str, pid: Pid | None) -> bool
     """
     if pid is None or pid.node == node:
         return False
-    return frozenset((node, pid.node)) in sim._closing  # nodedown not delivered yet
+    return sim.nodedown_pending(node, pid.node)
 
 
 def has_chordless_chain(nodes: list[str], links: set[frozenset[str]]) -> bool:
@@ -141,13 +154,12 @@ def assert_agree(sim: ServiceSim, names: Iterable[Any]) -> None:
     sides meet, are reported to their owners, and the losers retract), and except a view
     that failure detection has not caught up with (:func:`undetected_dead_session`)."""
     names = list(names)
-    seen: set[frozenset[str]] = sim.__dict__.setdefault("links_seen", set())
+    history = _LINKS_SEEN.setdefault(sim, _LinkHistory())
     links = {frozenset(pair) for pair in itertools.combinations(up(sim), 2) if sim.connected(*pair)}
-    if links - seen and sim.now > 0.01:
-        sim.__dict__["last_link_up"] = sim.now
-    seen.clear()
-    seen.update(links)
-    if sim.now - sim.__dict__.get("last_link_up", -1.0) <= GRACE:
+    if links - history.links and sim.now > 0.01:
+        history.last_link_up = sim.now
+    history.links = links
+    if sim.now - history.last_link_up <= GRACE:
         return
     if has_chordless_chain(up(sim), links):
         return  # D12: lock sets of nodes 3 hops apart need not meet; the heal resolves it
@@ -761,7 +773,7 @@ def run_chaos(seed: int, ops: list[tuple[str, int, int, float]]) -> None:
         if pause:
             run_checked(sim, keys, pause, drain=False, step=0.002)
         node, key = names[node_i], keys[key_i]
-        if not sim.nodes[node].up:
+        if not sim.is_up(node):
             continue
         if op in ("reg", "reg_early"):
             register = "register_name" if op == "reg" else "register_name_early"

@@ -67,7 +67,7 @@ def make_sim(names: Iterable[str] = NAMES, seed: int = 1) -> ServiceSim:
 
 
 def up(sim: ServiceSim) -> list[str]:
-    return [n for n, node in sim.nodes.items() if node.up]
+    return sim.live_nodes()
 
 
 def leaders(sim: ServiceSim, group: Any = G) -> set[tuple[Pid, int] | None]:
@@ -342,7 +342,7 @@ def test_property_chaos_ends_with_one_leader_fencing_all_others(
     for how, node_i, pause in ops:
         sim.run(until=sim.now + pause)
         node = names[node_i]
-        if not sim.nodes[node].up:
+        if not sim.is_up(node):
             continue
         if how == "exit":
             current = sim.core(node).leader(G)

@@ -184,7 +184,7 @@ def test_graceful_stop_says_goodbye() -> None:
     sim = MeshSim([a, b])
     sim.connect(b, a)
     sim.run_for(0.2)
-    sim._exec(b, sim.core(b).stop(sim.now))
+    sim.execute(b, sim.core(b).stop(sim.now))
     sim.run_for(0.1)
     assert downs(sim, a, b) == ["shutdown"]
     assert sim.core(b).all_acked()
@@ -209,7 +209,7 @@ def test_ping_pong() -> None:
     sim = MeshSim([a, b])
     sim.connect(a, b)
     sim.run_for(0.1)
-    sim._exec(a, sim.core(a).ping(b, 42))
+    sim.execute(a, sim.core(a).ping(b, 42))
     sim.run_for(0.1)
     assert ("pong", b, 42) in sim.events[a]
 
@@ -226,6 +226,53 @@ def test_stranger_batch_gets_not_connected() -> None:
     sim = MeshSim([N5[0]])
     effects = sim.core(N5[0]).router_frame(b"x", [[1, "junk"]], 0.0)
     assert effects == [m.RouterSend(b"x", ["refuse", "not_connected", ""])]
+
+
+def test_a_transport_refusal_fails_that_attempt_with_its_reason() -> None:
+    a, b = N5[:2]
+    core = MeshSim([a]).core(a)
+    core.connect(b, 0.0)
+    effects = core.transport_refused(b, "key_refused", 0.1)
+    assert m.ConnectDone(b, False, "key_refused") in effects
+    assert not core.knows(b) and core.stats.refused["key_refused"] == 1
+
+
+def test_a_refused_dial_back_ends_the_session_and_tells_that_peer_why() -> None:
+    # We accepted b's session; our DEALER's dial-back (BIND) is refused by b's ZAP: the
+    # session ends without a retry, and b hears the reason on its own channel.
+    a, b = N5[:2]
+    sim = MeshSim([a, b])
+    sim.connect(b, a)
+    sim.run_for(0.1)
+    core = sim.core(a)
+    identity = core.identity_of(b)
+    effects = core.transport_refused(b, "security_mismatch", sim.now)
+    assert effects[0] == m.RouterSend(identity, ["refuse", "security_mismatch", ""])
+    assert m.PeerDown(b, "disconnect", False) in effects
+    assert not core.knows(b) and b not in core.reconnecting()
+    assert core.transport_refused(b, "key_refused", sim.now) == []  # nothing left
+
+
+def test_one_source_cannot_take_every_handshake_slot() -> None:
+    # Peers whose transport key is admitted reach the handshake: one host's flood of
+    # HELLOs (fresh identities and names) is bounded, so another host still gets in.
+    from fabric.protocol import handshake as hs
+
+    core = MeshSim([N5[0]]).core(N5[0])
+
+    def hello(name: str, identity: bytes, source: str) -> list[object]:
+        frame = hs.Hello(hs.PROTOCOL_VERSION, name, 1, 0, 9000, bytes(hs.CHALLENGE_SIZE))
+        return core.router_frame(identity, frame.frame(), 0.0, source)
+
+    def challenged(effects: list[object]) -> bool:
+        return any(isinstance(e, m.RouterSend) and e.frame[0] == "challenge"
+                   for e in effects)
+
+    flood = [challenged(hello(f"s{i}@10.0.0.66:{10000 + i}", b"s%d" % i, "10.0.0.66"))
+             for i in range(m.MAX_PENDING_ACCEPTS + 10)]
+    assert sum(flood) == m.MAX_ACCEPTS_PER_SOURCE < m.MAX_PENDING_ACCEPTS
+    assert core.stats.refused["busy"] == len(flood) - m.MAX_ACCEPTS_PER_SOURCE
+    assert challenged(hello("real@10.0.0.5:9100", b"real", "10.0.0.5"))
 
 
 @pytest.mark.parametrize("junk", [None, 1, "hello", ["hello"], ["hello", 1, 2, 3, 4, 5, 6],
@@ -260,7 +307,7 @@ def test_many_nodes_joining_one_seed_form_the_mesh_quickly(seed: int) -> None:
     names = [f"j{i}@127.0.0.1:{9400 + i}" for i in range(12)]
     sim = MeshSim(names, seed=seed, jitter=0.02)
     for name in names[1:]:
-        sim._after(sim.rng.random() * 0.05, lambda n=name: sim.connect(n, names[0]))
+        sim.schedule(sim.rng.random() * 0.05, lambda n=name: sim.connect(n, names[0]))
     took = sim.run_until(lambda: sim.full_mesh(), timeout=20)
     assert took < 1.5
 
@@ -436,8 +483,17 @@ def test_disconnect_forgets_a_peer_being_retried() -> None:
     sim.run_for(0.2)
     sim.cut(a, b)
     sim.run_until(lambda: b in sim.core(a).reconnecting())
-    sim._exec(a, sim.core(a).disconnect(b, sim.now))
+    sim.execute(a, sim.core(a).disconnect(b, sim.now))
     assert b not in sim.core(a).reconnecting()
+
+
+def test_disconnect_during_a_learned_attempt_plans_no_retry() -> None:
+    a = N5[0]
+    core = MeshSim([a]).core(a)
+    core.learn("ghost@127.0.0.1:9999", 0.0)  # an automatic attempt, in flight
+    assert core.knows("ghost@127.0.0.1:9999")
+    core.disconnect("ghost@127.0.0.1:9999", 0.01)
+    assert core.reconnecting() == {} and not core.knows("ghost@127.0.0.1:9999")
 
 
 def test_a_learned_name_is_retried_until_its_node_starts() -> None:

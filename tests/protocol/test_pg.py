@@ -106,9 +106,7 @@ def view(sim: ServiceSim, node: str, scope: str = S) -> dict[Any, Counter[Pid]]:
 def assert_views(sim: ServiceSim, expected: dict[Any, Counter[Pid]], scope: str = S) -> None:
     """Every live node's view of ``scope`` equals ``expected``, local members included."""
     expected = {g: c for g, c in expected.items() if c}
-    for name, node in sim.nodes.items():
-        if not node.up:
-            continue
+    for name in sim.live_nodes():
         assert view(sim, name, scope) == expected, name
         for g, members in expected.items():
             local = Counter({p: n for p, n in members.items() if p.node == name})
@@ -376,13 +374,13 @@ def test_subscribe_on_first_local_join_unsubscribe_on_last_leave() -> None:
     sim.execute(A, effects)
     sim.call(B, "join", S, "g", b)
     sim.run()
-    assert sim.nodes[A].subscriptions == {topic}
-    assert sim.nodes[B].subscriptions == {topic}
-    assert sim.nodes[C].subscriptions == set()  # remote members do not subscribe
+    assert sim.subscriptions(A) == {topic}
+    assert sim.subscriptions(B) == {topic}
+    assert sim.subscriptions(C) == set()  # remote members do not subscribe
     assert sim.call(A, "leave", S, "g", p) is True
-    assert sim.nodes[A].subscriptions == {topic}
+    assert sim.subscriptions(A) == {topic}
     sim.exit(q)
-    assert sim.nodes[A].subscriptions == set()
+    assert sim.subscriptions(A) == set()
     assert sim.core(B).leave(S, "g", b, sim.now)[:2] == [Reply(True), Unsubscribe(topic)]
 
 
@@ -631,11 +629,10 @@ def test_flickering_peer(seed: int) -> None:
 def _truth(sim: ServiceSim, scope: str = S) -> dict[Any, Counter[Pid]]:
     """The union of every live node's local members: what converged views must show."""
     out: dict[Any, Counter[Pid]] = {}
-    for name, node in sim.nodes.items():
-        if node.up:
-            core = sim.core(name)
-            for g in core.which_local_groups(scope):
-                out.setdefault(g, Counter()).update(core.get_local_members(scope, g))
+    for name in sim.live_nodes():
+        core = sim.core(name)
+        for g in core.which_local_groups(scope):
+            out.setdefault(g, Counter()).update(core.get_local_members(scope, g))
     return out
 
 
@@ -646,13 +643,13 @@ def test_random_chaos_converges(seed: int) -> None:
     sim = make_sim(names, seed=seed)
     rng = random.Random(seed)
     for _ in range(60):
-        live = [n for n in names if sim.nodes[n].up]
+        live = [n for n in names if sim.is_up(n)]
         roll = rng.random()
         if roll < 0.45:
             node = rng.choice(live)
             sim.call(node, "join", rng.choice([S, "s2"]), rng.randrange(4), sim.spawn(node))
         elif roll < 0.65:
-            pids = [p for p in sim.mailboxes if sim.nodes[p.node].up]
+            pids = [p for p in sim.mailboxes if sim.is_up(p.node)]
             if pids:
                 pid = rng.choice(pids)
                 if rng.random() < 0.5:

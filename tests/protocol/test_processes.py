@@ -39,8 +39,8 @@ def sim(*names: str) -> ProcessSim:
 
 def empty(s: ProcessSim) -> None:
     """No node holds a link, a monitor or a pending spawn (live processes may remain)."""
-    for name, node in s.nodes.items():
-        left = {k: v for k, v in node.core.bookkeeping().items()
+    for name in s.names():
+        left = {k: v for k, v in s.core(name).bookkeeping().items()
                 if v and k not in ("processes", "names")}
         assert left == {}, f"{name} still holds {left}"
 
@@ -80,8 +80,8 @@ def test_a_link_to_a_node_that_is_down_is_noconnection_at_once() -> None:
     s.partition(A, B)
     s.run()
     a = s.spawn(A, trap_exits=True)
-    s.link(a, Pid(B, 1, s.nodes[B].creation))
-    assert s.mailbox(a) == [Exit(Pid(B, 1, s.nodes[B].creation), "noconnection")]
+    s.link(a, Pid(B, 1, s.creation(B)))
+    assert s.mailbox(a) == [Exit(Pid(B, 1, s.creation(B)), "noconnection")]
     empty(s)
 
 
@@ -130,6 +130,28 @@ def test_an_explicit_exit_to_a_trapping_process_comes_from_itself() -> None:
     assert s.mailbox(p) == [Exit(p, "shutdown")]
 
 
+def test_an_explicit_exit_names_its_sender_and_leaves_links_alone() -> None:
+    s, sender, remote = _linked_pair(trap_exits=True)
+    local = s.spawn(A, trap_exits=True)
+    s.exit(A, local, "shutdown", sender)
+    s.exit(A, remote, "shutdown", sender)  # travels as exit2: not a link's signal
+    s.run()
+    assert s.mailbox(local) == [Exit(sender, "shutdown")]
+    assert s.mailbox(remote) == [Exit(sender, "shutdown")]
+    s.end(sender, "later")  # the link is still there and carries the sender's end
+    s.run()
+    assert s.mailbox(remote) == [Exit(sender, "shutdown"), Exit(sender, "later")]
+
+
+def test_an_explicit_exit_to_itself_with_normal_ends_a_process_that_does_not_trap() -> None:
+    s = sim(A)
+    p, other = s.spawn(A), s.spawn(A)
+    s.exit(A, other, "normal", p)  # to another: nothing
+    s.exit(A, p, "normal", p)  # exit(self(), normal): the process ends
+    s.run()
+    assert s.alive(other) and s.ended == {p: "normal"}
+
+
 def test_a_normal_exit_does_not_propagate_to_non_trapping_linked_processes() -> None:
     s = sim(A, B)
     ending = s.spawn(A)
@@ -155,7 +177,7 @@ def test_a_normal_exit_does_not_propagate_to_non_trapping_linked_processes() -> 
 def test_exit_signals_about_unknown_pids_are_noproc_or_nothing() -> None:
     s = sim(A, B)
     a = s.spawn(A, trap_exits=True)
-    ghost_here, ghost_there = Pid(A, 999, s.nodes[A].creation), Pid(B, 999, s.nodes[B].creation)
+    ghost_here, ghost_there = Pid(A, 999, s.creation(A)), Pid(B, 999, s.creation(B))
     s.link(a, ghost_here)
     s.link(a, ghost_there)  # the peer answers "link" with an exit signal "noproc"
     s.run()
@@ -358,10 +380,10 @@ def test_a_call_whose_reply_had_to_wait_still_fires_if_the_server_dies() -> None
 def test_a_call_to_a_server_that_does_not_exist_is_noproc() -> None:
     s = sim(A, B)
     caller = s.spawn(A)
-    by_pid = s.call(caller, Pid(B, 77, s.nodes[B].creation), "get")
+    by_pid = s.call(caller, Pid(B, 77, s.creation(B)), "get")
     by_name = s.call(caller, ("nobody", B), "get")
     s.run()
-    assert s.finish(caller, by_pid) == Down(by_pid, Pid(B, 77, s.nodes[B].creation), "noproc")
+    assert s.finish(caller, by_pid) == Down(by_pid, Pid(B, 77, s.creation(B)), "noproc")
     assert s.finish(caller, by_name) == Down(by_name, ("nobody", B), "noproc")
     s.end(caller)
     empty(s)
@@ -450,7 +472,7 @@ def test_a_kill_of_the_requester_during_a_linked_spawn_takes_the_child_down() ->
 def test_a_kill_of_the_child_during_a_linked_spawn_reaches_the_requester() -> None:
     s, parent, ref = _linked_spawn_asked(trap_exits=True)
     s.run(for_seconds=s.latency * 1.5)  # the request arrived, the reply is on its way
-    (child,) = [p for p in s.nodes[B].mailboxes]
+    (child,) = s.processes(B)
     s.exit(B, child, "kill")
     s.run()
     assert s.spawn_results[ref] == SpawnReplied(ref, True, child)
@@ -502,6 +524,7 @@ def test_requests_send_todays_control_messages() -> None:
     ref, effects = core.monitor(p, ("db", B))
     assert effects == [Control(B, [4, "mon", p, RegName("db", B), ref])]
     assert core.exit(remote, "kill") == [Control(B, [4, "exit", None, remote, "kill"])]
+    assert core.exit(remote, "bye", p) == [Control(B, [4, "exit2", p, remote, "bye"])]
     assert core.on_control(B, [4, "spawn", remote, ref, "m:f", [1], True]) == [
         ServeSpawn(B, remote, ref, "m:f", [1], True)]
     core.link(p, remote)
@@ -583,7 +606,7 @@ def _play(s: ProcessSim, ops: list[tuple[Any, ...]]) -> dict[Ref, Pid]:
         kind = op[0]
         if kind == "spawn":
             node = NAMES[op[1]]
-            if node in s.nodes:
+            if node in s.names():
                 pids.append(s.spawn(node, trap_exits=op[2]))
         elif kind in ("link", "unlink", "monitor", "call"):
             a = live(op[1])
@@ -611,7 +634,7 @@ def _play(s: ProcessSim, ops: list[tuple[Any, ...]]) -> dict[Ref, Pid]:
             if p is not None:
                 s.end(p, op[2])
         elif kind == "exit":
-            if pids and NAMES[op[1]] in s.nodes:
+            if pids and NAMES[op[1]] in s.names():
                 s.exit(NAMES[op[1]], pids[op[2] % len(pids)], op[3])
         elif kind == "reply":
             servers = [p for p in pids if s.alive(p) and s.pending_calls(p)]
@@ -641,10 +664,10 @@ def _play(s: ProcessSim, ops: list[tuple[Any, ...]]) -> dict[Ref, Pid]:
             if op[1] != op[2]:
                 s.heal(NAMES[op[1]], NAMES[op[2]])
         elif kind == "crash":
-            if NAMES[op[1]] in s.nodes and len(s.nodes) > 1:
+            if NAMES[op[1]] in s.names() and len(s.names()) > 1:
                 s.crash(NAMES[op[1]])
         elif kind == "restart":
-            if NAMES[op[1]] not in s.nodes:
+            if NAMES[op[1]] not in s.names():
                 s.restart(NAMES[op[1]])
         elif kind == "run":
             s.run(for_seconds=op[1])
@@ -664,13 +687,13 @@ def test_every_monitor_fires_at_most_once_and_nothing_is_left_once_all_have_ende
     s.run()
     fired = [d.ref for _, d in s.downs]
     assert len(fired) == len(set(fired))
-    for name in list(s.nodes):
-        for pid in list(s.nodes[name].mailboxes):
+    for name in s.names():
+        for pid in s.processes(name):
             s.end(pid, "shutdown")
     s.run()
     empty(s)
-    assert all(node.core.bookkeeping() == dict.fromkeys(node.core.bookkeeping(), 0)
-               for node in s.nodes.values())
+    assert all(s.core(n).bookkeeping() == dict.fromkeys(s.core(n).bookkeeping(), 0)
+               for n in s.names())
     fired = [d.ref for _, d in s.downs]
     assert len(fired) == len(set(fired)) and set(fired) <= set(refs)
 
@@ -685,8 +708,8 @@ def test_nothing_is_left_once_every_peer_is_gone(ops: list[tuple[Any, ...]]) -> 
     s.run()
     fired = [d.ref for _, d in s.downs]
     assert len(fired) == len(set(fired))
-    for name, node in s.nodes.items():
-        core = node.core
+    for name in s.names():
+        core = s.core(name)
         for peer in NAMES:
             assert core.peer_bookkeeping(peer) == (0, 0, 0), (name, peer)
         left = core.bookkeeping()
@@ -704,7 +727,7 @@ def test_links_and_monitors_are_symmetric_between_live_processes(
     s = sim()
     _play(s, ops)
     s.run()
-    states = {st_.pid: st_ for node in s.nodes.values() for st_ in node.core.procs.values()}
+    states = {st_.pid: st_ for n in s.names() for st_ in s.core(n).procs.values()}
     for pid, state in states.items():
         for other in state.links:
             if other in states:

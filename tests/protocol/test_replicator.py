@@ -257,7 +257,7 @@ def test_chaos_then_heal_converges_and_keeps_every_acknowledged_majority_write(
             w.sim.restart(restartable.pop())
         else:
             name = rng.choice(NAMES5)
-            if not w.sim.nodes[name].up:
+            if not w.sim.is_up(name):
                 continue
             level = rng.choice([LOCAL, MAJORITY])
             n = rng.randint(1, 3)
@@ -284,7 +284,7 @@ def test_chaos_then_heal_converges_and_keeps_every_acknowledged_majority_write(
     assert acked_sum > 0 and must_have  # the scenario did acknowledge majority writes
     # Once everything is calm and connected, the restarted runs' entries are pruned away.
     w.sim.advance(5.0)
-    live = {(n, w.sim.nodes[n].creation) for n in NAMES5}
+    live = {(n, w.sim.creation(n)) for n in NAMES5}
     for core in cores:
         counter = core.value(HITS)
         assert counter.value == final
@@ -419,11 +419,11 @@ def test_restarted_runs_are_pruned_once_every_member_agrees() -> None:
         core = w.sim.core(name)
         counter, seen = core.value(HITS), core.value(SEEN)
         assert counter.value == 31
-        live = {Replica(n, w.sim.nodes[n].creation) for n in (A, C)}
+        live = {Replica(n, w.sim.creation(n)) for n in (A, C)}
         assert counter.replicas() == live  # C's two dead runs were folded into A's slot
         assert len(counter.pruned) == 2
         assert seen.value == {("c", 0), ("c", 1), ("c", 2), "shared"}
-        assert all(r.creation == w.sim.nodes[r.node].creation for r in seen.replicas())
+        assert all(r.creation == w.sim.creation(r.node) for r in seen.replicas())
     assert w.sim.core(A).stats["pruned"] > 0
     # A stale copy holding the dead runs' slots changes nothing when merged again.
     for old in stale:
