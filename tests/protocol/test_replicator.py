@@ -192,6 +192,45 @@ def test_anti_entropy_after_a_heal_exchanges_only_the_differing_keys() -> None:
     assert heal_bytes < full_state
 
 
+def heal_bytes(keys: int, changed: int) -> tuple[int, int]:
+    """Two replicas share ``keys`` counters; ``changed`` of them change on one side during a
+    partition. Returns (anti-entropy bytes after the heal, bytes of the full state)."""
+    names = [Key(f"k{i}", GCounter) for i in range(keys)]
+    w = World(NAMES5[:2])
+    for key in names:
+        w.update(A, key, lambda c: c.increment(1))
+    w.sim.advance(3.0)
+    w.sim.partition([A], [B])
+    w.sim.advance(2.0)
+    for key in names[:changed]:
+        w.update(A, key, lambda c: c.increment(1))
+    w.sim.advance(1.0)
+    w.bytes.clear()
+    w.sim.heal()
+    w.sim.advance(1.0)
+    assert all(w.value(B, k) == (2 if i < changed else 1) for i, k in enumerate(names))
+    codec = Codec()
+    full = sum(len(codec.encode([k.name, dump(w.sim.core(A).value(k))])) for k in names)
+    return sum(w.bytes[k] for k in ("digest", "keys", "gossip")), full
+
+
+def test_heal_cost_grows_with_the_difference_not_the_state() -> None:
+    # Converged replicas: one root digest per round, whatever the number of keys.
+    converged, _ = heal_bytes(20_000, 0)
+    assert converged < 100
+    # 1% of 20,000 keys changed during the partition.
+    one_percent, full = heal_bytes(20_000, 200)
+    assert one_percent < full / 8
+    assert one_percent / 200 < 500  # bytes per changed key (its state is ~32 bytes)
+    # The same 10 changed keys among 2,000 or 20,000: ten times the state, not ten times
+    # the cost (the tree's depth grows by one level).
+    small, _ = heal_bytes(2_000, 10)
+    large, _ = heal_bytes(20_000, 10)
+    assert large < 2 * small
+    # Twenty times the changed keys among the same 20,000: about twenty times the cost.
+    assert one_percent > 5 * large
+
+
 def test_delete_is_permanent_and_replicated() -> None:
     w = World(NAMES5[:3])
     w.update(A, SEEN, lambda s: s.add("x"))
@@ -222,10 +261,12 @@ def test_subscribers_get_every_change_whatever_its_cause() -> None:
 def test_garbage_from_a_peer_is_logged_and_ignored() -> None:
     w = World(NAMES5[:2])
     core = w.sim.core(A)
-    for bad in (["nope"], ["delta", 1, [[1, None]]], ["gossip", [["k", ["orset", 5]]], []]):
+    for bad in (["nope"], ["delta", 1, [[1, None]]], ["gossip", [["k", ["orset", 5]]], []],
+                ["digest", 1, 9, [], []], ["digest", 1, 1, [16], []],
+                ["digest", 1, 0, [], [[0, "x", 1]]], ["keys", 2, [1 << 20], []]):
         effects = core.on_message(B, bad, w.sim.now)
         assert [e.event for e in effects] == ["ddata_bad_payload"]  # type: ignore[union-attr]
-    assert core.stats["bad_payloads"] == 3
+    assert core.stats["bad_payloads"] == 7
 
 
 @pytest.mark.parametrize("seed", range(6))
