@@ -69,7 +69,8 @@ Three ways state moves between nodes (payloads are plain lists; ``state`` is a C
   of one name never live at once), or the node was :meth:`forget`-ten. Every
   ``prune_interval``, the member with the smallest name, if every member is connected,
   proposes ``("prune_check", rid, [[key, digest, [dead, ...]], ...])`` for the keys whose
-  values hold dead replicas' entries and support pruning (counters, OR-Sets, maps). Each
+  values hold dead replicas' entries and support pruning (counters, OR-Sets,
+  MV-Registers, maps). Each
   member answers ``("prune_ok", rid, [key, ...])`` with the keys whose digest equals the
   proposal's (so it holds the same, final, entries of the dead replicas) and whose
   replicas it also sees as dead. When every member agreed on a key that has not changed

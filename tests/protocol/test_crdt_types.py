@@ -373,6 +373,65 @@ def test_orset_pruning_keeps_the_value(ops: list[tuple[str, int, Any]]) -> None:
         assert element not in merge(gone, pruned).value
 
 
+PRUNABLE = sorted(n for n in SPECS if hasattr(SPECS[n].empty(), "prune"))
+
+
+@pytest.mark.parametrize("name", PRUNABLE)
+@settings(max_examples=60)
+@given(data=st.data())
+def test_pruning_a_dead_run_never_changes_the_value_and_a_new_run_starts_fresh(
+        name: str, data: st.DataObject) -> None:
+    """Replica c's run dies once every replica merged its entries; a prunes it. The value
+    is unchanged, c's entries are gone and stay gone whatever stale copy is merged, and
+    c's node, restarted as a new run, writes entries that count."""
+    spec = SPECS[name]
+    h = data.draw(_histories(spec))
+    a_, dead = REPLICAS[0], REPLICAS[2]
+    final: Any = h.full().reset_delta()
+    stale = [*h.states, *h.deltas]
+    if dead not in final.replicas():
+        # Nothing to prune (or, for an MV-Register, its value is still current).
+        assert not final.needs_pruning(dead) or name == "mvregister"
+        return
+    pruned = final.prune(dead, at=a_)
+    assert pruned.value == final.value
+    assert dead not in pruned.replicas() and not pruned.needs_pruning(dead)
+    assert pruned.delta is not None and pruned.delta == pruned.reset_delta()
+    for old in stale:  # a stale copy arriving later changes nothing
+        later: Any = merge(pruned.reset_delta(), old)
+        assert later.value == final.value and not later.needs_pruning(dead)
+        assert merge(old, pruned.reset_delta()) == later
+    restarted = Replica(dead.node, dead.creation + 1)
+    op = data.draw(spec.ops)
+    with acting_as(restarted, timestamp=99):
+        written: Any = spec.apply(pruned.reset_delta(), op).reset_delta()
+    for old in stale:
+        assert merge(written, old).value == written.value
+    # The new run's entries are its own, not the pruned run's continued.
+    assert not written.needs_pruning(dead)
+
+
+def test_mv_register_prunes_a_dead_run_once_its_value_was_overwritten() -> None:
+    a_, b_, dead = REPLICAS
+    reg = MVRegister().assign("old", at=dead).reset_delta()
+    concurrent = MVRegister().assign("other", at=b_).reset_delta()
+    both = merge(reg, concurrent)
+    assert both.value == ("old", "other") and dead not in both.replicas()
+    with pytest.raises(LocalProtocolError, match="current value"):
+        both.prune(dead, at=a_)
+    overwritten = both.assign("new", at=a_).reset_delta()
+    assert overwritten.replicas() == {dead, b_}  # a holds the current value
+    pruned = overwritten.prune(dead, at=a_)
+    assert pruned.value == ("new",) and not pruned.needs_pruning(dead)
+    # A write that saw the dead run's value, concurrent with the pruning, loses nothing
+    # and resurrects nothing.
+    racing = both.assign("racing", at=b_)
+    assert set(merge(pruned, racing).value) == {"new", "racing"}
+    assert merge(pruned, racing) == merge(racing, pruned).reset_delta()
+    assert merge(pruned, both).value == ("new",)  # a stale copy changes nothing
+    assert MVRegister.from_data(pruned.to_data()) == pruned.reset_delta()
+
+
 def test_bad_wire_forms_are_refused() -> None:
     for bad in ([1, 2], ["nope", []], ["gcounter", [[["a", 1, -5]], []]],
                 ["orset", [[["x", [["a", 1, 3]]]], [[], []], []]],  # dot outside context

@@ -15,13 +15,14 @@ import pytest
 
 from fabric.errors import LocalProtocolError
 from fabric.protocol.codec import Codec
-from fabric.protocol.crdt import GCounter, LWWMap, ORSet, PNCounter, Replica, dump
+from fabric.protocol.crdt import GCounter, LWWMap, MVRegister, ORSet, PNCounter, Replica, dump
 from fabric.protocol.effects import Effect, Send
 from fabric.protocol.replicator import ALL, LOCAL, MAJORITY, Key, Persist, ReplicatorCore
 from fabric.testing import ServiceSim
 
 HITS = Key("hits", GCounter)
 SEEN = Key("seen", ORSet)
+MOTD = Key("motd", MVRegister)
 NAMES5 = [f"n{i}@h:{i}" for i in range(1, 6)]
 A, B, C = NAMES5[:3]
 
@@ -445,6 +446,7 @@ def test_restarted_runs_are_pruned_once_every_member_agrees() -> None:
         w.update(C, HITS, lambda c: c.increment(10))
         w.update(C, SEEN, lambda s, r=round_: s.add(("c", r)).add("shared"))
         w.update(B, SEEN, lambda s: s.remove("shared"))
+        w.update(C, MOTD, lambda r, r_=round_: r.assign(f"run {r_}"))  # overwrites the last
         w.sim.advance(1.0)
         stale.append(w.sim.core(B).value(HITS))
         if round_ < 2:
@@ -464,6 +466,10 @@ def test_restarted_runs_are_pruned_once_every_member_agrees() -> None:
         assert len(counter.pruned) == 2
         assert seen.value == {("c", 0), ("c", 1), ("c", 2), "shared"}
         assert all(r.creation == w.sim.nodes[r.node].creation for r in seen.replicas())
+        # The MV-Register's dead runs only wrote overwritten values: they are gone.
+        motd = core.value(MOTD)
+        assert motd.value == ("run 2",) and len(motd.pruned) == 2
+        assert not any(motd.needs_pruning(r) for r in motd.pruned)
     assert w.sim.core(A).stats["pruned"] > 0
     # A stale copy holding the dead runs' slots changes nothing when merged again.
     for old in stale:
