@@ -292,9 +292,7 @@ class MeshCore:
         Raises:
             ConfigError: ``peer`` is not a full node name with a port.
         """
-        parsed = parse_node_name(peer)
-        if parsed.port is None:
-            raise ConfigError(f"cannot connect to {peer!r}: the name needs a port")
+        parsed = _with_port(peer, "connect to")
         peer = str(parsed)
         if peer == self.name:
             return [ConnectDone(peer, True, "self")]
@@ -346,10 +344,7 @@ class MeshCore:
         Raises:
             ConfigError: ``peer`` is not a full node name with a port.
         """
-        parsed = parse_node_name(peer)
-        if parsed.port is None:
-            raise ConfigError(f"cannot block {peer!r}: the name needs a port")
-        peer = str(parsed)
+        peer = str(_with_port(peer, "block"))
         self._blocked[peer] = until
         for identity, accept in list(self._accepts.items()):
             if accept.name == peer:
@@ -808,3 +803,11 @@ class MeshCore:
         if count >= LOG_BUDGET:
             return []
         return [Log(level, event, fields)]
+
+
+def _with_port(peer: str, verb: str) -> NodeName:
+    """``peer`` parsed; ConfigError unless it is a full name with a port."""
+    parsed = parse_node_name(peer)
+    if parsed.port is None:
+        raise ConfigError(f"cannot {verb} {peer!r}: the name needs a port")
+    return parsed
