@@ -19,6 +19,7 @@ Three ways state moves between nodes (payloads are plain lists; ``state`` is a C
                                         anti-entropy: tree nodes, root first, then down
     ("keys", depth, [prefix, ...], [[key, digest], ...])     the keys of differing nodes
     ("gossip", [[key, state], ...], [key, ...])              states, and wanted keys
+    ("seen", [[key, seen], ...], reply)        large OR-Sets: what I have seen; send what I lack
 
 * **Delta propagation.** Deltas of local-level updates accumulate per key and are sent to
   every connected peer in one batch per ``delta_interval``, numbered by a per-node
@@ -37,7 +38,11 @@ Three ways state moves between nodes (payloads are plain lists; ``state`` is a C
   message, one level down) or, for a node with few keys, with its keys' digests
   (``keys``); only keys whose digests differ are then exchanged, in full, both ways (a
   wanted key is not sent back when merging the state just received made both sides
-  equal). Converged replicas exchange one root digest per round; a heal after ``d`` of
+  equal). A differing OR-Set of at least ``SEEN_MIN_ELEMENTS`` elements on both sides
+  is not sent whole: the side that finds it sends what it has seen (``seen``: its causal
+  context, a version vector), the other answers with only what the first lacks
+  (``ORSet.missing_for``) and its own ``seen``, which the first answers alike. Converged
+  replicas exchange one root digest per round; a heal after ``d`` of
   ``n`` keys changed costs about ``d * log16(n / d)`` node digests plus those keys'
   states, in about ``log16(n)`` round trips, not the whole state. A hello is repeated
   for a few gossip rounds until the peer answers: a pair that never joined would never
@@ -117,6 +122,9 @@ _DELTA_TIMER: Final = "delta"
 _GOSSIP_TIMER: Final = "gossip"
 _PRUNE_TIMER: Final = "prune"
 _HELLO_REPEATS: Final = 5
+# A differing OR-Set of at least this many elements is reconciled by "seen" (what each
+# side lacks), not sent whole.
+SEEN_MIN_ELEMENTS: Final = 64
 
 
 @dataclass(frozen=True)
@@ -467,6 +475,8 @@ class ReplicatorCore:
         elif kind == "keys":
             _, depth, prefixes, rows = payload
             self._on_keys(peer, depth, prefixes, rows, out)
+        elif kind == "seen":
+            self._on_seen(peer, payload[1], payload[2], out)
         elif kind == "gossip":
             _, rows, wanted = payload
             self._merge_rows(rows, out)
@@ -686,7 +696,40 @@ class ReplicatorCore:
         theirs = {name: digest for name, digest in rows}
         digest = self._digests.of
         mine = self._digests.names_under(depth, prefixes)
-        send = [self._row(n) for n in mine if theirs.get(n) != digest(n)]
-        want = [n for n, d in theirs.items() if not self._has(n) or d != digest(n)]
+        differ = {n for n in mine if theirs.get(n) != digest(n)}
+        # A large set both hold: exchange what each has seen, then only what each lacks.
+        seen = [[n, self._data[n].seen()] for n in sorted(differ)  # type: ignore[attr-defined]
+                if n in theirs and self._summarizes(n)]
+        summarized = {row[0] for row in seen}
+        send = [self._row(n) for n in sorted(differ - summarized)]
+        want = [n for n, d in theirs.items()
+                if (not self._has(n) or d != digest(n)) and n not in summarized]
         if send or want:
             out.append(Send(peer, ("gossip", send, want)))
+        if seen:
+            out.append(Send(peer, ("seen", seen, True)))
+
+    def _summarizes(self, name: str) -> bool:
+        """Whether ``name``'s value is large and can send a peer only what it lacks."""
+        value = self._data.get(name)
+        return (value is not None and hasattr(value, "missing_for")
+                and len(value) >= SEEN_MIN_ELEMENTS)  # type: ignore[arg-type]
+
+    def _on_seen(self, peer: str, rows: Any, reply: Any, out: list[Effect]) -> None:
+        if type(reply) is not bool:
+            raise RemoteProtocolError("bad ddata seen flag")
+        back: list[list[Any]] = []
+        mine: list[list[Any]] = []
+        for name, seen in rows:
+            value: Any = self._data.get(name)
+            if value is None or not hasattr(value, "missing_for"):
+                if self._has(name):  # deleted here, or another type: the whole state
+                    back.append(self._row(name))
+                continue
+            back.append([name, dump(value.missing_for(seen))])
+            if reply:
+                mine.append([name, value.seen()])
+        if back:
+            out.append(Send(peer, ("gossip", back, [])))
+        if mine:
+            out.append(Send(peer, ("seen", mine, False)))

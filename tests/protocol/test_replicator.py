@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from fabric.errors import LocalProtocolError
+from fabric.protocol import replicator
 from fabric.protocol.codec import Codec
 from fabric.protocol.crdt import GCounter, LWWMap, MVRegister, ORSet, PNCounter, Replica, dump
 from fabric.protocol.effects import Effect, Send
@@ -232,6 +233,29 @@ def test_heal_cost_grows_with_the_difference_not_the_state() -> None:
     assert one_percent > 5 * large
 
 
+def test_a_large_set_changed_on_both_sides_heals_by_what_each_lacks() -> None:
+    big = Key("big", ORSet)
+    w = World(NAMES5[:2])
+    w.update(A, big, lambda s: s.add_all(range(5_000)))
+    w.sim.advance(1.0)
+    assert len(w.sim.core(B).value(big)) == 5_000
+    w.sim.partition([A], [B])
+    w.sim.advance(2.0)
+    w.update(A, big, lambda s: s.add("a-side").remove(1))
+    w.update(B, big, lambda s: s.add("b-side").remove(2).remove(3))
+    w.sim.advance(1.0)
+    w.bytes.clear()
+    w.sim.heal()
+    w.sim.advance(1.0)
+    expected = (frozenset(range(5_000)) - {1, 2, 3}) | {"a-side", "b-side"}
+    assert w.sim.core(A).value(big) == w.sim.core(B).value(big)
+    assert w.sim.core(A).value(big).value == expected
+    full = len(Codec().encode(dump(w.sim.core(A).value(big))))
+    heal = sum(w.bytes[k] for k in ("digest", "keys", "gossip", "seen"))
+    assert w.bytes["seen#"] == 2  # one each way
+    assert heal * 50 < full, (heal, full)
+
+
 def test_delete_is_permanent_and_replicated() -> None:
     w = World(NAMES5[:3])
     w.update(A, SEEN, lambda s: s.add("x"))
@@ -270,13 +294,16 @@ def test_garbage_from_a_peer_is_logged_and_ignored() -> None:
     assert core.stats["bad_payloads"] == 7
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(("seed", "seen_min"), [
+    *((seed, replicator.SEEN_MIN_ELEMENTS) for seed in range(6)),
+    *((seed, 1) for seed in range(3))])  # "seen" from the first element on
 def test_chaos_then_heal_converges_and_keeps_every_acknowledged_majority_write(
-        seed: int) -> None:
+        seed: int, seen_min: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Five nodes; random partitions, 10% drops and 10% duplicates, two nodes restarted
     (a minority, so every majority-acked write survives on a live replica); every node
     increments a counter and adds to a set at random levels. After the final heal every
     replica holds the same state, which includes every acknowledged majority write."""
+    monkeypatch.setattr(replicator, "SEEN_MIN_ELEMENTS", seen_min)
     rng = random.Random(seed)
     # Pruning rounds every second: restarted runs get pruned in the calm moments, and
     # that must not lose or double-count anything either.
@@ -323,6 +350,7 @@ def test_chaos_then_heal_converges_and_keeps_every_acknowledged_majority_write(
                  and w.result(t)[0] == "ok"}
     assert must_have <= cores[0].value(SEEN).value
     assert acked_sum > 0 and must_have  # the scenario did acknowledge majority writes
+    assert w.bytes["seen#"] > 0  # sets reconciled by what each lacks (the set outgrows 64)
     # Once everything is calm and connected, the restarted runs' entries are pruned away.
     w.sim.advance(5.0)
     live = {(n, w.sim.nodes[n].creation) for n in NAMES5}
