@@ -269,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add(f"{KEYS} keys, 10 changed: messages until agreement", "heal", "msgs",
                [few_messages])
     set_heal, set_full = big_set_heal()
+    report.add(f"OR-Set of {BIG}: full state", "heal", "bytes", [set_full])
     report.add(f"OR-Set of {BIG}, 5 changes each side: anti-entropy", "heal", "bytes",
                [set_heal], baseline=f"OR-Set of {BIG}: full state")
     report.finish()
