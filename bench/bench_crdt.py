@@ -15,9 +15,15 @@ Run:  python -m bench.bench_crdt [--quick] [--runs N] [--out PATH]
 * Delta economy (bytes): a :data:`BIG`-element OR-Set held by a replicator, 10 elements
   changed (5 added, 5 removed) in one delta interval; the encoded ``delta`` message the
   replicator sends per peer, against the encoded full state. Target: under 1%.
-* Heal cost (bytes): two replicators with :data:`KEYS` counter keys; a partition during
-  which 1% of the keys change on one side; the bytes of every anti-entropy message after
-  the heal, against the full state of all keys.
+* Heal cost: two replicators (in the service simulator) with :data:`KEYS` counter keys; a
+  partition during which 1% of the keys change on one side; after the heal, the bytes of
+  every anti-entropy message (digest tree, key digests, states) against the full state of
+  all keys, the messages exchanged until both agree (each message is one network hop of
+  re-convergence time after the heal), and the CPU time both replicas spend on them (in
+  process: the network's latency is not in it). The same for 10 changed keys, to show
+  the cost follows the difference, not the state. And one :data:`BIG`-element OR-Set
+  changed by 5 elements on each side during the partition: reconciled by what each side
+  has seen (``seen``), against its full state.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from fabric.testing import ServiceSim  # noqa: E402
 
 SET_SIZE = 1_000
 BIG = 100_000
-KEYS = 2_000
+KEYS = 20_000
 ME = Replica("bench@127.0.0.1:1", 1)
 
 
@@ -146,12 +152,15 @@ class _Counting:
         return getattr(self.core, name)
 
     def on_message(self, peer: str, payload: Any, now: float) -> Any:
-        self.tally[payload[0]] = self.tally.get(payload[0], 0) + len(self.codec.encode(payload))
+        kind = payload[0]
+        self.tally[kind] = self.tally.get(kind, 0) + len(self.codec.encode(payload))
+        self.tally[kind + "#"] = self.tally.get(kind + "#", 0) + 1
         return self.core.on_message(peer, payload, now)
 
 
-def heal_cost() -> tuple[float, float]:
-    """(bytes of anti-entropy after the heal, bytes of the full state of every key)."""
+def heal_cost(changed: int) -> tuple[float, float, float, float]:
+    """(bytes of anti-entropy after the heal, bytes of the full state of every key,
+    messages until agreement, CPU seconds spent on them)."""
     tally: dict[str, int] = {}
     a, b = "a@127.0.0.1:1", "b@127.0.0.1:2"
     sim = ServiceSim(lambda n, c: _Counting(ReplicatorCore(n, c), tally), [a, b],
@@ -165,18 +174,54 @@ def heal_cost() -> tuple[float, float]:
     sim.advance(3.0)
     sim.partition([a], [b])
     sim.advance(2.0)
-    for key in keys[: KEYS // 100]:
+    for key in keys[:changed]:
         sim.execute(a, sim.core(a).update(key, lambda c: c.increment(1), LOCAL,
                                           next(tokens), sim.now))
     sim.advance(1.0)
     tally.clear()
+    cpu = time.process_time()
     sim.heal()
-    sim.advance(1.0)
+    sim.advance(1.0)  # less than a gossip interval: only the heal's own exchange
+    cpu = time.process_time() - cpu
     if any(sim.core(b).value(k) != sim.core(a).value(k) for k in keys):
         raise h.BenchError("the replicas did not converge after the heal")
-    heal = sum(v for k, v in tally.items() if k in ("digest", "keys", "gossip"))
+    kinds = ("digest", "keys", "gossip")
+    heal = sum(v for k, v in tally.items() if k in kinds)
+    messages = sum(v for k, v in tally.items() if k.endswith("#") and k[:-1] in kinds)
     codec = Codec()
     full = sum(len(codec.encode([k.name, dump(sim.core(a).value(k))])) for k in keys)
+    return float(heal), float(full), float(messages), cpu
+
+
+def big_set_heal() -> tuple[float, float]:
+    """(bytes of anti-entropy after a heal in which a :data:`BIG`-element OR-Set changed by
+    5 elements on each side, bytes of its full state)."""
+    tally: dict[str, int] = {}
+    a, b = "a@127.0.0.1:1", "b@127.0.0.1:2"
+    sim = ServiceSim(lambda n, c: _Counting(ReplicatorCore(n, c), tally), [a, b],
+                     connected=False)
+    sim.connect(a, b)
+    key = Key("big", ORSet)
+    sim.execute(a, sim.core(a).update(key, lambda s: s.add_all(range(BIG)), LOCAL, 0, sim.now))
+    sim.advance(3.0)
+    sim.partition([a], [b])
+    sim.advance(2.0)
+    for side, tag, removed in ((a, "a", (0, 1)), (b, "b", (2, 3))):
+        def change(s: ORSet[Any], tag: str = tag, removed: tuple[int, ...] = removed
+                   ) -> ORSet[Any]:
+            s = s.add_all(f"{tag}{i}" for i in range(3))  # 3 adds and 2 removes a side
+            for element in removed:
+                s = s.remove(element)
+            return s
+        sim.execute(side, sim.core(side).update(key, change, LOCAL, 1, sim.now))
+    sim.advance(1.0)
+    tally.clear()
+    sim.heal()
+    sim.advance(1.0)
+    if sim.core(a).value(key) != sim.core(b).value(key):
+        raise h.BenchError("the big set did not converge after the heal")
+    heal = sum(v for k, v in tally.items() if k in ("digest", "keys", "gossip", "seen"))
+    full = len(Codec().encode(["big", dump(sim.core(a).value(key))]))
     return float(heal), float(full)
 
 
@@ -211,10 +256,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add(f"OR-Set of {BIG}: full state", "size", "bytes", [full])
     report.add(f"OR-Set of {BIG}: delta of 10 changes", "size", "bytes", [delta],
                baseline=f"OR-Set of {BIG}: full state")
-    heal, everything = heal_cost()
+    heal, everything, messages, cpu = heal_cost(KEYS // 100)
     report.add(f"{KEYS} keys: full state", "heal", "bytes", [everything])
     report.add(f"{KEYS} keys, 1% changed: anti-entropy", "heal", "bytes", [heal],
                baseline=f"{KEYS} keys: full state")
+    report.add(f"{KEYS} keys, 1% changed: messages until agreement", "heal", "msgs",
+               [messages])
+    report.add(f"{KEYS} keys, 1% changed: CPU of the exchange", "heal", "s", [cpu])
+    few, _, few_messages, _ = heal_cost(10)
+    report.add(f"{KEYS} keys, 10 changed: anti-entropy", "heal", "bytes", [few],
+               baseline=f"{KEYS} keys: full state")
+    report.add(f"{KEYS} keys, 10 changed: messages until agreement", "heal", "msgs",
+               [few_messages])
+    set_heal, set_full = big_set_heal()
+    report.add(f"OR-Set of {BIG}: full state", "heal", "bytes", [set_full])
+    report.add(f"OR-Set of {BIG}, 5 changes each side: anti-entropy", "heal", "bytes",
+               [set_heal], baseline=f"OR-Set of {BIG}: full state")
     report.finish()
     return 0
 

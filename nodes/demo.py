@@ -1,5 +1,10 @@
 """The fabric demo: a local 3-node cluster forms, works, loses members to kill -9, and heals.
 
+Among the steps: the seed's "Partition-Tolerant Writes with CRDTs", a replicated counter
+and set written on both sides of a partition made with ``Node.block`` (fault injection:
+members are plain processes on 127.0.0.1, without network namespaces), converging after
+the heal to the exact sum.
+
 Run ``python -m nodes.demo`` from the checkout. It exits 0 after a short summary, or
 non-zero with the step that failed and why. It takes a few seconds (30 s at most).
 
@@ -12,7 +17,8 @@ Two parts: members, and the narrator that drives them.
   reports ``started`` / ``nodeup`` / ``nodedown`` as JSON lines on stdout, with
   ``time.monotonic()`` stamps (system-wide, so comparable with the narrator's). They also
   export the process functions the steps spawn on them (hello/world, a counter GenServer,
-  group subscribers, election candidates), which report to the narrator over fabric.
+  group subscribers, a replicated-data worker, election candidates), which report to the
+  narrator over fabric.
 
 * **The narrator** (no arguments): launches the members, reads their reports on one
   thread per member, and joins the cluster itself as a *hidden* node, so it can spawn
@@ -48,6 +54,7 @@ import fabric
 from nodes.demo_cluster import BUDGET, MEMBERS, Demo, StepFailed
 from nodes.demo_member import HOST, member_main
 from nodes.demo_steps import (
+    step_crdt,
     step_genserver,
     step_gossip,
     step_groups,
@@ -74,6 +81,7 @@ STEPS: list[Step] = [
     Step("process groups: subscribers on every node", step_groups),
     Step("kill -9 n3: NodeDown, the group shrinks", step_kill),
     Step("restart n3: NodeUp everywhere", step_restart),
+    Step("CRDTs: writes on both sides of a partition", step_crdt),
     Step("leader election: kill -9 the leader's node", step_leader),
     Step("discovery: 3 nodes find each other by gossip", step_gossip),
 ]

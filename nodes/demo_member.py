@@ -35,6 +35,7 @@ import time
 from typing import Any, TextIO
 
 import fabric
+from fabric.ddata import GCounter, Key, ORSet, Replicator
 from fabric.logs import configure_logging
 
 HOST = "127.0.0.1"
@@ -185,6 +186,89 @@ async def candidate(proc: fabric.Process, group: str, reply_to: fabric.Pid,
             return
         if type(msg) in (fabric.LeaderElected, fabric.LeaderLost):
             proc.send(reply_to, ("candidate", proc.self, msg.as_tuple(), time.monotonic()))
+
+
+# -- step 7: partition-tolerant writes with CRDTs ---------------------------------------------
+
+HITS = Key("hits", GCounter)  # the seed's counter, replicated
+SEEN = Key("seen", ORSet)  # a replicated set beside it
+_replicators: dict[str, Replicator] = {}  # this member's one Replicator (a process each)
+
+
+def replicator_of(node: fabric.Node) -> Replicator:
+    """This member's Replicator, started by the first worker that needs it."""
+    repl = _replicators.get(node.name)
+    if repl is None:
+        repl = _replicators[node.name] = Replicator(node, delta_interval=0.1,
+                                                    gossip_interval=0.5)
+    return repl
+
+
+async def _crdt_request(node: fabric.Node, repl: Replicator, msg: tuple[Any, ...]) -> Any:
+    """Carry out one request of :func:`crdt_worker`; its answer, without the node name."""
+    kind = msg[0]
+    if kind == "members":  # ("members", n, timeout): wait until n nodes run a replicator
+        end = time.monotonic() + msg[2]
+        while len(repl.core.members()) < msg[1] and time.monotonic() < end:
+            await asyncio.sleep(0.02)  # bounded by the deadline
+        return ("crdt_members", len(repl.core.members()))
+    if kind in ("incr", "add"):  # (kind, argument, consistency level)
+        _, arg, level = msg
+        try:
+            if kind == "incr":
+                counter = await repl.update(HITS, lambda c: c.increment(arg), write=level)
+                return ("crdt_wrote", kind, arg, level, ("ok", counter.value))
+            seen = await repl.update(SEEN, lambda s: s.add(arg), write=level)
+            return ("crdt_wrote", kind, arg, level, ("ok", sorted(seen.value)))
+        except fabric.ConsistencyError as exc:
+            return ("crdt_wrote", kind, arg, level, ("ConsistencyError", str(exc)))
+    if kind == "block":  # ("block", [peer, ...], seconds)
+        for peer in msg[1]:
+            node.block(peer, msg[2])
+        return ("crdt_blocked", time.monotonic())
+    if kind == "unblock":
+        for peer in msg[1]:
+            node.unblock(peer)
+        return ("crdt_unblocked", time.monotonic())
+    if kind == "await":  # ("await", counter, [element, ...], timeout)
+        _, total, elements, timeout = msg
+        end = time.monotonic() + timeout
+        while True:
+            counter, seen = repl.value(HITS), repl.value(SEEN)
+            got = (None if counter is None else counter.value,
+                   [] if seen is None else sorted(seen.value))
+            if got == (total, sorted(elements)) or time.monotonic() >= end:
+                return ("crdt_values", *got, time.monotonic())
+            await asyncio.sleep(0.005)  # bounded by the deadline
+    return ("crdt_unknown", kind)
+
+
+@fabric.export
+async def crdt_worker(proc: fabric.Process, reply_to: fabric.Pid,
+                      lifetime: float = LIFETIME) -> None:
+    """Host this member's replicator (:mod:`fabric.ddata`) and carry out the narrator's
+    requests, answering each to ``reply_to`` as ``(answer kind, node, ...)``:
+
+    * ``("members", n, timeout)``: wait until ``n`` nodes run a replicator;
+    * ``("incr", n, level)`` / ``("add", element, level)``: update the counter ``hits`` or
+      the set ``seen`` at consistency ``level``; the outcome is the new local value or the
+      ConsistencyError's text;
+    * ``("block", [peer, ...], seconds)`` / ``("unblock", [peer, ...])``: cut this node
+      off from those peers (``Node.block``: the partition) and heal;
+    * ``("await", counter, elements, timeout)``: wait until this replica holds those
+      values (or the timeout), answer the values and the time.
+
+    Ends on ``"stop"`` or after ``lifetime`` seconds; the replicator stays with the node.
+    """
+    repl = replicator_of(proc.node)
+    end = time.monotonic() + lifetime
+    while (left := end - time.monotonic()) > 0:
+        msg = await proc.receive(timeout=left, default=None)
+        if msg is None or msg == "stop":
+            return
+        if type(msg) is tuple and msg:
+            answer = await _crdt_request(proc.node, repl, msg)
+            proc.send(reply_to, (answer[0], proc.node.name, *answer[1:]))
 
 
 # -- member mode ------------------------------------------------------------------------------

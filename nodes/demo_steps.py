@@ -33,7 +33,7 @@ from nodes.demo_cluster import (
     spid,
     tagged,
 )
-from nodes.demo_member import SPEC, WAIT
+from nodes.demo_member import HITS, SEEN, SPEC, WAIT
 
 ROUND_TRIPS = 100  # hello/world round trips (and counter calls) timed after the first
 COUNTER = "counter"  # the local name of the counter GenServer (step 3)
@@ -384,6 +384,116 @@ async def step_restart(demo: Demo) -> str:
     # every node runs for a peer lost abnormally (connection_closed, heartbeat_timeout).
     demo.say("the hidden narrator, which nobody dials, came back by its own reconnect loop")
     return f"{m.short} back with a new creation; nodeup everywhere in {done - t:.2f} s"
+
+
+async def step_crdt(demo: Demo) -> str:
+    """The seed's "Partition-Tolerant Writes with CRDTs": a replicated counter and set on
+    every member; n1 is cut off from n2 and n3 (``Node.block``); both sides keep writing;
+    after the heal every replica holds the exact sum and every element."""
+    node = demo.node_up()
+    mbox = node.new_mailbox()
+    cut, rest = demo.member("n1"), [demo.member("n2"), demo.member("n3")]
+    members = [cut, *rest]
+    workers: dict[str, fabric.Pid] = {}
+
+    async def ask(m: Member, request: tuple[Any, ...], answer: str) -> tuple[Any, ...]:
+        node.send(workers[m.short], request)
+        reply: tuple[Any, ...] = await demo.receive(
+            mbox, f"{answer} from {m.short}",
+            lambda msg: tagged(answer)(msg) and msg[1] == m.name)
+        return reply[2:]
+
+    async def write(m: Member, kind: str, arg: Any, level: str = "local") -> Any:
+        status, value = (await ask(m, (kind, arg, level), "crdt_wrote"))[3]
+        shown = f"-> {value}" if status == "ok" else f"-> {status}: {value}"
+        demo.say(f"  {m.short} {kind} {arg!r} write={level!r:<10} {shown}")
+        return status
+
+    try:
+        for m in members:
+            workers[m.short] = await node.spawn_on(m.name, SPEC + "crdt_worker", mbox.self,
+                                                   timeout=WAIT / 2)
+        for m in members:
+            (count,) = await ask(m, ("members", len(members), WAIT / 2), "crdt_members")
+            if count != len(members):
+                raise StepFailed(f"{m.short}'s replicator sees {count} of {len(members)}")
+        demo.say(f"a Replicator on each member (delta interval 0.1 s): counter "
+                 f"{HITS.name!r} (GCounter), set {SEEN.name!r} (ORSet); {len(members)} "
+                 "members, majority 2")
+        for m in members:
+            await write(m, "incr", 1)
+        for m in members:
+            await ask(m, ("await", 3, [], WAIT / 2), "crdt_values")
+        demo.say("  every member reads counter = 3")
+
+        # The partition: n1 alone against n2 + n3.
+        mark = len(demo.reports)
+        await ask(cut, ("block", [m.name for m in rest], WAIT), "crdt_blocked")
+        demo.say(f"partition: {cut.short} blocks {rest[0].short} and {rest[1].short} "
+                 "(Node.block: sessions torn down, reconnects refused)")
+
+        def split() -> list[Report] | None:
+            found = [demo.first(mark, "nodedown", cut.short, m.short) for m in rest]
+            found += [demo.first(mark, "nodedown", m.short, cut.short) for m in rest]
+            downs = [r for r in found if r is not None]
+            return downs if len(downs) == len(found) else None
+
+        for r in sorted(await demo.wait_for("both sides to see the partition", split),
+                        key=lambda r: r.t):
+            demo.say(f"  {r.source} nodedown {r.peer} reason {r.data['reason']}", r.t)
+        sums: dict[str, int] = {}
+        for m, step, times in ((cut, 1, 5), (rest[0], 10, 3), (rest[1], 100, 2)):
+            for _ in range(times):
+                await write(m, "incr", step)
+            sums[m.short] = step * times
+        apple, plum = f"apple@{cut.short}", f"plum@{rest[1].short}"
+        await write(cut, "add", apple)
+        await write(rest[1], "add", plum)
+        kiwi, pear = f"kiwi@{cut.short}", f"pear@{rest[0].short}"
+        if await write(cut, "add", kiwi, "majority") == "ok":
+            raise StepFailed(f"a majority write on the cut-off {cut.short} succeeded")
+        if await write(rest[0], "add", pear, "majority") != "ok":
+            raise StepFailed(f"a majority write on {rest[0].short} (with "
+                             f"{rest[1].short}) failed")
+        demo.say(f"  (the failed majority write is still applied on {cut.short}: it is "
+                 "not acknowledged, and not rolled back either)")
+        expected_sides = ((cut, 3 + sums[cut.short], [apple, kiwi]),
+                          (rest[1], 3 + sums[rest[0].short] + sums[rest[1].short],
+                           [plum, pear]))
+        sides = await asyncio.gather(*(ask(m, ("await", c, e, WAIT / 2), "crdt_values")
+                                       for m, c, e in expected_sides))
+        for (m, c, e), (counter, seen, _) in zip(expected_sides, sides, strict=True):
+            if (counter, sorted(seen)) != (c, sorted(e)):
+                raise StepFailed(f"during the partition {m.short} holds {counter}, {seen}; "
+                                 f"expected {c}, {sorted(e)}")
+        demo.say(f"  during the partition: {cut.short} reads {sides[0][0]}, "
+                 f"{rest[1].short} reads {sides[1][0]} (each side has its own writes)")
+        elements = [apple, kiwi, plum, pear]
+
+        # The heal.
+        mark = len(demo.reports)
+        (t_heal,) = await ask(cut, ("unblock", [m.name for m in rest]), "crdt_unblocked")
+        await demo.wait_for("the members to meet again", lambda: (
+            all(demo.first(mark, "nodeup", cut.short, m.short) for m in rest)
+            and demo.full_mesh()))
+        total = 3 + sum(sums.values())
+        demo.say(f"heal: {cut.short} unblocks them; full mesh again; expected counter "
+                 f"3 + {' + '.join(str(v) for v in sums.values())} = {total}")
+        results = await asyncio.gather(*(
+            ask(m, ("await", total, elements, WAIT / 2), "crdt_values") for m in members))
+        for m, (counter, seen, t) in zip(members, results, strict=True):
+            demo.say(f"  {m.short} counter = {counter}, set = {sorted(seen)}   "
+                     f"{(t - t_heal) * 1000:.0f} ms after the heal", t)
+            if counter != total or sorted(seen) != sorted(elements):
+                raise StepFailed(f"{m.short} holds counter {counter}, set {seen}; expected "
+                                 f"{total}, {sorted(elements)}")
+        slowest = max(t for _, _, t in results) - t_heal
+        for pid in workers.values():
+            node.send(pid, "stop")
+    finally:
+        node.close_mailbox(mbox)
+    return (f"both sides wrote during the partition; all 3 agree on {total} and "
+            f"{len(elements)} elements {slowest * 1000:.0f} ms after the heal")
 
 
 async def step_leader(demo: Demo) -> str:

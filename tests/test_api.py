@@ -167,7 +167,8 @@ def test_module_declares_all_and_every_name_exists(module: str) -> None:
 NODE_SYNC = {"nodes", "hidden_nodes", "disconnect", "learn", "last_connect_error",
              "get_cookie", "monitor_nodes", "make_ref", "is_local", "is_alive", "spawn",
              "new_mailbox", "close_mailbox", "register", "unregister", "whereis",
-             "registered", "exit", "send", "send_after", "cancel_timer", "read_timer"}
+             "registered", "exit", "send", "send_after", "cancel_timer", "read_timer",
+             "block", "unblock"}  # block/unblock: fault injection for tests and demos
 NODE_ASYNC = {"start", "stop", "connect", "ping", "spawn_on", "send_wait"}
 # Public attributes: identity, life cycle, configuration, the services every node runs.
 NODE_ATTRIBUTES = {"name", "config", "creation", "started", "stopped", "loop", "log",

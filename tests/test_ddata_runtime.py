@@ -142,3 +142,40 @@ def test_durable_keys_come_back_after_a_restart(tmp_path: Path) -> None:
             Replicator(again, durable=["x"])
 
     run(main)
+
+
+def test_both_sides_of_a_block_write_and_converge_to_the_exact_sum() -> None:
+    """Node.block cuts d0 off from d1 and d2 over real sockets: both sides keep writing
+    (a majority write fails on d0's side only); after unblock every replica holds the sum
+    of every increment and every element."""
+    async def main() -> None:
+        nodes, repls = await cluster(3)
+        alone, others = nodes[0], nodes[1:]
+        try:
+            for node in others:
+                assert alone.block(node.name, 60.0)
+            await async_wait_until(lambda: alone.nodes() == [] and all(
+                n.nodes() == [o.name for o in others if o is not n] for n in others),
+                timeout=10)
+            await repls[0].update(HITS, lambda c: c.increment(1))
+            await repls[1].update(HITS, lambda c: c.increment(10))
+            await repls[2].update(HITS, lambda c: c.increment(100))
+            with pytest.raises(fabric.ConsistencyError, match="needs 2 of 3"):
+                await repls[0].update(SEEN, lambda s: s.add("alone"), write=MAJORITY)
+            await repls[1].update(SEEN, lambda s: s.add("together"), write=MAJORITY)
+            seen = await repls[2].get(SEEN, read=MAJORITY)
+            assert seen is not None and seen.value == {"together"}
+            for node in others:
+                alone.unblock(node.name)
+
+            def converged() -> bool:
+                return all((h := r.value(HITS)) is not None and h.value == 111
+                           and (s := r.value(SEEN)) is not None
+                           and s.value == {"alone", "together"} for r in repls)
+
+            await async_wait_until(converged, timeout=10)
+            assert all(len(n.nodes()) == 2 for n in nodes)
+        finally:
+            await stop(nodes)
+
+    run(main)

@@ -23,8 +23,9 @@ def test_demo_runs_every_step_and_exits_0(tmp_path: Path) -> None:
     """The demo forms the mesh, round-trips hello/world, calls a GenServer across nodes
     (and sees its RemoteError), fans out to a process group, sees kill -9 as
     connection_closed everywhere (and the group shrink), sees the restarted node come
-    back, elects a leader and a new one with a higher term after its node is killed, and
-    exits 0."""
+    back, writes a replicated counter and set on both sides of a partition and sees them
+    converge after the heal, elects a leader and a new one with a higher term after its
+    node is killed, and exits 0."""
     env = dict(os.environ)
     env.pop("FABRIC_COOKIE", None)  # the demo makes its own cookie
     # nodes.demo from this checkout, fabric as this test run imports it (installed, in tox)
@@ -74,6 +75,19 @@ def test_demo_runs_every_step_and_exits_0(tmp_path: Path) -> None:
     for who in ("n1", "n2", "demo (hidden)"):
         assert re.search(rf"{re.escape(who)}\s+nodeup\s+n3\s+[\d.]+ ms after the restart",
                          out), out
+
+    # CRDTs: n1 is cut off from n2 and n3 (both sides see it), both sides write, a majority
+    # write fails on n1 and succeeds on n2, each side reads its own writes, and after the
+    # heal all three hold the exact sum 3 + 5 + 30 + 200 and all four elements.
+    assert re.search(r"n1 nodedown n2 reason blocked", out), out
+    assert re.search(r"n2 nodedown n1 reason connection_closed", out), out
+    assert re.search(r"n1 add 'kiwi@n1' write='majority' -> ConsistencyError: unreachable", out)
+    assert re.search(r"n2 add 'pear@n2' write='majority' -> \['pear@n2'\]", out), out
+    assert "during the partition: n1 reads 8, n3 reads 233" in out, out
+    for member in ("n1", "n2", "n3"):
+        assert re.search(rf"{member} counter = 238, set = \['apple@n1', 'kiwi@n1', 'pear@n2', "
+                         r"'plum@n3'\]\s+\d+ ms after the heal", out), out
+    assert re.search(r"all 3 agree on 238 and 4 elements", out), out
 
     # 7: the three candidates agree on one leader; its node is the one killed; the two
     # survivors agree on a new leader, elsewhere, with a higher term.

@@ -408,6 +408,28 @@ class Node:
         self._run(self.mesh.disconnect(peer, self.loop.time()))
         return was_up
 
+    def block(self, peer: str, duration: float) -> bool:
+        """Fault injection for tests and demos: cut this node off from ``peer`` for
+        ``duration`` seconds, as a network partition between the two would.
+
+        The session ends (NodeDown reason ``blocked`` here, ``connection_closed`` at the
+        peer), every attempt either way is refused, and when the time is up (or at
+        :meth:`unblock`) this node dials ``peer`` again. To split a cluster, block each
+        node of one side on the nodes of the other side. It models a clean symmetric cut,
+        not loss, delay or a silent network (no heartbeat timeout happens); see
+        :meth:`fabric.protocol.mesh.MeshCore.block`. Returns whether a session was up.
+        """
+        self._require_started()
+        was_up: bool = self.mesh.is_up(peer)
+        now = self.loop.time()
+        self._run(self.mesh.block(peer, now + duration, now))
+        return was_up
+
+    def unblock(self, peer: str) -> None:
+        """End :meth:`block` of ``peer`` now; the session comes back by itself."""
+        self._require_started()
+        self._run(self.mesh.unblock(peer, self.loop.time()))
+
     async def ping(self, peer: str, timeout: float = CALL_TIMEOUT) -> Answer:
         """``"pong"`` if ``peer`` answers (connecting first if needed), else ``"pang"``:
         an :class:`~fabric.types.Answer`, true for ``"pong"`` only."""

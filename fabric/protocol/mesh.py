@@ -35,6 +35,15 @@ first restored session complete the mesh. A peer is forgotten only by :meth:`dis
 a refusal that another attempt would meet again (``FORGET_REFUSALS``), its base name
 being taken by another node, or ``reconnect_give_up``.
 
+Fault injection (:meth:`MeshCore.block`): for a while, this node has no session with one
+peer, as if the network between them were cut: an up session is torn down (reason
+``blocked``; the peer is told ``not_connected`` and sees ``connection_closed``), every
+attempt either way is refused (``blocked``: the peer keeps retrying, as after a lost
+connection), peer lists that name it are not followed, and when the block ends this node
+dials the peer at once. It models a clean, symmetric cut between two nodes, seen at the
+same moment by both; not message loss, delay, one-way cuts or a silent network (no
+heartbeat timeout is exercised), and it holds only while this node runs.
+
 When this node tears a session down it also sends ``REFUSE not_connected`` to the peer's
 channel, so a peer that was frozen learns on waking that it was dropped. A data batch
 from an identity with no session gets the same answer.
@@ -113,7 +122,7 @@ MAX_ACCEPTS_PER_SOURCE: Final = 64
 # Refusal reasons we count by name; anything else a stranger sends counts as "other".
 KNOWN_REASONS: Final = frozenset({
     "bad_cookie", "name_in_use", "version", "simultaneous", "not_connected", "stopping",
-    "bad_name", "busy", "wrong_node", "timeout", "connection_refused",
+    "bad_name", "busy", "wrong_node", "timeout", "connection_refused", "blocked",
     "key_refused", "security_mismatch",  # the transport's (transport_refused)
 })
 # What the transport reports of a failed ZeroMQ (CURVE/ZAP) handshake: transport_refused.
@@ -216,6 +225,8 @@ class MeshCore:
         self._log_window: dict[str, tuple[int, int]] = {}
         # peers lost abnormally that we keep trying to reach
         self._retry: dict[str, _Retry] = {}
+        # peer -> until when no session with it is allowed (fault injection: block())
+        self._blocked: dict[str, float] = {}
         # set by stop(): no new sessions, no retries
         self.stopping = False
         self.stats = MeshStats()
@@ -259,6 +270,10 @@ class MeshCore:
             return p.state != UP
         return any(a.name == peer for a in self._accepts.values())
 
+    def blocked(self, now: float) -> dict[str, float]:
+        """Peers blocked by :meth:`block` at ``now``, each with the end of its block."""
+        return {peer: until for peer, until in self._blocked.items() if until > now}
+
     def reconnecting(self) -> dict[str, float]:
         """Peers we keep trying to reach, each with the time of its next attempt."""
         return {name: r.next_at for name, r in self._retry.items()}
@@ -284,9 +299,7 @@ class MeshCore:
         Raises:
             ConfigError: ``peer`` is not a full node name with a port.
         """
-        parsed = parse_node_name(peer)
-        if parsed.port is None:
-            raise ConfigError(f"cannot connect to {peer!r}: the name needs a port")
+        parsed = _with_port(peer, "connect to")
         peer = str(parsed)
         if peer == self.name:
             return [ConnectDone(peer, True, "self")]
@@ -300,6 +313,8 @@ class MeshCore:
             return []  # the peer is connecting to us: its session answers this connect
         if self.stopping:
             return [ConnectDone(peer, False, "stopping")]
+        if self._is_blocked(peer, now):
+            return [ConnectDone(peer, False, "blocked")]
         return self._initiate(peer, parsed, now)
 
     def learn(self, peer: str, now: float) -> list[Any]:
@@ -330,6 +345,45 @@ class MeshCore:
         effects = self._down(peer, "disconnect", now) if peer in self.peers else []
         self._retry.pop(peer, None)
         return effects
+
+    def block(self, peer: str, until: float, now: float) -> list[Any]:
+        """Fault injection: no session with ``peer`` until ``until`` (see the module
+        docstring for what it models); then dial it again. Blocking again moves the end.
+
+        Raises:
+            ConfigError: ``peer`` is not a full node name with a port.
+        """
+        peer = str(_with_port(peer, "block"))
+        self._blocked[peer] = until
+        for identity, accept in list(self._accepts.items()):
+            if accept.name == peer:
+                del self._accepts[identity]
+        effects: list[Any] = []
+        if peer in self.peers:
+            effects = self._down(peer, "blocked", now)
+        # The retry that ends the block (a lost peer is dialled again at once).
+        self._retry[peer] = _Retry(until, FIRST_BACKOFF, until)
+        return effects
+
+    def unblock(self, peer: str, now: float) -> list[Any]:
+        """End :meth:`block` of ``peer`` now (it is dialled at the next tick)."""
+        peer = str(parse_node_name(peer))
+        if self._blocked.pop(peer, None) is None:
+            return []
+        retry = self._retry.get(peer)
+        if retry is not None:
+            retry.next_at = min(retry.next_at, now)
+            retry.lost_at = now
+        return []
+
+    def _is_blocked(self, peer: str, now: float) -> bool:
+        until = self._blocked.get(peer)
+        if until is None:
+            return False
+        if now >= until:
+            del self._blocked[peer]
+            return False
+        return True
 
     def ping(self, peer: str, token: int) -> list[Any]:
         """Queue a ping; a ``Pong`` effect follows if the peer answers."""
@@ -527,6 +581,9 @@ class MeshCore:
 
     def _retry_now(self, name: str, retry: _Retry, now: float) -> list[Any]:
         """Start the next attempt to reach a peer we keep retrying, or forget it."""
+        if self._is_blocked(name, now):
+            retry.next_at = self._blocked[name]
+            return []
         if self.reconnect_give_up and now - retry.lost_at >= self.reconnect_give_up:
             del self._retry[name]
             return self._log(now, "warning", "reconnect_given_up", peer=name,
@@ -594,6 +651,8 @@ class MeshCore:
         name = str(parsed)
         if parsed.port is None:
             return self._refuse(identity, "name_in_use", now, name)
+        if self._is_blocked(name, now):
+            return self._refuse(identity, "blocked", now, name)
         holder = self.name_holder(name)  # the same rule as before we dial (connect)
         if holder is not None and holder != name:
             return self._refuse(identity, "name_in_use", now, name)
@@ -781,3 +840,11 @@ class MeshCore:
         if count >= LOG_BUDGET:
             return []
         return [Log(level, event, fields)]
+
+
+def _with_port(peer: str, verb: str) -> NodeName:
+    """``peer`` parsed; ConfigError unless it is a full name with a port."""
+    parsed = parse_node_name(peer)
+    if parsed.port is None:
+        raise ConfigError(f"cannot {verb} {peer!r}: the name needs a port")
+    return parsed

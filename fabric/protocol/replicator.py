@@ -15,9 +15,11 @@ Three ways state moves between nodes (payloads are plain lists; ``state`` is a C
     ("delta", seq, [[key, state], ...])       batched deltas, every delta_interval
     ("write", rid, key, state) / ("write_ack", rid)         quorum writes
     ("read", rid, key) / ("read_reply", rid, state)         quorum reads (read repair)
-    ("digest", buckets, digests, creation)                   anti-entropy, step 1
-    ("keys", buckets, [bucket, ...], [[key, digest], ...])   step 2: the differing buckets
-    ("gossip", [[key, state], ...], [key, ...])              step 3/4: states, and wanted keys
+    ("digest", creation, depth, [parent, ...], [[prefix, digest, count], ...])
+                                        anti-entropy: tree nodes, root first, then down
+    ("keys", depth, [prefix, ...], [[key, digest], ...])     the keys of differing nodes
+    ("gossip", [[key, state], ...], [key, ...])              states, and wanted keys
+    ("seen", [[key, seen], ...], reply)        large OR-Sets: what I have seen; send what I lack
 
 * **Delta propagation.** Deltas of local-level updates accumulate per key and are sent to
   every connected peer in one batch per ``delta_interval``, numbered by a per-node
@@ -30,15 +32,21 @@ Three ways state moves between nodes (payloads are plain lists; ``state`` is a C
   keeps no per-peer delta buffers.
 * **Anti-entropy** runs when a peer joins (its hello after a heal or restart; the side
   with the smaller name starts it) and every ``gossip_interval`` with the next connected
-  peer in turn. Keys are spread by a hash of their name over a number of buckets the
-  initiator picks (about 8 keys per bucket); it sends one 8-byte digest per bucket, the
-  other side answers with per-key digests of the buckets that differ, and only keys
-  whose digests differ are exchanged, in full, both ways (a wanted key is not sent back
-  when merging the state just received made both sides equal). A heal therefore costs
-  about one byte per key for the bucket digests plus what changed, not the whole state
-  (a deeper Merkle tree would make the first part logarithmic; not done). The digests
-  live in :mod:`fabric.protocol.ddata_digests`. A hello is repeated for a few gossip
-  rounds until the peer answers: a pair that never joined would never exchange.
+  peer in turn. Both sides keep a Merkle-style digest tree over their keys
+  (:mod:`fabric.protocol.ddata_digests`): the initiator sends the root's digest; each
+  side answers the nodes that differ with their children's digests (the next ``digest``
+  message, one level down) or, for a node with few keys, with its keys' digests
+  (``keys``); only keys whose digests differ are then exchanged, in full, both ways (a
+  wanted key is not sent back when merging the state just received made both sides
+  equal). A differing OR-Set of at least ``SEEN_MIN_ELEMENTS`` elements on both sides
+  is not sent whole: the side that finds it sends what it has seen (``seen``: its causal
+  context, a version vector), the other answers with only what the first lacks
+  (``ORSet.missing_for``) and its own ``seen``, which the first answers alike. Converged
+  replicas exchange one root digest per round; a heal after ``d`` of
+  ``n`` keys changed costs about ``d * log16(n / d)`` node digests plus those keys'
+  states, in about ``log16(n)`` round trips, not the whole state. A hello is repeated
+  for a few gossip rounds until the peer answers: a pair that never joined would never
+  exchange.
 * **Consistency levels** (``write=`` / ``read=``): ``"local"``, an int N (this node
   included), ``"majority"`` (more than half of the *members*) or ``"all"``. Members are
   the configured ``members`` plus every node ever seen up, minus :meth:`forget`-ten ones:
@@ -66,7 +74,8 @@ Three ways state moves between nodes (payloads are plain lists; ``state`` is a C
   of one name never live at once), or the node was :meth:`forget`-ten. Every
   ``prune_interval``, the member with the smallest name, if every member is connected,
   proposes ``("prune_check", rid, [[key, digest, [dead, ...]], ...])`` for the keys whose
-  values hold dead replicas' entries and support pruning (counters, OR-Sets, maps). Each
+  values hold dead replicas' entries and support pruning (counters, OR-Sets,
+  MV-Registers, maps). Each
   member answers ``("prune_ok", rid, [key, ...])`` with the keys whose digest equals the
   proposal's (so it holds the same, final, entries of the dead replicas) and whose
   replicas it also sees as dead. When every member agreed on a key that has not changed
@@ -96,7 +105,7 @@ from typing import Any, Final, Generic, TypeVar, cast
 from fabric.errors import LocalProtocolError, RemoteProtocolError
 from fabric.protocol.crdt.base import Crdt, dump, load
 from fabric.protocol.crdt.replica import Replica, acting_as, replica_from_data
-from fabric.protocol.ddata_digests import KeyDigests, check_count
+from fabric.protocol.ddata_digests import DigestTree
 from fabric.protocol.effects import CancelTimer, Complete, Deliver, Effect, Log, Send, SetTimer
 from fabric.protocol.events import DataChanged, DataDeleted
 from fabric.types import Pid
@@ -114,6 +123,9 @@ _DELTA_TIMER: Final = "delta"
 _GOSSIP_TIMER: Final = "gossip"
 _PRUNE_TIMER: Final = "prune"
 _HELLO_REPEATS: Final = 5
+# A differing OR-Set of at least this many elements is reconciled by "seen" (what each
+# side lacks), not sent whole.
+SEEN_MIN_ELEMENTS: Final = 64
 
 
 @dataclass(frozen=True)
@@ -179,7 +191,7 @@ class ReplicatorCore:
         self._data: dict[str, Crdt] = {}
         self._deleted: set[str] = set()
         self._pending: dict[str, Crdt | None] = {}  # key -> delta to send (None: deleted)
-        self._digests = KeyDigests(self._state_of)  # cached until a key changes
+        self._digests = DigestTree(self._state_of)  # refreshed when a key changes
         self._members: set[str] = set(members) - {node}
         self._connected: set[str] = set()  # peers up at the mesh level
         # Connected peers that run this service (they said hello), in order (round robin).
@@ -458,10 +470,14 @@ class ReplicatorCore:
             if not prune.waiting:
                 self._finish_prune(prune, now, out)
         elif kind == "digest":
-            self._joined(peer, payload[3], now, out)
-            self._on_digest(peer, payload[1], payload[2], out)
+            _, creation, depth, parents, rows = payload
+            self._joined(peer, creation, now, out)
+            self._on_digest(peer, depth, parents, rows, out)
         elif kind == "keys":
-            self._on_keys(peer, payload[1], payload[2], payload[3], out)
+            _, depth, prefixes, rows = payload
+            self._on_keys(peer, depth, prefixes, rows, out)
+        elif kind == "seen":
+            self._on_seen(peer, payload[1], payload[2], out)
         elif kind == "gossip":
             _, rows, wanted = payload
             self._merge_rows(rows, out)
@@ -658,34 +674,63 @@ class ReplicatorCore:
 
     # -- anti-entropy ---------------------------------------------------------------------
 
-    def _names(self) -> Iterable[str]:
-        return itertools.chain(self._data, self._deleted)
-
     def _state_of(self, name: str) -> Any:
         return None if name in self._deleted else dump(self._data[name])
 
     def _digest_message(self, peer: str) -> Send:
-        count = self._digests.bucket_count(len(self._data) + len(self._deleted))
         # The creation rides along too: a lost hello is made good by the next round.
-        return Send(peer, ("digest", count, self._digests.bucket_digests(self._names(), count),
-                           self.replica.creation))
+        return Send(peer, ("digest", self.replica.creation, 0, [], self._digests.root()))
 
-    def _on_digest(self, peer: str, count: Any, theirs: Any, out: list[Effect]) -> None:
-        differ = self._digests.differing_buckets(self._names(), count, theirs)
-        if not differ:
-            return
-        names = self._digests.by_bucket(self._names(), count, set(differ))
-        rows = [[n, self._digests.of(n)] for ns in names.values() for n in ns]
-        out.append(Send(peer, ("keys", count, differ, rows)))
+    def _on_digest(self, peer: str, depth: Any, parents: Any, rows: Any,
+                   out: list[Effect]) -> None:
+        expand, listed = self._digests.compare(depth, parents, rows)
+        if expand:
+            out.append(Send(peer, ("digest", self.replica.creation, depth + 1, expand,
+                                   self._digests.children(depth, expand))))
+        if listed:
+            names = self._digests.names_under(depth, listed)
+            out.append(Send(peer, ("keys", depth, listed,
+                                   [[n, self._digests.of(n)] for n in names])))
 
-    def _on_keys(self, peer: str, count: Any, buckets: Any, rows: Any,
+    def _on_keys(self, peer: str, depth: Any, prefixes: Any, rows: Any,
                  out: list[Effect]) -> None:
-        check_count(count)
         theirs = {name: digest for name, digest in rows}
         digest = self._digests.of
-        mine = [n for ns in self._digests.by_bucket(self._names(), count, set(buckets)).values()
-                for n in ns]
-        send = [self._row(n) for n in mine if theirs.get(n) != digest(n)]
-        want = [n for n, d in theirs.items() if not self._has(n) or d != digest(n)]
+        mine = self._digests.names_under(depth, prefixes)
+        differ = {n for n in mine if theirs.get(n) != digest(n)}
+        # A large set both hold: exchange what each has seen, then only what each lacks.
+        seen = [[n, self._data[n].seen()] for n in sorted(differ)  # type: ignore[attr-defined]
+                if n in theirs and self._summarizes(n)]
+        summarized = {row[0] for row in seen}
+        send = [self._row(n) for n in sorted(differ - summarized)]
+        want = [n for n, d in theirs.items()
+                if (not self._has(n) or d != digest(n)) and n not in summarized]
         if send or want:
             out.append(Send(peer, ("gossip", send, want)))
+        if seen:
+            out.append(Send(peer, ("seen", seen, True)))
+
+    def _summarizes(self, name: str) -> bool:
+        """Whether ``name``'s value is large and can send a peer only what it lacks."""
+        value = self._data.get(name)
+        return (value is not None and hasattr(value, "missing_for")
+                and len(value) >= SEEN_MIN_ELEMENTS)  # type: ignore[arg-type]
+
+    def _on_seen(self, peer: str, rows: Any, reply: Any, out: list[Effect]) -> None:
+        if type(reply) is not bool:
+            raise RemoteProtocolError("bad ddata seen flag")
+        back: list[list[Any]] = []
+        mine: list[list[Any]] = []
+        for name, seen in rows:
+            value: Any = self._data.get(name)
+            if value is None or not hasattr(value, "missing_for"):
+                if self._has(name):  # deleted here, or another type: the whole state
+                    back.append(self._row(name))
+                continue
+            back.append([name, dump(value.missing_for(seen))])
+            if reply:
+                mine.append([name, value.seen()])
+        if back:
+            out.append(Send(peer, ("gossip", back, [])))
+        if mine:
+            out.append(Send(peer, ("seen", mine, False)))

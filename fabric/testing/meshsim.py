@@ -110,6 +110,15 @@ class MeshSim:
         """Node ``a`` learns of ``b`` now (like ``node.learn``: discovery, retried)."""
         self._exec(a, self.nodes[a].core.learn(b, self.now))
 
+    def block(self, a: str, b: str, duration: float) -> None:
+        """Node ``a`` blocks ``b`` for ``duration`` seconds (``node.block``: fault
+        injection in the mesh itself, unlike :meth:`cut`, which drops traffic)."""
+        self._exec(a, self.nodes[a].core.block(b, self.now + duration, self.now))
+
+    def unblock(self, a: str, b: str) -> None:
+        """Node ``a`` ends its block of ``b`` (``node.unblock``)."""
+        self._exec(a, self.nodes[a].core.unblock(b, self.now))
+
     def cut(self, a: str, b: str) -> None:
         """Drop traffic both ways between ``a`` and ``b``."""
         self._blocked |= {(a, b), (b, a)}

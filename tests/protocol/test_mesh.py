@@ -522,3 +522,39 @@ def test_a_lost_peer_whose_name_was_taken_is_not_retried() -> None:
     assert sim.core(a).nodes() == [P_B]
     assert not sim.core(a).reconnecting()
     assert any(log.event == "reconnect_abandoned" for log in sim.logs[a])
+
+
+def test_block_cuts_a_node_off_until_the_block_ends() -> None:
+    a, b, c = N5[:3]
+    sim = MeshSim([a, b, c], seed=3, **RETRYING)
+    sim.connect(b, a)
+    sim.connect(c, a)
+    sim.run_until(lambda: sim.full_mesh())
+    start, mark = sim.now, len(sim.events[a])
+    sim.block(a, b, 5.0)
+    sim.block(a, c, 5.0)
+    sim.run_for(0.1)
+    assert ("down", b, "blocked") in [e[:3] for e in sim.events[a]]
+    assert ("down", a, "connection_closed") in [e[:3] for e in sim.events[b]]
+    # b and c keep retrying a and tell each other about it; a refuses them all.
+    sim.run_for(4.5)
+    assert sim.core(a).nodes() == [] and sim.core(b).nodes() == [c]
+    assert sim.core(c).nodes() == [b]
+    assert sorted(sim.core(a).blocked(sim.now)) == [b, c]
+    assert sim.core(b).stats.refused.get("blocked", 0) > 0
+    assert not [e for e in sim.events[a][mark:] if e[0] == "up"]
+    sim.run_until(lambda: sim.full_mesh(), timeout=10)
+    assert start + 5.0 <= sim.now <= start + 5.0 + HEAL_BOUND
+    assert sim.core(a).blocked(sim.now) == {}
+
+
+def test_unblock_heals_at_once() -> None:
+    a, b = N5[:2]
+    sim = MeshSim([a, b], seed=4, **RETRYING)
+    sim.connect(a, b)
+    sim.run_until(lambda: sim.full_mesh())
+    sim.block(a, b, 3600.0)
+    sim.run_for(2.0)
+    assert sim.core(a).nodes() == []
+    sim.unblock(a, b)
+    assert sim.run_until(lambda: sim.full_mesh(), timeout=10) <= HEAL_BOUND

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from fabric.errors import LocalProtocolError
+from fabric.protocol import replicator
 from fabric.protocol.codec import Codec
-from fabric.protocol.crdt import GCounter, LWWMap, ORSet, PNCounter, Replica, dump
+from fabric.protocol.crdt import GCounter, LWWMap, MVRegister, ORSet, PNCounter, Replica, dump
 from fabric.protocol.effects import Effect, Send
 from fabric.protocol.events import DataDeleted
 from fabric.protocol.replicator import ALL, LOCAL, MAJORITY, Key, Persist, ReplicatorCore
@@ -23,6 +24,7 @@ from fabric.testing import ServiceSim
 
 HITS = Key("hits", GCounter)
 SEEN = Key("seen", ORSet)
+MOTD = Key("motd", MVRegister)
 NAMES5 = [f"n{i}@h:{i}" for i in range(1, 6)]
 A, B, C = NAMES5[:3]
 
@@ -193,6 +195,68 @@ def test_anti_entropy_after_a_heal_exchanges_only_the_differing_keys() -> None:
     assert heal_bytes < full_state
 
 
+def heal_bytes(keys: int, changed: int) -> tuple[int, int]:
+    """Two replicas share ``keys`` counters; ``changed`` of them change on one side during a
+    partition. Returns (anti-entropy bytes after the heal, bytes of the full state)."""
+    names = [Key(f"k{i}", GCounter) for i in range(keys)]
+    w = World(NAMES5[:2])
+    for key in names:
+        w.update(A, key, lambda c: c.increment(1))
+    w.sim.advance(3.0)
+    w.sim.partition([A], [B])
+    w.sim.advance(2.0)
+    for key in names[:changed]:
+        w.update(A, key, lambda c: c.increment(1))
+    w.sim.advance(1.0)
+    w.bytes.clear()
+    w.sim.heal()
+    w.sim.advance(1.0)
+    assert all(w.value(B, k) == (2 if i < changed else 1) for i, k in enumerate(names))
+    codec = Codec()
+    full = sum(len(codec.encode([k.name, dump(w.sim.core(A).value(k))])) for k in names)
+    return sum(w.bytes[k] for k in ("digest", "keys", "gossip")), full
+
+
+def test_heal_cost_grows_with_the_difference_not_the_state() -> None:
+    # Converged replicas: one root digest per round, whatever the number of keys.
+    converged, _ = heal_bytes(20_000, 0)
+    assert converged < 100
+    # 1% of 20,000 keys changed during the partition.
+    one_percent, full = heal_bytes(20_000, 200)
+    assert one_percent < full / 8
+    assert one_percent / 200 < 500  # bytes per changed key (its state is ~32 bytes)
+    # The same 10 changed keys among 2,000 or 20,000: ten times the state, not ten times
+    # the cost (the tree's depth grows by one level).
+    small, _ = heal_bytes(2_000, 10)
+    large, _ = heal_bytes(20_000, 10)
+    assert large < 2 * small
+    # Twenty times the changed keys among the same 20,000: about twenty times the cost.
+    assert one_percent > 5 * large
+
+
+def test_a_large_set_changed_on_both_sides_heals_by_what_each_lacks() -> None:
+    big = Key("big", ORSet)
+    w = World(NAMES5[:2])
+    w.update(A, big, lambda s: s.add_all(range(5_000)))
+    w.sim.advance(1.0)
+    assert len(w.sim.core(B).value(big)) == 5_000
+    w.sim.partition([A], [B])
+    w.sim.advance(2.0)
+    w.update(A, big, lambda s: s.add("a-side").remove(1))
+    w.update(B, big, lambda s: s.add("b-side").remove(2).remove(3))
+    w.sim.advance(1.0)
+    w.bytes.clear()
+    w.sim.heal()
+    w.sim.advance(1.0)
+    expected = (frozenset(range(5_000)) - {1, 2, 3}) | {"a-side", "b-side"}
+    assert w.sim.core(A).value(big) == w.sim.core(B).value(big)
+    assert w.sim.core(A).value(big).value == expected
+    full = len(Codec().encode(dump(w.sim.core(A).value(big))))
+    heal = sum(w.bytes[k] for k in ("digest", "keys", "gossip", "seen"))
+    assert w.bytes["seen#"] == 2  # one each way
+    assert heal * 50 < full, (heal, full)
+
+
 def test_delete_is_permanent_and_replicated() -> None:
     w = World(NAMES5[:3])
     w.update(A, SEEN, lambda s: s.add("x"))
@@ -223,19 +287,24 @@ def test_subscribers_get_every_change_whatever_its_cause() -> None:
 def test_garbage_from_a_peer_is_logged_and_ignored() -> None:
     w = World(NAMES5[:2])
     core = w.sim.core(A)
-    for bad in (["nope"], ["delta", 1, [[1, None]]], ["gossip", [["k", ["orset", 5]]], []]):
+    for bad in (["nope"], ["delta", 1, [[1, None]]], ["gossip", [["k", ["orset", 5]]], []],
+                ["digest", 1, 9, [], []], ["digest", 1, 1, [16], []],
+                ["digest", 1, 0, [], [[0, "x", 1]]], ["keys", 2, [1 << 20], []]):
         effects = core.on_message(B, bad, w.sim.now)
         assert [e.event for e in effects] == ["ddata_bad_payload"]  # type: ignore[union-attr]
-    assert core.stats["bad_payloads"] == 3
+    assert core.stats["bad_payloads"] == 7
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(("seed", "seen_min"), [
+    *((seed, replicator.SEEN_MIN_ELEMENTS) for seed in range(6)),
+    *((seed, 1) for seed in range(3))])  # "seen" from the first element on
 def test_chaos_then_heal_converges_and_keeps_every_acknowledged_majority_write(
-        seed: int) -> None:
+        seed: int, seen_min: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Five nodes; random partitions, 10% drops and 10% duplicates, two nodes restarted
     (a minority, so every majority-acked write survives on a live replica); every node
     increments a counter and adds to a set at random levels. After the final heal every
     replica holds the same state, which includes every acknowledged majority write."""
+    monkeypatch.setattr(replicator, "SEEN_MIN_ELEMENTS", seen_min)
     rng = random.Random(seed)
     # Pruning rounds every second: restarted runs get pruned in the calm moments, and
     # that must not lose or double-count anything either.
@@ -282,6 +351,7 @@ def test_chaos_then_heal_converges_and_keeps_every_acknowledged_majority_write(
                  and w.result(t)[0] == "ok"}
     assert must_have <= cores[0].value(SEEN).value
     assert acked_sum > 0 and must_have  # the scenario did acknowledge majority writes
+    assert w.bytes["seen#"] > 0  # sets reconciled by what each lacks (the set outgrows 64)
     # Once everything is calm and connected, the restarted runs' entries are pruned away.
     w.sim.advance(5.0)
     live = {(n, w.sim.creation(n)) for n in NAMES5}
@@ -405,6 +475,7 @@ def test_restarted_runs_are_pruned_once_every_member_agrees() -> None:
         w.update(C, HITS, lambda c: c.increment(10))
         w.update(C, SEEN, lambda s, r=round_: s.add(("c", r)).add("shared"))
         w.update(B, SEEN, lambda s: s.remove("shared"))
+        w.update(C, MOTD, lambda r, r_=round_: r.assign(f"run {r_}"))  # overwrites the last
         w.sim.advance(1.0)
         stale.append(w.sim.core(B).value(HITS))
         if round_ < 2:
@@ -424,6 +495,10 @@ def test_restarted_runs_are_pruned_once_every_member_agrees() -> None:
         assert len(counter.pruned) == 2
         assert seen.value == {("c", 0), ("c", 1), ("c", 2), "shared"}
         assert all(r.creation == w.sim.creation(r.node) for r in seen.replicas())
+        # The MV-Register's dead runs only wrote overwritten values: they are gone.
+        motd = core.value(MOTD)
+        assert motd.value == ("run 2",) and len(motd.pruned) == 2
+        assert not any(motd.needs_pruning(r) for r in motd.pruned)
     assert w.sim.core(A).stats["pruned"] > 0
     # A stale copy holding the dead runs' slots changes nothing when merged again.
     for old in stale:

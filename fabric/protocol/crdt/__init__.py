@@ -19,7 +19,7 @@ ORSet              frozenset (add wins)                       add, add_all, remo
                                                               prune
 Flag               bool                                       switch_on
 LWWRegister        any msgpack value                          assign
-MVRegister         tuple of concurrent values                 assign
+MVRegister         tuple of concurrent values                 assign, prune
 ORMap              dict key -> value of a CRDT                update, remove, prune
 LWWMap             dict key -> value                          put, remove
 PNCounterMap       dict key -> int                            increment, decrement, remove

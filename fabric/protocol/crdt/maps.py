@@ -20,7 +20,8 @@ who merged first), so it would not be a join. Consequences, the same as Akka's O
 
 The typed maps fix the value type: :class:`LWWMap` (values are LWW-Registers),
 :class:`PNCounterMap` (PN-Counters) and :class:`ORMultiMap` (OR-Sets: key -> set).
-Pruning a dead replica prunes the key set and every value that supports it.
+Pruning a dead replica prunes the key set and every value that supports it (an
+MV-Register value only once the dead replica's value there was overwritten).
 """
 
 from __future__ import annotations
@@ -155,8 +156,11 @@ class ORMap(Crdt, Generic[K, V]):
         """Prune the key set and every value that supports pruning; the delta is the
         whole state."""
         keys = self._keys.prune(removed, at=at).reset_delta()
+        # A value that cannot prune ``removed`` yet (an MV-Register whose current value
+        # it wrote) keeps it until a later round.
         values = {k: v.prune(removed, at=at).reset_delta()  # type: ignore[attr-defined]
-                  if _prunable(v) else v for k, v in self._values.items()}
+                  if _prunable(v) and removed in v.replicas()  # type: ignore[attr-defined]
+                  else v for k, v in self._values.items()}
         return ORMap(keys, values, ORMap(keys, values))
 
     # -- values ---------------------------------------------------------------------------

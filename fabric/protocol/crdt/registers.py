@@ -14,7 +14,24 @@ behind): use it for values where that is acceptable, or use an MV-Register.
 :mod:`fabric.protocol.crdt.dots`) whose store maps dots to values. ``assign(v)`` replaces
 the values this replica has seen with ``v`` under a fresh dot; writes it had not seen
 survive the merge. ``value`` is the tuple of surviving values (one unless writes were
-concurrent), in dot order; the application resolves them by assigning again.
+concurrent), in the order of their encodings (so it does not depend on who wrote them);
+the application resolves them by assigning again.
+
+Pruning: the context remembers one entry per replica (node run) that ever wrote, so it
+grows with churn. ``prune(dead)`` drops the dead replica's dots from the context and
+records it as pruned; merges then drop every dot and value of a pruned replica, so a
+stale copy cannot bring it back. Only a replica none of whose values is current can be
+pruned (:meth:`MVRegister.replicas` lists those): its dots are then only history, and
+nothing is re-dotted, so a write concurrent with the pruning loses nothing (unlike
+re-dotting a live value, which would resurrect a value the write overwrote). A dead
+run whose value is still current keeps its entry until someone assigns again; that is
+bounded by the number of concurrent values. Safe under the conditions of
+:mod:`fabric.protocol.crdt.counters` (the replica is dead; every replica holds its final
+entries; one replica prunes, though here two pruning alike would also be harmless).
+
+:class:`LWWRegister` needs no pruning: it holds exactly one writer whatever the churn; a
+dead run stays its writer until the next assignment (a restarted node writes as its new
+run, ``max(current + 1, clock)``, never as the dead one).
 
 :class:`Flag` is a boolean that can only be switched on (merge is ``or``).
 """
@@ -24,6 +41,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from fabric.errors import LocalProtocolError
 from fabric.protocol.crdt.base import Crdt, canonical, check, wire_type
 from fabric.protocol.crdt.dots import CausalContext, Dot, dot_from_data, dot_to_data
 from fabric.protocol.crdt.replica import (
@@ -152,29 +170,36 @@ class LWWRegister(Crdt):
 class MVRegister(Crdt):
     """A multi-value register: concurrent writes are all kept (``value`` is a tuple)."""
 
-    __slots__ = ("_context", "_delta", "_entries")
+    __slots__ = ("_context", "_delta", "_entries", "_pruned")
 
     def __init__(self, entries: Mapping[Dot, Any] | None = None,
                  context: CausalContext | None = None,
-                 delta: MVRegister | None = None) -> None:
+                 delta: MVRegister | None = None,
+                 pruned: frozenset[Replica] = frozenset()) -> None:
         self._entries: dict[Dot, Any] = dict(entries or {})
         self._context = context if context is not None else CausalContext()
         self._delta = delta
+        self._pruned = pruned
 
     @property
     def value(self) -> tuple[Any, ...]:
-        return tuple(self._entries[d] for d in sorted(self._entries))
+        return tuple(canonical(self._entries.values()))
 
     @property
     def delta(self) -> MVRegister | None:
         return self._delta
+
+    @property
+    def pruned(self) -> frozenset[Replica]:
+        return self._pruned
 
     def assign(self, value: Any, *, at: Replica | None = None) -> MVRegister:
         """Replace every value seen here by ``value``."""
         dot = self._context.next_dot(resolve_replica(at))
         step = MVRegister({dot: value}, CausalContext.of(set(self._entries) | {dot}))
         return MVRegister({dot: value}, self._context.add(dot),
-                          step if self._delta is None else self._delta.merge(step))
+                          step if self._delta is None else self._delta.merge(step),
+                          self._pruned)
 
     def merge(self, other: MVRegister) -> MVRegister:
         entries = {d: v for d, v in self._entries.items()
@@ -182,14 +207,49 @@ class MVRegister(Crdt):
         for d, v in other._entries.items():
             if d not in self._entries and d not in self._context:
                 entries[d] = v
-        return MVRegister(entries, self._context.merge(other._context), self._delta)
+        context = self._context.merge(other._context)
+        pruned = self._pruned | other._pruned
+        if pruned and pruned & context.replicas():
+            entries = {d: v for d, v in entries.items() if d[0] not in pruned}
+            context = context.without(pruned)
+        return MVRegister(entries, context, self._delta, pruned)
 
     def reset_delta(self) -> MVRegister:
-        return self if self._delta is None else MVRegister(self._entries, self._context)
+        if self._delta is None:
+            return self
+        return MVRegister(self._entries, self._context, None, self._pruned)
+
+    # -- pruning --------------------------------------------------------------------------
+
+    def replicas(self) -> set[Replica]:
+        """The replicas that can be pruned: in the context, with no current value."""
+        return self._context.replicas() - {d[0] for d in self._entries}
+
+    def needs_pruning(self, removed: Replica) -> bool:
+        return removed in self._context.replicas()
+
+    def prune(self, removed: Replica, *, at: Replica | None = None) -> MVRegister:
+        """Forget ``removed``'s dots (see the module docstring for when this is safe).
+        The delta is the whole state.
+
+        Raises:
+            LocalProtocolError: ``removed`` is the pruning replica, or still holds a
+                current value.
+        """
+        into = resolve_replica(at)
+        if removed == into:
+            raise LocalProtocolError(f"replica {into} cannot prune itself")
+        if any(d[0] == removed for d in self._entries):
+            raise LocalProtocolError(f"replica {removed} still holds a current value")
+        state = MVRegister(self._entries, self._context.without((removed,)), None,
+                           self._pruned | {removed})
+        return MVRegister(state._entries, state._context, state, state._pruned)
+
+    # -- values ---------------------------------------------------------------------------
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, MVRegister) and self._entries == other._entries
-                and self._context == other._context)
+                and self._context == other._context and self._pruned == other._pruned)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -198,16 +258,20 @@ class MVRegister(Crdt):
 
     def to_data(self) -> Any:
         return [canonical([dot_to_data(d), v] for d, v in self._entries.items()),
-                self._context.to_data()]
+                self._context.to_data(), canonical(r.to_data() for r in self._pruned)]
 
     @classmethod
     def from_data(cls, data: Any) -> MVRegister:
-        check(isinstance(data, list) and len(data) == 2, "mvregister")
+        # Two fields: written before pruning existed (durable rows keep old forms).
+        check(isinstance(data, list) and len(data) in (2, 3), "mvregister")
         entries: dict[Dot, Any] = {}
         for row in data[0]:
             check(isinstance(row, list) and len(row) == 2, "mvregister entry")
             entries[dot_from_data(row[0])] = row[1]
         context = CausalContext.from_data(data[1])
         check(all(d in context for d in entries), "mvregister dot outside its context")
-        return cls(entries, context)
-
+        pruned: frozenset[Replica] = frozenset()
+        if len(data) == 3:
+            check(isinstance(data[2], list), "mvregister pruned")
+            pruned = frozenset(replica_from_data(r) for r in data[2])
+        return cls(entries, context, None, pruned)

@@ -271,6 +271,45 @@ class ORSet(Crdt, Generic[T]):
         # Sharing the dict is safe: values are never mutated after construction.
         return ORSet._owning(self._entries, self._context, self._pruned, None)
 
+    # -- anti-entropy of one large set ----------------------------------------------------
+
+    def seen(self) -> Any:
+        """What this replica has seen, for :meth:`missing_for` at a peer: its causal
+        context and pruned replicas, as plain data (small: a version vector)."""
+        return [self._context.to_data(), canonical(r.to_data() for r in self._pruned)]
+
+    def missing_for(self, seen: Any) -> ORSet[T]:
+        """The part of this set a replica that has ``seen`` (:meth:`seen`) lacks: merged
+        there, it gives what merging the whole set would.
+
+        It holds the dots the peer has not seen, and in its context those dots plus every
+        dot both have seen that is no longer live here (removed), so the peer drops them;
+        the live dots the peer has seen stay out of the context, so the peer keeps them.
+        Its size follows what changed plus the removes both have seen (the peer may still
+        hold those dots: it cannot be told apart here), not the live set.
+        It is a valid state below this one, so merging it anywhere is safe whatever the
+        peer holds by then. The whole set when that would not be smaller.
+
+        Raises:
+            RemoteProtocolError: ``seen`` is malformed.
+        """
+        check(isinstance(seen, list) and len(seen) == 2, "orset seen")
+        theirs = CausalContext.from_data(seen[0])
+        check(isinstance(seen[1], list), "orset seen pruned")
+        their_pruned = frozenset(replica_from_data(r) for r in seen[1])
+        entries: dict[T, frozenset[Dot]] = {}
+        live: set[Dot] = set()
+        for element, dots in self._entries.items():
+            live |= dots
+            new = frozenset(d for d in dots if d not in theirs)
+            if new:
+                entries[element] = new
+        context = {d for d in self._context.dot_set() if d not in live or d not in theirs}
+        if len(context) >= len(live):
+            return self.reset_delta()
+        pruned = self._pruned if self._pruned - their_pruned else frozenset()
+        return ORSet._owning(entries, CausalContext.of(context), pruned, None)
+
     # -- pruning --------------------------------------------------------------------------
 
     def replicas(self) -> set[Replica]:
