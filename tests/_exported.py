@@ -181,3 +181,22 @@ async def start_kv(node: Node) -> None:
     pid = await KeyValue.start(node, name="kv")
     node.pg.join("stores", pid)
     assert await node.global_.register_name("kv_primary", pid) == "yes"
+
+
+class SlowWorker(fabric.GenServer):
+    """call ("work", i, notify, delay): tells ``notify`` ("started", i), sleeps ``delay``
+    seconds, answers ("done", i): calls that are surely in flight when a stop comes."""
+
+    async def handle_call(self, request: Any, from_: fabric.From) -> Any:
+        _, i, notify, delay = request
+        self.node.send(notify, ("started", i))
+        await asyncio.sleep(delay)
+        return ("done", i)
+
+
+async def start_slow_worker(node: Node) -> None:
+    """What ``fabric node --run _exported:start_slow_worker`` runs: start "worker", take
+    the global name "worker" and join group "workers"."""
+    pid = await SlowWorker.start(node, name="worker")
+    node.pg.join("workers", pid)
+    assert await node.global_.register_name("worker", pid) == "yes"
