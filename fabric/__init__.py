@@ -32,7 +32,9 @@ from fabric.exports import export
 from fabric.genserver import NOREPLY, From, GenServer, call, cast, reply
 from fabric.node import Node, NodeDown, NodeMonitor, NodeUp
 from fabric.process import Down, Exit, Process, ProcessExit
+from fabric.protocol.singleton import SplitBrainPolicy
 from fabric.registry import Registry
+from fabric.singleton import Singleton, SingletonServer
 from fabric.supervisor import ChildSpec, Supervisor
 from fabric.sync import SyncMailbox, SyncNode
 from fabric.types import GlobalName, NodeName, Pid, Ref, parse_node_name
@@ -77,7 +79,10 @@ __all__ = [
     "RemoteError",
     "RemoteProtocolError",
     "Router",
+    "Singleton",
+    "SingletonServer",
     "SpawnTimeout",
+    "SplitBrainPolicy",
     "Supervisor",
     "SyncMailbox",
     "SyncNode",

@@ -200,3 +200,27 @@ async def start_slow_worker(node: Node) -> None:
     pid = await SlowWorker.start(node, name="worker")
     node.pg.join("workers", pid)
     assert await node.global_.register_name("worker", pid) == "yes"
+
+
+class CounterSingleton(fabric.SingletonServer):
+    """A singleton counter: call "incr" -> the new count, "where" -> its node; the count
+    moves with a graceful hand-over."""
+
+    async def init(self, state: Any = None, *args: Any) -> None:
+        self.count: int = state or 0
+
+    async def handoff(self) -> Any:
+        return self.count
+
+    async def handle_call(self, request: Any, from_: fabric.From) -> Any:
+        if request == "incr":
+            self.count += 1
+            return self.count
+        return self.node.name
+
+
+async def start_counter_singleton(node: Node) -> None:
+    """What ``fabric node --run _exported:start_counter_singleton`` runs: a candidate for
+    the singleton "counter" that starts once three candidates met."""
+    await fabric.Singleton(node, "counter", CounterSingleton, min_members=3,
+                           margin=0.5).start()
