@@ -29,7 +29,10 @@ pure rules to the same facts, connected managers agree without a vote:
   that starts alone does not run a singleton of its own before it joined the cluster
   (Akka's ``min-nr-of-members``); once formed, the policy alone decides.
 * **Starting** (effect :class:`StartInstance`): only on the designated host, with the
-  policy satisfied, when no reachable member reports a running instance, and when the
+  policy satisfied, when no reachable member reports a running instance or *sees* one
+  on another node (each manager tells the others which instance it knows of, ``seen``:
+  a peer that still has a session with a host this node lost, as in a one-way cut,
+  keeps this node from starting a second one), and when the
   view has been *stable* for ``margin`` seconds: no member joined or was lost
   unreachable during that time. A removal (a member known dead or gone) does not unsettle
   the view, so a kill -9 is taken over as soon as it is detected; a loss that may be a
@@ -56,8 +59,9 @@ nothing here does I/O.
 
 Messages between managers (tuples, sent to the manager of the same name on ``node``)::
 
-    ("hello", age, candidate, running_pid_or_None, want_reply)
+    ("hello", age, candidate, running_pid_or_None, seen_pid_or_None, want_reply)
     ("status", running_pid_or_None)
+    ("seen", pid_or_None)               the instance the sender knows of changed
     ("handover", state, leaving)        the sender stopped its instance; state for ours
     ("leaving",)                        the sender stops taking part (its node drains)
 """
@@ -166,18 +170,24 @@ class HostChanged:
 Effect = StartInstance | StopInstance | SendPeer | HostChanged
 
 
+def _pid_or_none(value: Any) -> bool:
+    return value is None or type(value) is Pid
+
+
 # -- state ----------------------------------------------------------------------------------
 
 
 class _Member:
     """Another node's manager, as this one knows it."""
 
-    __slots__ = ("age", "candidate", "leaving", "reachable", "running")
+    __slots__ = ("age", "candidate", "leaving", "reachable", "running", "seen")
 
-    def __init__(self, age: Age, candidate: bool, running: Pid | None) -> None:
+    def __init__(self, age: Age, candidate: bool, running: Pid | None,
+                 seen: Pid | None) -> None:
         self.age = age
         self.candidate = candidate
         self.running = running  # the instance it said it runs
+        self.seen = seen  # the instance it said it knows of (its own or another's)
         self.reachable = True
         self.leaving = False
 
@@ -310,28 +320,32 @@ class SingletonCore:
             raise ValueError("not a singleton message")
         out: list[Effect] = []
         kind = msg[0]
-        if kind == "hello" and len(msg) == 5:
-            _, age, candidate, running, want_reply = msg
+        if kind == "hello" and len(msg) == 6:
+            _, age, candidate, running, seen, want_reply = msg
             if not (type(age) is tuple and len(age) == 2 and type(candidate) is bool
-                    and (running is None or type(running) is Pid)):
+                    and _pid_or_none(running) and _pid_or_none(seen)):
                 raise ValueError("malformed hello")
             old = self.members.get(peer)
             if old is None or not old.reachable or old.age != tuple(age):
                 self._stable_since = now  # a member joined or came back: settle first
-            self.members[peer] = _Member((float(age[0]), str(age[1])), candidate, running)
+            self.members[peer] = _Member((float(age[0]), str(age[1])), candidate, running,
+                                         seen)
             if want_reply:
                 out.append(SendPeer(peer, self._hello(False)))
-        elif kind == "status" and len(msg) == 2:
-            if msg[1] is not None and type(msg[1]) is not Pid:
-                raise ValueError("malformed status")
+        elif kind in ("status", "seen") and len(msg) == 2:
+            if not _pid_or_none(msg[1]):
+                raise ValueError(f"malformed {kind}")
             member = self.members.get(peer)
             if member is not None:
-                member.running = msg[1]
+                if kind == "status":
+                    member.running = member.seen = msg[1]
+                else:
+                    member.seen = msg[1]
         elif kind == "handover" and len(msg) == 3:
             self._state = msg[1]
             member = self.members.get(peer)
             if member is not None:
-                member.running = None
+                member.running = member.seen = None
                 if msg[2]:
                     del self.members[peer]
         elif kind == "leaving" and len(msg) == 1:
@@ -402,7 +416,7 @@ class SingletonCore:
     # -- the rules ------------------------------------------------------------------------
 
     def _hello(self, want_reply: bool) -> tuple[Any, ...]:
-        return ("hello", self.age, self.candidate, self.running, want_reply)
+        return ("hello", self.age, self.candidate, self.running, self._host, want_reply)
 
     def _broadcast(self, msg: tuple[Any, ...]) -> list[Effect]:
         return [SendPeer(n, msg) for n, m in self.members.items() if m.reachable]
@@ -419,6 +433,7 @@ class SingletonCore:
         if host != self._host:
             self._host = host
             out.append(HostChanged(host))
+            out += self._broadcast(("seen", host))
         return out
 
     def _decide(self, now: float) -> list[Effect]:
@@ -429,7 +444,10 @@ class SingletonCore:
         if self.running is not None:
             return self._keep_or_stop(others_running, now)
         self._conflict_since = None
-        if (others_running or self.designated() != self.node or not self.allowed()
+        seen_elsewhere = any(m.reachable and m.seen is not None and m.seen[0] != self.node
+                             for m in self.members.values())
+        if (others_running or seen_elsewhere or self.designated() != self.node
+                or not self.allowed()
                 or now < self._stable_since + self.margin or now < self._not_before):
             return []
         self.phase = _STARTING

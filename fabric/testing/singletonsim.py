@@ -16,7 +16,7 @@ The network keeps the mesh's contract: ``SendPeer`` arrives after ``latency`` se
 if the two nodes are connected when it is sent and when it arrives; :meth:`partition`
 cuts the given groups apart and each side sees the others' ``nodedown``
 (``heartbeat_timeout``) after ``detect`` seconds (per node if a dict is given: detection
-is not simultaneous); :meth:`heal` reconnects them (``nodeup`` after ``latency``);
+is not simultaneous); :meth:`cut` cuts one pair only; :meth:`heal` reconnects them (``nodeup`` after ``latency``);
 :meth:`kill` ends a node at once (its instance with it) and the others see
 ``connection_closed`` after ``detect_kill``; :meth:`drain` runs a graceful stop (the
 core's hand-over, then ``shutdown`` for the others). Name conflicts after a heal are
@@ -118,6 +118,14 @@ class SingletonSim:
                     for me, peer in ((a, b), (b, a)):
                         delay = detect[me] if isinstance(detect, dict) else detect
                         self._nodedown_later(delay, me, peer, "heartbeat_timeout")
+
+    def cut(self, a: str, b: str, reasons: tuple[str, str], detect: float = 0.005) -> None:
+        """Cut only ``a``-``b`` (others stay connected to both, a non-transitive
+        partition); ``a`` and ``b`` see each other down with ``reasons`` (a one-way cut
+        can make one side see ``connection_closed`` while the other is alive)."""
+        self._links.discard(frozenset((a, b)))
+        self._nodedown_later(detect, a, b, reasons[0])
+        self._nodedown_later(detect, b, a, reasons[1])
 
     def heal(self) -> None:
         """Reconnect every pair of live nodes."""

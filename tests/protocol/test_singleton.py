@@ -84,6 +84,17 @@ def test_a_drain_without_a_successor_stops_the_instance() -> None:
     assert sim.running() == [] and sim.cores["a"].drained
 
 
+def test_a_peer_that_still_sees_the_host_keeps_a_second_one_from_starting() -> None:
+    # Trouble between the host a and b only (one way): b sees a's session closed as if
+    # a had died, a sees b time out; c still has sessions with both.
+    sim = settled(KEEP_OLDEST, nodes=["a", "b", "c"])
+    assert hosts(sim) == ["a"]
+    sim.cut("b", "a", ("connection_closed", "heartbeat_timeout"))
+    sim.run(MARGIN * 4)
+    # b dropped a as dead and is the oldest it knows, but c still sees a's instance.
+    assert hosts(sim) == ["a"] and sim.max_concurrent() == 1
+
+
 # -- keep-majority -----------------------------------------------------------------------
 
 
@@ -214,12 +225,13 @@ def test_policy_validation() -> None:
 
 def test_greeting_and_malformed_messages() -> None:
     core = SingletonCore("a", (0.0, "a"), 0.0, margin=1.0)
-    assert core.nodeup("b", 0.0) == [SendPeer("b", ("hello", (0.0, "a"), True, None, True))]
-    out = core.on_message("b", ("hello", (1.0, "b"), True, None, True), 0.1)
-    assert out == [SendPeer("b", ("hello", (0.0, "a"), True, None, False))]
+    assert core.nodeup("b", 0.0) == [SendPeer("b", ("hello", (0.0, "a"), True, None, None,
+                                                       True))]
+    out = core.on_message("b", ("hello", (1.0, "b"), True, None, None, True), 0.1)
+    assert out == [SendPeer("b", ("hello", (0.0, "a"), True, None, None, False))]
     assert core.tick(1.05) == []  # b's arrival unsettled the view at 0.1
     assert core.tick(1.2) == [StartInstance(None)]
-    for bad in ["x", (), ("hello", 1), ("status", "pid"), ("nope",)]:
+    for bad in ["x", (), ("hello", 1), ("status", "pid"), ("seen", 3), ("nope",)]:
         with pytest.raises(ValueError):
             core.on_message("b", bad, 1.3)
 
@@ -227,7 +239,7 @@ def test_greeting_and_malformed_messages() -> None:
 def test_an_observer_follows_the_host_and_never_starts_it() -> None:
     observer = SingletonCore("o", (0.0, "o"), 0.0, candidate=False)
     host = Pid("b", 5, 1)
-    observer.on_message("b", ("hello", (1.0, "b"), True, host, False), 0.0)
+    observer.on_message("b", ("hello", (1.0, "b"), True, host, host, False), 0.0)
     assert observer.host() == host
     assert observer.tick(10.0) == []
     observer.nodedown("b", "connection_closed", 10.0)
