@@ -16,7 +16,8 @@ The network keeps the mesh's contract: ``SendPeer`` arrives after ``latency`` se
 if the two nodes are connected when it is sent and when it arrives; :meth:`partition`
 cuts the given groups apart and each side sees the others' ``nodedown``
 (``heartbeat_timeout``) after ``detect`` seconds (per node if a dict is given: detection
-is not simultaneous); :meth:`cut` cuts one pair only; :meth:`heal` reconnects them (``nodeup`` after ``latency``);
+is not simultaneous); :meth:`cut` cuts one pair only; :meth:`heal` reconnects them
+(``nodeup`` after ``latency``);
 :meth:`kill` ends a node at once (its instance with it) and the others see
 ``connection_closed`` after ``detect_kill``; :meth:`drain` runs a graceful stop (the
 core's hand-over, then ``shutdown`` for the others). Name conflicts after a heal are
