@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
+import os
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -224,3 +227,36 @@ async def start_counter_singleton(node: Node) -> None:
     the singleton "counter" that starts once three candidates met."""
     await fabric.Singleton(node, "counter", CounterSingleton, min_members=3,
                            margin=0.5).start()
+
+
+def _print_event(event: str, **fields: Any) -> None:
+    """A JSON line on stdout, as ``fabric node`` prints its own events (with ``"t"``:
+    ``time.monotonic()``, one clock for every process of the machine)."""
+    print(json.dumps({"event": event, **fields, "t": round(time.monotonic(), 6)}),
+          flush=True)
+
+
+class ObservedSingleton(fabric.SingletonServer):
+    """A singleton that prints ``instance_started`` / ``instance_stopped`` with their
+    times: what the lab's "never two at once" check reads."""
+
+    async def init(self, state: Any = None, *args: Any) -> None:
+        _print_event("instance_started", pid=repr(self.pid))
+
+    async def terminate(self, reason: Any) -> None:
+        await super().terminate(reason)
+        _print_event("instance_stopped", pid=repr(self.pid))
+
+    async def handle_call(self, request: Any, from_: fabric.From) -> Any:
+        return self.node.name
+
+
+async def start_observed_singleton(node: Node) -> None:
+    """What ``fabric node --run _exported:start_observed_singleton`` runs: a candidate for
+    the singleton "observed" with the policy in ``$SINGLETON_POLICY`` (``kind`` or
+    ``kind:quorum``), starting once ``$SINGLETON_MIN_MEMBERS`` candidates met."""
+    kind, _, quorum = os.environ.get("SINGLETON_POLICY", "keep_majority").partition(":")
+    policy = fabric.SplitBrainPolicy(kind, int(quorum or 0))
+    await fabric.Singleton(node, "observed", ObservedSingleton, policy=policy,
+                           min_members=int(os.environ.get("SINGLETON_MIN_MEMBERS", "1"))
+                           ).start()
