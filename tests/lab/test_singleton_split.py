@@ -13,10 +13,8 @@ each side. After ``heal``: exactly one, and it stays one.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
-import subprocess
 import time
 from collections.abc import Iterator
 
@@ -26,12 +24,13 @@ from labkit import (
     HEARTBEAT_TIMEOUT,
     Lab,
     LabNode,
+    end_lab_nodes,
     full_mesh,
     lab_of,
     wait_views,
 )
 
-from fabric.testing import kill_leftovers, wait_until
+from fabric.testing import wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -70,12 +69,7 @@ def nodes(lab5: Lab, request: pytest.FixtureRequest) -> Iterator[list[LabNode]]:
         wait_views(started, full_mesh(started), 15)
         yield started
     finally:
-        with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
-            lab5.heal()
-        for node in started:
-            node.kill()
-            node.close()
-        kill_leftovers()
+        end_lab_nodes(lab5, started)
 
 
 Interval = tuple[str, float, float]  # node, started, stopped (inf: still runs)
