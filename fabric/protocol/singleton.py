@@ -25,19 +25,20 @@ pure rules to the same facts, connected managers agree without a vote:
   of the known ones, or exactly half and include the oldest known; ``keep_oldest``: the
   oldest known candidate is reachable; ``static_quorum``: at least ``quorum`` candidates
   are reachable; ``availability``: always. And no instance starts anywhere before this
-  manager has once seen ``min_members`` candidates reachable (itself included): a node
-  that starts alone does not run a singleton of its own before it joined the cluster
+  manager has once seen ``min_members`` candidates reachable (itself included), or known
+  of a running instance (the cluster formed elsewhere): a node that starts alone does not run a singleton of its own before it joined the cluster
   (Akka's ``min-nr-of-members``); once formed, the policy alone decides.
 * **Starting** (effect :class:`StartInstance`): only on the designated host, with the
   policy satisfied, when no reachable member reports a running instance or *sees* one
   on another node (each manager tells the others which instance it knows of, ``seen``:
-  a peer that still has a session with a host this node lost, as in a one-way cut,
-  keeps this node from starting a second one), and when the
-  view has been *stable* for ``margin`` seconds: no member joined or was lost
-  unreachable during that time. A removal (a member known dead or gone) does not unsettle
-  the view, so a kill -9 is taken over as soon as it is detected; a loss that may be a
-  partition waits ``margin``, which gives the other side, which loses contact at the
-  same moment, time to stop its instance first.
+  after a heal, the first hello from the other side already names its instance; a peer
+  that still has a session with a host this node lost, as in a one-way cut, keeps this
+  node from starting a second one), and when the view has been *stable* for ``margin``
+  seconds: no member was lost unreachable during that time (nor did this manager start).
+  A removal (a member known dead or gone) does not unsettle the view, so a kill -9 is
+  taken over as soon as it is detected; a loss that may be a partition waits ``margin``,
+  which gives the other side, which loses contact at the same moment, time to stop its
+  instance first.
 * **Stopping** (effect :class:`StopInstance`): a running host that no longer satisfies
   the policy stops at once (reason ``"split_brain"``); one that is no longer the
   designated host hands over to the one that is (``handover_to``). A node that drains
@@ -325,9 +326,8 @@ class SingletonCore:
             if not (type(age) is tuple and len(age) == 2 and type(candidate) is bool
                     and _pid_or_none(running) and _pid_or_none(seen)):
                 raise ValueError("malformed hello")
-            old = self.members.get(peer)
-            if old is None or not old.reachable or old.age != tuple(age):
-                self._stable_since = now  # a member joined or came back: settle first
+            # A member that joins or comes back does not unsettle the view: if it runs
+            # or sees an instance, its hello says so, and that alone holds a start back.
             self.members[peer] = _Member((float(age[0]), str(age[1])), candidate, running,
                                          seen)
             if want_reply:
@@ -426,8 +426,11 @@ class SingletonCore:
 
     def _evaluate(self, now: float) -> list[Effect]:
         if not self._formed:
+            # Formed: min_members candidates met here, or an instance ran (some manager
+            # saw the cluster formed: it must not wait for this one to see it too).
             reachable = sum(1 for m in self.members.values() if m.candidate and m.reachable)
-            self._formed = reachable + self.candidate >= self.min_members
+            self._formed = (reachable + self.candidate >= self.min_members
+                            or self.host() is not None)
         out = self._decide(now)
         host = self.host()
         if host != self._host:

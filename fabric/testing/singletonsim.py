@@ -187,7 +187,11 @@ class SingletonSim:
         heapq.heappush(self._queue, (self.now + delay, next(self._seq), action))
 
     def _nodeup_later(self, me: str, peer: str) -> None:
-        self._at(self.latency, lambda: self._input(me, lambda core: core.nodeup(peer, self.now)))
+        def up() -> None:
+            if self.connected(me, peer):  # not if cut again meanwhile
+                self._input(me, lambda core: core.nodeup(peer, self.now))
+
+        self._at(self.latency, up)
 
     def _nodedown_later(self, delay: float, me: str, peer: str, reason: str) -> None:
         self._at(delay, lambda: self._input(

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from _exported import CounterSingleton, async_test, cluster, wait_until
 
+import fabric
 from fabric import Node, Singleton
 from fabric.testing import NodeProcess, free_port
 from fabric.testing.cluster import DEFAULT_COOKIE
@@ -92,7 +93,10 @@ def test_kill_9_of_the_host_runs_it_again_on_a_survivor(arun: Callable[..., Any]
                     where = await counter.call("where", timeout=20)
                     victim = next(p for p in procs if p.name == where)
                     victim.kill()
-                    answer = await counter.call("where", timeout=20, retry_unsure=True)
+                    try:
+                        answer = await counter.call("where", timeout=20, retry_unsure=True)
+                    except fabric.CallTimeout:
+                        raise AssertionError("\n".join(p.describe(40) for p in procs)) from None
                     assert answer != where and answer in {p.name for p in procs}
 
             arun(body())

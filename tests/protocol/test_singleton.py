@@ -213,6 +213,20 @@ def test_min_members_holds_the_first_start_until_the_cluster_formed() -> None:
     assert hosts(sim) == ["b"]
 
 
+def test_a_manager_that_knew_of_an_instance_counts_the_cluster_as_formed() -> None:
+    # b and c meet only after a, which met both and started it, is gone: neither saw
+    # three candidates at once, but both knew of a's instance.
+    sim = SingletonSim(["a", "b", "c"], margin=MARGIN, min_members=3)
+    sim.cut("b", "c", ("heartbeat_timeout", "heartbeat_timeout"), detect=0.0)
+    sim.run(MARGIN * 2)
+    assert hosts(sim) == ["a"]
+    sim.kill("a")
+    sim.run(0.1)
+    sim.heal()
+    sim.run(MARGIN * 3)
+    assert hosts(sim) == ["b"]
+
+
 # -- the core directly -------------------------------------------------------------------
 
 
@@ -229,8 +243,8 @@ def test_greeting_and_malformed_messages() -> None:
                                                        True))]
     out = core.on_message("b", ("hello", (1.0, "b"), True, None, None, True), 0.1)
     assert out == [SendPeer("b", ("hello", (0.0, "a"), True, None, None, False))]
-    assert core.tick(1.05) == []  # b's arrival unsettled the view at 0.1
-    assert core.tick(1.2) == [StartInstance(None)]
+    assert core.tick(0.95) == []  # the view is stable a margin after the start
+    assert core.tick(1.05) == [StartInstance(None)]
     for bad in ["x", (), ("hello", 1), ("status", "pid"), ("seen", 3), ("nope",)]:
         with pytest.raises(ValueError):
             core.on_message("b", bad, 1.3)
