@@ -73,18 +73,25 @@ async def start_candidate(node: fabric.Node) -> None:
 class Cluster:
     """The candidate processes, replaced as they are killed or stopped."""
 
-    def __init__(self) -> None:
+    def __init__(self, client: fabric.Node) -> None:
+        self.client = client  # every candidate joins through it (it never stops)
         self.procs: list[NodeProcess] = []
         self._count = 0
 
     async def add(self) -> NodeProcess:
-        seeds = [p.name for p in self.procs]
-        proc = NodeProcess(f"cand{self._count}", connect=seeds[:1],
+        proc = NodeProcess(f"cand{self._count}", connect=[self.client.name],
                            extra_args=["--run", "bench.bench_singleton:start_candidate"])
         self._count += 1
         proc.start()
         await asyncio.to_thread(proc.wait_ready, 20)
         self.procs.append(proc)
+        deadline = time.monotonic() + TIMEOUT_S
+        want = {p.name for p in self.procs}
+        while not want <= set(self.client.nodes()) or any(
+                set(p.nodes()) != want - {p.name} | {self.client.name} for p in self.procs):
+            if time.monotonic() > deadline:
+                raise h.BenchError(f"no full mesh with {proc.name}")
+            await asyncio.sleep(0.05)
         return proc
 
     def by_name(self, name: str) -> NodeProcess:
@@ -157,23 +164,22 @@ async def handover(cluster: Cluster, counter: fabric.Singleton) -> dict[str, flo
 
 
 async def run(runs: int) -> dict[str, list[dict[str, float]]]:
-    cluster = Cluster()
     got: dict[str, list[dict[str, float]]] = {"kill9": [], "graceful": []}
-    try:
-        for _ in range(CANDIDATES):
-            await cluster.add()
-        async with fabric.Node(f"client@127.0.0.1:{free_port()}",
-                               cookie=DEFAULT_COOKIE) as client:
-            assert await client.connect(cluster.procs[0].name)
-            counter = await fabric.Singleton(client, NAME, None).start()
+    async with fabric.Node(f"client@127.0.0.1:{free_port()}",
+                           cookie=DEFAULT_COOKIE) as client:
+        counter = await fabric.Singleton(client, NAME, None).start()
+        cluster = Cluster(client)
+        try:
+            for _ in range(CANDIDATES):
+                await cluster.add()
             for i in range(2 * runs):  # alternate A and B
                 kind = "kill9" if i % 2 == 0 else "graceful"
                 result = await (failover if kind == "kill9" else handover)(cluster, counter)
                 print(f"  {kind}: {result}", file=sys.stderr, flush=True)
                 got[kind].append(result)
                 await cluster.add()
-    finally:
-        cluster.close()
+        finally:
+            cluster.close()
     return got
 
 

@@ -237,6 +237,11 @@ class Singleton:
             left = None if deadline is None else max(0.0, deadline - loop.time())
             pid = await self.wait_for_host(left, other_than=refused)
             left = None if deadline is None else max(0.0, deadline - loop.time())
+            if pid.node != self.node.name and not self.node.mesh.is_up(pid.node):
+                # Its session is gone (the nodedown is on its way): a call would try to
+                # reconnect to a dead node first. Wait for the next instance instead.
+                refused = pid
+                continue
             try:
                 return await call(self.node, pid, request, timeout=left)
             except NodeDrainingError:

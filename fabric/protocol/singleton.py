@@ -26,15 +26,17 @@ pure rules to the same facts, connected managers agree without a vote:
   oldest known candidate is reachable; ``static_quorum``: at least ``quorum`` candidates
   are reachable; ``availability``: always. And no instance starts anywhere before this
   manager has once seen ``min_members`` candidates reachable (itself included), or known
-  of a running instance (the cluster formed elsewhere): a node that starts alone does not run a singleton of its own before it joined the cluster
-  (Akka's ``min-nr-of-members``); once formed, the policy alone decides.
+  of a running instance (the cluster formed elsewhere): a node that starts alone does
+  not run a singleton of its own before it joined the cluster (Akka's
+  ``min-nr-of-members``); once formed, the policy alone decides.
 * **Starting** (effect :class:`StartInstance`): only on the designated host, with the
   policy satisfied, when no reachable member reports a running instance or *sees* one
   on another node (each manager tells the others which instance it knows of, ``seen``:
   after a heal, the first hello from the other side already names its instance; a peer
   that still has a session with a host this node lost, as in a one-way cut, keeps this
   node from starting a second one), and when the view has been *stable* for ``margin``
-  seconds: no member was lost unreachable during that time (nor did this manager start).
+  seconds: no member was lost unreachable during that time (and a new manager has
+  either known of an instance or been up for ``margin``: time to hear from the others).
   A removal (a member known dead or gone) does not unsettle the view, so a kill -9 is
   taken over as soon as it is detected; a loss that may be a partition waits ``margin``,
   which gives the other side, which loses contact at the same moment, time to stop its
@@ -234,8 +236,12 @@ class SingletonCore:
         self.phase = _IDLE
         self.leaving = False
         self._state: Any = None  # handed over, for the next start here
-        self._stable_since = now
+        self._stable_since = float("-inf")  # the last loss that may be a partition
         self._not_before = now
+        # A new manager waits a margin to hear from the cluster, unless it learns of an
+        # instance sooner (then it is in sync: the other rules suffice).
+        self._fresh_until = now + margin
+        self._knew_instance = False
         self._conflict_since: float | None = None
         self._host: Pid | None = None  # last HostChanged
         self._formed = min_members <= 1  # min_members candidates were reachable once
@@ -425,12 +431,14 @@ class SingletonCore:
         return self._broadcast(("leaving",))
 
     def _evaluate(self, now: float) -> list[Effect]:
+        if not self._knew_instance and self.host() is not None:
+            self._knew_instance = True
         if not self._formed:
             # Formed: min_members candidates met here, or an instance ran (some manager
             # saw the cluster formed: it must not wait for this one to see it too).
             reachable = sum(1 for m in self.members.values() if m.candidate and m.reachable)
             self._formed = (reachable + self.candidate >= self.min_members
-                            or self.host() is not None)
+                            or self._knew_instance)
         out = self._decide(now)
         host = self.host()
         if host != self._host:
@@ -451,7 +459,8 @@ class SingletonCore:
                              for m in self.members.values())
         if (others_running or seen_elsewhere or self.designated() != self.node
                 or not self.allowed()
-                or now < self._stable_since + self.margin or now < self._not_before):
+                or now < self._stable_since + self.margin or now < self._not_before
+                or (now < self._fresh_until and not self._knew_instance)):
             return []
         self.phase = _STARTING
         return [StartInstance(self._state)]
