@@ -4,9 +4,10 @@ Run:  python -m bench.bench_singleton [--quick] [--runs N] [--out PATH]
       (or python bench/bench_singleton.py)
 
 Three candidate nodes run as OS processes on 127.0.0.1 (``fabric node --run
-bench.bench_singleton:start_candidate``, default settings: heartbeat 0.2 s, timeout 1 s),
-each a candidate for the singleton ``"bench_counter"``; this process runs a client node
-with an observer (``Singleton(node, name, None)``). Runs alternate between:
+nodes.demo_member:start_singleton_candidate``, default settings: heartbeat 0.2 s, timeout
+1 s), each a candidate for the demo's singleton ``"tickets"`` (a counter); this process
+runs a client node with an observer (``Singleton(node, name, None)``). Runs alternate
+between:
 
 * **kill -9**: SIGKILL to the host's process, then ``Singleton.call(retry_unsure=True)``
   until an instance answers. Reported: the time from the kill to the answer, next to the
@@ -32,7 +33,6 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 if not __package__:  # started as `python bench/bench_singleton.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -41,33 +41,16 @@ import fabric  # noqa: E402
 from bench import _harness as h  # noqa: E402
 from fabric.testing import NodeProcess, free_port  # noqa: E402
 from fabric.testing.cluster import DEFAULT_COOKIE  # noqa: E402
+from nodes.demo_member import SINGLETON as NAME  # noqa: E402
 
-NAME = "bench_counter"
+#: The demo's singleton (``"next"`` -> the next number, ``"where"`` -> its node; the number
+#: moves with a hand-over), started once three candidates met.
+CANDIDATE = "nodes.demo_member:start_singleton_candidate"
+
 CANDIDATES = 3
 CALLERS = 4
 CALLS_AROUND_STOP = 200  # calls answered before the stop, and again after the hand-over
 TIMEOUT_S = 30.0
-
-
-class BenchCounter(fabric.SingletonServer):
-    """``"incr"`` -> the new count; ``"where"`` -> its node. The count moves with it."""
-
-    async def init(self, state: Any = None, *args: Any) -> None:
-        self.count: int = state or 0
-
-    async def handoff(self) -> Any:
-        return self.count
-
-    async def handle_call(self, request: Any, from_: fabric.From) -> Any:
-        if request == "incr":
-            self.count += 1
-            return self.count
-        return self.node.name
-
-
-async def start_candidate(node: fabric.Node) -> None:
-    """``--run`` start code of a candidate node."""
-    await fabric.Singleton(node, NAME, BenchCounter, min_members=CANDIDATES).start()
 
 
 class Cluster:
@@ -80,7 +63,7 @@ class Cluster:
 
     async def add(self) -> NodeProcess:
         proc = NodeProcess(f"cand{self._count}", connect=[self.client.name],
-                           extra_args=["--run", "bench.bench_singleton:start_candidate"])
+                           extra_args=["--run", CANDIDATE])
         self._count += 1
         proc.start()
         await asyncio.to_thread(proc.wait_ready, 20)
@@ -136,7 +119,7 @@ async def handover(cluster: Cluster, counter: fabric.Singleton) -> dict[str, flo
         while not stop.is_set():
             t0 = time.monotonic()
             try:
-                answers.append(await counter.call("incr", timeout=TIMEOUT_S))
+                answers.append(await counter.call("next", timeout=TIMEOUT_S))
             except Exception as exc:  # every failure is a lost call
                 failures.append(repr(exc))
             latencies.append((t0, time.monotonic() - t0))

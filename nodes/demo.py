@@ -55,6 +55,7 @@ from nodes.demo_steps import (
     step_leader,
     step_mesh,
     step_restart,
+    step_singleton,
     step_spawn,
 )
 
@@ -76,6 +77,7 @@ STEPS: list[Step] = [
     Step("restart n3: NodeUp everywhere", step_restart),
     Step("leader election: kill -9 the leader's node", step_leader),
     Step("discovery: 3 nodes find each other by gossip", step_gossip),
+    Step("cluster singleton: kill -9 its node, then a graceful stop", step_singleton),
 ]
 
 

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import fabric
 from fabric import Node, Process
 from fabric.testing import free_port
+from nodes.demo_member import SINGLETON, Tickets
 
 COOKIE = "fabric-test-cookie"
 TEST_TIMEOUT = 20.0  # a hung test fails instead of hanging the suite
@@ -205,28 +206,11 @@ async def start_slow_worker(node: Node) -> None:
     assert await node.global_.register_name("worker", pid) == "yes"
 
 
-class CounterSingleton(fabric.SingletonServer):
-    """A singleton counter: call "incr" -> the new count, "where" -> its node; the count
-    moves with a graceful hand-over."""
-
-    async def init(self, state: Any = None, *args: Any) -> None:
-        self.count: int = state or 0
-
-    async def handoff(self) -> Any:
-        return self.count
-
-    async def handle_call(self, request: Any, from_: fabric.From) -> Any:
-        if request == "incr":
-            self.count += 1
-            return self.count
-        return self.node.name
-
-
 async def start_counter_singleton(node: Node) -> None:
     """What ``fabric node --run _exported:start_counter_singleton`` runs: a candidate for
-    the singleton "counter" that starts once three candidates met."""
-    await fabric.Singleton(node, "counter", CounterSingleton, min_members=3,
-                           margin=0.5).start()
+    the demo's singleton "tickets" (``"next"``, ``"where"``) that starts once three
+    candidates met."""
+    await fabric.Singleton(node, SINGLETON, Tickets, min_members=3, margin=0.5).start()
 
 
 def _print_event(event: str, **fields: Any) -> None:

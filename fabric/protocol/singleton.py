@@ -30,17 +30,17 @@ pure rules to the same facts, connected managers agree without a vote:
   not run a singleton of its own before it joined the cluster (Akka's
   ``min-nr-of-members``); once formed, the policy alone decides.
 * **Starting** (effect :class:`StartInstance`): only on the designated host, with the
-  policy satisfied, when no reachable member reports a running instance or *sees* one
-  on another node (each manager tells the others which instance it knows of, ``seen``:
-  after a heal, the first hello from the other side already names its instance; a peer
-  that still has a session with a host this node lost, as in a one-way cut, keeps this
-  node from starting a second one), and when the view has been *stable* for ``margin``
-  seconds: no member was lost unreachable during that time (and a new manager has
-  either known of an instance or been up for ``margin``: time to hear from the others).
-  A removal (a member known dead or gone) does not unsettle the view, so a kill -9 is
-  taken over as soon as it is detected; a loss that may be a partition waits ``margin``,
-  which gives the other side, which loses contact at the same moment, time to stop its
-  instance first.
+  policy satisfied, when no reachable member runs an instance and no reachable candidate
+  *sees* one on another node (each manager tells the others which instance it knows of,
+  ``seen``: after a heal, the first hello from the other side already names its
+  instance; a peer that still has a session with a host this node lost, as in a one-way
+  cut, keeps this node from starting a second one), and when the view has been *stable*
+  for ``margin`` seconds: no member was lost unreachable during that time (and a new
+  manager has either known of an instance or been up for ``margin``: time to hear from
+  the others). A removal (a member known dead or gone) does not unsettle the view, so a
+  kill -9 is taken over as soon as it is detected; a loss that may be a partition waits
+  ``margin``, which gives the other side, which loses contact at the same moment, time
+  to stop its instance first.
 * **Stopping** (effect :class:`StopInstance`): a running host that no longer satisfies
   the policy stops at once (reason ``"split_brain"``); one that is no longer the
   designated host hands over to the one that is (``handover_to``). A node that drains
@@ -455,8 +455,10 @@ class SingletonCore:
         if self.running is not None:
             return self._keep_or_stop(others_running, now)
         self._conflict_since = None
-        seen_elsewhere = any(m.reachable and m.seen is not None and m.seen[0] != self.node
-                             for m in self.members.values())
+        # Candidates' beliefs only: an observer may be a hidden node, whose nodedown
+        # nobody is told of, so its stale belief could hold a start back for ever.
+        seen_elsewhere = any(m.reachable and m.candidate and m.seen is not None
+                             and m.seen[0] != self.node for m in self.members.values())
         if (others_running or seen_elsewhere or self.designated() != self.node
                 or not self.allowed()
                 or now < self._stable_since + self.margin or now < self._not_before

@@ -8,18 +8,19 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from _exported import CounterSingleton, async_test, cluster, wait_until
+from _exported import async_test, cluster, wait_until
 
 import fabric
 from fabric import Node, Singleton
 from fabric.testing import NodeProcess, free_port
 from fabric.testing.cluster import DEFAULT_COOKIE
+from nodes.demo_member import SINGLETON, Tickets
 
 pytestmark = pytest.mark.io
 
 
 async def start_everywhere(nodes: list[Node], **options: Any) -> list[Singleton]:
-    singletons = [await Singleton(n, "counter", CounterSingleton, margin=0.3,
+    singletons = [await Singleton(n, SINGLETON, Tickets, margin=0.3,
                                   **options).start() for n in nodes]
     await wait_until(lambda: all(s.host() is not None for s in singletons)
                      and len({s.host() for s in singletons}) == 1, 10, "one instance")
@@ -32,9 +33,9 @@ async def test_one_instance_serves_calls_from_every_node() -> None:
         singletons = await start_everywhere(nodes)
         host = singletons[0].host()
         assert host is not None
-        counts = [await s.call("incr") for s in singletons]
+        counts = [await s.call("next") for s in singletons]
         assert counts == [1, 2, 3]
-        assert await nodes[1].global_.call(("$singleton", "counter"), "where") == host.node
+        assert await nodes[1].global_.call(("$singleton", SINGLETON), "where") == host.node
         assert [n.name for n in nodes if n.is_alive(host)] == [host.node]
 
 
@@ -53,7 +54,7 @@ async def test_a_graceful_stop_of_the_host_loses_no_call_and_keeps_the_state() -
         async def keep_calling() -> None:
             while not stop.is_set():
                 try:
-                    answers.append(await caller.call("incr", timeout=10))
+                    answers.append(await caller.call("next", timeout=10))
                 except Exception as exc:  # any failure is a lost call
                     errors.append(exc)
 
@@ -89,7 +90,7 @@ def test_kill_9_of_the_host_runs_it_again_on_a_survivor(arun: Callable[..., Any]
                 async with Node(f"client@127.0.0.1:{free_port()}",
                                 cookie=DEFAULT_COOKIE) as client:
                     assert await client.connect(seed)
-                    counter = await Singleton(client, "counter", None).start()
+                    counter = await Singleton(client, SINGLETON, None).start()
                     where = await counter.call("where", timeout=20)
                     victim = next(p for p in procs if p.name == where)
                     victim.kill()
