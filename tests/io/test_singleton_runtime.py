@@ -105,3 +105,20 @@ def test_kill_9_of_the_host_runs_it_again_on_a_survivor(arun: Callable[..., Any]
             for proc in others:
                 proc.kill()
                 proc.close()
+
+
+@async_test
+async def test_leaving_hands_the_instance_over_while_the_node_stays_up() -> None:
+    async with cluster(2) as nodes:
+        singletons = await start_everywhere(nodes)
+        host = singletons[0].host()
+        assert host is not None
+        assert await singletons[0].call("next") == 1
+        leaver = next(s for s in singletons if s.node.name == host.node)
+        other = next(s for s in singletons if s is not leaver)
+        await leaver.stop()
+        await wait_until(lambda: other.host() not in (None, host), 10, "a new instance")
+        new = other.host()
+        assert new is not None and new.node == other.node.name
+        assert await other.call("next") == 2  # the count moved with it
+        assert not any(n.is_alive(host) for n in nodes)
