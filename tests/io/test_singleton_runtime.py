@@ -11,7 +11,7 @@ import pytest
 from _exported import async_test, cluster, wait_until
 
 import fabric
-from fabric import Node, Singleton
+from fabric import Node, Pid, Singleton
 from fabric.testing import NodeProcess, free_port
 from fabric.testing.cluster import DEFAULT_COOKIE
 from nodes.demo_member import SINGLETON, Tickets
@@ -19,20 +19,20 @@ from nodes.demo_member import SINGLETON, Tickets
 pytestmark = pytest.mark.io
 
 
-async def start_everywhere(nodes: list[Node], **options: Any) -> list[Singleton]:
-    singletons = [await Singleton(n, SINGLETON, Tickets, margin=0.3,
-                                  **options).start() for n in nodes]
+async def start_everywhere(nodes: list[Node]) -> tuple[list[Singleton], Pid]:
+    """A candidate on every node; once all agree on one instance: them, and its pid."""
+    singletons = [await Singleton(n, SINGLETON, Tickets, margin=0.3).start() for n in nodes]
     await wait_until(lambda: all(s.host() is not None for s in singletons)
                      and len({s.host() for s in singletons}) == 1, 10, "one instance")
-    return singletons
+    host = singletons[0].host()
+    assert host is not None
+    return singletons, host
 
 
 @async_test
 async def test_one_instance_serves_calls_from_every_node() -> None:
     async with cluster(3) as nodes:
-        singletons = await start_everywhere(nodes)
-        host = singletons[0].host()
-        assert host is not None
+        singletons, host = await start_everywhere(nodes)
         counts = [await s.call("next") for s in singletons]
         assert counts == [1, 2, 3]
         assert await nodes[1].global_.call(("$singleton", SINGLETON), "where") == host.node
@@ -42,9 +42,7 @@ async def test_one_instance_serves_calls_from_every_node() -> None:
 @async_test
 async def test_a_graceful_stop_of_the_host_loses_no_call_and_keeps_the_state() -> None:
     async with cluster(3) as nodes:
-        singletons = await start_everywhere(nodes)
-        host = singletons[0].host()
-        assert host is not None
+        singletons, host = await start_everywhere(nodes)
         host_node = next(n for n in nodes if n.name == host.node)
         caller = next(s for s in singletons if s.node is not host_node)
         answers: list[int] = []
@@ -110,9 +108,7 @@ def test_kill_9_of_the_host_runs_it_again_on_a_survivor(arun: Callable[..., Any]
 @async_test
 async def test_leaving_hands_the_instance_over_while_the_node_stays_up() -> None:
     async with cluster(2) as nodes:
-        singletons = await start_everywhere(nodes)
-        host = singletons[0].host()
-        assert host is not None
+        singletons, host = await start_everywhere(nodes)
         assert await singletons[0].call("next") == 1
         leaver = next(s for s in singletons if s.node.name == host.node)
         other = next(s for s in singletons if s is not leaver)
