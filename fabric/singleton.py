@@ -93,7 +93,11 @@ class SingletonServer(GenServer):
     :class:`Singleton`'s extra arguments, and whose :meth:`handoff` gives that state.
 
     If you override :meth:`terminate`, call ``await super().terminate(reason)`` first:
-    the hand-over happens there.
+    the hand-over happens there. When its manager stops it, the reason is a tuple whose
+    last item says why: ``"handover"`` (it moves), ``"leaving"`` (its node drains),
+    ``"split_brain"`` (this side of a partition may not run it) or ``"conflict"`` (after
+    a heal another instance kept the name; ``("global_name_conflict", name, winner)`` was
+    delivered to it before, and is ignored by :meth:`handle_info` here).
     """
 
     async def init(self, state: Any = None, *args: Any) -> None:

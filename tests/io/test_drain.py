@@ -55,6 +55,28 @@ async def test_calls_in_flight_at_stop_are_answered_and_new_ones_refused() -> No
         assert events == [f"hook:0:{[server.name]}"]
 
 
+class LateReplier(fabric.GenServer):
+    """Answers each call later, from a task (NOREPLY, then reply())."""
+
+    async def handle_call(self, request: Any, from_: fabric.From) -> Any:
+        async def later() -> None:
+            await asyncio.sleep(request)
+            fabric.reply(from_, ("late", request))
+
+        asyncio.ensure_future(later())
+        return fabric.NOREPLY
+
+
+@async_test
+async def test_a_call_answered_later_with_reply_is_waited_for() -> None:
+    async with cluster(2) as (server, client):
+        pid = await LateReplier.start(server, name="late")
+        call = asyncio.ensure_future(fabric.call(client, pid, 0.3, timeout=10))
+        await wait_until(lambda: server.signals.calls_in_flight() == 1, what="in flight")
+        await server.stop()
+        assert call.done() and call.result() == ("late", 0.3)
+
+
 @async_test
 async def test_a_hook_that_fails_or_hangs_does_not_keep_the_node_from_stopping() -> None:
     async with Node(f"h@127.0.0.1:{free_port()}", cookie=COOKIE, stop_grace=0.5) as node:
