@@ -117,10 +117,11 @@ class Signals:
         # Set by a graceful stop (fabric.node.drain): calls and spawns from other nodes
         # are refused from then on (the caller gets NodeDrainingError).
         self.draining = False
-        # Calls from other nodes not answered yet: the call's ref -> the server's pid.
+        # Calls from other nodes not answered yet: (caller's node, ref id) -> (server's
+        # pid, caller's creation). Plain tuples: built, hashed and compared in C.
         # What a graceful stop waits for (calls_in_flight); an entry goes when the
         # reply is queued, or with the server (exited).
-        self._inbound_calls: dict[Ref, Pid] = {}
+        self._inbound_calls: dict[tuple[str, int], tuple[Pid, int]] = {}
 
     def attach(self, executor: EffectExecutor) -> None:
         """Run the core's effects through ``executor`` (called once, by the wiring)."""
@@ -230,7 +231,7 @@ class Signals:
             return
         effects = self.core.call_received(peer, self._mesh.creation_of(peer), msg)
         if type(effects[0]) is Deliver:  # delivered (else: "down noproc" to the caller)
-            self._inbound_calls[tuple.__new__(Ref, (peer, msg[4], msg[2]))] = effects[0].pid
+            self._inbound_calls[(peer, msg[4])] = (effects[0].pid, msg[2])
         self._run(effects)
 
     def _refuse_call(self, peer: str, msg: list[Any]) -> None:
@@ -251,10 +252,11 @@ class Signals:
         """How many calls from other nodes local servers received and have not answered
         yet (a server that replies later with ``reply()`` counts until it does)."""
         inbound = self._inbound_calls
-        for ref, server in list(inbound.items()):
+        for key, (server, creation) in list(inbound.items()):
             proc = self._procs.get(server[1])
-            if proc is None or proc.self != server or ref not in proc.monitored_by:
-                del inbound[ref]  # answered by a path that does not pass here, or gone
+            if (proc is None or proc.self != server
+                    or Ref(key[0], key[1], creation) not in proc.monitored_by):
+                del inbound[key]  # answered by a path that does not pass here, or gone
         return len(inbound)
 
     def release_call(self, proc: Process, caller: Pid, ref: Ref) -> bool:
@@ -289,7 +291,7 @@ class Signals:
             self._codec.encode(message)  # refuse it here, as push_checked does
             self._send(caller, message)
         if self._inbound_calls:
-            self._inbound_calls.pop(ref, None)  # answered: no longer in flight
+            self._inbound_calls.pop((ref[0], ref[1]), None)  # answered: not in flight
 
     def on_reply(self, msg: list[Any]) -> None:
         _, creation, pid_id, ref_id, ok, value, released = msg
@@ -319,7 +321,7 @@ class Signals:
         pid = proc.self
         if self._inbound_calls and proc.monitored_by:
             for ref in proc.monitored_by:  # its unanswered calls end with it
-                self._inbound_calls.pop(ref, None)
+                self._inbound_calls.pop((ref[0], ref[1]), None)
         effects = self.core.exited(pid, reason)  # takes it out of the shared table too
         self._table.remove(proc)
         self._run(effects)
