@@ -24,6 +24,7 @@ from fabric.errors import (
     MailboxFullError,
     NameConflictError,
     NodeDownError,
+    NodeDrainingError,
     NotExportedError,
     OutcomeUnknown,
     ProcessDeadError,
@@ -46,7 +47,9 @@ from fabric.protocol.events import (
     PgJoin,
     PgLeave,
 )
+from fabric.protocol.singleton import SplitBrainPolicy
 from fabric.registry import Registry
+from fabric.singleton import Singleton, SingletonServer
 from fabric.supervisor import ChildSpec, Supervisor
 from fabric.sync import SyncMailbox, SyncNode
 from fabric.types import Answer, GlobalName, NodeName, Pid, Ref, parse_node_name
@@ -80,6 +83,7 @@ __all__ = [
     "NodeConfig",
     "NodeDown",
     "NodeDownError",
+    "NodeDrainingError",
     "NodeMonitor",
     "NodeName",
     "NodeUp",
@@ -98,7 +102,10 @@ __all__ = [
     "RemoteError",
     "RemoteProtocolError",
     "Router",
+    "Singleton",
+    "SingletonServer",
     "SpawnTimeout",
+    "SplitBrainPolicy",
     "Supervisor",
     "SyncMailbox",
     "SyncNode",

@@ -59,6 +59,7 @@ from fabric.errors import (
     CallTimeout,
     LocalProtocolError,
     NodeDownError,
+    NodeDrainingError,
     ProcessDeadError,
     ReceiveTimeout,
     RemoteError,
@@ -233,6 +234,8 @@ async def call(
     Raises:
         CallTimeout: no reply within ``timeout``.
         NodeDownError: the server's node is unreachable or went down during the call.
+        NodeDrainingError: the server's node is stopping gracefully and refused the
+            call before any process saw it (a ``NodeDownError``: call elsewhere).
         ProcessDeadError: the server does not exist or exited before replying
             (``.reason`` is its exit reason, ``"noproc"`` if it did not exist).
         RemoteError: ``handle_call`` raised; carries the type name, message and
@@ -296,6 +299,8 @@ async def call(
     if type(answer) is Down:
         if answer.reason == "noconnection":
             raise NodeDownError(where, "noconnection")
+        if answer.reason == "draining":  # its node is stopping: nothing was done
+            raise NodeDrainingError(where)
         raise ProcessDeadError(server, answer.reason)
     if answer[2]:
         return answer[3]

@@ -81,6 +81,9 @@ class NodeConfig:
             per-process value; see DECISIONS D23).
         sndhwm / rcvhwm: ZeroMQ high-water marks, in frames.
         drain_timeout: how long a graceful stop waits for peers to acknowledge.
+        stop_grace: how long a graceful stop may take to drain before it says goodbye:
+            refuse new work, unregister names and groups, let calls in flight finish,
+            run the drain hooks (:mod:`fabric.node.drain`).
         allow_remote_spawn: module:function names remote nodes may spawn or rpc,
             on top of functions marked with ``@fabric.export``.
         discovery: strategies that find peers, as a spec (``"gossip"``,
@@ -118,6 +121,7 @@ class NodeConfig:
     sndhwm: int = 10_000
     rcvhwm: int = 10_000
     drain_timeout: float = 2.0
+    stop_grace: float = 10.0
     allow_remote_spawn: frozenset[str] = field(default_factory=frozenset)
     discovery: str = ""
     metrics_address: str = ""
@@ -145,7 +149,8 @@ class NodeConfig:
         if not 0 <= self.pub_port < 65536:
             raise ConfigError(f"pub_port {self.pub_port} out of range")
         for name in ("heartbeat_interval", "heartbeat_timeout", "handshake_timeout",
-                     "drain_timeout", "reconnect_max_backoff", "reconnect_idle_backoff"):
+                     "drain_timeout", "stop_grace", "reconnect_max_backoff",
+                     "reconnect_idle_backoff"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
         if self.heartbeat_timeout < 2 * self.heartbeat_interval:

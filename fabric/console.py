@@ -9,8 +9,13 @@ with ``node`` and ``fabric`` bound, where top-level ``await`` works::
     >>> node.nodes()
     ['n2@127.0.0.1:9101']
 
-With ``--no-repl`` it runs headless until SIGTERM or SIGINT, then stops gracefully (peers
-see ``NodeDown(reason="shutdown")``) and exits 0.
+With ``--no-repl`` it runs headless until SIGTERM or SIGINT, then stops gracefully and
+exits 0: the node drains first (new calls from other nodes are refused with
+``NodeDrainingError``, its global names and pg memberships go, calls in flight are
+answered, then the hooks a program registered with ``node.on_drain(async_fn)`` run, all
+within ``stop_grace`` seconds, ``FABRIC_STOP_GRACE``), then peers see
+``NodeDown(reason="shutdown")``. A program's pre-stop work (hand a singleton over, flush
+a buffer) goes in such a hook, registered by its ``--run`` start function.
 
 Code can run at start, so a node program needs no script of its own: ``--eval CODE`` runs
 Python (top-level ``await`` works, ``node`` is bound, names it defines stay visible in the

@@ -19,6 +19,7 @@ __all__ = [
     "MailboxFullError",
     "NameConflictError",
     "NodeDownError",
+    "NodeDrainingError",
     "NotExportedError",
     "OutcomeUnknown",
     "ProcessDeadError",
@@ -61,6 +62,15 @@ class NodeDownError(FabricError):
         super().__init__(f"node {node} is down ({reason})")
         self.node = node
         self.reason = reason
+
+
+class NodeDrainingError(NodeDownError):
+    """A node that is stopping gracefully refused new work (a call or a remote spawn):
+    nothing was done; route it to another node. A :class:`NodeDownError` with reason
+    ``"draining"``, so code that already fails over on a node down does so here too."""
+
+    def __init__(self, node: str) -> None:
+        super().__init__(node, "draining")
 
 
 class ProcessDeadError(FabricError):

@@ -62,6 +62,7 @@ from nodes.demo_steps import (
     step_leader,
     step_mesh,
     step_restart,
+    step_singleton,
     step_spawn,
 )
 
@@ -84,6 +85,7 @@ STEPS: list[Step] = [
     Step("CRDTs: writes on both sides of a partition", step_crdt),
     Step("leader election: kill -9 the leader's node", step_leader),
     Step("discovery: 3 nodes find each other by gossip", step_gossip),
+    Step("cluster singleton: kill -9 its node, then a graceful stop", step_singleton),
 ]
 
 

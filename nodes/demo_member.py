@@ -339,3 +339,31 @@ async def member_main(name: str, seed: str | None, pub_port: int, lifetime: floa
                 task.cancel()
         emit("stopping")
     return 0
+
+
+# -- step 9: a cluster singleton --------------------------------------------------------------
+
+SINGLETON = "tickets"  # the singleton of step 9
+
+
+class Tickets(fabric.SingletonServer):
+    """The singleton of step 9: ``"next"`` hands out the next ticket number, ``"where"``
+    says which node runs it. The number moves with a graceful hand-over."""
+
+    async def init(self, state: Any = None, *args: Any) -> None:
+        self.last: int = state or 0
+
+    async def handoff(self) -> Any:
+        return self.last
+
+    async def handle_call(self, request: Any, from_: fabric.From) -> Any:
+        if request == "next":
+            self.last += 1
+            return self.last
+        return self.node.name
+
+
+async def start_singleton_candidate(node: fabric.Node) -> None:
+    """``fabric node --run nodes.demo_member:start_singleton_candidate``: a candidate for
+    :data:`SINGLETON`; it starts once three candidates met."""
+    await fabric.Singleton(node, SINGLETON, Tickets, min_members=3).start()

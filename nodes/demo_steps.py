@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -21,6 +22,7 @@ import time
 from typing import Any
 
 import fabric
+from fabric.testing import NodeProcess
 from nodes.demo_cluster import (
     MEMBERS,
     REPO,
@@ -33,7 +35,7 @@ from nodes.demo_cluster import (
     spid,
     tagged,
 )
-from nodes.demo_member import HITS, SEEN, SPEC, WAIT
+from nodes.demo_member import HITS, SEEN, SINGLETON, SPEC, WAIT
 
 ROUND_TRIPS = 100  # hello/world round trips (and counter calls) timed after the first
 COUNTER = "counter"  # the local name of the counter GenServer (step 3)
@@ -593,3 +595,83 @@ async def step_gossip(demo: Demo) -> str:
         for node in nodes:
             await node.stop()
     return f"3 nodes, no names given: full mesh by gossip in {took:.0f} ms"
+
+
+async def step_singleton(demo: Demo) -> str:
+    """Three more nodes (``fabric node`` processes) are candidates for a singleton; the
+    narrator calls it through an observer. kill -9 its node: a survivor runs it and
+    answers. SIGTERM the next host while four callers call it: none fails and the ticket
+    numbers go on (the state was handed over)."""
+    node = demo.node_up()
+    spec = ["--run", "nodes.demo_member:start_singleton_candidate"]
+    procs: list[NodeProcess] = []
+    try:
+        for i in range(1, 4):
+            seed = [procs[0].name] if procs else []
+            proc = NodeProcess(f"s{i}", cookie=demo.cookie, connect=seed, extra_args=spec)
+            procs.append(proc)
+            proc.start()
+            await asyncio.to_thread(proc.wait_ready, WAIT)
+        for proc in procs:  # the narrator is hidden: it connects where it is told
+            if not await node.connect(proc.name):
+                raise StepFailed(f"cannot connect to {proc.name}")
+        tickets = await fabric.Singleton(node, SINGLETON, None).start()
+        demo.say(f"started {', '.join(short(p.name) for p in procs)} (fabric node --run "
+                 f"...start_singleton_candidate); the narrator follows {SINGLETON!r}")
+        where = await tickets.call("where", timeout=WAIT)
+        first = [await tickets.call("next", timeout=WAIT) for _ in range(3)]
+        demo.say(f"one instance, on {short(where)}: call('next') x3 -> {first}")
+
+        victim = next(p for p in procs if p.name == where)
+        demo.say(f"kill -9 {short(where)} (pid {victim.pid})")
+        t_kill = time.monotonic()
+        victim.kill()
+        where2 = await tickets.call("where", timeout=WAIT, retry_unsure=True)
+        t_answer = time.monotonic()
+        host2 = next(p for p in procs if p.name == where2)
+        down = await asyncio.to_thread(host2.wait_nodedown, where, WAIT)
+        detect_ms = (float(down["t"]) - t_kill) * 1000
+        answer_ms = (t_answer - t_kill) * 1000
+        demo.say(f"  {short(where2)} saw {short(where)} down after {detect_ms:.1f} ms and "
+                 f"answers {answer_ms:.1f} ms after the kill (a fresh start: "
+                 f"next -> {await tickets.call('next', timeout=WAIT)})")
+
+        answers: list[int] = []
+        failures: list[str] = []
+        stop = asyncio.Event()
+
+        async def caller() -> None:
+            while not stop.is_set():
+                try:
+                    answers.append(await tickets.call("next", timeout=WAIT))
+                except fabric.FabricError as exc:
+                    failures.append(repr(exc))
+
+        callers = [asyncio.ensure_future(caller()) for _ in range(4)]
+        await demo.wait_for("calls flowing", lambda: len(answers) >= 50 or None)
+        demo.say(f"4 callers call next back to back; SIGTERM {short(where2)} "
+                 f"(pid {host2.pid}), a graceful stop")
+        os.kill(host2.pid, signal.SIGTERM)
+        at_stop = len(answers)
+        await demo.wait_for(f"{short(where2)} to exit",
+                            lambda: host2.returncode is not None or None)
+        await demo.wait_for("calls on the next instance",
+                            lambda: len(answers) >= at_stop + 50 or None)
+        stop.set()
+        await asyncio.gather(*callers)
+        where3 = await tickets.call("where", timeout=WAIT)
+        lo = min(answers)
+        continuous = sorted(answers) == list(range(lo, lo + len(answers)))
+        demo.say(f"  {len(answers)} calls, {len(failures)} failed; now on {short(where3)}; "
+                 f"ticket numbers {lo}..{max(answers)} "
+                 f"{'without a gap or a repeat' if continuous else 'NOT continuous'}")
+        if failures or not continuous:
+            raise StepFailed(f"the graceful hand-over lost calls: {failures[:3]}, "
+                             f"continuous={continuous}")
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.close()
+    return (f"kill -9 {short(where)}: {short(where2)} answers after {answer_ms:.0f} ms "
+            f"(detection {detect_ms:.0f} ms); SIGTERM {short(where2)}: "
+            f"{len(answers)} calls, 0 lost, state moved to {short(where3)}")

@@ -9,12 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
+import os
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import fabric
 from fabric import Node, Process
 from fabric.testing import free_port
+from nodes.demo_member import SINGLETON, Tickets
 
 COOKIE = "fabric-test-cookie"
 TEST_TIMEOUT = 20.0  # a hung test fails instead of hanging the suite
@@ -188,3 +192,62 @@ async def start_kv(node: Node) -> None:
     pid = await KeyValue.start(node, name="kv")
     node.pg.join("stores", pid)
     assert await node.global_.register_name("kv_primary", pid) == "yes"
+
+
+class SlowWorker(fabric.GenServer):
+    """call ("work", i, notify, delay): tells ``notify`` ("started", i), sleeps ``delay``
+    seconds, answers ("done", i): calls that are surely in flight when a stop comes."""
+
+    async def handle_call(self, request: Any, from_: fabric.From) -> Any:
+        _, i, notify, delay = request
+        self.node.send(notify, ("started", i))
+        await asyncio.sleep(delay)
+        return ("done", i)
+
+
+async def start_slow_worker(node: Node) -> None:
+    """What ``fabric node --run _exported:start_slow_worker`` runs: start "worker", take
+    the global name "worker" and join group "workers"."""
+    pid = await SlowWorker.start(node, name="worker")
+    node.pg.join("workers", pid)
+    assert await node.global_.register_name("worker", pid) == "yes"
+
+
+async def start_counter_singleton(node: Node) -> None:
+    """What ``fabric node --run _exported:start_counter_singleton`` runs: a candidate for
+    the demo's singleton "tickets" (``"next"``, ``"where"``) that starts once three
+    candidates met."""
+    await fabric.Singleton(node, SINGLETON, Tickets, min_members=3, margin=0.5).start()
+
+
+def _print_event(event: str, **fields: Any) -> None:
+    """A JSON line on stdout, as ``fabric node`` prints its own events (with ``"t"``:
+    ``time.monotonic()``, one clock for every process of the machine)."""
+    print(json.dumps({"event": event, **fields, "t": round(time.monotonic(), 6)}),
+          flush=True)
+
+
+class ObservedSingleton(fabric.SingletonServer):
+    """A singleton that prints ``instance_started`` / ``instance_stopped`` with their
+    times: what the lab's "never two at once" check reads."""
+
+    async def init(self, state: Any = None, *args: Any) -> None:
+        _print_event("instance_started", pid=repr(self.pid))
+
+    async def terminate(self, reason: Any) -> None:
+        await super().terminate(reason)
+        _print_event("instance_stopped", pid=repr(self.pid))
+
+    async def handle_call(self, request: Any, from_: fabric.From) -> Any:
+        return self.node.name
+
+
+async def start_observed_singleton(node: Node) -> None:
+    """What ``fabric node --run _exported:start_observed_singleton`` runs: a candidate for
+    the singleton "observed" with the policy in ``$SINGLETON_POLICY`` (``kind`` or
+    ``kind:quorum``), starting once ``$SINGLETON_MIN_MEMBERS`` candidates met."""
+    kind, _, quorum = os.environ.get("SINGLETON_POLICY", "keep_majority").partition(":")
+    policy = fabric.SplitBrainPolicy(kind, int(quorum or 0))
+    await fabric.Singleton(node, "observed", ObservedSingleton, policy=policy,
+                           min_members=int(os.environ.get("SINGLETON_MIN_MEMBERS", "1"))
+                           ).start()

@@ -44,7 +44,7 @@ NOT_EXPORTED = {
 # Top-level modules whose export decisions belong to the subsystems' owners (their names
 # exist and they declare __all__; completeness is not enforced here yet), and internals.
 SUBSYSTEMS = ["calls", "ddata", "genserver", "global_", "logs", "pg", "registry", "rpc",
-              "supervisor", "sync", "timeouts", "workers"]
+              "singleton", "supervisor", "sync", "timeouts", "workers"]
 # The documented low-level interface for service authors (as trio.lowlevel).
 LOWLEVEL = ["lowlevel"]
 # Programs: the console (interactive node) and the `fabric` command.
@@ -168,16 +168,16 @@ NODE_SYNC = {"nodes", "hidden_nodes", "disconnect", "learn", "last_connect_error
              "get_cookie", "monitor_nodes", "make_ref", "is_local", "is_alive", "spawn",
              "new_mailbox", "close_mailbox", "register", "unregister", "whereis",
              "registered", "exit", "send", "send_after", "cancel_timer", "read_timer",
-             "block", "unblock"}  # block/unblock: fault injection for tests and demos
+             "block", "unblock", "on_drain"}  # block/unblock: fault injection
 NODE_ASYNC = {"start", "stop", "connect", "ping", "spawn_on", "send_wait"}
 # Public attributes: identity, life cycle, configuration, the services every node runs.
 NODE_ATTRIBUTES = {"name", "config", "creation", "started", "stopped", "loop", "log",
                    "metrics", "metrics_exporter", "pg", "global_", "discovery", "security",
-                   "pub_port"}
+                   "pub_port", "draining"}
 # The node's objects: the documented low-level interface (ARCHITECTURE.md section 8,
 # fabric.lowlevel), not the API promised to applications.
 NODE_LOWLEVEL = {"mesh", "codec", "sockets", "channels", "signals", "services", "reactor",
-                 "effects", "mailboxes", "processes", "refusals", "zap"}
+                 "effects", "mailboxes", "processes", "refusals", "zap", "drain"}
 # Old spellings kept for one release, each warning with its replacement (fabric.lowlevel).
 NODE_DEPRECATED = {"add_service", "service", "on_topic", "on_effect", "expect",
                    "run_service", "ctx", "router", "pub", "sub", "hb_sub"}

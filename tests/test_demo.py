@@ -107,6 +107,17 @@ def test_demo_runs_every_step_and_exits_0(tmp_path: Path) -> None:
     assert re.search(r"full mesh of the 3 by gossip \d+ ms after the last start", out), out
     assert "3 nodes, no names given: full mesh by gossip" in out, out
 
+    # 9: a singleton on one of three more nodes; kill -9 its node: a survivor answers;
+    # SIGTERM that one while four callers call: none fails, the numbers go on.
+    killed = re.search(r"one instance, on (s\d): call\('next'\) x3 -> \[1, 2, 3\]", out)
+    assert killed, out
+    moved = re.search(rf"(s\d) saw {killed.group(1)} down after [\d.]+ ms and answers", out)
+    assert moved and moved.group(1) != killed.group(1), out
+    graceful = re.search(r"(\d+) calls, (\d+) failed; now on (s\d); ticket numbers "
+                         r"\d+\.\.\d+ without a gap or a repeat", out)
+    assert graceful and graceful.group(2) == "0", out
+    assert graceful.group(3) not in (killed.group(1), moved.group(1)), out
+
     # The summary table, every step ok.
     assert re.search(r"all \d+ steps passed", out), out
     assert "FAIL" not in out

@@ -271,6 +271,7 @@ def test_from_env_reads_every_kind_of_field() -> None:
         "FABRIC_ENCRYPT_DATA_PLANE": "no",
         "FABRIC_CURVE_SECRET_KEY": KEY_A,
         "FABRIC_CURVE_ALLOWED_KEYS": f"{KEY_A},{KEY_B}",
+        "FABRIC_STOP_GRACE": "4.5",
         "OTHER": "ignored",
     })
     assert cfg == NodeConfig(
@@ -278,7 +279,7 @@ def test_from_env_reads_every_kind_of_field() -> None:
         heartbeat_interval=0.25, heartbeat_timeout=2.0, handshake_timeout=4.5,
         reconnect_window=0.0, reconnect_max_backoff=0.5, reconnect_idle_backoff=7.0,
         reconnect_give_up=600.0, max_frame=1024, outbound_limit=10,
-        mailbox_limit=13, sndhwm=11, rcvhwm=12, drain_timeout=3.0,
+        mailbox_limit=13, sndhwm=11, rcvhwm=12, drain_timeout=3.0, stop_grace=4.5,
         allow_remote_spawn=frozenset({"app.a:f", "app.b:g"}),
         discovery="gossip:port=45900;hosts:path=/etc/fabric/hosts", encrypt_data_plane=False,
         curve_secret_key=KEY_A, curve_allowed_keys=frozenset({KEY_A, KEY_B}))
@@ -293,7 +294,7 @@ def test_every_field_has_an_env_variable() -> None:
               "heartbeat_timeout", "handshake_timeout", "reconnect_window",
               "reconnect_max_backoff", "reconnect_idle_backoff", "reconnect_give_up",
               "max_frame", "outbound_limit", "mailbox_limit", "sndhwm", "rcvhwm",
-              "drain_timeout", "allow_remote_spawn", "discovery",
+              "drain_timeout", "stop_grace", "allow_remote_spawn", "discovery",
               "metrics_address",  # tests/test_metrics_collector.py
               "encrypt_data_plane", "curve_secret_key", "curve_allowed_keys"}
     assert names == tested

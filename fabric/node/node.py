@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,7 @@ from fabric.exports import resolve_export
 from fabric.logs import get_logger
 from fabric.metrics.exporter import MetricsExporter
 from fabric.node.channels import Channels
+from fabric.node.drain import Drain, DrainHook
 from fabric.node.effects import EffectExecutor
 from fabric.node.mailboxes import Mailboxes
 from fabric.node.metrics import Metrics
@@ -173,6 +175,8 @@ class Node:
         self.stopped = False
         self.metrics = Metrics()
         self.processes = ProcessTable(self, self.metrics)
+        self.drain = Drain(self)  # what a graceful stop does first (fabric.node.drain)
+        self._stopping: asyncio.Future[None] | None = None
         self._watchers: list[asyncio.Queue[NodeUp | NodeDown | None]] = []
         self._connect_waiters: dict[str, list[asyncio.Future[tuple[bool, str]]]] = {}
         self._ping_waiters: dict[int, asyncio.Future[bool]] = {}
@@ -278,15 +282,48 @@ class Node:
         executor.register(m.Pong, self._on_pong)
         executor.register(Log, self._on_log)
 
-    async def stop(self) -> None:
-        """Stop gracefully: end local processes, say goodbye, drain, close.
+    @property
+    def draining(self) -> bool:
+        """True once a graceful stop began: new calls and spawns from other nodes are
+        refused with :class:`~fabric.errors.NodeDrainingError`."""
+        return self.drain.started
 
-        Peers see ``NodeDown(reason="shutdown")`` at once. Messages queued before the stop
-        are delivered (each peer acknowledges the goodbye after everything before it);
-        what could not be delivered within ``drain_timeout`` is counted and logged.
+    def on_drain(self, hook: DrainHook) -> Callable[[], None]:
+        """Run ``await hook()`` when the node stops gracefully, before it says goodbye.
+
+        Hooks run after the node stopped taking new work from other nodes, unregistered
+        its global names and pg memberships and let the calls in flight finish; the
+        node is still connected and local processes still run (hand singletons and
+        children over here). All of it shares ``NodeConfig.stop_grace`` seconds. Returns
+        a function that removes the hook. See :mod:`fabric.node.drain`.
+        """
+        return self.drain.add_hook(hook)
+
+    async def stop(self) -> None:
+        """Stop gracefully: drain, end local processes, say goodbye, close.
+
+        The drain (:mod:`fabric.node.drain`, within ``stop_grace`` seconds): refuse new
+        calls and spawns from other nodes (:class:`~fabric.errors.NodeDrainingError`),
+        unregister global names and pg memberships, let calls in flight finish, run the
+        :meth:`on_drain` hooks. Then peers see ``NodeDown(reason="shutdown")``. Messages
+        queued before the stop are delivered (each peer acknowledges the goodbye after
+        everything before it); what could not be delivered within ``drain_timeout`` is
+        counted and logged. A second call waits for the first stop to end.
         """
         if not self.started or self.stopped:
             return
+        if self._stopping is not None:
+            await asyncio.shield(self._stopping)
+            return
+        self._stopping = self.loop.create_future()
+        try:
+            await self.drain.run(self.config.stop_grace)
+            await self._close()
+        finally:
+            self._stopping.set_result(None)
+
+    async def _close(self) -> None:
+        """End local processes, say goodbye, wait for the acknowledgements, close."""
         self.stopped = True
         await self.signals.stop_processes(self.config.drain_timeout)
         self._run(self.mesh.stop(self.loop.time()))

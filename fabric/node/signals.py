@@ -46,7 +46,13 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from fabric.config import NodeConfig
-from fabric.errors import BackpressureError, NodeDownError, NotExportedError, SpawnTimeout
+from fabric.errors import (
+    BackpressureError,
+    NodeDownError,
+    NodeDrainingError,
+    NotExportedError,
+    SpawnTimeout,
+)
 from fabric.exports import resolve_export
 from fabric.node.channels import Channels
 from fabric.node.effects import EffectExecutor
@@ -54,9 +60,10 @@ from fabric.node.metrics import Metrics
 from fabric.node.processes import ProcessTable, running_process
 from fabric.node.services import ServiceHost
 from fabric.protocol.codec import Codec
-from fabric.protocol.effects import ExitProcess
+from fabric.protocol.effects import Deliver, ExitProcess
 from fabric.protocol.mesh import MeshCore
-from fabric.protocol.messages import K_CALL, K_REPLY
+from fabric.protocol.mesh_effects import Control
+from fabric.protocol.messages import K_CALL, K_CTRL, K_REPLY
 from fabric.protocol.messages import REPLY_TAG as CALL_REPLY
 from fabric.protocol.processes import (
     Down,
@@ -76,6 +83,10 @@ if TYPE_CHECKING:
 __all__ = ["RegName", "Signals"]
 
 _U64 = 1 << 64  # pid and ref ids are u64 on the wire (PROTOCOL.md section 5)
+# The text of a remote spawn refused by a draining node (its spawn_reply's error): the
+# requester raises NodeDrainingError for it; an older requester shows it as the
+# NotExportedError message it takes any refusal for.
+SPAWN_REFUSED_DRAINING = "node_draining: the node is stopping and takes no new work"
 
 
 class Signals:
@@ -106,6 +117,14 @@ class Signals:
         # ref -> future of a spawn_on waiting for its spawn_reply
         self._spawn_waiters: dict[Ref, asyncio.Future[Pid]] = {}
         self._run: Any = None  # the executor's run, set by attach()
+        # Set by a graceful stop (fabric.node.drain): calls and spawns from other nodes
+        # are refused from then on (the caller gets NodeDrainingError).
+        self.draining = False
+        # Calls from other nodes not answered yet: (caller's node, ref id) -> (server's
+        # pid, caller's creation). Plain tuples: built, hashed and compared in C.
+        # What a graceful stop waits for (calls_in_flight); an entry goes when the
+        # reply is queued, or with the server (exited).
+        self._inbound_calls: dict[tuple[str, int], tuple[Pid, int]] = {}
 
     def attach(self, executor: EffectExecutor) -> None:
         """Run the core's effects through ``executor`` (called once, by the wiring)."""
@@ -214,7 +233,38 @@ class Signals:
         return ref, None
 
     def on_call(self, peer: str, msg: list[Any]) -> None:
-        self._run(self.core.call_received(peer, self._mesh.creation_of(peer), msg))
+        if self.draining:
+            self._refuse_call(peer, msg)
+            return
+        effects = self.core.call_received(peer, self._mesh.creation_of(peer), msg)
+        if type(effects[0]) is Deliver:  # delivered (else: "down noproc" to the caller)
+            self._inbound_calls[(peer, msg[4])] = (effects[0].pid, msg[2])
+        self._run(effects)
+
+    def _refuse_call(self, peer: str, msg: list[Any]) -> None:
+        """Answer a call that came during a graceful stop with the ``down`` of its
+        monitor, reason ``"draining"``: the request reaches no process, and the caller
+        raises :class:`~fabric.errors.NodeDrainingError` (one before this reason raises
+        ``ProcessDeadError(..., "draining")``)."""
+        _, to, creation, caller_id, ref_id, _request = msg
+        if (creation != self._mesh.creation_of(peer) or type(caller_id) is not int
+                or type(ref_id) is not int or not (0 <= caller_id < _U64 and 0 <= ref_id < _U64)):
+            raise ValueError("malformed call")  # the reactor counts it as bad input
+        caller = tuple.__new__(Pid, (peer, caller_id, creation))
+        ref = tuple.__new__(Ref, (peer, ref_id, creation))
+        gone = (to, self.name) if type(to) is str else to
+        self._run([Control(peer, [K_CTRL, "down", ref, gone, "draining", caller])])
+
+    def calls_in_flight(self) -> int:
+        """How many calls from other nodes local servers received and have not answered
+        yet (a server that replies later with ``reply()`` counts until it does)."""
+        inbound = self._inbound_calls
+        for key, (server, creation) in list(inbound.items()):
+            proc = self._procs.get(server[1])
+            if (proc is None or proc.self != server
+                    or Ref(key[0], key[1], creation) not in proc.monitored_by):
+                del inbound[key]  # answered by a path that does not pass here, or gone
+        return len(inbound)
 
     def release_call(self, proc: Process, caller: Pid, ref: Ref) -> bool:
         """The server ``proc`` answered the call ``(caller, ref)``: drop the monitor the
@@ -243,10 +293,12 @@ class Signals:
         if ch is not None and type(ref) is Ref and ref[0] == node and ref[2] == caller[2]:
             # The caller and the ref belong to the receiver: integers suffice (K_REPLY).
             ch.out.push_checked([K_REPLY, caller[2], caller[1], ref[1], ok, value, released])
-            return
-        message = (CALL_REPLY, ref, ok, value, released)
-        self._codec.encode(message)  # refuse it here, as push_checked does
-        self._send(caller, message)
+        else:
+            message = (CALL_REPLY, ref, ok, value, released)
+            self._codec.encode(message)  # refuse it here, as push_checked does
+            self._send(caller, message)
+        if self._inbound_calls:
+            self._inbound_calls.pop((ref[0], ref[1]), None)  # answered: not in flight
 
     def on_reply(self, msg: list[Any]) -> None:
         _, creation, pid_id, ref_id, ok, value, released = msg
@@ -274,6 +326,9 @@ class Signals:
             return
         proc.exit_reason = reason
         pid = proc.self
+        if self._inbound_calls and proc.monitored_by:
+            for ref in proc.monitored_by:  # its unanswered calls end with it
+                self._inbound_calls.pop((ref[0], ref[1]), None)
         effects = self.core.exited(pid, reason)  # takes it out of the shared table too
         self._table.remove(proc)
         self._run(effects)
@@ -297,6 +352,7 @@ class Signals:
         Raises:
             NotExportedError: the function is unknown there or not exported.
             NodeDownError: the node went down meanwhile.
+            NodeDrainingError: the node is stopping gracefully (nothing was started).
             SpawnTimeout: the node is up but did not answer within ``timeout``.
         """
         requester = link_to.self if link_to is not None else None
@@ -306,6 +362,10 @@ class Signals:
         try:
             self._run(effects)
             return await wait_for(fut, timeout, f"spawn_on {node} {spec}", SpawnTimeout)
+        except NotExportedError as exc:
+            if exc.args == (SPAWN_REFUSED_DRAINING,):
+                raise NodeDrainingError(node) from None
+            raise
         finally:
             del self._spawn_waiters[ref]
             if not fut.done() or fut.cancelled():
@@ -314,6 +374,9 @@ class Signals:
                 self.core.spawn_abandoned(ref)
 
     def _on_serve_spawn(self, service: str, eff: ServeSpawn) -> None:
+        if self.draining:
+            self._run(self.core.spawn_refused(eff.peer, eff.ref, SPAWN_REFUSED_DRAINING))
+            return
         try:
             fn = resolve_export(eff.spec, self._config.allow_remote_spawn)
             pid = self._table.spawn(fn, tuple(eff.args))

@@ -226,6 +226,12 @@ class PgCore:
         self._tell_peers(("leave", scope, group, left), out)
         return out
 
+    def local_memberships(self) -> list[tuple[str, Hashable, Pid]]:
+        """Every ``(scope, group, pid)`` a local process joined, once per join: what a
+        graceful drain leaves so that peers stop routing here."""
+        return [(scope, group, pid) for pid, joined in self._local.items()
+                for scope, group in joined]
+
     def monitor(
         self, scope: str, group: Hashable, watcher: Pid, now: float
     ) -> list[Effect]:

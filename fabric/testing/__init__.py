@@ -22,6 +22,7 @@ from fabric.testing.logcapture import capture_logs
 from fabric.testing.meshsim import MeshSim
 from fabric.testing.processsim import ProcessSim
 from fabric.testing.servicesim import ServiceSim
+from fabric.testing.singletonsim import SingletonSim
 
 __all__ = [
     "LocalCluster",
@@ -30,6 +31,7 @@ __all__ = [
     "ProcessCluster",
     "ProcessSim",
     "ServiceSim",
+    "SingletonSim",
     "async_wait_until",
     "capture_logs",
     "child_pythonpath",

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from fabric.testing import NodeProcess, wait_until
+from fabric.testing import NodeProcess, kill_leftovers, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Beside the repository, or where FABRIC_NETLAB says (a worktree elsewhere).
@@ -174,6 +174,18 @@ class LabNode(NodeProcess):
 
     def command(self) -> list[str]:
         return ["ip", "netns", "exec", self.namespace, *super().command()]
+
+
+def end_lab_nodes(lab: Lab, nodes: Iterable[NodeProcess]) -> None:
+    """A test's cleanup: heal the lab (the next test starts on an intact network), kill
+    and close its nodes by pid, and any node left over."""
+    if lab.is_up:
+        with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
+            lab.heal()
+    for node in nodes:
+        node.kill()
+        node.close()
+    kill_leftovers()
 
 
 # -- views of the cluster -----------------------------------------------------------------

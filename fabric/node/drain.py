@@ -1,0 +1,134 @@
+"""A graceful drain: what ``node.stop()`` (and SIGTERM in ``fabric node``) does before it
+says goodbye.
+
+Theory of operation
+-------------------
+A node that stops while it serves loses the work in flight: a call that arrived a moment
+before the stop used to fail with ``ProcessDeadError('shutdown')``, and peers kept
+routing to names and groups that were about to vanish. :class:`Drain` runs, in order,
+before the processes are ended:
+
+1. **Refuse new work.** ``signals.draining`` is set: a call from another node gets the
+   ``down`` of its monitor with reason ``"draining"`` (the caller raises
+   :class:`~fabric.errors.NodeDrainingError`, a ``NodeDownError``: nothing was done,
+   call elsewhere), a remote spawn is refused likewise. Local processes keep working
+   (the hooks below need them); messages (``send``) are still delivered.
+2. **Stop being routed to.** Every global name a local process holds is unregistered
+   (leader names excepted: unregistering one would only start an election this node may
+   win again; a leader's name goes when the node does), and every pg membership of a
+   local process is left, so peers' lookups stop returning this node.
+3. **Finish the calls in flight.** It waits until every call that other nodes' processes
+   made to local servers before step 1 has been answered
+   (:meth:`~fabric.node.signals.Signals.calls_in_flight`), or the server is gone.
+4. **Drain hooks.** Each ``await hook()`` registered with :meth:`Node.on_drain
+   <fabric.node.Node.on_drain>` runs, in registration order (singletons hand over, a
+   distributed supervisor moves its children marked for it). A hook that raises is
+   logged and the drain goes on; hooks run while the node is fully connected.
+
+All of it shares one budget, ``NodeConfig.stop_grace`` seconds; whatever is left at the
+deadline is logged (``drain_incomplete``) and the stop goes on: processes are ended with
+reason ``shutdown``, peers get the goodbye (``NodeDown(reason="shutdown")``), sockets
+close. Calls made by local processes to local servers are not waited for: their callers
+end with the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from fabric.protocol.leader import leader_name
+
+if TYPE_CHECKING:
+    from fabric.node import Node
+
+__all__ = ["Drain", "DrainHook"]
+
+DrainHook = Callable[[], Awaitable[None]]
+"""An ``async def hook() -> None`` run by a graceful stop (see the module docstring)."""
+
+_POLL = 0.005  # how often step 3 looks at the calls in flight (seconds)
+
+
+class Drain:
+    """The graceful drain of one node (``node.drain``); see the module docstring."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._hooks: list[DrainHook] = []
+        self.started = False  # True from step 1 on: the node refuses new work
+        self.done = False  # True once the last step ended (or timed out)
+
+    def add_hook(self, hook: DrainHook) -> Callable[[], None]:
+        """Run ``await hook()`` at step 4; returns a function that removes it again."""
+        self._hooks.append(hook)
+
+        def remove() -> None:
+            if hook in self._hooks:
+                self._hooks.remove(hook)
+
+        return remove
+
+    async def run(self, grace: float) -> bool:
+        """Steps 1 to 4 within ``grace`` seconds; True if all finished in time."""
+        node = self._node
+        loop = node.loop
+        deadline = loop.time() + grace
+        self.started = True
+        node.signals.draining = True
+        node.log.info("drain_started", calls_in_flight=node.signals.calls_in_flight())
+        complete = await self._deregister(deadline)
+        while node.signals.calls_in_flight() and loop.time() < deadline:
+            await asyncio.sleep(_POLL)
+        left = node.signals.calls_in_flight()
+        for hook in list(self._hooks):
+            complete = await self._run_hook(hook, deadline) and complete
+        self.done = True
+        if left or not complete:
+            node.log.warning("drain_incomplete", calls_unanswered=left,
+                             hooks_or_names_timed_out=not complete)
+        else:
+            node.log.info("drain_done")
+        return complete and not left
+
+    async def _deregister(self, deadline: float) -> bool:
+        node = self._node
+        for scope, group, pid in node.pg.core.local_memberships():
+            node.pg.leave(group, pid, scope)
+        names = [name for name in node.global_.registered_names()
+                 if _is_local(node, node.global_.whereis_name(name))
+                 and not _is_leader_name(name)]
+        if not names:
+            return True
+        remaining = max(0.0, deadline - node.loop.time())
+        results = await asyncio.gather(
+            *(node.global_.unregister_name(name, timeout=remaining) for name in names),
+            return_exceptions=True)
+        return not any(isinstance(r, BaseException) for r in results)
+
+    async def _run_hook(self, hook: DrainHook, deadline: float) -> bool:
+        node = self._node
+        remaining = max(0.0, deadline - node.loop.time())
+        try:
+            await asyncio.wait_for(hook(), remaining)
+            return True
+        except asyncio.TimeoutError:
+            node.log.warning("drain_hook_timeout", hook=_name_of(hook))
+        except Exception as exc:  # a hook's bug must not keep the node from stopping
+            node.log.error("drain_hook_failed", hook=_name_of(hook), error=repr(exc),
+                           traceback=traceback.format_exc())
+        return False
+
+
+def _is_local(node: Node, pid: Any) -> bool:
+    return pid is not None and pid.node == node.name
+
+
+def _is_leader_name(name: Any) -> bool:
+    return type(name) is tuple and len(name) == 2 and name == leader_name(name[1])
+
+
+def _name_of(hook: DrainHook) -> str:
+    return getattr(hook, "__qualname__", None) or repr(hook)

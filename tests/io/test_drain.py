@@ -1,0 +1,143 @@
+"""A graceful stop drains: new work from other nodes is refused, names and groups go
+first, calls in flight are answered, drain hooks run, then the goodbye."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from _exported import COOKIE, async_test, cluster, start_slow_worker, wait_until
+
+import fabric
+from fabric import Node, NodeDrainingError
+from fabric.testing import NodeProcess, free_port
+from fabric.testing.cluster import DEFAULT_COOKIE
+
+pytestmark = pytest.mark.io
+
+
+@async_test
+async def test_calls_in_flight_at_stop_are_answered_and_new_ones_refused() -> None:
+    async with cluster(2, stop_grace=10.0) as (server, client):
+        await start_slow_worker(server)
+        await wait_until(lambda: client.global_.whereis_name("worker") is not None
+                         and client.pg.get_members("workers") != [], what="worker seen")
+        events: list[str] = []
+        watcher = client.new_mailbox()
+
+        async def hook() -> None:
+            # Runs once the calls in flight were answered, before the goodbye.
+            events.append(f"hook:{server.signals.calls_in_flight()}:{client.nodes()}")
+
+        server.on_drain(hook)
+        calls = [asyncio.ensure_future(fabric.call(
+            client, ("worker", server.name), ("work", i, watcher.self, 0.3), timeout=10))
+            for i in range(5)]
+        assert await watcher.receive(timeout=5) == ("started", 0)
+        stopping = asyncio.ensure_future(server.stop())
+        await wait_until(lambda: server.draining, what="draining")
+        with pytest.raises(NodeDrainingError) as refused:
+            await fabric.call(client, ("worker", server.name), ("work", 9, watcher.self, 0),
+                              timeout=5)
+        assert refused.value.node == server.name and refused.value.reason == "draining"
+        with pytest.raises(NodeDrainingError):
+            await client.spawn_on(server.name, "_exported:echo")
+        # Peers stop routing here while the calls are still being served.
+        await wait_until(lambda: client.global_.whereis_name("worker") is None
+                         and client.pg.get_members("workers") == [], what="deregistered")
+        assert not all(c.done() for c in calls)
+        assert await asyncio.gather(*calls) == [("done", i) for i in range(5)]
+        await stopping
+        assert events == [f"hook:0:{[server.name]}"]
+
+
+class LateReplier(fabric.GenServer):
+    """Answers each call later, from a task (NOREPLY, then reply())."""
+
+    async def handle_call(self, request: Any, from_: fabric.From) -> Any:
+        async def later() -> None:
+            await asyncio.sleep(request)
+            fabric.reply(from_, ("late", request))
+
+        asyncio.ensure_future(later())
+        return fabric.NOREPLY
+
+
+@async_test
+async def test_a_call_answered_later_with_reply_is_waited_for() -> None:
+    async with cluster(2) as (server, client):
+        pid = await LateReplier.start(server, name="late")
+        call = asyncio.ensure_future(fabric.call(client, pid, 0.3, timeout=10))
+        await wait_until(lambda: server.signals.calls_in_flight() == 1, what="in flight")
+        await server.stop()
+        assert call.done() and call.result() == ("late", 0.3)
+
+
+@async_test
+async def test_a_hook_that_fails_or_hangs_does_not_keep_the_node_from_stopping() -> None:
+    async with Node(f"h@127.0.0.1:{free_port()}", cookie=COOKIE, stop_grace=0.5) as node:
+        ran: list[str] = []
+
+        async def broken() -> None:
+            raise RuntimeError("hook bug")
+
+        async def hangs() -> None:
+            ran.append("hangs")
+            await asyncio.sleep(60)
+
+        async def removed() -> None:
+            ran.append("removed")
+
+        node.on_drain(broken)
+        node.on_drain(hangs)
+        node.on_drain(removed)()  # registered, then removed at once
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await node.stop()
+        assert ran == ["hangs"] and node.stopped
+        assert loop.time() - began < 5.0  # bounded by stop_grace (0.5 s), not the hook
+
+
+@async_test
+async def test_a_second_stop_waits_for_the_first() -> None:
+    node = Node(f"s@127.0.0.1:{free_port()}", cookie=COOKIE)
+    await node.start()
+    gate = asyncio.Event()
+
+    async def slow_hook() -> None:
+        await gate.wait()
+
+    node.on_drain(slow_hook)
+    first = asyncio.ensure_future(node.stop())
+    await wait_until(lambda: node.draining, what="draining")
+    second = asyncio.ensure_future(node.stop())
+    await asyncio.sleep(0)
+    assert not second.done()
+    gate.set()
+    await asyncio.gather(first, second)
+    assert node.stopped
+
+
+@pytest.mark.procs
+def test_sigterm_with_calls_in_flight_fails_none(arun: Callable[..., Any]) -> None:
+    with NodeProcess("worker", extra_args=["--run", "_exported:start_slow_worker"]) as proc:
+        proc.wait_ready()
+
+        async def body() -> None:
+            async with Node(f"client@127.0.0.1:{free_port()}",
+                            cookie=DEFAULT_COOKIE) as client:
+                assert await client.connect(proc.name)
+                watcher = client.new_mailbox()
+                calls = [asyncio.ensure_future(fabric.call(
+                    client, ("worker", proc.name), ("work", i, watcher.self, 0.2),
+                    timeout=15)) for i in range(8)]
+                assert await watcher.receive(timeout=10) == ("started", 0)
+                os.kill(proc.pid, signal.SIGTERM)  # a graceful stop, while they run
+                assert await asyncio.gather(*calls) == [("done", i) for i in range(8)]
+
+        arun(body())
+        assert proc.wait_exit(20) == 0
