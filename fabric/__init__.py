@@ -9,6 +9,9 @@ from fabric.config import NodeConfig
 from fabric.errors import (
     AuthenticationError,
     BackpressureError,
+    CacheError,
+    CacheUnavailableError,
+    CacheValueError,
     CallTimeout,
     ConfigError,
     ConsistencyError,
@@ -40,6 +43,9 @@ from fabric.workers import Router
 __all__ = [
     "AuthenticationError",
     "BackpressureError",
+    "CacheError",
+    "CacheUnavailableError",
+    "CacheValueError",
     "CallTimeout",
     "ChildSpec",
     "ConfigError",

@@ -38,7 +38,7 @@ NOT_EXPORTED = {
 
 # Top-level modules whose export decisions belong to the subsystems' owners (their names
 # exist and they declare __all__; completeness is not enforced here yet), and internals.
-SUBSYSTEMS = ["calls", "ddata", "genserver", "global_", "logs", "pg", "registry", "rpc",
+SUBSYSTEMS = ["cache", "calls", "ddata", "genserver", "global_", "logs", "pg", "registry", "rpc",
               "supervisor", "sync", "workers"]
 # Programs: the console (interactive node) and the `fabric` command.
 PROGRAMS = ["cli", "console"]

@@ -1,0 +1,559 @@
+"""The distributed cache's protocol: requests, replication, fail-over, hand-off.
+
+Theory of operation
+-------------------
+One :class:`CacheCore` per cache name per node, hosted as the service
+``"cache:<name>"``. Every node that uses the cache hosts one; the *owners* (the nodes
+that hold keys) are told to the core by its runtime (``set_owners``, from a pg group),
+and the core keeps the live ones (owners it has a session with, and itself) in a
+:class:`~fabric.protocol.cache_placement.Placement`: a key's owners are its primary and
+``replicas - 1`` replicas on the consistent-hash ring. Nodes that only read host a core
+and are simply not owners.
+
+Requests (client side). The facade gives an operation, a key and a token; the core sends
+``["q", rid, op, key, args]`` to the key's primary (or serves it at once when the
+primary is this node) and keeps the request pending by ``rid``. The answer
+``["a", rid, [status, value]]`` completes the token (``Complete(token, (status,
+value))``). When the node a request waits on goes down, the request moves to the key's
+next live owner (fail-over: a replica answers reads when the primary is down); when no
+owner is left it completes with ``("error", "unavailable")`` at once, never hangs.
+Increments are not retried (their outcome at the lost node is unknown): they complete
+with ``("error", "outcome unknown")``. After an owner change, a read that misses at the
+new primary is asked again of the previous owners for ``handoff_grace`` seconds, so reads
+keep answering while keys are handed off.
+
+Writes (owner side). The owner that gets a write stamps a version (a Lamport counter
+and its name, :data:`~fabric.protocol.cache_store.Version`), stores it and sends
+``["rep", wid, key, value, size, ttl_ms, version]`` (``["rdel", wid, key, version]`` for a
+delete) to the key's other live owners, which keep the newer copy and answer ``["rack",
+wid]``. The write is acknowledged to its caller once ``write_acks`` copies hold it (the
+owner's own included; capped at the key's number of owners, which is smaller only when
+the cluster has fewer owners than ``replicas``). If a replica goes down first and the
+acknowledgements can no longer reach that number, the caller gets ``("error", ...)``:
+acknowledged means on ``write_acks`` nodes.
+
+Single flight (``get_or_compute``). The primary keeps a
+:class:`~fabric.protocol.cache_flight.Flights` of ``goc`` requests per missing key: the
+first is answered ``compute``, the others wait; the leader's ``fill`` stores the value
+(a write like ``put``) and answers every waiter with it; its ``abandon`` (its function
+raised) or its node going down makes the next waiter the leader. Concurrent misses for
+one key anywhere in the cluster therefore compute once.
+
+Read repair. ``read_all`` asks every live owner for its copy (``getv``), answers with the
+newest, and sends that copy (``rep``, no acknowledgement needed) to each owner whose copy
+was older or missing.
+
+Hand-off. When the live owner set changes, :func:`plan_handoff` lists what this node
+sends where; a timer sends it in batches of ``handoff_batch`` entries (``["ho", hid,
+[[key, value, size, ttl_ms, version], ...]]``, answered ``["hack", hid]``) so the loop
+keeps serving meanwhile, and counts every entry sent (``stats.handoffs``). ``leave`` is
+the graceful stop: the node plans as if it were gone, sends everything, and completes
+its token once every batch is acknowledged (or its target went down); it keeps answering
+from its store until then.
+
+Expiry and memory: see :mod:`fabric.protocol.cache_store`; a ``sweep`` timer runs every
+``sweep_interval`` seconds with ``sweep_budget`` entries at most.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from fabric.protocol.cache_flight import Flights
+from fabric.protocol.cache_placement import Move, Placement, plan_handoff
+from fabric.protocol.cache_store import NO_VERSION, CacheStore, Entry, Version
+from fabric.protocol.effects import Complete, Effect, Log, Send, SetTimer
+from fabric.types import Pid
+
+__all__ = ["OPS", "CacheCore", "Result"]
+
+Result = tuple[str, Any]  # (status, value): hit, miss, ok, exists, compute, error
+OPS = frozenset({"get", "mget", "put", "del", "incr", "goc", "fill", "abandon", "getv"})
+_RETRIED = frozenset({"get", "mget", "put", "del", "goc", "fill", "abandon", "getv"})
+_SWEEP = ("sweep",)
+_HANDOFF = ("handoff",)
+UNAVAILABLE: Result = ("error", "unavailable: every owner of the key is down")
+
+
+@dataclass(slots=True)
+class _Request:
+    """A request this node started, waiting on ``target`` (or on several: a gather)."""
+
+    token: Any
+    op: str
+    key: Any
+    args: list[Any]
+    target: str
+    tried: set[str]
+    gather: dict[str, Any] | None = None  # read_all: owner -> its getv answer
+    waiting: set[str] = field(default_factory=set)  # read_all: owners yet to answer
+    fallback: list[str] = field(default_factory=list)  # previous owners to ask on a miss
+
+
+@dataclass(slots=True)
+class _Write:
+    """A write this node stamped, waiting for replicas' acknowledgements."""
+
+    origin: str
+    rid: int
+    result: Result
+    needed: int  # acknowledgements still needed from replicas
+    waiting: set[str]
+
+
+class CacheCore:
+    """One node's part of the cache ``name`` (see the module docstring)."""
+
+    def __init__(self, name: str, me: str, *, replicas: int = 2, write_acks: int | None = None,
+                 max_entries: int = 1_000_000, max_bytes: int = 256 << 20,
+                 sweep_interval: float = 1.0, sweep_budget: int = 1000,
+                 handoff_batch: int = 256, handoff_grace: float = 5.0) -> None:
+        if write_acks is not None and not 1 <= write_acks <= replicas:
+            raise ValueError(f"write_acks must be 1..replicas ({replicas}), not {write_acks}")
+        self.name = name
+        self.me = me
+        self.replicas = replicas
+        self.write_acks = replicas if write_acks is None else write_acks
+        self.store = CacheStore(max_entries, max_bytes)
+        self.stats = self.store.stats
+        self.sweep_interval = sweep_interval
+        self.sweep_budget = sweep_budget
+        self.handoff_batch = handoff_batch
+        self.handoff_grace = handoff_grace
+        self._service = f"cache:{name}"
+        self._declared: set[str] = set()  # owners as the runtime reports them (pg)
+        self._up: set[str] = set()  # peers with a session
+        self.placement = Placement((), replicas)
+        self._previous: Placement | None = None  # before the last change, for reads
+        self._previous_until = 0.0
+        self._pending: dict[int, _Request] = {}
+        self._writes: dict[int, _Write] = {}
+        self._flights: Flights[tuple[str, int]] = Flights()
+        self._next_id = 0
+        self._clock = 0  # Lamport counter for versions
+        self._moves: deque[Move] = deque()
+        self._handoff_base: Placement | None = None  # placement the queued moves assume
+        self._handoff_acks: dict[int, str] = {}  # hid -> target
+        self._leaving = False
+        self._leave_token: Any = None
+
+    # -- ServiceCore ----------------------------------------------------------------------
+
+    @property
+    def service(self) -> str:
+        return self._service
+
+    @property
+    def topic_prefix(self) -> bytes | None:
+        return None
+
+    def on_nodeup(self, peer: str, now: float) -> list[Effect]:
+        self._up.add(peer)
+        return self._replace_placement(now)
+
+    def on_nodedown(self, peer: str, reason: str, now: float) -> list[Effect]:
+        self._up.discard(peer)
+        out: list[Effect] = []
+        for rid, req in list(self._pending.items()):
+            if req.gather is not None:
+                if peer in req.waiting:
+                    req.waiting.discard(peer)
+                    self._finish_gather(rid, req, now, out)
+            elif req.target == peer:
+                self._retry(rid, req, now, out)
+        for wid, write in list(self._writes.items()):
+            if peer in write.waiting:
+                write.waiting.discard(peer)
+                if len(write.waiting) < write.needed:
+                    del self._writes[wid]
+                    self._answer(write.origin, write.rid, (
+                        "error", f"write reached fewer than {self.write_acks} copies: "
+                                 f"replica {peer} went down"), now, out)
+        for _key, leader in self._flights.drop_where(lambda w: w[0] == peer):
+            self._answer(leader[0], leader[1], ("compute", None), now, out)
+        for hid, target in list(self._handoff_acks.items()):
+            if target == peer:
+                del self._handoff_acks[hid]
+        out += self._replace_placement(now)
+        self._maybe_left(out)
+        return out
+
+    def on_message(self, peer: str, payload: Any, now: float) -> list[Effect]:
+        out: list[Effect] = []
+        try:
+            self._dispatch(peer, payload, now, out)
+        except (TypeError, ValueError, IndexError, KeyError) as exc:
+            out.append(Log("warning", "cache_bad_message",
+                           {"cache": self.name, "peer": peer, "error": repr(exc)}))
+        return out
+
+    def on_publish(self, payload: Any, now: float) -> list[Effect]:
+        return []
+
+    def on_timer(self, key: Any, now: float) -> list[Effect]:
+        if key == _SWEEP:
+            self.store.sweep(now, self.sweep_budget)
+            return [SetTimer(_SWEEP, now + self.sweep_interval)]
+        if key == _HANDOFF:
+            return self._handoff_step(now)
+        return []
+
+    def on_process_exit(self, pid: Pid, reason: Any, now: float) -> list[Effect]:
+        return []
+
+    # -- API for the runtime ----------------------------------------------------------------
+
+    def start(self, now: float) -> list[Effect]:
+        """The sweep timer (once, when the runtime starts hosting the core)."""
+        return [SetTimer(_SWEEP, now + self.sweep_interval)]
+
+    def set_owners(self, owners: set[str], now: float) -> list[Effect]:
+        """The owner set as the runtime sees it (the pg group's nodes)."""
+        self._declared = set(owners)
+        return self._replace_placement(now)
+
+    def read_local(self, key: Any, now: float) -> Entry | None | bool:
+        """A read served here without a message when this node is the key's primary:
+        the entry or None (a miss); False when another node is the primary."""
+        owners = self.placement.owners(key)
+        if not owners or owners[0] != self.me:
+            return False
+        return self.store.get(key, now)
+
+    def request(self, token: Any, op: str, key: Any, args: list[Any],
+                now: float) -> list[Effect]:
+        """Start ``op`` on ``key``; completes ``token`` with a :data:`Result`."""
+        if op not in OPS:
+            raise ValueError(f"unknown cache operation {op!r}")
+        out: list[Effect] = []
+        owners = self.placement.owners(key)
+        if not owners:
+            out.append(Complete(token, UNAVAILABLE))
+            return out
+        rid = self._new_id()
+        req = _Request(token, op, key, args, owners[0], {owners[0]})
+        if self._previous is not None and now < self._previous_until and op == "get":
+            req.fallback = [n for n in self._previous.owners(key)
+                            if n not in owners[:1] and self._is_live(n)]
+        self._pending[rid] = req
+        self._send_request(rid, req, now, out)
+        return out
+
+    def read_all(self, token: Any, key: Any, now: float) -> list[Effect]:
+        """Read every live owner's copy, answer the newest, repair the older ones."""
+        out: list[Effect] = []
+        owners = self.placement.owners(key)
+        if not owners:
+            out.append(Complete(token, UNAVAILABLE))
+            return out
+        rid = self._new_id()
+        req = _Request(token, "getv", key, [], owners[0], set(owners), gather={},
+                       waiting=set(owners))
+        self._pending[rid] = req
+        for owner in owners:
+            if owner == self.me:
+                self._serve(self.me, rid, "getv", key, [], now, out)
+            else:
+                out.append(Send(owner, ["q", rid, "getv", key, []]))
+        return out
+
+    def cancel(self, token: Any) -> None:
+        """Forget the request of ``token`` (its caller stopped waiting)."""
+        for rid, req in list(self._pending.items()):
+            if req.token == token:
+                del self._pending[rid]
+
+    def leave(self, token: Any, now: float) -> list[Effect]:
+        """Hand every entry to the owners that remain; completes ``token`` when done."""
+        self._leaving = True
+        self._leave_token = token
+        out = self._replace_placement(now)
+        while self._moves:  # bounded by the queue: every step takes a batch
+            out += self._handoff_step(now)
+        self._maybe_left(out)
+        return out
+
+    def owners_of(self, key: Any) -> list[str]:
+        """The key's live owners, primary first."""
+        return self.placement.owners(key)
+
+    def counters(self) -> dict[str, int]:
+        stats = self.stats.as_dict()
+        stats["entries"] = len(self.store)
+        stats["bytes"] = self.store.bytes
+        return stats
+
+    # -- the client side ------------------------------------------------------------------
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def _is_live(self, node: str) -> bool:
+        return node == self.me or node in self._up
+
+    def _send_request(self, rid: int, req: _Request, now: float, out: list[Effect]) -> None:
+        if req.target == self.me:
+            self._serve(self.me, rid, req.op, req.key, req.args, now, out)
+        else:
+            out.append(Send(req.target, ["q", rid, req.op, req.key, req.args]))
+
+    def _retry(self, rid: int, req: _Request, now: float, out: list[Effect]) -> None:
+        if req.op not in _RETRIED:
+            del self._pending[rid]
+            out.append(Complete(req.token, ("error", f"outcome unknown: owner {req.target} "
+                                                     "went down during the operation")))
+            return
+        nxt = next((n for n in self.placement.owners(req.key) if n not in req.tried), None)
+        if nxt is None:
+            del self._pending[rid]
+            out.append(Complete(req.token, UNAVAILABLE))
+            return
+        req.target = nxt
+        req.tried.add(nxt)
+        self._send_request(rid, req, now, out)
+
+    def _on_answer(self, peer: str, rid: int, result: Result, now: float,
+                   out: list[Effect]) -> None:
+        req = self._pending.get(rid)
+        if req is None:
+            return  # cancelled, or answered by someone else after a fail-over
+        if req.gather is not None:
+            if peer in req.waiting:
+                req.waiting.discard(peer)
+                req.gather[peer] = result
+                self._finish_gather(rid, req, now, out)
+            return
+        if peer != req.target:
+            return
+        if result[0] == "miss" and req.fallback:
+            nxt = req.fallback.pop(0)
+            req.target = nxt
+            req.tried.add(nxt)
+            self._send_request(rid, req, now, out)
+            return
+        del self._pending[rid]
+        out.append(Complete(req.token, result))
+
+    def _finish_gather(self, rid: int, req: _Request, now: float, out: list[Effect]) -> None:
+        if req.waiting or req.gather is None:
+            return
+        del self._pending[rid]
+        copies = {n: r[1] for n, r in req.gather.items() if r[0] == "v"}
+        if not req.gather:
+            out.append(Complete(req.token, UNAVAILABLE))
+            return
+        if not copies:
+            out.append(Complete(req.token, ("miss", None)))
+            return
+        best_node = max(copies, key=lambda n: _version(copies[n][3]))
+        value, size, ttl_ms, version = copies[best_node]
+        for owner in req.gather:
+            if owner in copies and _version(copies[owner][3]) == _version(version):
+                continue
+            self.stats.repairs += 1
+            rep = ["rep", 0, req.key, value, size, ttl_ms, version]
+            if owner == self.me:
+                self.store.merge(req.key, value, size, ttl_ms, _version(version), now)
+            else:
+                out.append(Send(owner, rep))
+        out.append(Complete(req.token, ("hit", value)))
+
+    def _answer(self, origin: str, rid: int, result: Result, now: float,
+                out: list[Effect]) -> None:
+        if origin == self.me:
+            self._on_answer(self.me, rid, result, now, out)
+        else:
+            out.append(Send(origin, ["a", rid, list(result)]))
+
+    # -- the owner side -------------------------------------------------------------------
+
+    def _dispatch(self, peer: str, msg: Any, now: float, out: list[Effect]) -> None:
+        tag = msg[0]
+        if tag == "q":
+            op = msg[2]
+            if op not in OPS:
+                raise ValueError(f"unknown op {op!r}")
+            self._serve(peer, int(msg[1]), op, msg[3], list(msg[4]), now, out)
+        elif tag == "a":
+            result = msg[2]
+            self._on_answer(peer, int(msg[1]), (str(result[0]), result[1]), now, out)
+        elif tag == "rep":
+            _, wid, key, value, size, ttl_ms, version = msg
+            self.store.merge(key, value, int(size), ttl_ms, _version(version), now)
+            self._clock = max(self._clock, int(version[0]))
+            if wid:
+                out.append(Send(peer, ["rack", wid]))
+        elif tag == "rdel":
+            _, wid, key, version = msg
+            current = self.store.peek(key, now)
+            if current is None or current.version <= _version(version):
+                self.store.delete(key)
+            out.append(Send(peer, ["rack", wid]))
+        elif tag == "rack":
+            self._on_replica_ack(peer, int(msg[1]), now, out)
+        elif tag == "ho":
+            for key, value, size, ttl_ms, version in msg[2]:
+                self.store.merge(key, value, int(size), ttl_ms, _version(version), now)
+                self._clock = max(self._clock, int(version[0]))
+            out.append(Send(peer, ["hack", msg[1]]))
+        elif tag == "hack":
+            self._handoff_acks.pop(int(msg[1]), None)
+            self._maybe_left(out)
+        else:
+            raise ValueError(f"unknown message tag {tag!r}")
+
+    def _serve(self, origin: str, rid: int, op: str, key: Any, args: list[Any], now: float,
+               out: list[Effect]) -> None:
+        store = self.store
+        if op == "get":
+            entry = store.get(key, now)
+            self._answer(origin, rid, ("miss", None) if entry is None else ("hit", entry.value),
+                         now, out)
+        elif op == "mget":
+            found = []
+            for k in args[0]:
+                entry = store.get(k, now)
+                found.append(None if entry is None else [entry.value])
+            self._answer(origin, rid, ("ok", found), now, out)
+        elif op == "getv":
+            entry = store.peek(key, now)
+            self._answer(origin, rid, ("miss", None) if entry is None else (
+                "v", [entry.value, entry.size, entry.ttl_ms(now), list(entry.version)]),
+                now, out)
+        elif op == "put":
+            value, size, ttl_ms, only_new = args
+            if only_new:
+                entry = store.get(key, now)
+                if entry is not None:
+                    self._answer(origin, rid, ("exists", entry.value), now, out)
+                    return
+            self._write(origin, rid, key, value, int(size), ttl_ms, ("ok", True), now, out)
+        elif op == "del":
+            entry = store.peek(key, now)
+            version = self._stamp(entry)
+            store.delete(key)
+            self._replicate(origin, rid, key, ["rdel", 0, key, list(version)],
+                            ("ok", entry is not None), now, out)
+        elif op == "incr":
+            by, ttl_ms = args
+            entry = store.get(key, now)
+            base = 0 if entry is None else entry.value
+            if type(base) is not int or type(by) is not int:
+                self._answer(origin, rid, ("error", f"incr needs an int value, the key holds "
+                                                    f"{type(base).__name__}"), now, out)
+                return
+            total = base + by
+            if entry is not None and entry.expires_at is not None and ttl_ms is None:
+                ttl_ms = entry.ttl_ms(now)  # an increment keeps the key's deadline
+            self._write(origin, rid, key, total, 9 + len(str(key)), ttl_ms, ("ok", total),
+                        now, out)
+        elif op == "goc":
+            entry = store.get(key, now)
+            if entry is not None:
+                self._answer(origin, rid, ("hit", entry.value), now, out)
+            elif self._flights.join(key, (origin, rid)):
+                self._answer(origin, rid, ("compute", None), now, out)
+        elif op == "fill":
+            value, size, ttl_ms = args
+            self._write(origin, rid, key, value, int(size), ttl_ms, ("ok", True), now, out)
+            for waiter in self._flights.finish(key):
+                self._answer(waiter[0], waiter[1], ("hit", value), now, out)
+        elif op == "abandon":
+            self._answer(origin, rid, ("ok", None), now, out)
+            leader = self._flights.abandon(key)
+            if leader is not None:
+                self._answer(leader[0], leader[1], ("compute", None), now, out)
+
+    def _stamp(self, entry: Entry | None) -> Version:
+        floor = NO_VERSION[0] if entry is None else entry.version[0]
+        self._clock = max(self._clock, floor) + 1
+        return (self._clock, self.me)
+
+    def _write(self, origin: str, rid: int, key: Any, value: Any, size: int,
+               ttl_ms: int | None, result: Result, now: float, out: list[Effect]) -> None:
+        version = self._stamp(self.store.peek(key, now))
+        self.store.put(key, value, size, ttl_ms, version, now)
+        self._replicate(origin, rid, key,
+                        ["rep", 0, key, value, size, ttl_ms, list(version)], result, now, out)
+
+    def _replicate(self, origin: str, rid: int, key: Any, message: list[Any], result: Result,
+                   now: float, out: list[Effect]) -> None:
+        replicas = [n for n in self.placement.owners(key) if n != self.me]
+        copies = max(1, len(replicas) + (0 if self.me not in self.placement.members else 1))
+        needed = min(self.write_acks, copies) - (1 if self.me in self.placement.members else 0)
+        if not replicas or needed <= 0:
+            for replica in replicas:
+                out.append(Send(replica, message))  # wid 0: no acknowledgement expected
+            self._answer(origin, rid, result, now, out)
+            return
+        wid = self._new_id()
+        message[1] = wid
+        self._writes[wid] = _Write(origin, rid, result, needed, set(replicas))
+        for replica in replicas:
+            out.append(Send(replica, message))
+
+    def _on_replica_ack(self, peer: str, wid: int, now: float, out: list[Effect]) -> None:
+        write = self._writes.get(wid)
+        if write is None or peer not in write.waiting:
+            return
+        write.waiting.discard(peer)
+        write.needed -= 1
+        if write.needed <= 0:
+            del self._writes[wid]
+            self._answer(write.origin, write.rid, write.result, now, out)
+
+    # -- placement and hand-off -----------------------------------------------------------
+
+    def _replace_placement(self, now: float) -> list[Effect]:
+        live = {n for n in self._declared if self._is_live(n)}
+        if self._leaving:
+            live.discard(self.me)
+        if live == self.placement.members:
+            return []
+        old = self.placement
+        self.placement = old.with_members(live)
+        self._previous, self._previous_until = old, now + self.handoff_grace
+        base = self._handoff_base if self._moves and self._handoff_base is not None else old
+        self._handoff_base = base
+        self._moves = deque(plan_handoff(self.me, base, self.placement, self.store.keys()))
+        if not self._moves:
+            return []
+        return [SetTimer(_HANDOFF, now)]
+
+    def _handoff_step(self, now: float) -> list[Effect]:
+        out: list[Effect] = []
+        batches: dict[str, list[list[Any]]] = {}
+        for _ in range(min(self.handoff_batch, len(self._moves))):
+            move = self._moves.popleft()
+            entry = self.store.peek(move.key, now)
+            if entry is None:
+                continue
+            row = [move.key, entry.value, entry.size, entry.ttl_ms(now), list(entry.version)]
+            for target in move.targets:
+                if self._is_live(target):
+                    batches.setdefault(target, []).append(row)
+            if move.drop and not self._leaving:
+                self.store.delete(move.key)
+        for target, rows in batches.items():
+            hid = self._new_id()
+            self._handoff_acks[hid] = target
+            self.stats.handoffs += len(rows)
+            out.append(Send(target, ["ho", hid, rows]))
+        if self._moves:
+            out.append(SetTimer(_HANDOFF, now))
+        return out
+
+    def _maybe_left(self, out: list[Effect]) -> None:
+        if self._leave_token is None or self._moves or self._handoff_acks:
+            return
+        for key in list(self.store.keys()):
+            self.store.delete(key)
+        out.append(Complete(self._leave_token, ("ok", None)))
+        self._leave_token = None
+
+
+def _version(raw: Any) -> Version:
+    return (int(raw[0]), str(raw[1]))

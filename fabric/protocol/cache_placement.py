@@ -1,0 +1,109 @@
+"""Where a cache key lives, and which keys move when the owners change.
+
+Theory of operation
+-------------------
+The nodes that own a cache's keys (its *owners*) sit on a consistent-hash ring
+(:class:`~fabric.protocol.hashring.HashRing`, 160 virtual nodes each). A key's *owners*
+are the first ``replicas`` distinct nodes clockwise from the key's hash
+(:meth:`Placement.owners`): the first is its *primary* (reads and writes go there), the
+rest hold *replicas*. Every node computes the same owners from the same owner set, with
+no table to agree on.
+
+When the owner set changes (a node joins, leaves or dies), the ring moves only the arcs
+next to that node's points, so only keys whose owner list changed have to move: about
+``replicas / N`` of the copies for one node more or less among ``N``.
+:func:`plan_handoff` is what one node does about the keys it holds:
+
+* a key whose owner list did not change stays where it is;
+* otherwise the copies go to the *new* owners that were not old owners (they lack it).
+  One node sends them: the first old owner, in preference order, that is still an
+  owner-set member now (the *sender* is computed by each holder from the same two
+  lists, so nobody coordinates). A node leaving gracefully sends its copies itself
+  before it goes (the survivor may send them too: copies merge by version, so a
+  duplicate is harmless). If no old owner survived, the key is lost, which
+  ``replicas`` copies are there to make unlikely;
+* a node that is no longer among a key's owners drops it once it is sent (``drop``).
+
+:func:`moved_fraction` measures a change as the share of copies that move, against
+the ideal ``1 / N`` of a join to ``N`` nodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from fabric.protocol.hashring import HashRing, Key
+
+__all__ = ["Move", "Placement", "moved_fraction", "plan_handoff"]
+
+
+class Placement:
+    """The owners of every key, for one owner set.
+
+    Args:
+        owners: node names of the owners (any order).
+        replicas: copies per key (the primary included), at least 1.
+        vnodes: ring points per owner.
+    """
+
+    def __init__(self, owners: Iterable[str], replicas: int = 2, vnodes: int = 160) -> None:
+        if replicas < 1:
+            raise ValueError(f"a cache needs at least one copy per key, not {replicas}")
+        self.replicas = replicas
+        self.vnodes = vnodes
+        self.members = frozenset(owners)
+        self._ring: HashRing[str] = HashRing(sorted(self.members), vnodes=vnodes)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def owners(self, key: Key) -> list[str]:
+        """The key's owners, primary first (empty if there are no owners)."""
+        if not self.members:
+            return []
+        return self._ring.preference(key, self.replicas)
+
+    def with_members(self, owners: Iterable[str]) -> Placement:
+        return Placement(owners, self.replicas, self.vnodes)
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """What this node does with ``key`` after an owner change: send its copy to
+    ``targets`` (may be empty) and then, if ``drop``, forget it."""
+
+    key: Key
+    targets: tuple[str, ...]
+    drop: bool
+
+
+def plan_handoff(me: str, old: Placement, new: Placement, keys: Iterable[Key]) -> list[Move]:
+    """The moves ``me`` makes for the ``keys`` it holds when ``old`` becomes ``new``."""
+    moves: list[Move] = []
+    for key in keys:
+        before = old.owners(key)
+        after = new.owners(key)
+        if before == after:
+            continue
+        # The sender: the first old owner still in the owner set; a node leaving sends
+        # its copies itself (it goes before the others see it leave), and a node holding
+        # a copy nobody else survived with sends it too. Duplicates merge harmlessly.
+        survivors = [n for n in before if n in new.members]
+        sends = me not in new.members or not survivors or survivors[0] == me
+        targets = tuple(n for n in after if n not in before and n != me) if sends else ()
+        drop = me not in after
+        if targets or drop:
+            moves.append(Move(key, targets, drop))
+    return moves
+
+
+def moved_fraction(old: Placement, new: Placement, keys: Iterable[Key]) -> float:
+    """The share of key copies that a change from ``old`` to ``new`` must transfer."""
+    moved = total = 0
+    for key in keys:
+        before = set(old.owners(key))
+        after = new.owners(key)
+        total += len(after)
+        moved += sum(1 for n in after if n not in before)
+    return moved / total if total else 0.0
