@@ -168,7 +168,8 @@ class CacheStore:
         return True
 
     def sweep(self, now: float, budget: int = 1000) -> int:
-        """Drop up to ``budget`` entries whose deadline passed; returns how many."""
+        """Drop entries whose deadline passed, examining at most ``budget`` deadlines
+        (stale ones of rewritten entries count); returns how many were dropped."""
         dropped = 0
         heap = self._deadlines
         for _ in range(budget):  # bounded work per call

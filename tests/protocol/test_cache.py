@@ -1,0 +1,370 @@
+"""The distributed cache's sans-I/O parts: placement, hand-off plan, store, single flight,
+and the core driven by ServiceSim on a virtual clock."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from fabric.errors import CacheValueError
+from fabric.protocol.cache import CacheCore
+from fabric.protocol.cache_flight import Flights
+from fabric.protocol.cache_placement import Placement, moved_fraction, plan_handoff
+from fabric.protocol.cache_store import CacheStore
+from fabric.protocol.effects import Complete, Log
+from fabric.protocol.hashring import HashRing
+from fabric.testing import ServiceSim
+
+NAMES = ["a@h:1", "b@h:2", "c@h:3"]
+KEYS = [f"key-{i}" for i in range(2000)]
+
+# -- placement ------------------------------------------------------------------------------
+
+
+def test_preference_lists_distinct_members_primary_first() -> None:
+    ring = HashRing(NAMES)
+    for key in KEYS[:200]:
+        pref = ring.preference(key, 2)
+        assert len(pref) == 2 and len(set(pref)) == 2
+        assert pref[0] == ring.lookup(key)
+    assert sorted(ring.preference("x", 10)) == sorted(NAMES)  # capped at the members
+
+
+def test_placement_is_the_same_whatever_the_order_of_the_owners() -> None:
+    one = Placement(NAMES, replicas=2)
+    two = Placement(reversed(NAMES), replicas=2)
+    assert all(one.owners(k) == two.owners(k) for k in KEYS[:300])
+    assert Placement((), 2).owners("k") == []
+    with pytest.raises(ValueError):
+        Placement(NAMES, replicas=0)
+
+
+def test_a_fourth_owner_moves_about_a_quarter_of_the_copies() -> None:
+    old = Placement(NAMES, replicas=2)
+    new = old.with_members([*NAMES, "d@h:4"])
+    fraction = moved_fraction(old, new, KEYS)
+    assert 0.25 / 1.2 <= fraction <= 0.25 * 1.2
+    # Keys whose owners did not change are in no plan; every moved copy has one sender.
+    sent: dict[tuple[str, str], int] = {}
+    for me in NAMES:
+        for move in plan_handoff(me, old, new, KEYS):
+            assert old.owners(move.key) != new.owners(move.key)
+            for target in move.targets:
+                sent[(str(move.key), target)] = sent.get((str(move.key), target), 0) + 1
+    expected = {(k, n) for k in KEYS for n in new.owners(k) if n not in old.owners(k)}
+    assert set(sent) == expected and set(sent.values()) == {1}
+
+
+def test_an_owner_that_leaves_sends_its_copies_and_drops_them() -> None:
+    old = Placement(NAMES, replicas=2)
+    new = old.with_members(NAMES[:2])
+    moves = plan_handoff("c@h:3", old, new, KEYS)
+    mine = [k for k in KEYS if "c@h:3" in old.owners(k)]
+    assert sorted(str(m.key) for m in moves) == sorted(mine)
+    assert all(m.drop for m in moves)
+    assert all(set(m.targets) == set(new.owners(m.key)) - set(old.owners(m.key))
+               for m in moves)
+
+
+# -- the store ------------------------------------------------------------------------------
+
+
+def test_ttl_is_exact_to_the_millisecond_on_read() -> None:
+    store = CacheStore()
+    store.put("k", "v", 10, 100, (1, "a"), now=10.0)
+    entry = store.get("k", 10.0999)
+    assert entry is not None and entry.value == "v"
+    assert store.get("k", 10.1) is None
+    assert store.stats.expirations == 1 and store.stats.hits == 1 and store.stats.misses == 1
+    assert "k" not in store
+
+
+def test_the_sweep_drops_expired_entries_within_its_budget() -> None:
+    store = CacheStore()
+    for i in range(10):
+        store.put(i, i, 10, 5, (1, "a"), now=0.0)
+    store.put("forever", 1, 10, None, (1, "a"), now=0.0)
+    store.put(3, "rewritten", 10, 60_000, (2, "a"), now=0.0)  # its old deadline is stale
+    # The budget bounds the deadlines examined: 0, 1, 2 and the stale one of 3.
+    assert store.sweep(1.0, budget=4) == 3
+    assert store.sweep(1.0, budget=100) == 6
+    assert sorted(map(str, store.keys())) == ["3", "forever"]
+    assert store.stats.expirations == 9
+
+
+def test_entries_and_bytes_bounds_evict_least_recently_used() -> None:
+    store = CacheStore(max_entries=3, max_bytes=100)
+    for k in "abc":
+        store.put(k, k, 10, None, (1, "n"), 0.0)
+    store.get("a", 0.0)  # a is now the most recently used
+    store.put("d", "d", 10, None, (1, "n"), 0.0)
+    assert sorted(store.keys()) == ["a", "c", "d"] and store.stats.evictions == 1
+    store.put("big", "x", 80, None, (1, "n"), 0.0)  # 4 entries: c goes (100 bytes)
+    assert sorted(store.keys()) == ["a", "big", "d"] and store.bytes == 100
+    store.put("e", "e", 15, None, (1, "n"), 0.0)  # 115 bytes: a and d go
+    assert sorted(store.keys()) == ["big", "e"] and store.bytes == 95
+    assert store.stats.evictions == 4
+    with pytest.raises(CacheValueError):
+        store.put("huge", "x", 101, None, (1, "n"), 0.0)
+    assert sorted(store.keys()) == ["big", "e"]  # a refused entry evicts nothing
+
+
+def test_merge_keeps_the_newer_version() -> None:
+    store = CacheStore()
+    assert store.merge("k", "new", 1, None, (5, "b"), 0.0)
+    assert not store.merge("k", "old", 1, None, (4, "z"), 0.0)
+    assert not store.merge("k", "tie", 1, None, (5, "a"), 0.0)
+    assert store.merge("k", "newer", 1, None, (5, "c"), 0.0)
+    entry = store.peek("k", 0.0)
+    assert entry is not None and entry.value == "newer"
+
+
+# -- single flight --------------------------------------------------------------------------
+
+
+def test_flights_lead_wait_hand_over_and_drop() -> None:
+    flights: Flights[str] = Flights()
+    assert flights.join("k", "w1") and not flights.join("k", "w2")
+    assert not flights.join("k", "w3")
+    assert flights.abandon("k") == "w2"
+    assert flights.drop_where(lambda w: w == "w2") == [("k", "w3")]
+    assert flights.finish("k") == []
+    assert "k" not in flights
+    assert flights.join("j", "x") and not flights.join("j", "y")
+    assert flights.finish("j") == ["y"]
+    assert flights.abandon("j") is None
+
+
+# -- the core on a simulated cluster --------------------------------------------------------
+
+
+class Cluster:
+    """Three (or more) cache cores in a ServiceSim; every node is an owner."""
+
+    def __init__(self, names: list[str] = NAMES, *, write_acks: int | None = None,
+                 **options: Any) -> None:
+        self.owners = set(names)
+        self.tokens = itertools.count()
+        self.sim = ServiceSim(lambda name, _c: CacheCore("t", name, write_acks=write_acks,
+                                                         **options), names)
+        for name in names:
+            self.sim.call(name, "set_owners", set(self.owners))
+        self.sim.advance(0.1)
+
+    def core(self, name: str) -> CacheCore:
+        core: CacheCore = self.sim.core(name)
+        return core
+
+    def start(self, name: str, op: str, key: Any, *args: Any) -> Any:
+        token = next(self.tokens)
+        self.sim.call(name, "request", token, op, key, list(args))
+        return token
+
+    def op(self, name: str, op: str, key: Any, *args: Any) -> Any:
+        token = self.start(name, op, key, *args)
+        self.sim.advance(0.1)
+        return self.sim.completed.pop(token)
+
+    def put(self, name: str, key: Any, value: Any, ttl_ms: int | None = None) -> Any:
+        return self.op(name, "put", key, value, 10, ttl_ms, False)
+
+    def set_owners(self, owners: set[str]) -> None:
+        self.owners = owners
+        for name, node in self.sim.nodes.items():
+            if node.up:
+                self.sim.call(name, "set_owners", set(owners))
+
+
+def test_put_on_one_node_get_on_another_and_both_owners_hold_it() -> None:
+    c = Cluster()
+    assert c.put("a@h:1", "k", "v") == ("ok", True)
+    assert c.op("c@h:3", "get", "k") == ("hit", "v")
+    owners = c.core("a@h:1").owners_of("k")
+    assert all("k" in c.core(n).store for n in owners)
+    assert all("k" not in c.core(n).store for n in NAMES if n not in owners)
+
+
+def test_operations_put_new_delete_incr_and_mget() -> None:
+    c = Cluster()
+    assert c.op("a@h:1", "put", "n", 1, 10, None, True) == ("ok", True)
+    assert c.op("b@h:2", "put", "n", 2, 10, None, True) == ("exists", 1)
+    assert c.op("c@h:3", "incr", "n", 5, None) == ("ok", 6)
+    assert c.op("c@h:3", "del", "n") == ("ok", True)
+    assert c.op("a@h:1", "get", "n") == ("miss", None)
+    assert c.op("a@h:1", "del", "n") == ("ok", False)
+    c.put("a@h:1", "s", "text")
+    assert c.op("b@h:2", "incr", "s", 1, None)[0] == "error"
+    assert c.op("b@h:2", "mget", "s", ["s", "nope"]) == ("ok", [["text"], None])
+
+
+def test_a_write_waits_for_its_replica_and_fails_when_the_replica_goes_down() -> None:
+    c = Cluster()
+    primary, replica = c.core("a@h:1").owners_of("w")
+    client = next(n for n in NAMES if n not in (primary, replica))
+    c.sim.cut(primary, replica)
+    token = c.start(client, "put", "w", "v", 10, None, False)
+    c.sim.advance(0.5)
+    assert token not in c.sim.completed  # not acknowledged: one copy only
+    c.sim.advance(1.0)  # the cut is detected: the replica is down for the primary
+    status, why = c.sim.completed[token]
+    assert status == "error" and "fewer than 2 copies" in why
+
+
+def test_reads_fail_over_to_a_replica_when_the_primary_dies() -> None:
+    c = Cluster()
+    for i in range(100):
+        assert c.put(NAMES[i % 3], f"k{i}", i) == ("ok", True)
+    victim = "a@h:1"
+    c.sim.kill(victim)
+    c.set_owners(c.owners - {victim})  # what pg reports after the nodedown
+    c.sim.advance(1.0)  # hand-off to the new replicas
+    for i in range(100):
+        assert c.op("b@h:2", "get", f"k{i}") == ("hit", i)
+    # every key is on two live nodes again
+    for i in range(100):
+        holders = [n for n in NAMES[1:] if f"k{i}" in c.core(n).store]
+        assert len(holders) == 2
+
+
+def test_a_request_in_flight_to_a_dying_primary_moves_to_the_replica() -> None:
+    c = Cluster()
+    c.put("a@h:1", "k", "v")
+    primary, _ = c.core("a@h:1").owners_of("k")
+    client = next(n for n in NAMES if n != primary)
+    c.sim.cut(primary, client)  # the request is lost; the nodedown retries it
+    token = c.start(client, "get", "k")
+    c.sim.advance(2.0)
+    assert c.sim.completed[token] == ("hit", "v")
+
+
+def test_a_key_whose_owners_are_all_down_fails_at_once() -> None:
+    c = Cluster()
+    client = "c@h:3"
+    c.set_owners(set(NAMES[:2]))  # c only reads
+    c.sim.advance(1.0)
+    c.put(client, "k", "v")
+    for owner in NAMES[:2]:
+        c.sim.kill(owner)
+    c.sim.advance(0.1)
+    token = next(c.tokens)
+    effects = c.core(client).request(token, "get", "k", [], c.sim.now)
+    assert effects == [Complete(token, ("error", "unavailable: every owner of the key is down"))]
+
+
+def test_an_increment_in_flight_is_not_retried() -> None:
+    c = Cluster()
+    primary = c.core("a@h:1").owners_of("n")[0]
+    client = next(n for n in NAMES if n != primary)
+    c.sim.cut(primary, client)
+    token = c.start(client, "incr", "n", 1, None)
+    c.sim.advance(2.0)
+    status, why = c.sim.completed[token]
+    assert status == "error" and "outcome unknown" in why
+
+
+def test_concurrent_misses_across_the_cluster_compute_once() -> None:
+    c = Cluster()
+    tokens = [c.start(n, "goc", "g") for n in NAMES for _ in range(3)]
+    c.sim.advance(0.1)
+    assert sorted(c.sim.completed[t][0] for t in tokens if t in c.sim.completed) == ["compute"]
+    leader = next(t for t in tokens if t in c.sim.completed)
+    leader_node = NAMES[tokens.index(leader) // 3]
+    c.sim.completed.clear()
+    assert c.op(leader_node, "fill", "g", "value", 10, None) == ("ok", True)
+    assert all(c.sim.completed.get(t) == ("hit", "value") for t in tokens if t != leader)
+
+
+def test_a_failed_leader_hands_the_computation_to_the_next_waiter() -> None:
+    c = Cluster()
+    primary = c.core("a@h:1").owners_of("g")[0]
+    others = [n for n in NAMES if n != primary]
+    first = c.start(others[0], "goc", "g")
+    c.sim.advance(0.1)
+    second = c.start(others[1], "goc", "g")
+    c.sim.advance(0.1)
+    assert c.sim.completed.pop(first) == ("compute", None) and second not in c.sim.completed
+    c.sim.kill(others[0])  # the leader's node dies
+    c.sim.advance(0.1)
+    assert c.sim.completed.pop(second) == ("compute", None)
+    third = c.start(primary, "goc", "g")
+    c.sim.advance(0.1)
+    assert c.op(others[1], "abandon", "g") == ("ok", None)
+    assert c.sim.completed.pop(third) == ("compute", None)
+
+
+def test_a_fourth_node_takes_about_a_quarter_and_every_key_stays_readable() -> None:
+    names = [*NAMES, "d@h:4"]
+    c = Cluster(names)
+    c.set_owners(set(NAMES))  # d hosts the cache but owns nothing yet
+    c.sim.advance(1.0)
+    for i in range(400):
+        c.put(NAMES[i % 3], f"k{i}", i)
+    assert len(c.core("d@h:4").store) == 0
+    c.set_owners(set(names))
+    c.sim.advance(1.0)
+    moved = sum(c.core(n).stats.handoffs for n in names)
+    assert 0.25 / 1.2 <= moved / 800 <= 0.25 * 1.2
+    assert len(c.core("d@h:4").store) == moved  # the newcomer got exactly what moved
+    assert all(c.op("d@h:4", "get", f"k{i}") == ("hit", i) for i in range(400))
+    assert sum(len(c.core(n).store) for n in names) == 800  # no stray copies left
+
+
+def test_reads_keep_answering_while_keys_are_handed_off() -> None:
+    names = [*NAMES, "d@h:4"]
+    c = Cluster(names, handoff_batch=1)
+    c.set_owners(set(NAMES))
+    c.sim.advance(1.0)
+    for i in range(50):
+        c.put("a@h:1", f"k{i}", i)
+    c.set_owners(set(names))  # no time passes: nothing handed off yet
+    tokens = {i: c.start("b@h:2", "get", f"k{i}") for i in range(50)}
+    c.sim.advance(0.5)
+    assert all(c.sim.completed[t] == ("hit", i) for i, t in tokens.items())
+
+
+def test_a_graceful_leave_hands_everything_off_first() -> None:
+    c = Cluster()
+    for i in range(200):
+        c.put(NAMES[i % 3], f"k{i}", i)
+    held = len(c.core("c@h:3").store)
+    c.sim.call("c@h:3", "leave", "bye")
+    assert "bye" not in c.sim.completed  # waits for the acknowledgements
+    c.sim.advance(0.1)
+    assert c.sim.completed["bye"] == ("ok", None)
+    assert len(c.core("c@h:3").store) == 0 and c.core("c@h:3").stats.handoffs >= held // 2
+    c.sim.kill("c@h:3")
+    c.set_owners(set(NAMES[:2]))
+    assert all(c.op("a@h:1", "get", f"k{i}") == ("hit", i) for i in range(200))
+
+
+def test_read_repair_overwrites_a_stale_replica() -> None:
+    c = Cluster()
+    c.put("a@h:1", "k", "old")
+    primary, replica = c.core("a@h:1").owners_of("k")
+    c.core(replica).store.delete("k")  # the replica lost its copy
+    c.sim.call("b@h:2", "read_all", "r", "k")
+    c.sim.advance(0.1)
+    assert c.sim.completed["r"] == ("hit", "old")
+    assert c.core("b@h:2").stats.repairs == 1
+    entry = c.core(replica).store.peek("k", c.sim.now)
+    assert entry is not None and entry.value == "old"
+
+
+def test_ttls_travel_with_replicas_and_expire_everywhere() -> None:
+    c = Cluster()
+    c.put("a@h:1", "t", "v", ttl_ms=500)
+    assert c.op("b@h:2", "get", "t") == ("hit", "v")
+    c.sim.advance(0.5)
+    assert c.op("b@h:2", "get", "t") == ("miss", None)
+    assert all(c.core(n).store.peek("t", c.sim.now) is None for n in NAMES)
+
+
+def test_bad_messages_are_logged_not_raised() -> None:
+    core = CacheCore("t", "a@h:1")
+    effects = core.on_message("b@h:2", ["q", 1, "nope", "k", []], 0.0)
+    assert len(effects) == 1 and isinstance(effects[0], Log)
+    assert isinstance(core.on_message("b@h:2", ["zzz"], 0.0)[0], Log)
+    with pytest.raises(ValueError):
+        CacheCore("t", "a@h:1", replicas=2, write_acks=3)
