@@ -128,7 +128,8 @@ class Cache:
         ``repair=True`` every live owner is asked, the newest copy is returned and older
         copies are overwritten with it (read repair).
         """
-        _check_key(key)
+        if type(key) not in _KEY_TYPES:
+            _check_key(key)  # raises
         if repair:
             status, value = await self._await(lambda t, now: self.core.read_all(t, key, now))
             return value if status == "hit" else default
@@ -315,8 +316,11 @@ def _expire(fut: asyncio.Future[Any], limit: float) -> None:
         fut.set_exception(FabricTimeout(f"cache operation: nothing within {limit} s"))
 
 
+_KEY_TYPES = (str, bytes, int)
+
+
 def _check_key(key: Any) -> bytes:
-    if type(key) not in (str, bytes, int):
+    if type(key) not in _KEY_TYPES:
         raise TypeError(f"cache keys are str, bytes or int, not {type(key).__name__}")
     return key_bytes(key)
 

@@ -74,6 +74,7 @@ OPS = frozenset({"get", "mget", "put", "del", "incr", "goc", "fill", "abandon", 
 _RETRIED = frozenset({"get", "mget", "put", "del", "goc", "fill", "abandon", "getv"})
 _SWEEP = ("sweep",)
 _HANDOFF = ("handoff",)
+_PRIMARY_MEMO = 65_536  # ring lookups remembered for owner-local reads
 UNAVAILABLE: Result = ("error", "unavailable: every owner of the key is down")
 
 
@@ -126,6 +127,8 @@ class CacheCore:
         self._declared: set[str] = set()  # owners as the runtime reports them (pg)
         self._up: set[str] = set()  # peers with a session
         self.placement = Placement((), replicas)
+        # key -> primary, a memo of ring lookups for owner-local reads (cleared on change)
+        self._primaries: dict[Any, str | None] = {}
         self._previous: Placement | None = None  # before the last change, for reads
         self._previous_until = 0.0
         self._pending: dict[int, _Request] = {}
@@ -217,8 +220,13 @@ class CacheCore:
     def read_local(self, key: Any, now: float) -> Entry | None | bool:
         """A read served here without a message when this node is the key's primary:
         the entry or None (a miss); False when another node is the primary."""
-        owners = self.placement.owners(key)
-        if not owners or owners[0] != self.me:
+        primary = self._primaries.get(key)
+        if primary is None:
+            primary = self.placement.primary(key)
+            if len(self._primaries) >= _PRIMARY_MEMO:
+                self._primaries.clear()
+            self._primaries[key] = primary
+        if primary != self.me:
             return False
         return self.store.get(key, now)
 
@@ -515,6 +523,7 @@ class CacheCore:
             return []
         old = self.placement
         self.placement = old.with_members(live)
+        self._primaries.clear()
         self._previous, self._previous_until = old, now + self.handoff_grace
         base = self._handoff_base if self._moves and self._handoff_base is not None else old
         self._handoff_base = base

@@ -64,6 +64,10 @@ class Placement:
             return []
         return self._ring.preference(key, self.replicas)
 
+    def primary(self, key: Key) -> str | None:
+        """The key's primary (one ring lookup, cheaper than :meth:`owners`), or None."""
+        return self._ring.lookup(key) if self.members else None
+
     def with_members(self, owners: Iterable[str]) -> Placement:
         return Placement(owners, self.replicas, self.vnodes)
 
