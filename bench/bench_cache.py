@@ -35,19 +35,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
-if not __package__:  # started as `python bench/bench_cache.py`: make `bench` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import _fabric as fb
+from bench import _harness as h
 
-from bench import _fabric as fb  # noqa: E402
-from bench import _harness as h  # noqa: E402
-
+#: Bytes per value, on both sides.
 VALUE_SIZE = 100
+#: Keys preloaded on both sides (reads and writes pick among them at random).
 NKEYS = 10_000
+#: Concurrent tasks per load process.
 CONCURRENCY = 16
 CACHE = "bench"
+#: Longest wait for any one step: a stall means a broken benchmark.
 STALL_S = 30.0
 
 
