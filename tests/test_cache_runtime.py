@@ -149,7 +149,7 @@ def test_a_joining_node_takes_keys_and_a_leaving_one_hands_them_off() -> None:
         extra = fabric.Node(f"x@127.0.0.1:{free_port()}", cookie="cc", **FAST)  # type: ignore[arg-type]
         await extra.start()
         try:
-            await caches[0].put_many({f"k{i}": i for i in range(400)})
+            await caches[0].put_many({f"k{i}": i for i in range(1000)})
             assert await extra.connect(nodes[0].name)
             newcomer = Cache(extra, "t")
             await async_wait_until(lambda: all(len(c.core.placement) == 4
@@ -159,14 +159,14 @@ def test_a_joining_node_takes_keys_and_a_leaving_one_hands_them_off() -> None:
                 lambda: newcomer.stats()["entries"] == sum(c.stats()["handoffs"]
                                                             for c in caches) > 0,
                 timeout=10, message="the hand-off to the newcomer")
-            moved = newcomer.stats()["entries"] / 800
+            moved = newcomer.stats()["entries"] / 2000
             assert 0.25 / 1.2 <= moved <= 0.25 * 1.2
-            assert await caches[1].get_many([f"k{i}" for i in range(400)]) == {
-                f"k{i}": i for i in range(400)}
+            assert await caches[1].get_many([f"k{i}" for i in range(1000)]) == {
+                f"k{i}": i for i in range(1000)}
             await caches[2].handoff()
             assert caches[2].stats()["entries"] == 0
             await nodes[2].stop()
-            assert [await newcomer.get(f"k{i}") for i in range(400)] == list(range(400))
+            assert [await newcomer.get(f"k{i}") for i in range(1000)] == list(range(1000))
         finally:
             await stop([*nodes, extra])
 

@@ -93,6 +93,14 @@ def test_demo_runs_every_step_and_exits_0(tmp_path: Path) -> None:
     assert re.search(r"full mesh of the 3 by gossip \d+ ms after the last start", out), out
     assert "3 nodes, no names given: full mesh by gossip" in out, out
 
+    # The cache: put on n1, get on n2; a TTL expires; after kill -9 n3 every key is served
+    # from the replicas; a fourth owner receives about a quarter of the copies.
+    assert re.search(r"n1 put_many 1000 keys; n2 get\('user:42'\) -> 42", out), out
+    assert "n3 get -> 'token-1'; 0.6 s later -> None" in out, out
+    assert "n1 get_many of the 1000 keys -> 1000 found, served from the replicas" in out, out
+    moved = re.search(r"a fourth owner joined: ([\d.]+)% of the 2000 copies moved", out)
+    assert moved and 25 / 1.2 <= float(moved.group(1)) <= 25 * 1.2, out
+
     # The summary table, every step ok.
     assert re.search(r"all \d+ steps passed", out), out
     assert "FAIL" not in out
