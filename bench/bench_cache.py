@@ -297,7 +297,8 @@ async def _run(args: Any, report: h.Report, kids: h.Children, redis_server: Redi
             await asyncio.sleep(1.0)
             got = await _ask_all(client_node, box, names, ("stats", box.self), "stats")
             handed = sum(s[2]["handoffs"] for s in got) - handed_before
-            if all(s[3] == 4 for s in got) and handed == previous:
+            if all(s[3] == 4 and s[2]["handoff_pending"] == 0 for s in got) and \
+                    handed == previous > 0:
                 break
             previous = handed
         fraction = previous / (nkeys * 2)

@@ -225,7 +225,8 @@ class Cache:
 
     def stats(self) -> dict[str, int]:
         """This node's counters for the cache: hits, misses, evictions, expirations,
-        handoffs, repairs, entries, bytes."""
+        handoffs (entries sent to new owners), repairs, entries, bytes, and
+        handoff_pending (hand-off work not finished: 0 when this node's part is done)."""
         return self.core.counters()
 
     async def handoff(self, timeout: float | None = None) -> None:

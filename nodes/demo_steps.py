@@ -582,9 +582,11 @@ async def _fourth_owner(demo: Demo, mbox: fabric.Process, members: list[Member])
         end = time.monotonic() + WAIT
         previous = -1
         while time.monotonic() < end:  # until the hand-off settles
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.1)
             entries = cache.stats()["entries"]
-            if len(cache.core.placement) == 4 and entries == previous and entries > 0:
+            pending = [(await _cache_call(demo, mbox, m, "stats"))["handoff_pending"]
+                       for m in members]
+            if len(cache.core.placement) == 4 and entries == previous > 0 and not any(pending):
                 break
             previous = entries
         else:

@@ -156,8 +156,9 @@ def test_a_joining_node_takes_keys_and_a_leaving_one_hands_them_off() -> None:
                                                for c in [*caches, newcomer]),
                                    timeout=10, message="four owners")
             await async_wait_until(
-                lambda: newcomer.stats()["entries"] == sum(c.stats()["handoffs"]
-                                                            for c in caches) > 0,
+                lambda: all(c.stats()["handoff_pending"] == 0 for c in caches)
+                and newcomer.stats()["entries"] == sum(c.stats()["handoffs"]
+                                                       for c in caches) > 0,
                 timeout=10, message="the hand-off to the newcomer")
             moved = newcomer.stats()["entries"] / 2000
             assert 0.25 / 1.2 <= moved <= 0.25 * 1.2

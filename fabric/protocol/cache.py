@@ -22,15 +22,25 @@ with ``("error", "outcome unknown")``. After an owner change, a read that misses
 new primary is asked again of the previous owners for ``handoff_grace`` seconds, so reads
 keep answering while keys are handed off.
 
-Writes (owner side). The owner that gets a write stamps a version (a Lamport counter
-and its name, :data:`~fabric.protocol.cache_store.Version`), stores it and sends
-``["rep", wid, key, value, size, ttl_ms, version]`` (``["rdel", wid, key, version]`` for a
-delete) to the key's other live owners, which keep the newer copy and answer ``["rack",
-wid]``. The write is acknowledged to its caller once ``write_acks`` copies hold it (the
-owner's own included; capped at the key's number of owners, which is smaller only when
-the cluster has fewer owners than ``replicas``). If a replica goes down first and the
-acknowledgements can no longer reach that number, the caller gets ``("error", ...)``:
-acknowledged means on ``write_acks`` nodes.
+Writes. A ``put`` is stamped by the node that makes it, with a version (a Lamport
+counter and the node's name, :data:`~fabric.protocol.cache_store.Version`), and sent to
+every live owner of the key at once (``["w", rid, key, value, size, ttl_ms, version]``):
+one round trip. Each owner keeps the newer copy and answers ``["wa", rid, accepted,
+its clock]``. The put is acknowledged once ``write_acks`` owners accepted it (capped at
+the key's number of owners, which is smaller only when the cluster has fewer owners than
+``replicas``). An owner whose copy is newer refuses it (another writer stamped higher):
+the writer moves its clock past that owner's and stamps the put again (at most
+``_MAX_RESTAMPS`` times), so a put that completes after another one wins, as it would
+through a single primary. If an owner goes down first and the acknowledgements can no
+longer reach that number, the caller gets ``("error", ...)``: acknowledged means on
+``write_acks`` nodes.
+
+Operations that read before they write (``put_new``, ``incr``, ``delete``, and ``fill``
+below) go to the key's primary, which stamps the version itself (above the entry's) and
+sends ``["rep", wid, key, value, size, ttl_ms, version]`` (``["rdel", wid, key,
+version]`` for a delete) to the other live owners, which keep the newer copy and answer
+``["rack", wid]``; the caller gets the answer once ``write_acks`` copies hold it, with
+the same rule for an owner that goes down.
 
 Single flight (``get_or_compute``). The primary keeps a
 :class:`~fabric.protocol.cache_flight.Flights` of ``goc`` requests per missing key: the
@@ -74,6 +84,7 @@ OPS = frozenset({"get", "mget", "put", "del", "incr", "goc", "fill", "abandon", 
 _RETRIED = frozenset({"get", "mget", "put", "del", "goc", "fill", "abandon", "getv"})
 _SWEEP = ("sweep",)
 _HANDOFF = ("handoff",)
+_MAX_RESTAMPS = 8  # a put re-stamped this often against newer copies fails
 _PRIMARY_MEMO = 65_536  # ring lookups remembered for owner-local reads
 UNAVAILABLE: Result = ("error", "unavailable: every owner of the key is down")
 
@@ -91,6 +102,18 @@ class _Request:
     gather: dict[str, Any] | None = None  # read_all: owner -> its getv answer
     waiting: set[str] = field(default_factory=set)  # read_all: owners yet to answer
     fallback: list[str] = field(default_factory=list)  # previous owners to ask on a miss
+
+
+@dataclass(slots=True)
+class _DirectWrite:
+    """A put this node sends to every owner of the key at once, stamped here."""
+
+    token: Any
+    key: Any
+    row: list[Any]  # value, size, ttl_ms
+    attempts: int
+    needed: int = 0  # acknowledgements still needed
+    waiting: set[str] = field(default_factory=set)  # owners yet to answer
 
 
 @dataclass(slots=True)
@@ -133,6 +156,7 @@ class CacheCore:
         self._previous_until = 0.0
         self._pending: dict[int, _Request] = {}
         self._writes: dict[int, _Write] = {}
+        self._direct: dict[int, _DirectWrite] = {}  # rid -> a put this node stamped
         self._flights: Flights[tuple[str, int]] = Flights()
         self._next_id = 0
         self._clock = 0  # Lamport counter for versions
@@ -166,6 +190,14 @@ class CacheCore:
                     self._finish_gather(rid, req, now, out)
             elif req.target == peer:
                 self._retry(rid, req, now, out)
+        for rid, direct in list(self._direct.items()):
+            if peer in direct.waiting:
+                direct.waiting.discard(peer)
+                if len(direct.waiting) < direct.needed:
+                    del self._direct[rid]
+                    out.append(Complete(direct.token, (
+                        "error", f"write reached fewer than {self.write_acks} copies: "
+                                 f"owner {peer} went down")))
         for wid, write in list(self._writes.items()):
             if peer in write.waiting:
                 write.waiting.discard(peer)
@@ -240,6 +272,9 @@ class CacheCore:
         if not owners:
             out.append(Complete(token, UNAVAILABLE))
             return out
+        if op == "put" and not args[3]:
+            self._direct_write(_DirectWrite(token, key, args[:3], 0), owners, now, out)
+            return out
         rid = self._new_id()
         req = _Request(token, op, key, args, owners[0], {owners[0]})
         if self._previous is not None and now < self._previous_until and op == "get":
@@ -272,6 +307,9 @@ class CacheCore:
         for rid, req in list(self._pending.items()):
             if req.token == token:
                 del self._pending[rid]
+        for rid, direct in list(self._direct.items()):
+            if direct.token == token:
+                del self._direct[rid]
 
     def leave(self, token: Any, now: float) -> list[Effect]:
         """Hand every entry to the owners that remain; completes ``token`` when done."""
@@ -291,6 +329,8 @@ class CacheCore:
         stats = self.stats.as_dict()
         stats["entries"] = len(self.store)
         stats["bytes"] = self.store.bytes
+        # entries still to send, plus batches sent and not yet acknowledged
+        stats["handoff_pending"] = len(self._moves) + len(self._handoff_acks)
         return stats
 
     # -- the client side ------------------------------------------------------------------
@@ -369,6 +409,51 @@ class CacheCore:
                 out.append(Send(owner, rep))
         out.append(Complete(req.token, ("hit", value)))
 
+    def _direct_write(self, write: _DirectWrite, owners: list[str], now: float,
+                      out: list[Effect]) -> None:
+        """Stamp a put here and send it to every live owner of the key at once: one round
+        trip, where a write through the primary takes two. A copy newer than the stamp
+        (another writer's) refuses it and the put is stamped again above that copy."""
+        self._clock += 1
+        version = (self._clock, self.me)
+        value, size, ttl_ms = write.row
+        write.needed = min(self.write_acks, len(owners))
+        write.waiting = set(owners)
+        rid = self._new_id()
+        self._direct[rid] = write
+        for owner in owners:
+            if owner == self.me:
+                accepted = self.store.merge(write.key, value, size, ttl_ms, version, now)
+                self._on_direct_ack(self.me, rid, accepted, self._clock, now, out)
+                if not accepted:
+                    return  # re-stamped and sent again by the line above
+            else:
+                out.append(Send(owner, ["w", rid, write.key, value, size, ttl_ms,
+                                        list(version)]))
+
+    def _on_direct_ack(self, peer: str, rid: int, accepted: bool, clock: int, now: float,
+                       out: list[Effect]) -> None:
+        write = self._direct.get(rid)
+        if write is None or peer not in write.waiting:
+            return  # late, or from an attempt already replaced
+        if not accepted:
+            del self._direct[rid]
+            self._clock = max(self._clock, clock)
+            owners = self.placement.owners(write.key)
+            if write.attempts >= _MAX_RESTAMPS or not owners:
+                out.append(Complete(write.token, (
+                    "error", f"write kept losing to newer copies ({write.attempts + 1} "
+                             "stamps)") if owners else UNAVAILABLE))
+                return
+            write.attempts += 1
+            self._direct_write(write, owners, now, out)
+            return
+        write.waiting.discard(peer)
+        write.needed -= 1
+        if write.needed <= 0:
+            del self._direct[rid]
+            out.append(Complete(write.token, ("ok", True)))
+
     def _answer(self, origin: str, rid: int, result: Result, now: float,
                 out: list[Effect]) -> None:
         if origin == self.me:
@@ -399,7 +484,16 @@ class CacheCore:
             current = self.store.peek(key, now)
             if current is None or current.version <= _version(version):
                 self.store.delete(key)
-            out.append(Send(peer, ["rack", wid]))
+            if wid:
+                out.append(Send(peer, ["rack", wid]))
+        elif tag == "w":
+            _, rid, key, value, size, ttl_ms, version = msg
+            stamp = _version(version)
+            self._clock = max(self._clock, stamp[0])
+            accepted = self.store.merge(key, value, int(size), ttl_ms, stamp, now)
+            out.append(Send(peer, ["wa", rid, accepted, self._clock]))
+        elif tag == "wa":
+            self._on_direct_ack(peer, int(msg[1]), bool(msg[2]), int(msg[3]), now, out)
         elif tag == "rack":
             self._on_replica_ack(peer, int(msg[1]), now, out)
         elif tag == "ho":

@@ -199,17 +199,37 @@ def test_operations_put_new_delete_incr_and_mget() -> None:
     assert c.op("b@h:2", "mget", "s", ["s", "nope"]) == ("ok", [["text"], None])
 
 
-def test_a_write_waits_for_its_replica_and_fails_when_the_replica_goes_down() -> None:
+def test_a_write_waits_for_both_copies_and_fails_when_one_owner_goes_down() -> None:
     c = Cluster()
     primary, replica = c.core("a@h:1").owners_of("w")
     client = next(n for n in NAMES if n not in (primary, replica))
-    c.sim.cut(primary, replica)
+    c.sim.cut(client, replica)
     token = c.start(client, "put", "w", "v", 10, None, False)
     c.sim.advance(0.5)
     assert token not in c.sim.completed  # not acknowledged: one copy only
-    c.sim.advance(1.0)  # the cut is detected: the replica is down for the primary
+    c.sim.advance(1.0)  # the cut is detected: the replica is down for the client
     status, why = c.sim.completed[token]
     assert status == "error" and "fewer than 2 copies" in why
+
+
+def test_with_one_write_ack_a_put_completes_on_the_first_copy() -> None:
+    c = Cluster(write_acks=1)
+    primary, replica = c.core("a@h:1").owners_of("w")
+    client = next(n for n in NAMES if n not in (primary, replica))
+    c.sim.cut(client, replica)
+    assert c.put(client, "w", "v") == ("ok", True)
+
+
+def test_a_put_stamped_below_a_newer_copy_is_stamped_again_and_wins() -> None:
+    c = Cluster()
+    owners = c.core("a@h:1").owners_of("z")
+    assert "c@h:3" not in owners  # c never sees the versions of z
+    for i in range(5):  # a's clock runs ahead of c's
+        c.put("a@h:1", "z", f"from a {i}")
+    assert c.put("c@h:3", "z", "from c") == ("ok", True)
+    assert c.op("b@h:2", "get", "z") == ("hit", "from c")
+    assert all(c.core(n).store.peek("z", c.sim.now).value == "from c"  # type: ignore[union-attr]
+               for n in owners)
 
 
 def test_reads_fail_over_to_a_replica_when_the_primary_dies() -> None:
