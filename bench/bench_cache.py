@@ -218,7 +218,7 @@ async def _run(args: Any, report: h.Report, kids: h.Children, redis_server: Redi
     try:
         assert await client_node.connect(first)
         cache = Cache(client_node, CACHE, owner=False)
-        solo = Cache(solo_node, "solo")
+        solo = Cache(solo_node, "solo", replicas=1)
         deadline = h.Deadline(STALL_S)
         while len(cache.core.placement) < 3 and not deadline.expired():
             await asyncio.sleep(0.05)

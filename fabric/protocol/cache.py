@@ -26,9 +26,10 @@ Writes. A ``put`` is stamped by the node that makes it, with a version (a Lampor
 counter and the node's name, :data:`~fabric.protocol.cache_store.Version`), and sent to
 every live owner of the key at once (``["w", rid, key, value, size, ttl_ms, version]``):
 one round trip. Each owner keeps the newer copy and answers ``["wa", rid, accepted,
-its clock]``. The put is acknowledged once ``write_acks`` owners accepted it (capped at
-the key's number of owners, which is smaller only when the cluster has fewer owners than
-``replicas``). An owner whose copy is newer refuses it (another writer stamped higher):
+its clock]``. The put is acknowledged once ``write_acks`` owners accepted it; a key
+with fewer live owners than that refuses writes at once (``("error", "unavailable:
+...")``): on the minority side of a partition, or in a cluster with fewer owners than
+``write_acks``. An owner whose copy is newer refuses it (another writer stamped higher):
 the writer moves its clock past that owner's and stamps the put again (at most
 ``_MAX_RESTAMPS`` times), so a put that completes after another one wins, as it would
 through a single primary. If an owner goes down first and the acknowledgements can no
@@ -40,7 +41,7 @@ below) go to the key's primary, which stamps the version itself (above the entry
 sends ``["rep", wid, key, value, size, ttl_ms, version]`` (``["rdel", wid, key,
 version]`` for a delete) to the other live owners, which keep the newer copy and answer
 ``["rack", wid]``; the caller gets the answer once ``write_acks`` copies hold it, with
-the same rule for an owner that goes down.
+the same rules for too few owners and for an owner that goes down.
 
 Single flight (``get_or_compute``). The primary keeps a
 :class:`~fabric.protocol.cache_flight.Flights` of ``goc`` requests per missing key: the
@@ -82,6 +83,7 @@ __all__ = ["OPS", "CacheCore", "Result"]
 Result = tuple[str, Any]  # (status, value): hit, miss, ok, exists, compute, error
 OPS = frozenset({"get", "mget", "put", "del", "incr", "goc", "fill", "abandon", "getv"})
 _RETRIED = frozenset({"get", "mget", "put", "del", "goc", "fill", "abandon", "getv"})
+_WRITES = frozenset({"put", "del", "incr", "fill"})
 _SWEEP = ("sweep",)
 _HANDOFF = ("handoff",)
 _MAX_RESTAMPS = 8  # a put re-stamped this often against newer copies fails
@@ -414,10 +416,14 @@ class CacheCore:
         """Stamp a put here and send it to every live owner of the key at once: one round
         trip, where a write through the primary takes two. A copy newer than the stamp
         (another writer's) refuses it and the put is stamped again above that copy."""
+        short = self._too_few_owners(owners)
+        if short is not None:
+            out.append(Complete(write.token, ("error", short)))
+            return
         self._clock += 1
         version = (self._clock, self.me)
         value, size, ttl_ms = write.row
-        write.needed = min(self.write_acks, len(owners))
+        write.needed = self.write_acks
         write.waiting = set(owners)
         rid = self._new_id()
         self._direct[rid] = write
@@ -507,9 +513,24 @@ class CacheCore:
         else:
             raise ValueError(f"unknown message tag {tag!r}")
 
+    def _too_few_owners(self, owners: list[str]) -> str | None:
+        """Why a write to a key with these live owners cannot be acknowledged, or None."""
+        if len(owners) >= self.write_acks:
+            return None
+        return (f"unavailable: {len(owners)} of the {self.write_acks} owners a write needs "
+                "are reachable")
+
     def _serve(self, origin: str, rid: int, op: str, key: Any, args: list[Any], now: float,
                out: list[Effect]) -> None:
         store = self.store
+        if op in _WRITES:
+            short = self._too_few_owners(self.placement.owners(key))
+            if short is not None:  # refused before anything is applied
+                self._answer(origin, rid, ("error", short), now, out)
+                if op == "fill":
+                    for waiter in self._flights.finish(key):
+                        self._answer(waiter[0], waiter[1], ("error", short), now, out)
+                return
         if op == "get":
             entry = store.get(key, now)
             self._answer(origin, rid, ("miss", None) if entry is None else ("hit", entry.value),
@@ -584,8 +605,9 @@ class CacheCore:
     def _replicate(self, origin: str, rid: int, key: Any, message: list[Any], result: Result,
                    now: float, out: list[Effect]) -> None:
         replicas = [n for n in self.placement.owners(key) if n != self.me]
-        copies = max(1, len(replicas) + (0 if self.me not in self.placement.members else 1))
-        needed = min(self.write_acks, copies) - (1 if self.me in self.placement.members else 0)
+        # _serve checked that the key has write_acks live owners; this copy counts if
+        # this node is one of them.
+        needed = self.write_acks - (1 if len(replicas) < len(self.placement.owners(key)) else 0)
         if not replicas or needed <= 0:
             for replica in replicas:
                 out.append(Send(replica, message))  # wid 0: no acknowledgement expected

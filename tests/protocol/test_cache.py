@@ -232,6 +232,27 @@ def test_a_put_stamped_below_a_newer_copy_is_stamped_again_and_wins() -> None:
                for n in owners)
 
 
+def test_the_minority_side_of_a_partition_refuses_writes_and_reads_still_answer() -> None:
+    c = Cluster()
+    c.put("a@h:1", "k", "before")
+    c.sim.partition(["a@h:1"], ["b@h:2", "c@h:3"])
+    c.sim.advance(1.5)  # detected: each side places keys on its own owners
+    status, why = c.put("a@h:1", "k", "minority")
+    assert status == "error" and why.startswith("unavailable: 1 of the 2 owners")
+    assert c.op("a@h:1", "incr", "n", 1, None)[0] == "error"
+    assert c.put("b@h:2", "k", "majority") == ("ok", True)
+    c.sim.heal()
+    c.sim.advance(2.0)
+    assert all(c.op(n, "get", "k") == ("hit", "majority") for n in NAMES)
+
+
+def test_with_one_write_ack_the_minority_side_still_writes() -> None:
+    c = Cluster(write_acks=1)
+    c.sim.partition(["a@h:1"], ["b@h:2", "c@h:3"])
+    c.sim.advance(1.5)
+    assert c.put("a@h:1", "k", "alone") == ("ok", True)
+
+
 def test_reads_fail_over_to_a_replica_when_the_primary_dies() -> None:
     c = Cluster()
     for i in range(100):
