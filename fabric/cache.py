@@ -85,8 +85,9 @@ class Cache:
         max_entry_bytes: the largest value accepted (its msgpack encoding plus the key).
         timeout: seconds an operation may take before :class:`~fabric.FabricTimeout`.
         sweep_interval: seconds between sweeps of expired entries.
-        handoff_grace: seconds after an owner change during which a miss at the new
-            primary is asked again of the previous owners.
+        handoff_grace: seconds without an owner change (and with this node's hand-off
+            done) after which a change is settled; until then a miss at a key's new
+            primary is asked again of its previous owners.
     """
 
     def __init__(self, node: Node, name: str = "default", *, owner: bool = True,

@@ -18,8 +18,8 @@ value))``). When the node a request waits on goes down, the request moves to the
 next live owner (fail-over: a replica answers reads when the primary is down); when no
 owner is left it completes with ``("error", "unavailable")`` at once, never hangs.
 Increments are not retried (their outcome at the lost node is unknown): they complete
-with ``("error", "outcome unknown")``. After an owner change, a read that misses at the
-new primary is asked again of the previous owners for ``handoff_grace`` seconds, so reads
+with ``("error", "outcome unknown")``. Until an owner change settles (below), a read that
+misses at the new primary is asked again of the key's owners before the change, so reads
 keep answering while keys are handed off.
 
 Writes. A ``put`` is stamped by the node that makes it, with a version (a Lamport
@@ -57,7 +57,12 @@ was older or missing.
 Hand-off. When the live owner set changes, :func:`plan_handoff` lists what this node
 sends where; a timer sends it in batches of ``handoff_batch`` entries (``["ho", hid,
 [[key, value, size, ttl_ms, version], ...]]``, answered ``["hack", hid]``) so the loop
-keeps serving meanwhile, and counts every entry sent (``stats.handoffs``). ``leave`` is
+keeps serving meanwhile, and counts every entry sent (``stats.handoffs``). A copy that
+leaves this node is dropped only once its new owner acknowledged it. Plans start from
+the last *settled* placement (no change for ``handoff_grace`` seconds, this node's
+hand-off done), not from the one just replaced: when a second change comes while the
+first one's copies are still moving (their sender died right after a heal, say), the
+two are planned as one and the survivors send what the dead sender could not. ``leave`` is
 the graceful stop: the node plans as if it were gone, sends everything, and completes
 its token once every batch is acknowledged (or its target went down); it keeps answering
 from its store until then.
@@ -86,6 +91,7 @@ _RETRIED = frozenset({"get", "mget", "put", "del", "goc", "fill", "abandon", "ge
 _WRITES = frozenset({"put", "del", "incr", "fill"})
 _SWEEP = ("sweep",)
 _HANDOFF = ("handoff",)
+_SETTLE = ("settle",)
 _MAX_RESTAMPS = 8  # a put re-stamped this often against newer copies fails
 _PRIMARY_MEMO = 65_536  # ring lookups remembered for owner-local reads
 UNAVAILABLE: Result = ("error", "unavailable: every owner of the key is down")
@@ -154,8 +160,11 @@ class CacheCore:
         self.placement = Placement((), replicas)
         # key -> primary, a memo of ring lookups for owner-local reads (cleared on change)
         self._primaries: dict[Any, str | None] = {}
-        self._previous: Placement | None = None  # before the last change, for reads
-        self._previous_until = 0.0
+        # The placement of the last settled moment (no change for handoff_grace seconds and
+        # this node's hand-off done): reads that miss during a move are asked again of its
+        # owners, and moves on standby (sender -> moves, see plan_handoff) wait until then.
+        self._settled: Placement = self.placement
+        self._standby: dict[str, list[Move]] = {}
         self._pending: dict[int, _Request] = {}
         self._writes: dict[int, _Write] = {}
         self._direct: dict[int, _DirectWrite] = {}  # rid -> a put this node stamped
@@ -163,8 +172,11 @@ class CacheCore:
         self._next_id = 0
         self._clock = 0  # Lamport counter for versions
         self._moves: deque[Move] = deque()
-        self._handoff_base: Placement | None = None  # placement the queued moves assume
-        self._handoff_acks: dict[int, str] = {}  # hid -> target
+        # hid -> (target, keys to drop once acknowledged): a copy that leaves this node
+        # stays here until its new owners confirmed it, so no death in between loses it
+        self._handoff_acks: dict[int, tuple[str, list[Any]]] = {}
+        self._drop_after: dict[Any, set[int]] = {}  # key -> hids it waits for
+        self._dropping: set[Any] = set()  # keys of the batch being built that will go
         self._leaving = False
         self._leave_token: Any = None
 
@@ -185,6 +197,7 @@ class CacheCore:
     def on_nodedown(self, peer: str, reason: str, now: float) -> list[Effect]:
         self._up.discard(peer)
         out: list[Effect] = []
+        self._moves.extend(self._standby.pop(peer, ()))  # it cannot send them any more
         for rid, req in list(self._pending.items()):
             if req.gather is not None:
                 if peer in req.waiting:
@@ -210,10 +223,12 @@ class CacheCore:
                                  f"replica {peer} went down"), now, out)
         for _key, leader in self._flights.drop_where(lambda w: w[0] == peer):
             self._answer(leader[0], leader[1], ("compute", None), now, out)
-        for hid, target in list(self._handoff_acks.items()):
+        for hid, (target, _) in list(self._handoff_acks.items()):
             if target == peer:
-                del self._handoff_acks[hid]
+                self._handoff_acked(hid, False, now)  # never confirmed: the copy stays
         out += self._replace_placement(now)
+        if self._moves:
+            out.append(SetTimer(_HANDOFF, now))
         self._maybe_left(out)
         return out
 
@@ -235,6 +250,11 @@ class CacheCore:
             return [SetTimer(_SWEEP, now + self.sweep_interval)]
         if key == _HANDOFF:
             return self._handoff_step(now)
+        if key == _SETTLE:
+            if self._moves or self._handoff_acks:
+                return [SetTimer(_SETTLE, now + self.handoff_grace)]
+            self._settled = self.placement
+            self._standby.clear()
         return []
 
     def on_process_exit(self, pid: Pid, reason: Any, now: float) -> list[Effect]:
@@ -279,8 +299,8 @@ class CacheCore:
             return out
         rid = self._new_id()
         req = _Request(token, op, key, args, owners[0], {owners[0]})
-        if self._previous is not None and now < self._previous_until and op == "get":
-            req.fallback = [n for n in self._previous.owners(key)
+        if op == "get" and self._settled is not self.placement:
+            req.fallback = [n for n in self._settled.owners(key)
                             if n not in owners[:1] and self._is_live(n)]
         self._pending[rid] = req
         self._send_request(rid, req, now, out)
@@ -508,7 +528,7 @@ class CacheCore:
                 self._clock = max(self._clock, int(version[0]))
             out.append(Send(peer, ["hack", msg[1]]))
         elif tag == "hack":
-            self._handoff_acks.pop(int(msg[1]), None)
+            self._handoff_acked(int(msg[1]), True, now)
             self._maybe_left(out)
         else:
             raise ValueError(f"unknown message tag {tag!r}")
@@ -640,13 +660,18 @@ class CacheCore:
         old = self.placement
         self.placement = old.with_members(live)
         self._primaries.clear()
-        self._previous, self._previous_until = old, now + self.handoff_grace
-        base = self._handoff_base if self._moves and self._handoff_base is not None else old
-        self._handoff_base = base
-        self._moves = deque(plan_handoff(self.me, base, self.placement, self.store.keys()))
-        if not self._moves:
-            return []
-        return [SetTimer(_HANDOFF, now)]
+        if not old.members:
+            self._settled = self.placement  # the first owners: nothing was anywhere before
+        # Moves not sent yet are still owed (their targets are checked when sent).
+        for move in plan_handoff(self.me, old, self.placement, self.store.keys()):
+            if move.standby_for is None:
+                self._moves.append(move)
+            else:
+                self._standby.setdefault(move.standby_for, []).append(move)
+        out: list[Effect] = [SetTimer(_SETTLE, now + self.handoff_grace)]
+        if self._moves:
+            out.append(SetTimer(_HANDOFF, now))
+        return out
 
     def _handoff_step(self, now: float) -> list[Effect]:
         out: list[Effect] = []
@@ -656,20 +681,47 @@ class CacheCore:
             entry = self.store.peek(move.key, now)
             if entry is None:
                 continue
+            if move.drop:
+                self._dropping.add(move.key)
             row = [move.key, entry.value, entry.size, entry.ttl_ms(now), list(entry.version)]
-            for target in move.targets:
-                if self._is_live(target):
-                    batches.setdefault(target, []).append(row)
-            if move.drop and not self._leaving:
-                self.store.delete(move.key)
+            live = [t for t in move.targets if self._is_live(t)]
+            for target in live:
+                batches.setdefault(target, []).append(row)
+            if move.drop and not live and not self._leaving:
+                self._drop_if_not_owner(move.key)  # its owners have it already
         for target, rows in batches.items():
             hid = self._new_id()
-            self._handoff_acks[hid] = target
+            dropping = [row[0] for row in rows if row[0] in self._dropping]
+            self._handoff_acks[hid] = (target, dropping)
+            for key in dropping:
+                self._drop_after.setdefault(key, set()).add(hid)
             self.stats.handoffs += len(rows)
             out.append(Send(target, ["ho", hid, rows]))
+        self._dropping.clear()
         if self._moves:
             out.append(SetTimer(_HANDOFF, now))
         return out
+
+    def _handoff_acked(self, hid: int, confirmed: bool, now: float) -> None:
+        """A hand-off batch was acknowledged (or its target went down, unconfirmed)."""
+        found = self._handoff_acks.pop(hid, None)
+        if found is None:
+            return
+        for key in found[1]:
+            waiting = self._drop_after.get(key)
+            if waiting is None:
+                continue
+            waiting.discard(hid)
+            if not confirmed:
+                del self._drop_after[key]  # keep the copy: a later plan moves it
+            elif not waiting:
+                del self._drop_after[key]
+                if not self._leaving:
+                    self._drop_if_not_owner(key)
+
+    def _drop_if_not_owner(self, key: Any) -> None:
+        if self.me not in self.placement.owners(key):
+            self.store.delete(key)
 
     def _maybe_left(self, out: list[Effect]) -> None:
         if self._leave_token is None or self._moves or self._handoff_acks:

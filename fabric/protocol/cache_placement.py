@@ -16,13 +16,15 @@ next to that node's points, so only keys whose owner list changed have to move: 
 
 * a key whose owner list did not change stays where it is;
 * otherwise the copies go to the *new* owners that were not old owners (they lack it).
-  One node sends them: the first old owner, in preference order, that is still an
-  owner-set member now (the *sender* is computed by each holder from the same two
-  lists, so nobody coordinates). A node leaving gracefully sends its copies itself
-  before it goes (the survivor may send them too: copies merge by version, so a
-  duplicate is harmless). If no old owner survived, the key is lost, which
-  ``replicas`` copies are there to make unlikely;
-* a node that is no longer among a key's owners drops it once it is sent (``drop``).
+  One node sends them, chosen by every holder from the same two lists, so nobody
+  coordinates: an old owner that is still in the owner set but no longer among the key's
+  owners (its copy is leaving it) sends it, and drops it only once the new owners
+  acknowledged it. The old owner that keeps its copy gets the same move *on standby*:
+  it sends only if the sender goes down before the change settles, so a sender dying
+  mid-move (right after a heal, say) costs no key. When no copy leaves (an old owner
+  died), the first surviving old owner sends. A node leaving
+  the owner set gracefully is such a holder for all of its keys. Duplicates (when two
+  copies leave at once, both holders send) merge harmlessly by version.
 
 :func:`moved_fraction` measures a change as the share of copies that move, against
 the ideal ``1 / N`` of a join to ``N`` nodes.
@@ -80,11 +82,13 @@ class Placement:
 @dataclass(frozen=True, slots=True)
 class Move:
     """What this node does with ``key`` after an owner change: send its copy to
-    ``targets`` (may be empty) and then, if ``drop``, forget it."""
+    ``targets`` (may be empty) and then, if ``drop``, forget it. With ``standby_for``, only
+    if that node (which sends the copy) goes down before the change settles."""
 
     key: Key
     targets: tuple[str, ...]
     drop: bool
+    standby_for: str | None = None
 
 
 def plan_handoff(me: str, old: Placement, new: Placement, keys: Iterable[Key]) -> list[Move]:
@@ -95,15 +99,19 @@ def plan_handoff(me: str, old: Placement, new: Placement, keys: Iterable[Key]) -
         after = new.owners(key)
         if before == after:
             continue
-        # The sender: the first old owner still in the owner set; a node leaving sends
-        # its copies itself (it goes before the others see it leave), and a node holding
-        # a copy nobody else survived with sends it too. Duplicates merge harmlessly.
+        targets = tuple(n for n in after if n not in before and n != me)
+        if me not in after:  # this copy leaves: its holder sends it
+            moves.append(Move(key, targets, True))
+            continue
+        if not targets:
+            continue
+        leaving = [n for n in before if n in new.members and n not in after]
+        if leaving:  # an old owner still in the owner set loses it: that one sends
+            moves.append(Move(key, targets, False, standby_for=leaving[0]))
+            continue
         survivors = [n for n in before if n in new.members]
-        sends = me not in new.members or not survivors or survivors[0] == me
-        targets = tuple(n for n in after if n not in before and n != me) if sends else ()
-        drop = me not in after
-        if targets or drop:
-            moves.append(Move(key, targets, drop))
+        if not survivors or survivors[0] == me:
+            moves.append(Move(key, targets, False))
     return moves
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from fabric.testing import NodeProcess, wait_until
+from fabric.testing import NodeProcess, kill_leftovers, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Beside the repository, or where FABRIC_NETLAB says (a worktree elsewhere).
@@ -174,6 +174,39 @@ class LabNode(NodeProcess):
 
     def command(self) -> list[str]:
         return ["ip", "netns", "exec", self.namespace, *super().command()]
+
+
+@contextlib.contextmanager
+def meshed_repl_nodes(lab: Lab, n: int, port: int) -> Iterator[list[LabNode]]:
+    """``n`` nodes ``n1``.. with a REPL, one per namespace, on ``port``, seeded with ``n1``
+    and waited for as a full mesh; afterwards the lab is healed and every node killed by
+    pid, whatever happened."""
+    started = [LabNode(lab.namespace(i), f"n{i}@{lab.addr(i)}:{port}",
+                       connect=[] if i == 1 else [f"n1@{lab.addr(1)}:{port}"],
+                       heartbeat_interval=HEARTBEAT_INTERVAL,
+                       heartbeat_timeout=HEARTBEAT_TIMEOUT, repl=True)
+               for i in range(1, n + 1)]
+    try:
+        for node in started:
+            node.start()
+        for node in started:
+            node.wait_ready(15)
+        wait_views(started, full_mesh(started), 20)
+        yield started
+    finally:
+        heal_and_kill(lab, started)
+
+
+def heal_and_kill(lab: Lab, nodes: Sequence[NodeProcess]) -> None:
+    """A test's cleanup: heal every partition (if the lab is up) and kill every node by
+    pid, whatever state they are in."""
+    if lab.is_up:
+        with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
+            lab.heal()
+    for node in nodes:
+        node.kill()
+        node.close()
+    kill_leftovers()
 
 
 # -- views of the cluster -----------------------------------------------------------------

@@ -9,10 +9,8 @@ acknowledged must then read back with its value on both survivors.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import secrets
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import Any
 import labkit
 import pytest
 
-from fabric.testing import kill_leftovers, wait_until
+from fabric.testing import wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -38,26 +36,8 @@ def lab3() -> Iterator[labkit.Lab]:
 
 @pytest.fixture
 def nodes(lab3: labkit.Lab) -> Iterator[list[labkit.LabNode]]:
-    port = 7800 + secrets.randbelow(500)
-    started = [labkit.LabNode(lab3.namespace(i), f"n{i}@{lab3.addr(i)}:{port}",
-                              connect=[] if i == 1 else [f"n1@{lab3.addr(1)}:{port}"],
-                              heartbeat_interval=labkit.HEARTBEAT_INTERVAL,
-                              heartbeat_timeout=labkit.HEARTBEAT_TIMEOUT, repl=True)
-               for i in range(1, 4)]
-    try:
-        for node in started:
-            node.start()
-        for node in started:
-            node.wait_ready(15)
-        labkit.wait_views(started, labkit.full_mesh(started), 20)
+    with labkit.meshed_repl_nodes(lab3, 3, 7800 + secrets.randbelow(500)) as started:
         yield started
-    finally:
-        with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
-            lab3.heal()
-        for node in started:
-            node.kill()
-            node.close()
-        kill_leftovers()
 
 
 def last_event(node: labkit.LabNode, mark: int, kind: str) -> dict[str, Any] | None:

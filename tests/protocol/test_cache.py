@@ -46,11 +46,35 @@ def test_a_fourth_owner_moves_about_a_quarter_of_the_copies() -> None:
     new = old.with_members([*NAMES, "d@h:4"])
     fraction = moved_fraction(old, new, KEYS)
     assert 0.25 / 1.2 <= fraction <= 0.25 * 1.2
-    # Keys whose owners did not change are in no plan; every moved copy has one sender.
+    # Keys whose owners did not change are in no plan; every moved copy has one sender,
+    # the owner it leaves, which drops it (once acknowledged); the other owner keeps it.
     sent: dict[tuple[str, str], int] = {}
+    standby = 0
     for me in NAMES:
-        for move in plan_handoff(me, old, new, KEYS):
+        held = [k for k in KEYS if me in old.owners(k)]
+        for move in plan_handoff(me, old, new, held):
             assert old.owners(move.key) != new.owners(move.key)
+            if move.standby_for is not None:  # the owner that keeps it, in case
+                assert me in new.owners(move.key) and move.standby_for not in new.owners(
+                    move.key) and not move.drop
+                standby += 1
+                continue
+            assert move.drop == (me not in new.owners(move.key)) == bool(move.targets)
+            for target in move.targets:
+                sent[(str(move.key), target)] = sent.get((str(move.key), target), 0) + 1
+    expected = {(k, n) for k in KEYS for n in new.owners(k) if n not in old.owners(k)}
+    assert set(sent) == expected and set(sent.values()) == {1}
+    assert standby == len(expected)  # every moved copy has a keeper on standby
+
+
+def test_when_an_owner_dies_the_first_survivor_sends_its_keys_to_the_new_owner() -> None:
+    old = Placement(NAMES, replicas=2)
+    new = old.with_members(NAMES[:2])  # c@h:3 died: it plans nothing
+    sent: dict[tuple[str, str], int] = {}
+    for me in NAMES[:2]:
+        held = [k for k in KEYS if me in old.owners(k)]
+        for move in plan_handoff(me, old, new, held):
+            assert not move.drop
             for target in move.targets:
                 sent[(str(move.key), target)] = sent.get((str(move.key), target), 0) + 1
     expected = {(k, n) for k in KEYS for n in new.owners(k) if n not in old.owners(k)}
@@ -244,6 +268,27 @@ def test_the_minority_side_of_a_partition_refuses_writes_and_reads_still_answer(
     c.sim.heal()
     c.sim.advance(2.0)
     assert all(c.op(n, "get", "k") == ("hit", "majority") for n in NAMES)
+
+
+def test_a_kill_right_after_a_heal_loses_no_acknowledged_write() -> None:
+    # The lab found this: after a heal, a copy that leaves an owner must stay there until
+    # its new owner confirmed it, or the death of the other holder loses the key.
+    c = Cluster()
+    c.sim.partition(["a@h:1"], ["b@h:2", "c@h:3"])
+    c.sim.advance(1.5)
+    for i in range(300):
+        assert c.put("b@h:2", f"k{i}", i) == ("ok", True)
+    c.sim.heal()
+    for _ in range(10_000):  # until the sessions are back (bounded)
+        if c.sim.connected("a@h:1", "c@h:3") and c.sim.connected("b@h:2", "c@h:3"):
+            break
+        c.sim.run(until=c.sim.now + 0.0001)
+    c.sim.kill("c@h:3")  # the hand-off batches are still in flight
+    c.sim.advance(2.0)
+    assert all(c.op("a@h:1", "get", f"k{i}") == ("hit", i) for i in range(300))
+    assert all(c.op("b@h:2", "get", f"k{i}") == ("hit", i) for i in range(300))
+    holders = [sum(f"k{i}" in c.core(n).store for n in NAMES[:2]) for i in range(300)]
+    assert set(holders) == {2}  # both survivors hold every key again
 
 
 def test_with_one_write_ack_the_minority_side_still_writes() -> None:
