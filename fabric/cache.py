@@ -27,8 +27,10 @@ Refused at the caller, before anything is sent: keys other than ``str``, ``bytes
 :class:`CacheUnavailableError` at once.
 
 Graceful stop: :meth:`Cache.handoff` sends every entry this node holds to the owners
-that remain and waits for their acknowledgements, then leaves the group. Call it before
-``node.stop()`` (the node's stop does not call it by itself yet).
+that remain and waits for their acknowledgements, then leaves the group. On a node with
+drain hooks (``node.on_drain``, run by a graceful ``node.stop()``), every owner's cache
+registers ``handoff`` as one, so ``stop()`` hands the keys off by itself; on a node
+without them, call ``await cache.handoff()`` before ``node.stop()``.
 
 Counters (hits, misses, evictions, expirations, hand-offs, repairs, entries, bytes) per
 cache are in :meth:`Cache.stats` and in ``fabric status``.
@@ -118,6 +120,11 @@ class Cache:
         self._monitor, members = node.pg.monitor(self._group, self._box.self)
         self._set_members(set(members))
         self._watcher = self._loop.create_task(self._watch())
+        # A node with drain hooks (node.on_drain: a graceful stop runs them before its
+        # goodbye) hands the keys off by itself on stop(); without them, call handoff().
+        on_drain = getattr(node, "on_drain", None)
+        self._remove_drain_hook: Callable[[], None] | None = (
+            on_drain(self.handoff) if on_drain is not None and owner else None)
         caches[name] = self
 
     # -- reads ------------------------------------------------------------------------------
@@ -233,7 +240,9 @@ class Cache:
     async def handoff(self, timeout: float | None = None) -> None:
         """Hand every entry this node holds to the remaining owners, then stop owning keys.
 
-        Call before ``node.stop()``; reads keep being answered here until it returns.
+        Called by a graceful ``node.stop()`` where the node has drain hooks; call it
+        yourself before ``node.stop()`` otherwise. Reads keep being answered here until
+        it returns.
         """
         if self.owner:
             await self._await(lambda t, now: self.core.leave(t, now),
@@ -243,6 +252,9 @@ class Cache:
 
     async def close(self) -> None:
         """Stop taking part (without a hand-off: use :meth:`handoff` first to keep keys)."""
+        if self._remove_drain_hook is not None:
+            self._remove_drain_hook()
+            self._remove_drain_hook = None
         self._watcher.cancel()
         try:
             await self._watcher

@@ -172,3 +172,23 @@ def test_a_joining_node_takes_keys_and_a_leaving_one_hands_them_off() -> None:
             await stop([*nodes, extra])
 
     run(body)
+
+
+@pytest.mark.skipif(not hasattr(fabric.Node, "on_drain"),
+                    reason="the node has no drain hooks (node.on_drain) on this branch")
+def test_a_graceful_stop_hands_the_keys_off_by_itself() -> None:
+    async def body() -> None:
+        nodes, caches = await cluster(3)
+        try:
+            await caches[0].put_many({f"k{i}": i for i in range(300)})
+            held = caches[2].stats()["entries"]
+            assert held > 0
+            await nodes[2].stop()  # no handoff() call: the drain hook does it
+            assert caches[2].stats()["entries"] == 0
+            assert caches[2].stats()["handoffs"] >= held // 2
+            assert await caches[0].get_many([f"k{i}" for i in range(300)]) == {
+                f"k{i}": i for i in range(300)}
+        finally:
+            await stop(nodes)
+
+    run(body)
