@@ -90,13 +90,18 @@ class Cache:
         handoff_grace: seconds without an owner change (and with this node's hand-off
             done) after which a change is settled; until then a miss at a key's new
             primary is asked again of its previous owners.
+        near_entries: keep up to this many values read from other nodes in a near cache
+            on this node (0: none), invalidated by the owners when the key changes.
+        near_ttl: the longest a near copy is used, seconds (its staleness bound if an
+            invalidation is lost).
     """
 
     def __init__(self, node: Node, name: str = "default", *, owner: bool = True,
                  replicas: int = 2, write_acks: int | None = None,
                  max_entries: int = 1_000_000, max_bytes: int = 256 << 20,
                  max_entry_bytes: int = 1 << 20, timeout: float = 5.0,
-                 sweep_interval: float = 1.0, handoff_grace: float = 5.0) -> None:
+                 sweep_interval: float = 1.0, handoff_grace: float = 5.0,
+                 near_entries: int = 0, near_ttl: float = 1.0) -> None:
         caches = _by_node.setdefault(node, {})
         if name in caches:
             raise CacheError(f"cache {name!r} is already started on {node.name}")
@@ -107,7 +112,9 @@ class Cache:
         self.max_entry_bytes = min(max_entry_bytes, max_bytes)
         self.core = CacheCore(name, node.name, replicas=replicas, write_acks=write_acks,
                               max_entries=max_entries, max_bytes=max_bytes,
-                              sweep_interval=sweep_interval, handoff_grace=handoff_grace)
+                              sweep_interval=sweep_interval, handoff_grace=handoff_grace,
+                              near_entries=near_entries, near_ttl=near_ttl)
+        self._read_op = "nget" if near_entries > 0 else "get"
         self._service = self.core.service
         self._loop = node.loop
         self._group = (GROUP, name)
@@ -132,7 +139,8 @@ class Cache:
     async def get(self, key: Any, default: Any = None, *, repair: bool = False) -> Any:
         """The key's value, or ``default`` if it is absent or expired.
 
-        Read from the key's primary (a replica when the primary is down). With
+        Read from the key's primary (a replica when the primary is down), or from this
+        node's near cache when it has one and holds the key. With
         ``repair=True`` every live owner is asked, the newest copy is returned and older
         copies are overwritten with it (read repair).
         """
@@ -141,10 +149,14 @@ class Cache:
         if repair:
             status, value = await self._await(lambda t, now: self.core.read_all(t, key, now))
             return value if status == "hit" else default
-        entry = self.core.read_local(key, self._loop.time())
+        now = self._loop.time()
+        entry = self.core.read_local(key, now)
         if entry is not False:
             return default if entry is None else entry.value  # type: ignore[union-attr]
-        status, value = await self._request("get", key, [])
+        near = self.core.read_near(key, now)
+        if near is not None:
+            return near.value
+        status, value = await self._request(self._read_op, key, [])
         return value if status == "hit" else default
 
     async def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:

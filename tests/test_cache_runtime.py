@@ -192,3 +192,27 @@ def test_a_graceful_stop_hands_the_keys_off_by_itself() -> None:
             await stop(nodes)
 
     run(body)
+
+
+def test_a_near_cache_on_a_reader_is_invalidated_by_the_owners() -> None:
+    async def body() -> None:
+        nodes, caches = await cluster(2)
+        reader_node = fabric.Node(f"r@127.0.0.1:{free_port()}", cookie="cc", **FAST)  # type: ignore[arg-type]
+        await reader_node.start()
+        try:
+            assert await reader_node.connect(nodes[0].name)
+            reader = Cache(reader_node, "t", owner=False, near_entries=1000, near_ttl=30)
+            await async_wait_until(lambda: len(reader.core.placement) == 2, timeout=10,
+                                   message="the reader sees the owners")
+            await caches[0].put("k", "v1")
+            assert await reader.get("k") == "v1"
+            assert await reader.get("k") == "v1"
+            assert reader.stats()["near_hits"] == 1  # the second read sent nothing
+            await caches[1].put("k", "v2")
+            await async_wait_until(lambda: reader.stats()["near_entries"] == 0, timeout=10,
+                                   message="the owners invalidated the reader's copy")
+            assert await reader.get("k") == "v2"
+        finally:
+            await stop([*nodes, reader_node])
+
+    run(body)

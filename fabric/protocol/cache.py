@@ -67,6 +67,16 @@ the graceful stop: the node plans as if it were gone, sends everything, and comp
 its token once every batch is acknowledged (or its target went down); it keeps answering
 from its store until then.
 
+Near cache (``near_entries`` > 0). A read whose primary is another node is first looked
+up in this node's near cache; a miss asks the primary with ``nget``, which answers
+``nhit`` with the value and its remaining TTL and remembers this node as a *reader* of
+the key. Every owner that changes a key (a write, a replica copy, a hand-off, a delete)
+sends ``["inv", key]`` to the key's readers and forgets them. A near copy also expires
+after ``near_ttl`` seconds (its staleness bound when an owner forgot its readers: it
+tracks at most ``_READERS_MAX`` keys, and a change of owners moves keys away from the
+owner that knew), and the whole near cache is emptied on every change of owners. A
+node's own writes drop its near copy at once.
+
 Expiry and memory: see :mod:`fabric.protocol.cache_store`; a ``sweep`` timer runs every
 ``sweep_interval`` seconds with ``sweep_budget`` entries at most.
 """
@@ -86,8 +96,10 @@ from fabric.types import Pid
 __all__ = ["OPS", "CacheCore", "Result"]
 
 Result = tuple[str, Any]  # (status, value): hit, miss, ok, exists, compute, error
-OPS = frozenset({"get", "mget", "put", "del", "incr", "goc", "fill", "abandon", "getv"})
-_RETRIED = frozenset({"get", "mget", "put", "del", "goc", "fill", "abandon", "getv"})
+OPS = frozenset({"get", "nget", "mget", "put", "del", "incr", "goc", "fill", "abandon",
+                 "getv"})
+_RETRIED = frozenset({"get", "nget", "mget", "put", "del", "goc", "fill", "abandon", "getv"})
+_READERS_MAX = 100_000  # keys whose near-cache readers an owner tracks (then it forgets all)
 _WRITES = frozenset({"put", "del", "incr", "fill"})
 _SWEEP = ("sweep",)
 _HANDOFF = ("handoff",)
@@ -141,7 +153,8 @@ class CacheCore:
     def __init__(self, name: str, me: str, *, replicas: int = 2, write_acks: int | None = None,
                  max_entries: int = 1_000_000, max_bytes: int = 256 << 20,
                  sweep_interval: float = 1.0, sweep_budget: int = 1000,
-                 handoff_batch: int = 256, handoff_grace: float = 5.0) -> None:
+                 handoff_batch: int = 256, handoff_grace: float = 5.0,
+                 near_entries: int = 0, near_ttl: float = 1.0) -> None:
         if write_acks is not None and not 1 <= write_acks <= replicas:
             raise ValueError(f"write_acks must be 1..replicas ({replicas}), not {write_acks}")
         self.name = name
@@ -150,6 +163,11 @@ class CacheCore:
         self.write_acks = replicas if write_acks is None else write_acks
         self.store = CacheStore(max_entries, max_bytes)
         self.stats = self.store.stats
+        # The near cache: copies of other primaries' keys this node read, invalidated by
+        # the owners (which remember their readers) and never older than near_ttl.
+        self.near = CacheStore(near_entries, 1 << 62) if near_entries > 0 else None
+        self.near_ttl_ms = max(1, int(near_ttl * 1000))
+        self._readers: dict[Any, set[str]] = {}  # key -> nodes with it in a near cache
         self.sweep_interval = sweep_interval
         self.sweep_budget = sweep_budget
         self.handoff_batch = handoff_batch
@@ -196,6 +214,9 @@ class CacheCore:
 
     def on_nodedown(self, peer: str, reason: str, now: float) -> list[Effect]:
         self._up.discard(peer)
+        if self._readers:
+            for readers in self._readers.values():
+                readers.discard(peer)
         out: list[Effect] = []
         self._moves.extend(self._standby.pop(peer, ()))  # it cannot send them any more
         for rid, req in list(self._pending.items()):
@@ -284,6 +305,10 @@ class CacheCore:
             return False
         return self.store.get(key, now)
 
+    def read_near(self, key: Any, now: float) -> Entry | None:
+        """This node's near copy of ``key`` (None: none, or no near cache)."""
+        return None if self.near is None else self.near.get(key, now)
+
     def request(self, token: Any, op: str, key: Any, args: list[Any],
                 now: float) -> list[Effect]:
         """Start ``op`` on ``key``; completes ``token`` with a :data:`Result`."""
@@ -294,12 +319,14 @@ class CacheCore:
         if not owners:
             out.append(Complete(token, UNAVAILABLE))
             return out
+        if op in _WRITES and self.near is not None:
+            self.near.delete(key)  # this node's own write: its near copy is stale
         if op == "put" and not args[3]:
             self._direct_write(_DirectWrite(token, key, args[:3], 0), owners, now, out)
             return out
         rid = self._new_id()
         req = _Request(token, op, key, args, owners[0], {owners[0]})
-        if op == "get" and self._settled is not self.placement:
+        if op in ("get", "nget") and self._settled is not self.placement:
             req.fallback = [n for n in self._settled.owners(key)
                             if n not in owners[:1] and self._is_live(n)]
         self._pending[rid] = req
@@ -353,6 +380,9 @@ class CacheCore:
         stats["bytes"] = self.store.bytes
         # entries still to send, plus batches sent and not yet acknowledged
         stats["handoff_pending"] = len(self._moves) + len(self._handoff_acks)
+        if self.near is not None:
+            stats["near_hits"] = self.near.stats.hits
+            stats["near_entries"] = len(self.near)
         return stats
 
     # -- the client side ------------------------------------------------------------------
@@ -405,6 +435,12 @@ class CacheCore:
             self._send_request(rid, req, now, out)
             return
         del self._pending[rid]
+        if result[0] == "nhit":
+            value, ttl_ms = result[1]
+            if self.near is not None:
+                near_ms = self.near_ttl_ms if ttl_ms is None else min(ttl_ms, self.near_ttl_ms)
+                self.near.put(req.key, value, 1, near_ms, NO_VERSION, now)
+            result = ("hit", value)
         out.append(Complete(req.token, result))
 
     def _finish_gather(self, rid: int, req: _Request, now: float, out: list[Effect]) -> None:
@@ -426,7 +462,8 @@ class CacheCore:
             self.stats.repairs += 1
             rep = ["rep", 0, req.key, value, size, ttl_ms, version]
             if owner == self.me:
-                self.store.merge(req.key, value, size, ttl_ms, _version(version), now)
+                if self.store.merge(req.key, value, size, ttl_ms, _version(version), now):
+                    self._invalidate(req.key, out)
             else:
                 out.append(Send(owner, rep))
         out.append(Complete(req.token, ("hit", value)))
@@ -450,6 +487,8 @@ class CacheCore:
         for owner in owners:
             if owner == self.me:
                 accepted = self.store.merge(write.key, value, size, ttl_ms, version, now)
+                if accepted:
+                    self._invalidate(write.key, out)
                 self._on_direct_ack(self.me, rid, accepted, self._clock, now, out)
                 if not accepted:
                     return  # re-stamped and sent again by the line above
@@ -501,7 +540,8 @@ class CacheCore:
             self._on_answer(peer, int(msg[1]), (str(result[0]), result[1]), now, out)
         elif tag == "rep":
             _, wid, key, value, size, ttl_ms, version = msg
-            self.store.merge(key, value, int(size), ttl_ms, _version(version), now)
+            if self.store.merge(key, value, int(size), ttl_ms, _version(version), now):
+                self._invalidate(key, out)
             self._clock = max(self._clock, int(version[0]))
             if wid:
                 out.append(Send(peer, ["rack", wid]))
@@ -510,6 +550,7 @@ class CacheCore:
             current = self.store.peek(key, now)
             if current is None or current.version <= _version(version):
                 self.store.delete(key)
+                self._invalidate(key, out)
             if wid:
                 out.append(Send(peer, ["rack", wid]))
         elif tag == "w":
@@ -517,6 +558,8 @@ class CacheCore:
             stamp = _version(version)
             self._clock = max(self._clock, stamp[0])
             accepted = self.store.merge(key, value, int(size), ttl_ms, stamp, now)
+            if accepted:
+                self._invalidate(key, out)
             out.append(Send(peer, ["wa", rid, accepted, self._clock]))
         elif tag == "wa":
             self._on_direct_ack(peer, int(msg[1]), bool(msg[2]), int(msg[3]), now, out)
@@ -524,9 +567,13 @@ class CacheCore:
             self._on_replica_ack(peer, int(msg[1]), now, out)
         elif tag == "ho":
             for key, value, size, ttl_ms, version in msg[2]:
-                self.store.merge(key, value, int(size), ttl_ms, _version(version), now)
+                if self.store.merge(key, value, int(size), ttl_ms, _version(version), now):
+                    self._invalidate(key, out)
                 self._clock = max(self._clock, int(version[0]))
             out.append(Send(peer, ["hack", msg[1]]))
+        elif tag == "inv":
+            if self.near is not None:
+                self.near.delete(msg[1])
         elif tag == "hack":
             self._handoff_acked(int(msg[1]), True, now)
             self._maybe_left(out)
@@ -555,6 +602,15 @@ class CacheCore:
             entry = store.get(key, now)
             self._answer(origin, rid, ("miss", None) if entry is None else ("hit", entry.value),
                          now, out)
+        elif op == "nget":
+            entry = store.get(key, now)
+            if entry is None:
+                self._answer(origin, rid, ("miss", None), now, out)
+                return
+            if len(self._readers) >= _READERS_MAX:
+                self._readers.clear()  # their copies expire within near_ttl anyway
+            self._readers.setdefault(key, set()).add(origin)
+            self._answer(origin, rid, ("nhit", [entry.value, entry.ttl_ms(now)]), now, out)
         elif op == "mget":
             found = []
             for k in args[0]:
@@ -578,6 +634,7 @@ class CacheCore:
             entry = store.peek(key, now)
             version = self._stamp(entry)
             store.delete(key)
+            self._invalidate(key, out)
             self._replicate(origin, rid, key, ["rdel", 0, key, list(version)],
                             ("ok", entry is not None), now, out)
         elif op == "incr":
@@ -610,6 +667,17 @@ class CacheCore:
             if leader is not None:
                 self._answer(leader[0], leader[1], ("compute", None), now, out)
 
+    def _invalidate(self, key: Any, out: list[Effect]) -> None:
+        """``key`` changed here: the nodes that hold it in a near cache drop it."""
+        readers = self._readers.pop(key, None)
+        if readers:
+            for reader in readers:
+                if reader == self.me:
+                    if self.near is not None:
+                        self.near.delete(key)
+                elif reader in self._up:
+                    out.append(Send(reader, ["inv", key]))
+
     def _stamp(self, entry: Entry | None) -> Version:
         floor = NO_VERSION[0] if entry is None else entry.version[0]
         self._clock = max(self._clock, floor) + 1
@@ -619,6 +687,7 @@ class CacheCore:
                ttl_ms: int | None, result: Result, now: float, out: list[Effect]) -> None:
         version = self._stamp(self.store.peek(key, now))
         self.store.put(key, value, size, ttl_ms, version, now)
+        self._invalidate(key, out)
         self._replicate(origin, rid, key,
                         ["rep", 0, key, value, size, ttl_ms, list(version)], result, now, out)
 
@@ -660,6 +729,9 @@ class CacheCore:
         old = self.placement
         self.placement = old.with_members(live)
         self._primaries.clear()
+        if self.near is not None:  # who tracks its readers may have changed
+            for key in list(self.near.keys()):
+                self.near.delete(key)
         if not old.members:
             self._settled = self.placement  # the first owners: nothing was anywhere before
         # Moves not sent yet are still owed (their targets are checked when sent).

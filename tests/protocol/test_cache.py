@@ -454,3 +454,39 @@ def test_bad_messages_are_logged_not_raised() -> None:
     assert isinstance(core.on_message("b@h:2", ["zzz"], 0.0)[0], Log)
     with pytest.raises(ValueError):
         CacheCore("t", "a@h:1", replicas=2, write_acks=3)
+
+
+def test_a_near_cache_serves_repeat_reads_and_owners_invalidate_it() -> None:
+    c = Cluster(near_entries=100, near_ttl=10.0)
+    c.set_owners({"a@h:1", "b@h:2"})  # c only reads
+    c.sim.advance(1.0)
+    reader = c.core("c@h:3")
+    c.put("a@h:1", "k", "v1")
+    assert reader.read_near("k", c.sim.now) is None
+    assert c.op("c@h:3", "nget", "k") == ("hit", "v1")
+    near = reader.read_near("k", c.sim.now)
+    assert near is not None and near.value == "v1"  # the next read sends nothing
+    c.put("b@h:2", "k", "v2")  # the owners tell the reader
+    assert reader.read_near("k", c.sim.now) is None
+    assert c.op("c@h:3", "nget", "k") == ("hit", "v2")
+    assert c.op("a@h:1", "del", "k") == ("ok", True)
+    assert reader.read_near("k", c.sim.now) is None
+    c.put("a@h:1", "t", "short", ttl_ms=300)
+    assert c.op("c@h:3", "nget", "t") == ("hit", "short")
+    c.sim.advance(0.3)  # a near copy never outlives the key's TTL
+    assert reader.read_near("t", c.sim.now) is None
+    c.put("a@h:1", "k", "v3")
+    assert c.op("c@h:3", "nget", "k") == ("hit", "v3")
+    c.set_owners({"a@h:1", "b@h:2", "c@h:3"})  # owners change: the near cache empties
+    assert reader.read_near("k", c.sim.now) is None
+    assert reader.counters()["near_hits"] == 1
+
+
+def test_a_near_copy_expires_after_near_ttl_even_without_an_invalidation() -> None:
+    c = Cluster(near_entries=100, near_ttl=0.5)
+    c.set_owners({"a@h:1", "b@h:2"})
+    c.sim.advance(1.0)
+    c.put("a@h:1", "k", "v")
+    assert c.op("c@h:3", "nget", "k") == ("hit", "v")
+    c.sim.advance(0.5)  # the bound that holds if an owner forgot its readers
+    assert c.core("c@h:3").read_near("k", c.sim.now) is None
