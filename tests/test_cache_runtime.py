@@ -35,6 +35,18 @@ async def cluster(n: int, **options: object) -> tuple[list[fabric.Node], list[Ca
     return nodes, caches
 
 
+async def reader_of(nodes: list[fabric.Node], **options: object) -> tuple[fabric.Node, Cache]:
+    """A node that joins ``nodes`` and uses the cache without owning keys."""
+    node = fabric.Node(f"r@127.0.0.1:{free_port()}", cookie="cc", **FAST)  # type: ignore[arg-type]
+    await node.start()
+    nodes.append(node)  # stopped with the others
+    assert await node.connect(nodes[0].name)
+    reader = Cache(node, "t", owner=False, **options)  # type: ignore[arg-type]
+    await async_wait_until(lambda: len(reader.core.placement) == len(nodes) - 1,
+                           timeout=10, message="the reader sees the owners")
+    return node, reader
+
+
 async def stop(nodes: list[fabric.Node]) -> None:
     for node in nodes:
         if not node.stopped:
@@ -119,13 +131,8 @@ def test_get_or_compute_computes_once_across_the_cluster() -> None:
 def test_a_dead_owner_fails_over_and_a_read_only_node_sees_unavailable() -> None:
     async def body() -> None:
         nodes, caches = await cluster(3)
-        reader_node = fabric.Node(f"r@127.0.0.1:{free_port()}", cookie="cc", **FAST)  # type: ignore[arg-type]
-        await reader_node.start()
         try:
-            assert await reader_node.connect(nodes[0].name)
-            reader = Cache(reader_node, "t", owner=False)
-            await async_wait_until(lambda: len(reader.core.placement) == 3, timeout=10,
-                                   message="the reader sees the owners")
+            _, reader = await reader_of(nodes)
             for i in range(100):
                 await reader.put(f"k{i}", i)
             assert reader.stats()["entries"] == 0  # a reader holds nothing
@@ -138,7 +145,7 @@ def test_a_dead_owner_fails_over_and_a_read_only_node_sees_unavailable() -> None
             with pytest.raises(CacheUnavailableError):
                 await reader.get("k1")
         finally:
-            await stop([*nodes, reader_node])
+            await stop(nodes)
 
     run(body)
 
@@ -197,13 +204,8 @@ def test_a_graceful_stop_hands_the_keys_off_by_itself() -> None:
 def test_a_near_cache_on_a_reader_is_invalidated_by_the_owners() -> None:
     async def body() -> None:
         nodes, caches = await cluster(2)
-        reader_node = fabric.Node(f"r@127.0.0.1:{free_port()}", cookie="cc", **FAST)  # type: ignore[arg-type]
-        await reader_node.start()
         try:
-            assert await reader_node.connect(nodes[0].name)
-            reader = Cache(reader_node, "t", owner=False, near_entries=1000, near_ttl=30)
-            await async_wait_until(lambda: len(reader.core.placement) == 2, timeout=10,
-                                   message="the reader sees the owners")
+            _, reader = await reader_of(nodes, near_entries=1000, near_ttl=30)
             await caches[0].put("k", "v1")
             assert await reader.get("k") == "v1"
             assert await reader.get("k") == "v1"
@@ -213,6 +215,6 @@ def test_a_near_cache_on_a_reader_is_invalidated_by_the_owners() -> None:
                                    message="the owners invalidated the reader's copy")
             assert await reader.get("k") == "v2"
         finally:
-            await stop([*nodes, reader_node])
+            await stop(nodes)
 
     run(body)
