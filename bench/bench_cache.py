@@ -8,12 +8,13 @@ redis-py it prints why and exits 0 without figures. fabric's side: three owner n
 OS processes (``fabric.cache.Cache``, replicas=2, write_acks=2), and this process as a
 fourth node that does not own keys. Values are ``VALUE_SIZE`` bytes on both sides; keys
 are ``NKEYS`` preloaded keys. Each round runs every measurement once on each side, the
-side that goes first alternating:
+side that goes first rotating:
 
 * **get / put latency**: sequential operations from this process (one in flight), p50
-  and p99 per operation. fabric's are all remote (this node owns nothing): one round trip
-  to the key's primary for a get; a put is also acknowledged by the replica (two hops
-  more than Redis's single copy).
+  and p99 per operation. fabric's are all remote (this node owns nothing): a get is one
+  round trip to the key's primary; a put goes to both owners at once and returns when
+  both acknowledged it (Redis keeps one copy). With them, fabric's transport floor: the
+  raw pyzmq DEALER/ROUTER echo on asyncio from ``bench.baselines`` (no fabric).
 * **throughput**: three processes at once, each with ``CONCURRENCY`` tasks doing 90% get
   and 10% put on random keys for ``LOAD_S`` seconds from a shared start time. fabric's
   are the three owner nodes themselves (the cache is embedded: a third of the gets are
@@ -151,6 +152,14 @@ async def _sequential(op: Callable[[str], Awaitable[Any]], n: int, nkeys: int) -
             "rate": n / elapsed}
 
 
+async def _raw_floor(n: int) -> dict[str, float]:
+    """The raw pyzmq + asyncio round trip (no fabric), in child processes."""
+    from bench import baselines
+
+    got = await asyncio.to_thread(baselines.roundtrip_raw_asyncio, n)
+    return {"p50": got.p50_us, "p99": got.p99_us, "rate": got.calls_per_s}
+
+
 class RedisServer:
     """redis-server on a free loopback port, no persistence; stopped by pid."""
 
@@ -249,6 +258,7 @@ async def _run(args: Any, report: h.Report, kids: h.Children, redis_server: Redi
             await cache.put(key, value)
 
         measures: dict[str, Callable[[], Awaitable[Any]]] = {
+            "raw floor": lambda: _raw_floor(n),
             "redis get": lambda: _sequential(rclient.get, n, nkeys),
             "fabric get": lambda: _sequential(cache.get, n, nkeys),
             "redis put": lambda: _sequential(lambda k: rclient.set(k, value), n, nkeys),
@@ -258,12 +268,12 @@ async def _run(args: Any, report: h.Report, kids: h.Children, redis_server: Redi
             "fabric throughput": fabric_load,
         }
         results: dict[str, list[Any]] = {k: [] for k in measures}
-        pairs = [("redis get", "fabric get"), ("redis put", "fabric put"),
-                 ("fabric local get", None), ("redis throughput", "fabric throughput")]
+        groups = [("redis get", "fabric get", "raw floor"), ("redis put", "fabric put"),
+                  ("fabric local get",), ("redis throughput", "fabric throughput")]
         for round_no in range(args.runs):
-            for a, b in pairs:
-                order = [x for x in ((a, b) if round_no % 2 == 0 else (b, a)) if x is not None]
-                for name in order:
+            for group in groups:
+                turn = round_no % len(group)  # who goes first rotates every round
+                for name in group[turn:] + group[:turn]:
                     t0 = time.monotonic()
                     results[name].append(await measures[name]())
                     print(f"  {name}: run {round_no + 1}/{args.runs} = {results[name][-1]} "
@@ -276,6 +286,10 @@ async def _run(args: Any, report: h.Report, kids: h.Children, redis_server: Redi
                            [r[metric] for r in results[f"fabric {op}"]], baseline=f"redis {op}",
                            note="goal: p50 <= 1.2x, p99 <= 2x" + (
                                "; acknowledged by 2 copies" if op == "put" else ""))
+        for metric in ("p50", "p99"):
+            report.add("raw pyzmq asyncio round trip", metric, "us",
+                       [r[metric] for r in results["raw floor"]], baseline="redis get",
+                       note="fabric's transport floor: DEALER/ROUTER echo, msgpack, asyncio")
         report.add("redis get", "rate", "ops/s", [r["rate"] for r in results["redis get"]])
         report.add("fabric owner-local get", "rate", "ops/s",
                    [r["rate"] for r in results["fabric local get"]], baseline="redis get",
