@@ -102,6 +102,8 @@ class Cache:
                  max_entry_bytes: int = 1 << 20, timeout: float = 5.0,
                  sweep_interval: float = 1.0, handoff_grace: float = 5.0,
                  near_entries: int = 0, near_ttl: float = 1.0) -> None:
+        if not node.started or node.stopped:
+            raise CacheError("start the node before its cache (await node.start())")
         caches = _by_node.setdefault(node, {})
         if name in caches:
             raise CacheError(f"cache {name!r} is already started on {node.name}")

@@ -9,7 +9,7 @@ import pytest
 
 import fabric
 from fabric.cache import Cache, caches_of
-from fabric.errors import CacheUnavailableError, CacheValueError
+from fabric.errors import CacheError, CacheUnavailableError, CacheValueError
 from fabric.testing import async_wait_until, free_port
 
 pytestmark = pytest.mark.io
@@ -76,6 +76,10 @@ def test_operations_across_nodes() -> None:
                 await a.get(("tuple", "key"))
             with pytest.raises(ValueError):
                 await a.put("k", 1, ttl=0)
+            with pytest.raises(CacheError):
+                Cache(nodes[0], "t")  # one per name per node
+            with pytest.raises(CacheError):
+                Cache(fabric.Node("unstarted@127.0.0.1:1", cookie="cc"), "t")
             counters = caches_of(nodes[0])["t"]
             assert counters["entries"] > 0 and {"hits", "misses", "evictions", "expirations",
                                                  "handoffs"} <= set(counters)
