@@ -406,7 +406,8 @@ class CacheCore:
             out.append(Complete(req.token, ("error", f"outcome unknown: owner {req.target} "
                                                      "went down during the operation")))
             return
-        nxt = next((n for n in self.placement.owners(req.key) if n not in req.tried), None)
+        nxt = next((n for n in self.placement.owners(req.key)
+                    if n not in req.tried and self._is_live(n)), None)
         if nxt is None:
             del self._pending[rid]
             out.append(Complete(req.token, UNAVAILABLE))
