@@ -58,7 +58,10 @@ Hand-off. When the live owner set changes, :func:`plan_handoff` lists what this 
 sends where; a timer sends it in batches of ``handoff_batch`` entries (``["ho", hid,
 [[key, value, size, ttl_ms, version], ...]]``, answered ``["hack", hid]``) so the loop
 keeps serving meanwhile, and counts every entry sent (``stats.handoffs``). A copy that
-leaves this node is dropped only once its new owner acknowledged it. Plans start from
+leaves this node is dropped only once its new owner acknowledged it. When a change
+settles, copies this node holds without owning the key (strays: a plan made during a heal
+from a view already outdated sends copies to a node that turns out not to own them) are
+sent to the key's owners and dropped the same way. Plans start from
 the last *settled* placement (no change for ``handoff_grace`` seconds, this node's
 hand-off done), not from the one just replaced: when a second change comes while the
 first one's copies are still moving (their sender died right after a heal, say), the
@@ -276,6 +279,7 @@ class CacheCore:
                 return [SetTimer(_SETTLE, now + self.handoff_grace)]
             self._settled = self.placement
             self._standby.clear()
+            return self._rehome_strays(now)
         return []
 
     def on_process_exit(self, pid: Pid, reason: Any, now: float) -> list[Effect]:
@@ -745,6 +749,20 @@ class CacheCore:
         if self._moves:
             out.append(SetTimer(_HANDOFF, now))
         return out
+
+    def _rehome_strays(self, now: float) -> list[Effect]:
+        """Copies this node holds without owning them once a change settled (a hand-off
+        planned from a view that was already outdated, during a heal, say): sent to the
+        key's owners (who keep the newer copy) and dropped once they have it."""
+        if self._leaving:
+            return []
+        held = self.store.keys()  # a copy: the loop below does not change the store
+        for key in held:
+            if key not in self._drop_after:
+                owners = self.placement.owners(key)
+                if self.me not in owners:
+                    self._moves.append(Move(key, tuple(owners), True))
+        return [SetTimer(_HANDOFF, now)] if self._moves else []
 
     def _handoff_step(self, now: float) -> list[Effect]:
         out: list[Effect] = []
