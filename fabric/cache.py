@@ -39,12 +39,14 @@ cache are in :meth:`Cache.stats` and in ``fabric status``.
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.util
 import inspect
 import itertools
 import math
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fabric.errors import (
     CacheError,
@@ -121,8 +123,10 @@ class Cache:
         self._loop = node.loop
         self._group = (GROUP, name)
         self._members: set[Pid] = set()
-        node.add_service(self.core)
-        node.run_service(self._service, self.core.start(self._loop.time()))
+        _host(node).add_service(self.core)
+        self._run = _host(node).run_service
+        self._expect = _host(node).expect
+        self._run(self._service, self.core.start(self._loop.time()))
         self._box = node.new_mailbox()
         if owner:
             node.pg.join(self._group, self._box.self)
@@ -281,17 +285,17 @@ class Cache:
 
     async def _watch(self) -> None:
         while True:  # ends when close() cancels it, or the node stops
-            msg = await self._box.receive()
-            if type(msg) is tuple and len(msg) == 5 and msg[1] == self._monitor:
-                if msg[0] == "pg_join":
-                    self._set_members(self._members | set(msg[4]))
-                elif msg[0] == "pg_leave":
-                    self._set_members(self._members - set(msg[4]))
+            change = _pg_change(await self._box.receive())
+            if change is not None and change[1] == self._monitor:
+                if change[0] == "pg_join":
+                    self._set_members(self._members | set(change[2]))
+                else:
+                    self._set_members(self._members - set(change[2]))
 
     def _set_members(self, members: set[Pid]) -> None:
         self._members = members
         effects = self.core.set_owners({pid.node for pid in members}, self._loop.time())
-        self.node.run_service(self._service, effects)
+        self._run(self._service, effects)
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -308,8 +312,8 @@ class Cache:
     async def _await(self, start: Callable[[Any, float], list[Any]],
                      timeout: float | None = None) -> Result:
         token = ("cache", next(_tokens))
-        fut = self.node.expect(token)  # before the effects run: one may complete it
-        self.node.run_service(self._service, start(token, self._loop.time()))
+        fut = self._expect(token)  # before the effects run: one may complete it
+        self._run(self._service, start(token, self._loop.time()))
         if not fut.done():
             limit = self.timeout if timeout is None else timeout
             timer = self._loop.call_later(limit, _expire, fut, limit)
@@ -337,6 +341,51 @@ class Cache:
             raise CacheValueError(f"cache {self.name!r}: an entry of {size} bytes is over the "
                                   f"limit of {self.max_entry_bytes} (max_entry_bytes)")
         return size
+
+
+def _pg_change(msg: Any) -> tuple[str, Any, list[Pid]] | None:
+    """``(tag, token, pids)`` of a pg monitor message, or None for anything else: a
+    ``("pg_join" | "pg_leave", token, scope, group, pids)`` tuple, or an event object with
+    ``tag``, ``token`` and ``pids`` (what newer pg versions deliver)."""
+    if type(msg) is tuple and len(msg) == 5 and msg[0] in ("pg_join", "pg_leave"):
+        return msg[0], msg[1], list(msg[4])
+    tag = getattr(msg, "tag", None)
+    if tag in ("pg_join", "pg_leave"):
+        return tag, getattr(msg, "token", None), list(getattr(msg, "pids", ()))
+    return None
+
+
+class _Host(Protocol):
+    def add_service(self, core: Any) -> None: ...
+
+    def run_service(self, service: str, effects: list[Any]) -> Any: ...
+
+    def expect(self, token: Any) -> asyncio.Future[Any]: ...
+
+
+def _host(node: Node) -> _Host:
+    """Where the node's service-hosting calls live: ``fabric.lowlevel`` where it exists
+    (newer fabric moved them there from ``Node``), else the node's own methods."""
+    if importlib.util.find_spec("fabric.lowlevel") is None:
+        return node
+    lowlevel = importlib.import_module("fabric.lowlevel")
+    return _LowLevelHost(node, lowlevel)
+
+
+class _LowLevelHost:
+    def __init__(self, node: Node, lowlevel: Any) -> None:
+        self._node = node
+        self._lowlevel = lowlevel
+
+    def add_service(self, core: Any) -> None:
+        self._lowlevel.add_service(self._node, core)
+
+    def run_service(self, service: str, effects: list[Any]) -> Any:
+        return self._lowlevel.run_service(self._node, service, effects)
+
+    def expect(self, token: Any) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = self._lowlevel.expect(self._node, token)
+        return fut
 
 
 def _expire(fut: asyncio.Future[Any], limit: float) -> None:

@@ -169,6 +169,8 @@ class Cluster:
 
     def __init__(self, names: list[str] = NAMES, *, write_acks: int | None = None,
                  **options: Any) -> None:
+        self.names = list(names)
+        self.down: set[str] = set()  # nodes killed and not restarted
         self.owners = set(names)
         self.tokens = itertools.count()
         self.sim = ServiceSim(lambda name, _c: CacheCore("t", name, write_acks=write_acks,
@@ -196,9 +198,19 @@ class Cluster:
 
     def set_owners(self, owners: set[str]) -> None:
         self.owners = owners
-        for name, node in self.sim.nodes.items():
-            if node.up:
+        for name in self.names:
+            if name not in self.down:
                 self.sim.call(name, "set_owners", set(owners))
+
+    def kill(self, name: str) -> None:
+        self.sim.kill(name)
+        self.down.add(name)
+
+    def restart(self, name: str) -> None:
+        """Start ``name`` again with a new, empty core that knows the owners."""
+        self.sim.restart(name)
+        self.down.discard(name)
+        self.sim.call(name, "set_owners", set(self.owners))
 
 
 def test_put_on_one_node_get_on_another_and_both_owners_hold_it() -> None:
@@ -283,7 +295,7 @@ def test_a_kill_right_after_a_heal_loses_no_acknowledged_write() -> None:
         if c.sim.connected("a@h:1", "c@h:3") and c.sim.connected("b@h:2", "c@h:3"):
             break
         c.sim.run(until=c.sim.now + 0.0001)
-    c.sim.kill("c@h:3")  # the hand-off batches are still in flight
+    c.kill("c@h:3")  # the hand-off batches are still in flight
     c.sim.advance(2.0)
     assert all(c.op("a@h:1", "get", f"k{i}") == ("hit", i) for i in range(300))
     assert all(c.op("b@h:2", "get", f"k{i}") == ("hit", i) for i in range(300))
@@ -303,7 +315,7 @@ def test_reads_fail_over_to_a_replica_when_the_primary_dies() -> None:
     for i in range(100):
         assert c.put(NAMES[i % 3], f"k{i}", i) == ("ok", True)
     victim = "a@h:1"
-    c.sim.kill(victim)
+    c.kill(victim)
     c.set_owners(c.owners - {victim})  # what pg reports after the nodedown
     c.sim.advance(1.0)  # hand-off to the new replicas
     for i in range(100):
@@ -332,7 +344,7 @@ def test_a_key_whose_owners_are_all_down_fails_at_once() -> None:
     c.sim.advance(1.0)
     c.put(client, "k", "v")
     for owner in NAMES[:2]:
-        c.sim.kill(owner)
+        c.kill(owner)
     c.sim.advance(0.1)
     token = next(c.tokens)
     effects = c.core(client).request(token, "get", "k", [], c.sim.now)
@@ -371,7 +383,7 @@ def test_a_failed_leader_hands_the_computation_to_the_next_waiter() -> None:
     second = c.start(others[1], "goc", "g")
     c.sim.advance(0.1)
     assert c.sim.completed.pop(first) == ("compute", None) and second not in c.sim.completed
-    c.sim.kill(others[0])  # the leader's node dies
+    c.kill(others[0])  # the leader's node dies
     c.sim.advance(0.1)
     assert c.sim.completed.pop(second) == ("compute", None)
     third = c.start(primary, "goc", "g")
@@ -420,7 +432,7 @@ def test_a_graceful_leave_hands_everything_off_first() -> None:
     c.sim.advance(0.1)
     assert c.sim.completed["bye"] == ("ok", None)
     assert len(c.core("c@h:3").store) == 0 and c.core("c@h:3").stats.handoffs >= held // 2
-    c.sim.kill("c@h:3")
+    c.kill("c@h:3")
     c.set_owners(set(NAMES[:2]))
     assert all(c.op("a@h:1", "get", f"k{i}") == ("hit", i) for i in range(200))
 
@@ -507,21 +519,20 @@ def test_random_churn_loses_no_acknowledged_write(seed: int) -> None:
 
     def write_some() -> None:
         for _ in range(rng.randrange(5, 20)):
-            live = [n for n in names if c.sim.nodes[n].up]
+            live = [n for n in names if n not in c.down]
             key, value = f"k{next(serial)}", rng.randrange(1000)
             if c.put(rng.choice(live), key, value) == ("ok", True):
                 acked[key] = value
 
     def restart(victim: str) -> None:
-        c.sim.restart(victim)  # a new, empty core
-        c.sim.call(victim, "set_owners", set(names))
+        c.restart(victim)  # a new, empty core
         c.sim.advance(1.0)
 
     for _ in range(8):  # bounded churn
         write_some()
         victim = rng.choice(names)
         if rng.random() < 0.5:
-            c.sim.kill(victim)
+            c.kill(victim)
             write_some()
             c.sim.advance(1.0)
             restart(victim)
@@ -536,7 +547,7 @@ def test_random_churn_loses_no_acknowledged_write(seed: int) -> None:
                         break
                     c.sim.run(until=c.sim.now + 0.0001)
                 other = rng.choice([n for n in names if n != victim])
-                c.sim.kill(other)
+                c.kill(other)
                 c.sim.advance(1.0)
                 restart(other)
             c.sim.advance(1.0)
