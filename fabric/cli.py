@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fabric.cache import caches_of
 from fabric.config import load_cookie
 from fabric.discovery import watch
 from fabric.errors import ConfigError, FabricError
@@ -55,6 +56,7 @@ async def report(proc: Process, reply_to: Pid) -> None:
         "registered": node.registered(),
         "global_names": sorted(str(n) for n in node.global_.registered_names()),
         "groups": sorted(str(g) for g in node.pg.which_groups()),
+        "caches": caches_of(node),
         "metrics": {**node.metrics, **{f"discovery.{k}": v for k, v in (
             node.discovery.metrics.items() if node.discovery is not None else ())}},
         "refused": dict(node.mesh.stats.refused),
@@ -144,6 +146,8 @@ def _print_report(info: dict[str, Any]) -> None:
     counters = {**info["metrics"], **{f"refused.{k}": v for k, v in info["refused"].items()}}
     print("  counters    " + (", ".join(f"{k}={v}" for k, v in sorted(counters.items()))
                               or "-"))
+    for name, numbers in info.get("caches", {}).items():
+        print(f"  cache       {name}: " + ", ".join(f"{k}={v}" for k, v in numbers.items()))
     print("  dropped     " + (", ".join(f"{k}={v}" for k, v in info["dropped"].items()) or "-"))
     for peer, t in sorted(info["traffic"].items()):
         (m_in, b_in, by_in), (m_out, b_out, by_out) = t["in"], t["out"]

@@ -10,6 +10,9 @@ from __future__ import annotations
 __all__ = [
     "AuthenticationError",
     "BackpressureError",
+    "CacheError",
+    "CacheUnavailableError",
+    "CacheValueError",
     "CallTimeout",
     "ConfigError",
     "ConsistencyError",
@@ -176,3 +179,16 @@ class RemoteError(FabricError):
         self.type_name = type_name
         self.message = message
         self.remote_traceback = remote_traceback
+
+
+class CacheError(FabricError):
+    """A distributed cache operation failed (``fabric.cache``; the message says why)."""
+
+
+class CacheUnavailableError(CacheError):
+    """Every owner of a cache key is down (or the cache has no owners): raised at once."""
+
+
+class CacheValueError(CacheError, ValueError):
+    """A value a cache refuses: msgpack cannot carry it, or the entry is over the size
+    bound (``max_entry_bytes``, or the whole store's ``max_bytes``)."""

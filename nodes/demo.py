@@ -54,6 +54,7 @@ import fabric
 from nodes.demo_cluster import BUDGET, MEMBERS, Demo, StepFailed
 from nodes.demo_member import HOST, member_main
 from nodes.demo_steps import (
+    step_cache,
     step_crdt,
     step_genserver,
     step_gossip,
@@ -83,6 +84,7 @@ STEPS: list[Step] = [
     Step("kill -9 n3: NodeDown, the group shrinks", step_kill),
     Step("restart n3: NodeUp everywhere", step_restart),
     Step("CRDTs: writes on both sides of a partition", step_crdt),
+    Step("distributed cache: replicas, TTL, kill -9 n3, a 4th owner", step_cache),
     Step("leader election: kill -9 the leader's node", step_leader),
     Step("discovery: 3 nodes find each other by gossip", step_gossip),
     Step("cluster singleton: kill -9 its node, then a graceful stop", step_singleton),

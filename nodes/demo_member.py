@@ -164,6 +164,51 @@ async def send_one(proc: fabric.Process, group: str, message: Any, strategy: str
     proc.send(reply_to, ("sent_one", proc.node.name, chosen))
 
 
+# -- the distributed cache --------------------------------------------------------------------
+
+DEMO_CACHE = "demo"  # the cache the members share
+_caches: dict[str, Any] = {}  # node name -> this member's fabric.cache.Cache
+_CACHE_OPS = frozenset({"put", "get", "put_many", "get_many", "stats", "owners", "members"})
+
+
+@fabric.export
+async def cache_start(proc: fabric.Process, reply_to: fabric.Pid) -> None:
+    """Start this member's part of the demo cache (an owner; replicas=2; it outlives this
+    process); sends ``("cache_started", node)``."""
+    from fabric.cache import Cache
+
+    node = proc.node
+    old = _caches.pop(node.name, None)
+    if old is not None:
+        await old.close()
+    _caches[node.name] = Cache(node, DEMO_CACHE, replicas=2, sweep_interval=0.1)
+    proc.send(reply_to, ("cache_started", node.name))
+
+
+@fabric.export
+async def cache_op(proc: fabric.Process, reply_to: fabric.Pid, op: str,
+                   args: list[Any]) -> None:
+    """Run one operation of this member's cache; sends ``("cache_result", node, op,
+    result)`` or ``("cache_failed", node, op, why)``."""
+    node = proc.node
+    cache = _caches.get(node.name)
+    try:
+        if cache is None or op not in _CACHE_OPS:
+            raise ValueError(f"no cache here, or an unknown operation {op!r}")
+        if op == "stats":
+            result: Any = cache.stats()
+        elif op == "members":
+            result = sorted(cache.core.placement.members)
+        elif op == "owners":
+            result = cache.owners(args[0])
+        else:
+            result = await getattr(cache, op)(*args)
+    except Exception as exc:  # reported to the narrator, which fails the step
+        proc.send(reply_to, ("cache_failed", node.name, op, repr(exc)))
+        return
+    proc.send(reply_to, ("cache_result", node.name, op, result))
+
+
 # -- step 7: leader election ------------------------------------------------------------------
 
 

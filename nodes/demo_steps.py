@@ -35,7 +35,7 @@ from nodes.demo_cluster import (
     spid,
     tagged,
 )
-from nodes.demo_member import HITS, SEEN, SINGLETON, SPEC, WAIT
+from nodes.demo_member import HITS, HOST, SEEN, SINGLETON, SPEC, WAIT
 
 ROUND_TRIPS = 100  # hello/world round trips (and counter calls) timed after the first
 COUNTER = "counter"  # the local name of the counter GenServer (step 3)
@@ -675,3 +675,113 @@ async def step_singleton(demo: Demo) -> str:
     return (f"kill -9 {short(where)}: {short(where2)} answers after {answer_ms:.0f} ms "
             f"(detection {detect_ms:.0f} ms); SIGTERM {short(where2)}: "
             f"{len(answers)} calls, 0 lost, state moved to {short(where3)}")
+# -- the distributed cache ----------------------------------------------------------------------
+
+CACHE_KEYS = 1000  # keys the cache step writes (2 copies each)
+
+
+async def _cache_call(demo: Demo, mbox: fabric.Process, m: Member, op: str, *args: Any) -> Any:
+    """Run ``op`` on member ``m``'s cache (through the exported ``cache_op``)."""
+    node = demo.node_up()
+    await node.spawn_on(m.name, SPEC + "cache_op", mbox.self, op, list(args), timeout=WAIT / 2)
+    reply = await demo.receive(mbox, f"{op} on {m.short}'s cache",
+                               tagged("cache_result", "cache_failed"))
+    if reply[0] == "cache_failed":
+        raise StepFailed(f"{op} on {m.short} failed: {reply[3]}")
+    return reply[3]
+
+
+async def _cache_owners_seen(demo: Demo, mbox: fabric.Process, members: list[Member],
+                             count: int) -> None:
+    """Wait until each of ``members`` sees ``count`` owners of the cache."""
+    end = time.monotonic() + WAIT
+    while time.monotonic() < end:  # bounded by WAIT
+        seen = [len(await _cache_call(demo, mbox, m, "members")) for m in members]
+        if all(n == count for n in seen):
+            return
+        await asyncio.sleep(0.05)
+    raise StepFailed(f"the members did not all see {count} cache owners")
+
+
+async def step_cache(demo: Demo) -> str:
+    """The seed's DistributedCache, done properly: put on n1, get on n2, a TTL expiring,
+    kill -9 n3 and every key still served from replicas, then a fourth owner joining and
+    about a quarter of the copies moving to it."""
+    node = demo.node_up()
+    n1, n2, n3 = (demo.member(s) for s in ("n1", "n2", "n3"))
+    mbox = node.new_mailbox()
+    try:
+        for m in (n1, n2, n3):
+            await node.spawn_on(m.name, SPEC + "cache_start", mbox.self, timeout=WAIT / 2)
+            await demo.receive(mbox, f"the cache to start on {m.short}",
+                               tagged("cache_started"))
+        await _cache_owners_seen(demo, mbox, [n1, n2, n3], 3)
+        demo.say("cache 'demo' on n1, n2, n3: consistent-hash ring, 2 copies per key")
+        items = {f"user:{i}": i for i in range(CACHE_KEYS)}
+        await _cache_call(demo, mbox, n1, "put_many", items)
+        value = await _cache_call(demo, mbox, n2, "get", "user:42")
+        owners = await _cache_call(demo, mbox, n2, "owners", "user:42")
+        demo.say(f"n1 put_many {CACHE_KEYS} keys; n2 get('user:42') -> {value} "
+                 f"(owners {', '.join(short(o) for o in owners)}, primary first)")
+        if value != 42:
+            raise StepFailed(f"n2 read {value!r} for user:42")
+        await _cache_call(demo, mbox, n2, "put", "session", "token-1", 0.5)
+        fresh = await _cache_call(demo, mbox, n3, "get", "session")
+        await asyncio.sleep(0.6)
+        stale = await _cache_call(demo, mbox, n3, "get", "session")
+        demo.say(f"n2 put('session', ttl=0.5 s); n3 get -> {fresh!r}; 0.6 s later -> {stale!r}")
+        if (fresh, stale) != ("token-1", None):
+            raise StepFailed(f"the TTL did not behave: {fresh!r} then {stale!r}")
+
+        held = (await _cache_call(demo, mbox, n3, "stats"))["entries"]
+        demo.say(f"kill -9 n3, which held {held} copies")
+        demo.kill9(n3)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            if n3.proc is not None:
+                n3.proc.wait(WAIT)
+        await _cache_owners_seen(demo, mbox, [n1, n2], 2)
+        got = await _cache_call(demo, mbox, n1, "get_many", list(items))
+        demo.say(f"n1 get_many of the {CACHE_KEYS} keys -> {len(got)} found, served from "
+                 "the replicas")
+        if got != items:
+            raise StepFailed(f"only {len(got)} of {CACHE_KEYS} keys survived n3's death")
+        await step_restart(demo)
+        await node.spawn_on(n3.name, SPEC + "cache_start", mbox.self, timeout=WAIT / 2)
+        await demo.receive(mbox, "the cache to start on n3 again", tagged("cache_started"))
+        await _cache_owners_seen(demo, mbox, [n1, n2, n3], 3)
+        moved = await _fourth_owner(demo, mbox, [n1, n2, n3])
+        demo.say(f"a fourth owner joined: {moved:.1%} of the {2 * CACHE_KEYS} copies moved "
+                 "to it (ideal 25%); it handed them back when it stopped")
+    finally:
+        node.close_mailbox(mbox)
+    return (f"put n1 -> get n2; TTL expired; {CACHE_KEYS}/{CACHE_KEYS} keys after kill -9; "
+            f"{moved:.1%} moved to a 4th owner")
+
+
+async def _fourth_owner(demo: Demo, mbox: fabric.Process, members: list[Member]) -> float:
+    """Start a fourth owner in the narrator's process; the share of copies it received."""
+    from fabric.cache import Cache
+
+    fourth = fabric.Node(f"n4@{HOST}", cookie=demo.cookie, port_range=(20000, 60000),
+                         pub_port=0, discovery="")
+    await fourth.start()
+    try:
+        if not await fourth.connect(members[0].name, timeout=WAIT / 2):
+            raise StepFailed(f"n4 could not connect: {fourth.last_connect_error(members[0].name)}")
+        cache = Cache(fourth, "demo", replicas=2)
+        end = time.monotonic() + WAIT
+        previous = -1
+        while time.monotonic() < end:  # until the hand-off settles
+            await asyncio.sleep(0.1)
+            entries = cache.stats()["entries"]
+            pending = [(await _cache_call(demo, mbox, m, "stats"))["handoff_pending"]
+                       for m in members]
+            if len(cache.core.placement) == 4 and entries == previous > 0 and not any(pending):
+                break
+            previous = entries
+        else:
+            raise StepFailed("the hand-off to n4 did not settle")
+        await cache.handoff()
+        return entries / (2 * CACHE_KEYS)
+    finally:
+        await fourth.stop()

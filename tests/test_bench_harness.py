@@ -19,7 +19,7 @@ if str(REPO_ROOT) not in sys.path:  # `bench` is not an installed package
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench import _harness as h  # noqa: E402
-from bench import baselines, bench_baselines  # noqa: E402
+from bench import baselines, bench_baselines, bench_cache  # noqa: E402
 
 # Children import the helper functions below from this module by name.
 CHILD_ENV = {"PYTHONPATH": str(Path(__file__).resolve().parent)}
@@ -147,3 +147,13 @@ def test_bench_baselines_script(tmp_path: Path, capsys: pytest.CaptureFixture[st
     names = {r["name"] for r in data["rows"]}
     assert {"oneway raw", "roundtrip raw asyncio", "pubsub fanout raw", "codec raw"} <= names
     assert "oneway raw batch=64" in capsys.readouterr().out
+
+
+def test_bench_cache_without_redis_server_skips_cleanly(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        tmp_path: Path) -> None:
+    monkeypatch.setattr(bench_cache.shutil, "which", lambda name: None)
+    out = tmp_path / "cache.json"
+    assert bench_cache.main(["--quick", "--runs", "1", "--out", str(out)]) == 0
+    assert "bench_cache: skipped, redis-server is not installed" in capsys.readouterr().out
+    assert not out.exists()  # no figures without the baseline

@@ -107,6 +107,13 @@ def test_demo_runs_every_step_and_exits_0(tmp_path: Path) -> None:
     assert re.search(r"full mesh of the 3 by gossip \d+ ms after the last start", out), out
     assert "3 nodes, no names given: full mesh by gossip" in out, out
 
+    # The cache: put on n1, get on n2; a TTL expires; after kill -9 n3 every key is served
+    # from the replicas; a fourth owner receives about a quarter of the copies.
+    assert re.search(r"n1 put_many 1000 keys; n2 get\('user:42'\) -> 42", out), out
+    assert "n3 get -> 'token-1'; 0.6 s later -> None" in out, out
+    assert "n1 get_many of the 1000 keys -> 1000 found, served from the replicas" in out, out
+    moved = re.search(r"a fourth owner joined: ([\d.]+)% of the 2000 copies moved", out)
+    assert moved and 25 / 1.2 <= float(moved.group(1)) <= 25 * 1.2, out
     # 9: a singleton on one of three more nodes; kill -9 its node: a survivor answers;
     # SIGTERM that one while four callers call: none fails, the numbers go on.
     killed = re.search(r"one instance, on (s\d): call\('next'\) x3 -> \[1, 2, 3\]", out)

@@ -189,6 +189,29 @@ class HashRing(Generic[T]):
         i = bisect.bisect_left(self._points, _u64(key_bytes(key), _KEY_PERSON))
         return self._owners[i if i < len(self._points) else 0]
 
+    def preference(self, key: Key, n: int) -> list[T]:
+        """The first ``n`` distinct members clockwise from ``key``'s hash: its owner, then
+        the members a replicated store puts its copies on (fewer if the ring has fewer).
+
+        Raises:
+            LookupError: the ring is empty.
+        """
+        if not self._points:
+            raise LookupError("lookup on an empty hash ring")
+        want = min(n, len(self._members))
+        count = len(self._points)
+        i = bisect.bisect_left(self._points, _u64(key_bytes(key), _KEY_PERSON))
+        found: list[T] = []
+        seen: set[int] = set()
+        for step in range(count):  # bounded: at most once round the ring
+            owner = self._owners[(i + step) % count]
+            if id(owner) not in seen:
+                seen.add(id(owner))
+                found.append(owner)
+                if len(found) == want:
+                    break
+        return found
+
     def _rebuild(self) -> None:
         # Rebuilding from scratch (rather than inserting points) keeps the ring a pure
         # function of its member set: insertion order cannot change any lookup.

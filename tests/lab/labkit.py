@@ -176,9 +176,30 @@ class LabNode(NodeProcess):
         return ["ip", "netns", "exec", self.namespace, *super().command()]
 
 
-def end_lab_nodes(lab: Lab, nodes: Iterable[NodeProcess]) -> None:
-    """A test's cleanup: heal the lab (the next test starts on an intact network), kill
-    and close its nodes by pid, and any node left over."""
+@contextlib.contextmanager
+def meshed_repl_nodes(lab: Lab, n: int, port: int) -> Iterator[list[LabNode]]:
+    """``n`` nodes ``n1``.. with a REPL, one per namespace, on ``port``, seeded with ``n1``
+    and waited for as a full mesh; afterwards the lab is healed and every node killed by
+    pid, whatever happened."""
+    started = [LabNode(lab.namespace(i), f"n{i}@{lab.addr(i)}:{port}",
+                       connect=[] if i == 1 else [f"n1@{lab.addr(1)}:{port}"],
+                       heartbeat_interval=HEARTBEAT_INTERVAL,
+                       heartbeat_timeout=HEARTBEAT_TIMEOUT, repl=True)
+               for i in range(1, n + 1)]
+    try:
+        for node in started:
+            node.start()
+        for node in started:
+            node.wait_ready(15)
+        wait_views(started, full_mesh(started), 20)
+        yield started
+    finally:
+        heal_and_kill(lab, started)
+
+
+def heal_and_kill(lab: Lab, nodes: Iterable[NodeProcess]) -> None:
+    """A test's cleanup: heal every partition (if the lab is up) and kill every node by
+    pid, whatever state they are in."""
     if lab.is_up:
         with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
             lab.heal()

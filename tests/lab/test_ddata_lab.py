@@ -10,12 +10,10 @@ that was never tried.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import random
 import secrets
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +22,7 @@ from typing import Any
 import labkit
 import pytest
 
-from fabric.testing import kill_leftovers, wait_until
+from fabric.testing import wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -43,26 +41,8 @@ def lab5() -> Iterator[labkit.Lab]:
 
 @pytest.fixture
 def nodes(lab5: labkit.Lab) -> Iterator[list[labkit.LabNode]]:
-    port = 7300 + secrets.randbelow(500)
-    started = [labkit.LabNode(lab5.namespace(i), f"n{i}@{lab5.addr(i)}:{port}",
-                              connect=[] if i == 1 else [f"n1@{lab5.addr(1)}:{port}"],
-                              heartbeat_interval=labkit.HEARTBEAT_INTERVAL,
-                              heartbeat_timeout=labkit.HEARTBEAT_TIMEOUT, repl=True)
-               for i in range(1, N + 1)]
-    try:
-        for node in started:
-            node.start()
-        for node in started:
-            node.wait_ready(15)
-        labkit.wait_views(started, labkit.full_mesh(started), 20)
+    with labkit.meshed_repl_nodes(lab5, N, 7300 + secrets.randbelow(500)) as started:
         yield started
-    finally:
-        with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
-            lab5.heal()
-        for node in started:
-            node.kill()
-            node.close()
-        kill_leftovers()
 
 
 def latest_states(nodes: list[labkit.LabNode], since: list[int]) -> list[dict[str, Any] | None]:

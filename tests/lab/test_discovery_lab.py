@@ -8,9 +8,7 @@ Each test starts three nodes, one per lab namespace, with no names given: only
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import subprocess
 import time
 from collections.abc import Iterator
 
@@ -22,11 +20,10 @@ from labkit import (
     Lab,
     LabNode,
     full_mesh,
+    heal_and_kill,
     views,
     wait_views,
 )
-
-from fabric.testing import kill_leftovers
 
 pytestmark = pytest.mark.lab
 
@@ -39,13 +36,7 @@ PARTITION_S = 3.0
 def nodes(lab: Lab) -> Iterator[list[LabNode]]:
     started: list[LabNode] = []
     yield started
-    if lab.is_up:
-        with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
-            lab.heal()
-    for node in started:
-        node.kill()
-        node.close()
-    kill_leftovers()
+    heal_and_kill(lab, started)
 
 
 def start(lab: Lab, nodes: list[LabNode], spec_for: dict[int, str],

@@ -24,8 +24,8 @@ from labkit import (
     HEARTBEAT_TIMEOUT,
     Lab,
     LabNode,
-    end_lab_nodes,
     full_mesh,
+    heal_and_kill,
     lab_of,
     wait_views,
 )
@@ -69,7 +69,7 @@ def nodes(lab5: Lab, request: pytest.FixtureRequest) -> Iterator[list[LabNode]]:
         wait_views(started, full_mesh(started), 15)
         yield started
     finally:
-        end_lab_nodes(lab5, started)
+        heal_and_kill(lab5, started)
 
 
 Interval = tuple[str, float, float]  # node, started, stopped (inf: still runs)

@@ -1,0 +1,410 @@
+"""A distributed cache across a cluster's nodes: the runtime half of
+:mod:`fabric.protocol.cache`.
+
+Theory of operation
+-------------------
+``Cache(node, "sessions")`` on every node that takes part hosts the cache's core (the
+service ``"cache:sessions"``) and, with ``owner=True`` (the default), joins the pg group
+``("fabric.cache", "sessions")``: the group's nodes are the cache's *owners*. A node with
+``owner=False`` reads and writes the same keys without holding any. Several caches, each
+with its own name, may coexist on one cluster::
+
+    cache = fabric.cache.Cache(node, "sessions", replicas=2, max_bytes=64 << 20)
+    await cache.put("user:1", {"name": "ada"}, ttl=30)    # acknowledged by write_acks copies
+    await cache.get("user:1")                            # from the key's primary
+    await cache.get_or_compute("report", build, ttl=60)  # computed once cluster-wide
+    await cache.handoff()                                # before stopping the node
+
+The facade keeps the pg group's members (a monitor on the group, delivered to a mailbox
+that a watcher task reads) and tells the core which nodes own keys; everything else is
+the core's. A read of a key whose primary is this node is a plain lookup in the node's
+store, with no message and no future. Every other operation is one request through the
+core (``Complete(token, (status, value))``), bounded by ``timeout`` seconds.
+
+Refused at the caller, before anything is sent: keys other than ``str``, ``bytes`` and
+``int`` (:class:`TypeError`); values msgpack cannot carry and entries over
+``max_entry_bytes`` (:class:`CacheValueError`); a key with no live owner fails with
+:class:`CacheUnavailableError` at once.
+
+Graceful stop: :meth:`Cache.handoff` sends every entry this node holds to the owners
+that remain and waits for their acknowledgements, then leaves the group. On a node with
+drain hooks (``node.on_drain``, run by a graceful ``node.stop()``), every owner's cache
+registers ``handoff`` as one, so ``stop()`` hands the keys off by itself; on a node
+without them, call ``await cache.handoff()`` before ``node.stop()``.
+
+Counters (hits, misses, evictions, expirations, hand-offs, repairs, entries, bytes) per
+cache are in :meth:`Cache.stats` and in ``fabric status``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import inspect
+import itertools
+import math
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from fabric.errors import (
+    CacheError,
+    CacheUnavailableError,
+    CacheValueError,
+    FabricTimeout,
+    LocalProtocolError,
+)
+from fabric.protocol.cache import CacheCore, Result
+from fabric.protocol.hashring import key_bytes
+from fabric.types import Pid
+
+if TYPE_CHECKING:
+    from fabric.node import Node
+
+__all__ = ["Cache", "CacheError", "CacheUnavailableError", "CacheValueError", "caches_of"]
+
+GROUP = "fabric.cache"  # the pg group of a cache's owners is (GROUP, name)
+_tokens = itertools.count(1)
+_by_node: weakref.WeakKeyDictionary[Node, dict[str, Cache]] = weakref.WeakKeyDictionary()
+
+
+def caches_of(node: Node) -> dict[str, dict[str, int]]:
+    """The counters of every cache started on ``node``, by cache name (``fabric status``)."""
+    return {name: cache.stats() for name, cache in sorted(_by_node.get(node, {}).items())}
+
+
+class Cache:
+    """One node's handle on the distributed cache ``name`` (see the module docstring).
+
+    Args:
+        node: a started node.
+        name: the cache's name, the same on every node that uses it.
+        owner: whether this node holds keys (False: it only reads and writes them).
+        replicas: copies per key, the primary included.
+        write_acks: copies that must hold a write before it is acknowledged (default:
+            ``replicas``).
+        max_entries, max_bytes: this node's bound; beyond it the least recently used
+            entries are evicted.
+        max_entry_bytes: the largest value accepted (its msgpack encoding plus the key).
+        timeout: seconds an operation may take before :class:`~fabric.FabricTimeout`.
+        sweep_interval: seconds between sweeps of expired entries.
+        handoff_grace: seconds without an owner change (and with this node's hand-off
+            done) after which a change is settled; until then a miss at a key's new
+            primary is asked again of its previous owners.
+        near_entries: keep up to this many values read from other nodes in a near cache
+            on this node (0: none), invalidated by the owners when the key changes.
+        near_ttl: the longest a near copy is used, seconds (its staleness bound if an
+            invalidation is lost).
+    """
+
+    def __init__(self, node: Node, name: str = "default", *, owner: bool = True,
+                 replicas: int = 2, write_acks: int | None = None,
+                 max_entries: int = 1_000_000, max_bytes: int = 256 << 20,
+                 max_entry_bytes: int = 1 << 20, timeout: float = 5.0,
+                 sweep_interval: float = 1.0, handoff_grace: float = 5.0,
+                 near_entries: int = 0, near_ttl: float = 1.0) -> None:
+        if not node.started or node.stopped:
+            raise CacheError("start the node before its cache (await node.start())")
+        caches = _by_node.setdefault(node, {})
+        if name in caches:
+            raise CacheError(f"cache {name!r} is already started on {node.name}")
+        self.node = node
+        self.name = name
+        self.owner = owner
+        self.timeout = timeout
+        self.max_entry_bytes = min(max_entry_bytes, max_bytes)
+        self.core = CacheCore(name, node.name, replicas=replicas, write_acks=write_acks,
+                              max_entries=max_entries, max_bytes=max_bytes,
+                              sweep_interval=sweep_interval, handoff_grace=handoff_grace,
+                              near_entries=near_entries, near_ttl=near_ttl)
+        self._read_op = "nget" if near_entries > 0 else "get"
+        self._service = self.core.service
+        self._loop = node.loop
+        self._group = (GROUP, name)
+        self._members: set[Pid] = set()
+        _host(node).add_service(self.core)
+        self._run = _host(node).run_service
+        self._expect = _host(node).expect
+        self._run(self._service, self.core.start(self._loop.time()))
+        self._box = node.new_mailbox()
+        if owner:
+            node.pg.join(self._group, self._box.self)
+        self._monitor, members = node.pg.monitor(self._group, self._box.self)
+        self._set_members(set(members))
+        self._watcher = self._loop.create_task(self._watch())
+        # A node with drain hooks (node.on_drain: a graceful stop runs them before its
+        # goodbye) hands the keys off by itself on stop(); without them, call handoff().
+        on_drain = getattr(node, "on_drain", None)
+        self._remove_drain_hook: Callable[[], None] | None = (
+            on_drain(self.handoff) if on_drain is not None and owner else None)
+        caches[name] = self
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def get(self, key: Any, default: Any = None, *, repair: bool = False) -> Any:
+        """The key's value, or ``default`` if it is absent or expired.
+
+        Read from the key's primary (a replica when the primary is down), or from this
+        node's near cache when it has one and holds the key. With
+        ``repair=True`` every live owner is asked, the newest copy is returned and older
+        copies are overwritten with it (read repair).
+        """
+        if type(key) not in _KEY_TYPES:
+            _check_key(key)  # raises
+        if repair:
+            status, value = await self._await(lambda t, now: self.core.read_all(t, key, now))
+            return value if status == "hit" else default
+        now = self._loop.time()
+        entry = self.core.read_local(key, now)
+        if entry is not False:
+            return default if entry is None else entry.value  # type: ignore[union-attr]
+        near = self.core.read_near(key, now)
+        if near is not None:
+            return near.value
+        status, value = await self._request(self._read_op, key, [])
+        return value if status == "hit" else default
+
+    async def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
+        """The present keys among ``keys`` with their values (one request per owner set)."""
+        wanted = list(dict.fromkeys(keys))
+        found: dict[Any, Any] = {}
+        groups: dict[tuple[str, ...], list[Any]] = {}
+        now = self._loop.time()
+        for key in wanted:
+            _check_key(key)
+            entry = self.core.read_local(key, now)
+            if entry is False:
+                groups.setdefault(tuple(self.core.owners_of(key)), []).append(key)
+            elif entry is not None:
+                found[key] = entry.value  # type: ignore[union-attr]
+        results = await asyncio.gather(*(self._request("mget", batch[0], [batch])
+                                         for batch in groups.values()))
+        for batch, (_, values) in zip(groups.values(), results, strict=True):
+            for key, got in zip(batch, values, strict=True):
+                if got is not None:
+                    found[key] = got[0]
+        return {key: found[key] for key in wanted if key in found}
+
+    # -- writes -----------------------------------------------------------------------------
+
+    async def put(self, key: Any, value: Any, ttl: float | None = None) -> None:
+        """Store ``value`` under ``key`` (for ``ttl`` seconds, or until evicted)."""
+        size = self._size(key, value)
+        await self._request("put", key, [value, size, _ttl_ms(ttl), False])
+
+    async def put_new(self, key: Any, value: Any, ttl: float | None = None) -> bool:
+        """Store ``value`` only if ``key`` is absent; True if it was stored."""
+        size = self._size(key, value)
+        status, _ = await self._request("put", key, [value, size, _ttl_ms(ttl), True])
+        return status == "ok"
+
+    async def put_many(self, items: Mapping[Any, Any], ttl: float | None = None) -> None:
+        """``put`` every item (concurrently)."""
+        await asyncio.gather(*(self.put(k, v, ttl) for k, v in items.items()))
+
+    async def delete(self, key: Any) -> bool:
+        """Remove ``key``; True if it was present."""
+        _check_key(key)
+        _, existed = await self._request("del", key, [])
+        return bool(existed)
+
+    async def incr(self, key: Any, by: int = 1, ttl: float | None = None) -> int:
+        """Add ``by`` to the int under ``key`` (absent counts as 0); returns the new value.
+        An absent key gets ``ttl``; a present one keeps its own deadline."""
+        _check_key(key)
+        if type(by) is not int:
+            raise TypeError(f"incr adds an int, not {type(by).__name__}")
+        _, total = await self._request("incr", key, [by, _ttl_ms(ttl)])
+        return int(total)
+
+    async def get_or_compute(self, key: Any, fn: Callable[[], Any | Awaitable[Any]],
+                             ttl: float | None = None) -> Any:
+        """The key's value; on a miss, ``fn()`` (sync or async) computes it, once for all
+        the concurrent misses of this key across the cluster, and it is stored with ``ttl``.
+
+        If ``fn`` raises, the error reaches this caller and another waiting caller (if
+        any) computes instead.
+        """
+        _check_key(key)
+        for _ in range(8):  # bounded: each round is a hit, a computation or a hand-over
+            status, value = await self._request("goc", key, [])
+            if status == "hit":
+                return value
+            try:
+                value = fn()
+                if inspect.isawaitable(value):
+                    value = await value
+                size = self._size(key, value)
+            except BaseException:
+                await asyncio.shield(self._abandon(key))
+                raise
+            await self._request("fill", key, [value, size, _ttl_ms(ttl)])
+            return value
+        raise CacheError(f"get_or_compute({key!r}): no value after 8 hand-overs")
+
+    # -- membership, life cycle, counters ----------------------------------------------------
+
+    def owners(self, key: Any) -> list[str]:
+        """The key's live owners as this node sees them, primary first."""
+        return self.core.owners_of(key)
+
+    def stats(self) -> dict[str, int]:
+        """This node's counters for the cache: hits, misses, evictions, expirations,
+        handoffs (entries sent to new owners), repairs, entries, bytes, and
+        handoff_pending (hand-off work not finished: 0 when this node's part is done)."""
+        return self.core.counters()
+
+    async def handoff(self, timeout: float | None = None) -> None:
+        """Hand every entry this node holds to the remaining owners, then stop owning keys.
+
+        Called by a graceful ``node.stop()`` where the node has drain hooks; call it
+        yourself before ``node.stop()`` otherwise. Reads keep being answered here until
+        it returns.
+        """
+        if self.owner:
+            await self._await(lambda t, now: self.core.leave(t, now),
+                              timeout if timeout is not None else max(self.timeout, 30.0))
+            self.node.pg.leave(self._group, self._box.self)
+            self.owner = False
+
+    async def close(self) -> None:
+        """Stop taking part (without a hand-off: use :meth:`handoff` first to keep keys)."""
+        if self._remove_drain_hook is not None:
+            self._remove_drain_hook()
+            self._remove_drain_hook = None
+        self._watcher.cancel()
+        try:
+            await self._watcher
+        except asyncio.CancelledError:
+            pass
+        if self.node.started and not self.node.stopped:
+            self.node.pg.demonitor(self._monitor)
+            self.node.close_mailbox(self._box)
+        _by_node.get(self.node, {}).pop(self.name, None)
+
+    async def _watch(self) -> None:
+        while True:  # ends when close() cancels it, or the node stops
+            change = _pg_change(await self._box.receive())
+            if change is not None and change[1] == self._monitor:
+                if change[0] == "pg_join":
+                    self._set_members(self._members | set(change[2]))
+                else:
+                    self._set_members(self._members - set(change[2]))
+
+    def _set_members(self, members: set[Pid]) -> None:
+        self._members = members
+        effects = self.core.set_owners({pid.node for pid in members}, self._loop.time())
+        self._run(self._service, effects)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def _abandon(self, key: Any) -> None:
+        try:
+            await self._request("abandon", key, [])
+        except CacheError:
+            pass  # the primary went down: the flight went with it
+
+    async def _request(self, op: str, key: Any, args: list[Any]) -> Result:
+        return await self._await(
+            lambda token, now: self.core.request(token, op, key, args, now))
+
+    async def _await(self, start: Callable[[Any, float], list[Any]],
+                     timeout: float | None = None) -> Result:
+        token = ("cache", next(_tokens))
+        fut = self._expect(token)  # before the effects run: one may complete it
+        self._run(self._service, start(token, self._loop.time()))
+        if not fut.done():
+            limit = self.timeout if timeout is None else timeout
+            timer = self._loop.call_later(limit, _expire, fut, limit)
+            try:
+                await fut
+            except FabricTimeout:
+                self.core.cancel(token)
+                raise
+            finally:
+                timer.cancel()
+        result: Result = fut.result()
+        if result[0] == "error":
+            text = str(result[1])
+            raise (CacheUnavailableError if text.startswith("unavailable") else CacheError)(
+                f"cache {self.name!r}: {text}")
+        return result
+
+    def _size(self, key: Any, value: Any) -> int:
+        kb = _check_key(key)
+        try:
+            size = len(self.node.codec.encode(value)) + len(kb)
+        except LocalProtocolError as exc:
+            raise CacheValueError(f"cache {self.name!r} cannot store this value: {exc}") from None
+        if size > self.max_entry_bytes:
+            raise CacheValueError(f"cache {self.name!r}: an entry of {size} bytes is over the "
+                                  f"limit of {self.max_entry_bytes} (max_entry_bytes)")
+        return size
+
+
+def _pg_change(msg: Any) -> tuple[str, Any, list[Pid]] | None:
+    """``(tag, token, pids)`` of a pg monitor message, or None for anything else: a
+    ``("pg_join" | "pg_leave", token, scope, group, pids)`` tuple, or an event object with
+    ``tag``, ``token`` and ``pids`` (what newer pg versions deliver)."""
+    if type(msg) is tuple and len(msg) == 5 and msg[0] in ("pg_join", "pg_leave"):
+        return msg[0], msg[1], list(msg[4])
+    tag = getattr(msg, "tag", None)
+    if tag in ("pg_join", "pg_leave"):
+        return tag, getattr(msg, "token", None), list(getattr(msg, "pids", ()))
+    return None
+
+
+class _Host(Protocol):
+    def add_service(self, core: Any) -> None: ...
+
+    def run_service(self, service: str, effects: list[Any]) -> Any: ...
+
+    def expect(self, token: Any) -> asyncio.Future[Any]: ...
+
+
+def _host(node: Node) -> _Host:
+    """Where the node's service-hosting calls live: ``fabric.lowlevel`` where it exists
+    (newer fabric moved them there from ``Node``), else the node's own methods."""
+    if importlib.util.find_spec("fabric.lowlevel") is None:
+        return node
+    lowlevel = importlib.import_module("fabric.lowlevel")
+    return _LowLevelHost(node, lowlevel)
+
+
+class _LowLevelHost:
+    def __init__(self, node: Node, lowlevel: Any) -> None:
+        self._node = node
+        self._lowlevel = lowlevel
+
+    def add_service(self, core: Any) -> None:
+        self._lowlevel.add_service(self._node, core)
+
+    def run_service(self, service: str, effects: list[Any]) -> Any:
+        return self._lowlevel.run_service(self._node, service, effects)
+
+    def expect(self, token: Any) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = self._lowlevel.expect(self._node, token)
+        return fut
+
+
+def _expire(fut: asyncio.Future[Any], limit: float) -> None:
+    if not fut.done():
+        fut.set_exception(FabricTimeout(f"cache operation: nothing within {limit} s"))
+
+
+_KEY_TYPES = (str, bytes, int)
+
+
+def _check_key(key: Any) -> bytes:
+    if type(key) not in _KEY_TYPES:
+        raise TypeError(f"cache keys are str, bytes or int, not {type(key).__name__}")
+    return key_bytes(key)
+
+
+def _ttl_ms(ttl: float | None) -> int | None:
+    if ttl is None:
+        return None
+    if not ttl > 0 or math.isinf(ttl):
+        raise ValueError(f"a TTL is a positive, finite number of seconds, not {ttl!r}")
+    return max(1, math.ceil(ttl * 1000.0))
