@@ -25,13 +25,17 @@ Baselines, in the same run: raw pyzmq DEALER <-> ROUTER echo with msgpack, block
 (``roundtrip raw sync``) and on asyncio (``roundtrip raw asyncio``, the fair comparison:
 fabric runs on asyncio too).  Ratios are median / baseline median: above 1 is slower for
 latencies, faster for calls/s.
+
+Erlang/OTP in the same run (``bench/_erlang.py``, when erl is installed; ``--no-erlang``
+skips it): ``gen_server:call`` and a plain echo process on a second node,
+the same warm-up and count, one call in flight; the ``/ Erlang`` rows are per-round
+ratios (fabric's run i / Erlang's run i, taken in the same round).
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -41,9 +45,9 @@ from typing import Any
 if not __package__:  # started as `python bench/bench_call.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import _erlang, baselines  # noqa: E402
 from bench import _fabric as fb  # noqa: E402
 from bench import _harness as h  # noqa: E402
-from bench import baselines  # noqa: E402
 from bench.baselines import RoundTrip  # noqa: E402
 
 #: Longest wait for any one reply or step in a child: a stall means a broken benchmark.
@@ -52,10 +56,8 @@ CHILD_TIMEOUT_S = 90.0
 WARMUP_CALLS = 200
 #: The registered name of the GenServer on the server node.
 SERVER_NAME = "bench_echo"
-#: Erlang/OTP 25 remote gen_server:call on this machine (issue 6) and fabric's goal.
-ERLANG_P50_US = 202.0
-ERLANG_P99_US = 1900.0
-GOAL_P50_US = 200.0
+#: Issue 17's goal: call p50 and p99 at most this many times Erlang's, in the same run.
+GOAL_VS_ERLANG = 2.0
 
 KINDS = ("echo", "genserver", "paired")
 #: Round trips per block in the paired measurement (blocks alternate echo / GenServer).
@@ -301,27 +303,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     with_genserver = genserver_available()
 
     report = fb.Report("bench_call", args)
+    with_erlang = args.erlang and _erlang.available()
     report.extra = {
-        "reference": {
-            "erlang_otp25_call_p50_us": ERLANG_P50_US,
-            "erlang_otp25_call_p99_us": ERLANG_P99_US,
-            "goal_p50_us": GOAL_P50_US,
-            "source": "issue 6 (remote gen_server:call, Erlang/OTP 25 on this machine)",
-        },
+        "goal": f"GenServer call p50 and p99 at most {GOAL_VS_ERLANG:g}x Erlang's (issue 17)",
+        "erlang_measured": with_erlang,
         "genserver_measured": with_genserver,
     }
-    measurements: dict[str, Callable[[], RoundTrip]] = {
+    measurements: dict[str, Callable[[], Any]] = {
         "rt_sync": lambda: baselines.roundtrip_raw_sync(n_sync),
         "rt_async": lambda: baselines.roundtrip_raw_asyncio(n),
         "echo": lambda: roundtrip_fabric(n, "echo"),
     }
     if with_genserver:
         measurements["genserver"] = lambda: roundtrip_fabric(n, "genserver")
-        measurements["paired"] = lambda: roundtrip_paired(n)  # type: ignore[assignment,return-value]
+        measurements["paired"] = lambda: roundtrip_paired(n)
     else:
         # TODO(bench): fabric.genserver is not importable here; only the raw-echo
         # variant ran.  The GenServer row appears by itself once the module exists.
         report.extra["todo"] = "fabric.genserver missing: GenServer call not measured"
+    if with_erlang:
+        # Same experiment: WARMUP_CALLS untimed, n timed, one call in flight, 2 nodes.
+        measurements["erlang"] = lambda: _erlang.call(n, WARMUP_CALLS)
     got = h.run_interleaved(measurements, args.runs)
 
     def col(key: str, name: str) -> list[float]:
@@ -335,17 +337,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.add("roundtrip raw asyncio", metric, unit, col("rt_async", attr),
                    baseline="roundtrip raw sync", note=f"zmq.asyncio echo, {n} calls")
     names = {"echo": "fabric echo process", "genserver": "fabric GenServer call"}
+    erlang_names = {"echo": ("erlang echo process", "echo_"),
+                    "genserver": ("erlang gen_server:call", "")}
     for kind in (k for k in ("echo", "genserver") if k in got):
         for metric, unit, attr in rows:
-            values = col(kind, attr)
-            med = statistics.median(values)
-            note = f"{n} sequential calls"
-            if metric == "p50":
-                note += f"; {med / ERLANG_P50_US:.2f}x Erlang/OTP 25 p50 ({ERLANG_P50_US:g} us)"
-            elif metric == "p99":
-                note += f"; {med / ERLANG_P99_US:.2f}x Erlang/OTP 25 p99 ({ERLANG_P99_US:g} us)"
-            report.add(names[kind], metric, unit, values, baseline="roundtrip raw asyncio",
-                       note=note)
+            report.add(names[kind], metric, unit, col(kind, attr),
+                       baseline="roundtrip raw asyncio", note=f"{n} sequential calls")
+        if with_erlang:
+            erlang_name, prefix = erlang_names[kind]
+            for metric, unit, attr in rows:
+                _erlang.add_rows(report, erlang_name, names[kind], metric, unit,
+                                 [float(r[prefix + attr]) for r in got["erlang"]],
+                                 col(kind, attr),
+                                 note=f"Erlang/OTP, 2 nodes, {WARMUP_CALLS} + {n} calls")
     if "paired" in got:
         pairs: list[Any] = got["paired"]
         for metric, unit, attr in rows:
