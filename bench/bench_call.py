@@ -30,6 +30,10 @@ Erlang/OTP in the same run (``bench/_erlang.py``, when erl is installed; ``--no-
 skips it): ``gen_server:call`` and a plain echo process on a second node,
 the same warm-up and count, one call in flight; the ``/ Erlang`` rows are per-round
 ratios (fabric's run i / Erlang's run i, taken in the same round).
+
+The nodes run on :func:`fabric.loop.run`'s loop (uvloop when installed). When it is,
+``fabric GenServer call, asyncio loop`` measures the same call with ``FABRIC_UVLOOP=0``
+in the same rounds (D31).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from typing import Any
 if not __package__:  # started as `python bench/bench_call.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import fabric.loop  # noqa: E402
 from bench import _erlang, baselines  # noqa: E402
 from bench import _fabric as fb  # noqa: E402
 from bench import _harness as h  # noqa: E402
@@ -255,13 +260,16 @@ def _cli(
 # --------------------------------------------------------------------------- measurement
 
 
-def _run_pair(kind: str, n_calls: int, warmup: int) -> dict[str, Any]:
-    """Start node srv (serving ``kind``) and node cli (calling it); the client's result."""
+def _run_pair(kind: str, n_calls: int, warmup: int,
+              env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Start node srv (serving ``kind``) and node cli (calling it); the client's result.
+    ``env``: extra environment of both nodes (e.g. ``FABRIC_UVLOOP=0``)."""
     with h.Children() as kids:
-        srv = kids.function(_srv, port=fb.free_port(), kind=kind)
+        srv = kids.function(_srv, env=env, port=fb.free_port(), kind=kind)
         ready = srv.expect("ready", STALL_S)
         cli = kids.function(
             _cli,
+            env=env,
             port=fb.free_port(),
             server_node=ready["node"],
             server_pid=ready["pid"],
@@ -278,11 +286,12 @@ def _round_trip(got: dict[str, float]) -> RoundTrip:
     return RoundTrip(got["p50_us"], got["p99_us"], got["calls_per_s"])
 
 
-def roundtrip_fabric(n_calls: int, kind: str = "echo", warmup: int = WARMUP_CALLS) -> RoundTrip:
+def roundtrip_fabric(n_calls: int, kind: str = "echo", warmup: int = WARMUP_CALLS,
+                     env: dict[str, str] | None = None) -> RoundTrip:
     """One measurement of ``n_calls`` sequential calls from node cli to node srv."""
     if kind not in ("echo", "genserver"):
         raise ValueError("kind must be echo or genserver (see roundtrip_paired)")
-    return _round_trip(_run_pair(kind, n_calls, warmup))
+    return _round_trip(_run_pair(kind, n_calls, warmup, env))
 
 
 def roundtrip_paired(n_calls: int, warmup: int = WARMUP_CALLS) -> tuple[RoundTrip, RoundTrip]:
@@ -321,6 +330,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # TODO(bench): fabric.genserver is not importable here; only the raw-echo
         # variant ran.  The GenServer row appears by itself once the module exists.
         report.extra["todo"] = "fabric.genserver missing: GenServer call not measured"
+    with_uvloop = fabric.loop.uvloop_module() is not None
+    report.extra["uvloop"] = with_uvloop
+    if with_genserver and with_uvloop:
+        # The nodes run on uvloop (fabric.loop); this measures the same call on asyncio's
+        # own loop, in the same rounds (D31).
+        measurements["genserver_asyncio"] = lambda: roundtrip_fabric(
+            n, "genserver", env={fabric.loop.ENV_VAR: "0"})
     if with_erlang:
         # Same experiment: WARMUP_CALLS untimed, n timed, one call in flight, 2 nodes.
         measurements["erlang"] = lambda: _erlang.call(n, WARMUP_CALLS)
@@ -350,6 +366,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  [float(r[prefix + attr]) for r in got["erlang"]],
                                  col(kind, attr),
                                  note=f"Erlang/OTP, 2 nodes, {WARMUP_CALLS} + {n} calls")
+    if "genserver_asyncio" in got:
+        for metric, unit, attr in rows:
+            report.add("fabric GenServer call, asyncio loop", metric, unit,
+                       col("genserver_asyncio", attr), baseline="fabric GenServer call",
+                       note="FABRIC_UVLOOP=0: asyncio's own loop instead of uvloop; the "
+                            "ratio is asyncio / uvloop")
     if "paired" in got:
         pairs: list[Any] = got["paired"]
         for metric, unit, attr in rows:

@@ -38,8 +38,8 @@ NOT_EXPORTED = {
 
 # Top-level modules whose export decisions belong to the subsystems' owners (their names
 # exist and they declare __all__; completeness is not enforced here yet), and internals.
-SUBSYSTEMS = ["calls", "ddata", "genserver", "global_", "logs", "pg", "registry", "rpc",
-              "supervisor", "sync", "workers"]
+SUBSYSTEMS = ["calls", "ddata", "genserver", "global_", "logs", "loop", "pg", "registry",
+              "rpc", "supervisor", "sync", "workers"]
 # Programs: the console (interactive node) and the `fabric` command.
 PROGRAMS = ["cli", "console"]
 INTERNAL = ["outbound", "timeouts"]  # and the package fabric.node (its objects)
