@@ -50,6 +50,9 @@ RUN_TIMEOUT_S = 120.0
 RESULT_TAG = "@@erl"
 ERROR_TAG = "@@erl_error"
 READY_TAG = "@@erl_ready"
+#: How a ``/ Erlang`` row's note starts; the Erlang row's name follows it in quotes
+#: (bench/summary.py reads it).
+RATIO_NOTE = "per-round ratio to"
 
 _compiled: Path | None = None
 
@@ -155,15 +158,19 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
-    def start_peer(self, name: str) -> str:
-        """Start an idle peer node; its full node name."""
-        self.peers[name] = self._erl(name, [])
+    def start_peer(self, name: str, extra: Sequence[str] = ()) -> str:
+        """Start a peer node (idle unless ``extra`` says otherwise); its full node name."""
+        self.peers[name] = self._erl(name, extra)
         return self.node(name)
 
     def run_driver(self, kind: str, args: Sequence[object],
-                   on_line: Callable[[str], None] | None = None) -> dict[str, float]:
-        """Run the driver node for ``kind``; ``on_line`` sees each output line as it comes."""
+                   on_line: Callable[[str], None] | None = None,
+                   after_start: Callable[[], None] | None = None) -> dict[str, float]:
+        """Run the driver node for ``kind``; ``on_line`` sees each output line as it comes,
+        ``after_start`` runs once the driver's process is launched."""
         proc = self._erl("driver", ["-run", MODULE, "main", kind, *map(str, args)])
+        if after_start is not None:
+            after_start()
         assert proc.stdout is not None
         lines: list[str] = []
         deadline = h.Deadline(RUN_TIMEOUT_S)
@@ -227,6 +234,21 @@ def global_sequential(n_names: int, warmup: int) -> dict[str, float]:
         return c.run_driver("global", [n_names, warmup, *peers])
 
 
+def mesh(n_nodes: int) -> float:
+    """Seconds from just before the first launch until every one of ``n_nodes`` nodes
+    sees all the others (each peer is given the driver node as its only seed)."""
+    with Cluster() as c:
+        driver = c.node("driver")
+
+        def launch_peers() -> None:
+            for i in range(1, n_nodes):
+                c.start_peer(f"m{i}", ["-run", MODULE, "mesh_member", driver, str(n_nodes)])
+
+        t_launch = time.time_ns()  # CLOCK_REALTIME, as os:system_time
+        got = c.run_driver("mesh", [n_nodes], after_start=launch_peers)
+        return (got["t_full_ns"] - t_launch) / 1e9
+
+
 def nodedown_after(sig: signal.Signals = signal.SIGKILL,
                    net_ticktime: int | None = None) -> float:
     """Milliseconds from sending ``sig`` to a peer to ``{nodedown, Peer}`` at the driver.
@@ -274,4 +296,5 @@ def add_rows(report: h.Report, erlang_name: str, fabric_name: str, metric: str, 
         report.add(erlang_name, metric, unit, erlang_values, note=note)
     report.add(f"{fabric_name} / Erlang", metric, "x",
                [f / e for f, e in zip(fabric_values, erlang_values, strict=True)],
-               note="per-round ratio: fabric run i / Erlang run i, taken in the same round")
+               note=f"{RATIO_NOTE} '{erlang_name}': fabric run i / Erlang run i, taken in "
+                    "the same round")

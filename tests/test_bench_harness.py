@@ -198,3 +198,19 @@ def test_erlang_cluster_runs_and_cleans_up() -> None:
         procs = list(cluster.procs)
     assert all(p.poll() is not None for p in procs)  # every node and epmd ended
     assert _erlang.nodedown_after(signal.SIGKILL) > 0
+
+
+@pytest.mark.procs
+def test_summary_table_from_result_json(tmp_path: Path) -> None:
+    from bench import _erlang, summary
+
+    report = h.Report("bench_x", h.parse_args(None, ["--out", str(tmp_path / "x.json")]))
+    report.add("fabric call", "p50", "us", [30.0, 40.0, 40.0])
+    report.add("fabric other", "p50", "us", [1.0, 1.0, 1.0])
+    _erlang.add_rows(report, "erlang call", "fabric call", "p50", "us",
+                     [10.0, 20.0, 40.0], [30.0, 40.0, 40.0])
+    text = summary.table([report.write()])
+    lines = text.splitlines()
+    assert len(lines) == 3  # header, rule, the one fabric / Erlang row
+    assert "fabric call (bench_x)" in lines[2] and "**2.00x** [1.00..3.00]" in lines[2]
+    assert "| 40 us | 20 us |" in lines[2]

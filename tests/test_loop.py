@@ -10,7 +10,7 @@ import pytest
 import zmq
 
 import fabric.loop
-from fabric.transport.zeromq import new_context
+from fabric.transport.zeromq import IO_SCHED_BATCH_ENV, new_context
 
 
 async def _answer() -> str:
@@ -48,5 +48,15 @@ def test_node_context_runs_its_io_thread_under_sched_batch() -> None:
             assert ctx.get(zmq.THREAD_SCHED_POLICY) == os.SCHED_BATCH
         else:  # never applied under another policy: libzmq would abort
             assert ctx.get(zmq.THREAD_SCHED_POLICY) == -1
+    finally:
+        ctx.term()
+
+
+def test_node_context_keeps_the_default_policy_when_told(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(IO_SCHED_BATCH_ENV, "0")
+    ctx = new_context()
+    try:
+        assert ctx.get(zmq.THREAD_SCHED_POLICY) == -1
     finally:
         ctx.term()

@@ -22,13 +22,18 @@
 %%                            the driver registers N names one at a time (p50, p99, rate)
 %%   nodedown  Peer           prints "@@erl ready", then the wall-clock time at which
 %%                            {nodedown, Peer} arrives (the harness kill -9s Peer)
+%%   mesh      N              launched together with N-1 peers (`-run fabric_bench
+%%                            mesh_member Driver N`, each given the driver as its only
+%%                            seed): the wall-clock time at which the last of the N nodes
+%%                            saw all N-1 others (Erlang's global connects them all)
 %% Times compared across OS processes come from os:system_time (CLOCK_REALTIME, one clock
 %% for the machine); latencies within one process from erlang:monotonic_time.
 -module(fabric_bench).
 -behaviour(gen_server).
 
 -export([main/1]).
--export([oneway_tx/2, echo_loop/0, member/2, warm_names/2, start_echo_server/0]).
+-export([oneway_tx/2, echo_loop/0, member/2, warm_names/2, start_echo_server/0,
+         mesh_member/1]).
 -export([init/1, handle_call/3, handle_cast/2]).
 
 -define(CONNECT_MS, 20000).
@@ -144,6 +149,16 @@ run("global", [N, W | Peers]) ->
     Register = fun(I) -> yes = global:register_name({seq, I}, element(I, Holders)) end,
     figures("", timed(Register, Count));
 
+run("mesh", [N]) ->
+    Others = int(N) - 1,
+    register(mesh_driver, self()),
+    Deadline = erlang:monotonic_time(millisecond) + 4 * ?STEP_MS,
+    wait_nodes(Others, Deadline),
+    Mine = os:system_time(nanosecond),
+    Theirs = [receive {full, _, T} -> T after 4 * ?STEP_MS -> error(mesh_incomplete) end
+              || _ <- lists:seq(1, Others)],
+    [{"t_full_ns", lists:max([Mine | Theirs])}];
+
 run("nodedown", [Peer]) ->
     [P] = node_atoms([Peer]),
     connect([P]),
@@ -197,7 +212,41 @@ broadcast(Msg, I) ->
     [Pid ! Msg || Pid <- pg:get_members(bench)],
     broadcast(Msg, I - 1).
 
+wait_nodes(Count, Deadline) ->
+    case length(nodes()) >= Count of
+        true -> ok;
+        false ->
+            case erlang:monotonic_time(millisecond) > Deadline of
+                true -> error({mesh_incomplete, length(nodes()), Count});
+                false -> timer:sleep(2), wait_nodes(Count, Deadline)
+            end
+    end.
+
 %% --------------------------------------------------------------------- remote ends
+
+%% A mesh peer, started by `-run`: connect to the driver (retrying until it is up), wait
+%% for every other node, report when. Spawned, so that init goes on.
+mesh_member([Driver, N]) ->
+    D = list_to_atom(Driver),
+    Others = int(N) - 1,
+    spawn(fun() ->
+                  Deadline = erlang:monotonic_time(millisecond) + 4 * ?STEP_MS,
+                  connect(D, Deadline),
+                  wait_nodes(Others, Deadline),
+                  T = os:system_time(nanosecond),
+                  driver_pid(D, Deadline) ! {full, node(), T}
+          end).
+
+%% The driver registers itself when its -run starts, which may be after we connected.
+driver_pid(D, Deadline) ->
+    case rpc:call(D, erlang, whereis, [mesh_driver]) of
+        Pid when is_pid(Pid) -> Pid;
+        _ ->
+            case erlang:monotonic_time(millisecond) > Deadline of
+                true -> exit(no_mesh_driver);
+                false -> timer:sleep(5), driver_pid(D, Deadline)
+            end
+    end.
 
 oneway_tx(Rx, Count) ->
     Rx ! {ready, self()},

@@ -66,6 +66,10 @@ HANDSHAKE_FAILED_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 HANDSHAKE_EVENTS = HANDSHAKE_FAILED_EVENTS | zmq.EVENT_HANDSHAKE_SUCCEEDED
 
 
+#: Environment variable: "0" keeps the I/O thread under the default policy (new_context).
+IO_SCHED_BATCH_ENV: Final = "FABRIC_IO_SCHED_BATCH"
+
+
 def new_context() -> zmq.Context[Any]:
     """The node's ZeroMQ context; on Linux its I/O thread runs under ``SCHED_BATCH``.
 
@@ -80,12 +84,14 @@ def new_context() -> zmq.Context[Any]:
     Applied only when this thread runs under ``SCHED_OTHER`` (libzmq aborts if it
     cannot apply the policy, and a real-time priority inherited by the I/O thread would
     be invalid under ``SCHED_BATCH``); must be set before the first socket starts the
-    I/O thread.
+    I/O thread. ``FABRIC_IO_SCHED_BATCH=0`` in the environment leaves the default.
     """
     ctx: zmq.Context[Any] = zmq.Context()
     batch = getattr(os, "SCHED_BATCH", None)
     policy = getattr(zmq, "THREAD_SCHED_POLICY", None)
-    if batch is not None and policy is not None and os.sched_getscheduler(0) == os.SCHED_OTHER:
+    if (batch is not None and policy is not None
+            and os.environ.get(IO_SCHED_BATCH_ENV, "1") != "0"
+            and os.sched_getscheduler(0) == os.SCHED_OTHER):
         ctx.set(policy, batch)
     return ctx
 
