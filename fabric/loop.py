@@ -11,7 +11,7 @@ same run it cut a GenServer call's p50 by about a fifth (bench/bench_call.py, th
 * :func:`run` runs a coroutine to completion on a new loop, as :func:`asyncio.run` does;
 * :func:`new_event_loop` makes a loop without running it (for a thread of its own).
 
-Both use uvloop when it can be imported (``pip install fabric[fast]``) and the
+Both use uvloop when it can be imported (``pip install "fabric-dist[fast]"``) and the
 environment does not say ``FABRIC_UVLOOP=0``; otherwise asyncio's default loop. The node
 program (``python -m nodes.node``) and the benchmarks start their loop here; an
 application that starts its own loop keeps whatever it chose.
