@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n=== summary")
     for name, status, seconds, load in outcome:
         print(f"  {name:20s} {status:24s} {seconds:7.1f} s  started at load {load:.2f}")
-    failed = [name for name, status, _ in outcome if status != "ok"]
+    failed = [name for name, status, _, _ in outcome if status != "ok"]
     if failed:
         print(f"FAILED: {', '.join(failed)}")
         return 1
