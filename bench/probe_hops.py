@@ -104,7 +104,8 @@ def hops(client: dict[str, list[int]], server: dict[str, list[int]]) -> dict[str
     wakes = {"C": dict(zip(client["dispatch"], client["wake"], strict=True)),
              "S": dict(zip(server["dispatch"], server["wake"], strict=True))}
     events.sort()
-    names = [f"{a[0]}.{a[1]} -> {b[0]}.{b[1]}" for a, b in zip(SEQUENCE, SEQUENCE[1:], strict=False)]
+    names = [f"{a[0]}.{a[1]} -> {b[0]}.{b[1]}"
+             for a, b in zip(SEQUENCE, SEQUENCE[1:], strict=False)]
     out: dict[str, list[float]] = {name: [] for name in names}
     out.update({"S sent -> wake": [], "S wake -> dispatch": [], "C sent -> wake": [],
                 "C wake -> dispatch": []})
