@@ -13,8 +13,9 @@ same run it cut a GenServer call's p50 by about a fifth (bench/bench_call.py, th
 
 Both use uvloop when it can be imported (``pip install "fabric-dist[fast]"``) and the
 environment does not say ``FABRIC_UVLOOP=0``; otherwise asyncio's default loop. The node
-program (``python -m nodes.node``) and the benchmarks start their loop here; an
-application that starts its own loop keeps whatever it chose.
+program (``python -m nodes.node``), :class:`fabric.sync.SyncNode`'s thread and the
+benchmarks start their loop here; an application that starts its own loop keeps
+whatever it chose.
 """
 
 from __future__ import annotations
