@@ -7,9 +7,10 @@ Theory of operation
 A summary table copied by hand drifts: rows from other commits, other loads, runs whose
 JSON was not kept (issue 17). This script prints the table from the JSON files alone
 (``bench/results/*.json`` by default, or the files given): for every ``<fabric row> /
-Erlang`` row that :func:`bench._erlang.add_rows` wrote, one line with fabric's median,
-Erlang's median (same run, interleaved), and the per-round ratio's median and range,
-the number of rounds, the load average when the script started and the commit. A file
+Erlang`` row that :func:`bench._erlang.add_rows` wrote, one line (named after its file)
+with fabric's median, Erlang's median (same run, interleaved), and the per-round ratio's
+median and range, the number of rounds, the load average when the script started and
+the commit. A file
 without Erlang rows contributes nothing. Paste the output into PERFORMANCE.md with the
 command that produced the JSON; keep the JSON in git.
 """
@@ -42,8 +43,8 @@ def _fmt(value: float, unit: str) -> str:
     return f"{value:.3g} {unit}"
 
 
-def rows_of(doc: dict[str, Any]) -> list[list[str]]:
-    """The table lines one result document contributes."""
+def rows_of(doc: dict[str, Any], source: str) -> list[list[str]]:
+    """The table lines one result document contributes; ``source`` names its file."""
     rows = {(r["name"], r["metric"]): r for r in doc.get("rows", [])}
     machine = doc.get("machine", {})
     load = machine.get("loadavg_at_start") or [float("nan")]
@@ -57,7 +58,7 @@ def rows_of(doc: dict[str, Any]) -> list[list[str]]:
         if fabric_row is None or erlang_row is None:
             continue
         out.append([
-            f"{name[: -len(SUFFIX)]} ({doc.get('script', '?')})", metric,
+            f"{name[: -len(SUFFIX)]} ({source})", metric,
             _fmt(fabric_row["median"], fabric_row["unit"]),
             _fmt(erlang_row["median"], erlang_row["unit"]),
             f"**{ratio['median']:.2f}x** [{ratio['min']:.2f}..{ratio['max']:.2f}]",
@@ -72,7 +73,7 @@ def table(paths: Sequence[Path]) -> str:
              "median [min..max] | rounds | load at start | commit |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for path in paths:
-        for row in rows_of(json.loads(path.read_text())):
+        for row in rows_of(json.loads(path.read_text()), path.stem):
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

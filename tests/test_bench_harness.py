@@ -212,5 +212,5 @@ def test_summary_table_from_result_json(tmp_path: Path) -> None:
     text = summary.table([report.write()])
     lines = text.splitlines()
     assert len(lines) == 3  # header, rule, the one fabric / Erlang row
-    assert "fabric call (bench_x)" in lines[2] and "**2.00x** [1.00..3.00]" in lines[2]
+    assert "fabric call (x)" in lines[2] and "**2.00x** [1.00..3.00]" in lines[2]
     assert "| 40 us | 20 us |" in lines[2]
