@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import fabric
+import fabric.loop
 from bench import _harness as h
 from fabric.logs import configure_logging
 from fabric.types import Pid
@@ -62,9 +63,13 @@ def new_node(base: str, port: int, **options: Any) -> fabric.Node:
 
 
 def run_child(main: Callable[[], Awaitable[T]]) -> T:
-    """Run ``main()`` on a fresh event loop in a child process, with quiet logs."""
+    """Run ``main()`` on a fresh event loop in a child process, with quiet logs.
+
+    The loop is :func:`fabric.loop.run`'s, as the node program's: uvloop when installed,
+    unless the child's environment says ``FABRIC_UVLOOP=0``.
+    """
     quiet_logs()
-    return asyncio.run(_call(main))
+    return fabric.loop.run(_call(main))
 
 
 async def _call(main: Callable[[], Awaitable[T]]) -> T:

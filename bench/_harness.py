@@ -202,6 +202,10 @@ def make_parser(description: str | None = None) -> argparse.ArgumentParser:
         help=f"runs per measurement (default {DEFAULT_RUNS_FULL}; {DEFAULT_RUNS_QUICK} if --quick)",
     )
     parser.add_argument(
+        "--no-erlang", dest="erlang", action="store_false",
+        help="skip the Erlang/OTP rows (they run when erl, erlc and epmd are installed)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,

@@ -25,13 +25,21 @@ Baselines, in the same run: raw pyzmq DEALER <-> ROUTER echo with msgpack, block
 (``roundtrip raw sync``) and on asyncio (``roundtrip raw asyncio``, the fair comparison:
 fabric runs on asyncio too).  Ratios are median / baseline median: above 1 is slower for
 latencies, faster for calls/s.
+
+Erlang/OTP in the same run (``bench/_erlang.py``, when erl is installed; ``--no-erlang``
+skips it): ``gen_server:call`` and a plain echo process on a second node,
+the same warm-up and count, one call in flight; the ``/ Erlang`` rows are per-round
+ratios (fabric's run i / Erlang's run i, taken in the same round).
+
+The nodes run on :func:`fabric.loop.run`'s loop (uvloop when installed). When it is,
+``fabric GenServer call, asyncio loop`` measures the same call with ``FABRIC_UVLOOP=0``
+in the same rounds (D31).
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -41,9 +49,10 @@ from typing import Any
 if not __package__:  # started as `python bench/bench_call.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import fabric.loop  # noqa: E402
+from bench import _erlang, baselines  # noqa: E402
 from bench import _fabric as fb  # noqa: E402
 from bench import _harness as h  # noqa: E402
-from bench import baselines  # noqa: E402
 from bench.baselines import RoundTrip  # noqa: E402
 
 #: Longest wait for any one reply or step in a child: a stall means a broken benchmark.
@@ -52,10 +61,8 @@ CHILD_TIMEOUT_S = 90.0
 WARMUP_CALLS = 200
 #: The registered name of the GenServer on the server node.
 SERVER_NAME = "bench_echo"
-#: Erlang/OTP 25 remote gen_server:call on this machine (issue 6) and fabric's goal.
-ERLANG_P50_US = 202.0
-ERLANG_P99_US = 1900.0
-GOAL_P50_US = 200.0
+#: Issue 17's goal: call p50 and p99 at most this many times Erlang's, in the same run.
+GOAL_VS_ERLANG = 2.0
 
 KINDS = ("echo", "genserver", "paired")
 #: Round trips per block in the paired measurement (blocks alternate echo / GenServer).
@@ -253,13 +260,16 @@ def _cli(
 # --------------------------------------------------------------------------- measurement
 
 
-def _run_pair(kind: str, n_calls: int, warmup: int) -> dict[str, Any]:
-    """Start node srv (serving ``kind``) and node cli (calling it); the client's result."""
+def _run_pair(kind: str, n_calls: int, warmup: int,
+              env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Start node srv (serving ``kind``) and node cli (calling it); the client's result.
+    ``env``: extra environment of both nodes (e.g. ``FABRIC_UVLOOP=0``)."""
     with h.Children() as kids:
-        srv = kids.function(_srv, port=fb.free_port(), kind=kind)
+        srv = kids.function(_srv, env=env, port=fb.free_port(), kind=kind)
         ready = srv.expect("ready", STALL_S)
         cli = kids.function(
             _cli,
+            env=env,
             port=fb.free_port(),
             server_node=ready["node"],
             server_pid=ready["pid"],
@@ -276,11 +286,12 @@ def _round_trip(got: dict[str, float]) -> RoundTrip:
     return RoundTrip(got["p50_us"], got["p99_us"], got["calls_per_s"])
 
 
-def roundtrip_fabric(n_calls: int, kind: str = "echo", warmup: int = WARMUP_CALLS) -> RoundTrip:
+def roundtrip_fabric(n_calls: int, kind: str = "echo", warmup: int = WARMUP_CALLS,
+                     env: dict[str, str] | None = None) -> RoundTrip:
     """One measurement of ``n_calls`` sequential calls from node cli to node srv."""
     if kind not in ("echo", "genserver"):
         raise ValueError("kind must be echo or genserver (see roundtrip_paired)")
-    return _round_trip(_run_pair(kind, n_calls, warmup))
+    return _round_trip(_run_pair(kind, n_calls, warmup, env))
 
 
 def roundtrip_paired(n_calls: int, warmup: int = WARMUP_CALLS) -> tuple[RoundTrip, RoundTrip]:
@@ -301,27 +312,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     with_genserver = genserver_available()
 
     report = fb.Report("bench_call", args)
+    with_erlang = args.erlang and _erlang.available()
     report.extra = {
-        "reference": {
-            "erlang_otp25_call_p50_us": ERLANG_P50_US,
-            "erlang_otp25_call_p99_us": ERLANG_P99_US,
-            "goal_p50_us": GOAL_P50_US,
-            "source": "issue 6 (remote gen_server:call, Erlang/OTP 25 on this machine)",
-        },
+        "goal": f"GenServer call p50 and p99 at most {GOAL_VS_ERLANG:g}x Erlang's (issue 17)",
+        "erlang_measured": with_erlang,
         "genserver_measured": with_genserver,
     }
-    measurements: dict[str, Callable[[], RoundTrip]] = {
+    measurements: dict[str, Callable[[], Any]] = {
         "rt_sync": lambda: baselines.roundtrip_raw_sync(n_sync),
         "rt_async": lambda: baselines.roundtrip_raw_asyncio(n),
         "echo": lambda: roundtrip_fabric(n, "echo"),
     }
     if with_genserver:
         measurements["genserver"] = lambda: roundtrip_fabric(n, "genserver")
-        measurements["paired"] = lambda: roundtrip_paired(n)  # type: ignore[assignment,return-value]
+        measurements["paired"] = lambda: roundtrip_paired(n)
     else:
         # TODO(bench): fabric.genserver is not importable here; only the raw-echo
         # variant ran.  The GenServer row appears by itself once the module exists.
         report.extra["todo"] = "fabric.genserver missing: GenServer call not measured"
+    with_uvloop = fabric.loop.uvloop_module() is not None
+    report.extra["uvloop"] = with_uvloop
+    if with_genserver and with_uvloop:
+        # The nodes run on uvloop (fabric.loop); this measures the same call on asyncio's
+        # own loop, in the same rounds (D31).
+        measurements["genserver_asyncio"] = lambda: roundtrip_fabric(
+            n, "genserver", env={fabric.loop.ENV_VAR: "0"})
+    if with_erlang:
+        # Same experiment: WARMUP_CALLS untimed, n timed, one call in flight, 2 nodes.
+        measurements["erlang"] = lambda: _erlang.call(n, WARMUP_CALLS)
     got = h.run_interleaved(measurements, args.runs)
 
     def col(key: str, name: str) -> list[float]:
@@ -335,17 +353,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.add("roundtrip raw asyncio", metric, unit, col("rt_async", attr),
                    baseline="roundtrip raw sync", note=f"zmq.asyncio echo, {n} calls")
     names = {"echo": "fabric echo process", "genserver": "fabric GenServer call"}
+    erlang_names = {"echo": ("erlang echo process", "echo_"),
+                    "genserver": ("erlang gen_server:call", "")}
     for kind in (k for k in ("echo", "genserver") if k in got):
         for metric, unit, attr in rows:
-            values = col(kind, attr)
-            med = statistics.median(values)
-            note = f"{n} sequential calls"
-            if metric == "p50":
-                note += f"; {med / ERLANG_P50_US:.2f}x Erlang/OTP 25 p50 ({ERLANG_P50_US:g} us)"
-            elif metric == "p99":
-                note += f"; {med / ERLANG_P99_US:.2f}x Erlang/OTP 25 p99 ({ERLANG_P99_US:g} us)"
-            report.add(names[kind], metric, unit, values, baseline="roundtrip raw asyncio",
-                       note=note)
+            report.add(names[kind], metric, unit, col(kind, attr),
+                       baseline="roundtrip raw asyncio", note=f"{n} sequential calls")
+        if with_erlang:
+            erlang_name, prefix = erlang_names[kind]
+            for metric, unit, attr in rows:
+                _erlang.add_rows(report, erlang_name, names[kind], metric, unit,
+                                 [float(r[prefix + attr]) for r in got["erlang"]],
+                                 col(kind, attr),
+                                 note=f"Erlang/OTP, 2 nodes, {WARMUP_CALLS} + {n} calls")
+    if "genserver_asyncio" in got:
+        for metric, unit, attr in rows:
+            report.add("fabric GenServer call, asyncio loop", metric, unit,
+                       col("genserver_asyncio", attr), baseline="fabric GenServer call",
+                       note="FABRIC_UVLOOP=0: asyncio's own loop instead of uvloop; the "
+                            "ratio is asyncio / uvloop")
     if "paired" in got:
         pairs: list[Any] = got["paired"]
         for metric, unit, attr in rows:

@@ -20,8 +20,10 @@ default settings (heartbeat every 0.2 s, ``heartbeat_timeout`` 1 s).  Node ``a``
   is one long run (runs = 1 in its rows).
 
 There is no raw pyzmq baseline for detection (ZeroMQ itself declares nothing down), so
-the rows have no ratio and the JSON says ``"baseline": null``; the Erlang/OTP 25 figures
-of issue 6 and fabric's goals are in the JSON's ``reference``.
+the rows have no ratio and the JSON says ``"baseline": null``. Erlang/OTP runs in the
+same session (``bench/_erlang.py``; ``--no-erlang`` skips it): kill -9 at its defaults,
+SIGSTOP at ``net_ticktime`` 1 s (comparable to fabric's 1 s timeout; at its default of
+60 s Erlang takes about a minute); the ``/ Erlang`` rows are per-round ratios.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,7 @@ if not __package__:  # started as `python bench/bench_failure.py`: make `bench` 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import fabric  # noqa: E402
+from bench import _erlang  # noqa: E402
 from bench import _fabric as fb  # noqa: E402
 from bench import _harness as h  # noqa: E402
 
@@ -52,15 +55,9 @@ PING_TIMEOUT_S = 5.0
 #: Longest the watching node waits for a NodeDown after the signal.
 DETECT_TIMEOUT_S = 10.0
 
-REFERENCE = {
-    "erlang_otp25_kill9_ms": 5,
-    "erlang_otp25_sigstop_s_net_ticktime_4": 3.9,
-    "erlang_otp25_sigstop_s_default": 74,
-    "goal_kill9_ms": 20,
-    "goal_sigstop_s": 1.5,
-    "goal_false_downs_under_load": 0,
-    "source": "issue 6 (Erlang/OTP 25 on this machine)",
-}
+#: Erlang's tick for the SIGSTOP comparison at equal settings: net_ticktime 1 s declares a
+#: silent node down after about 1 s, as fabric's default heartbeat_timeout does.
+ERLANG_TICKTIME_S = 1
 
 
 # --------------------------------------------------------------------------- children
@@ -231,11 +228,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     soak_s = args.soak if args.soak is not None else (10.0 if args.quick else 30.0)
     defaults = fabric.NodeConfig()
 
+    with_erlang = args.erlang and _erlang.available()
     report = fb.Report("bench_failure", args)
     report.extra = {
         "baseline": None,
         "baseline_note": "no raw pyzmq baseline applies: ZeroMQ itself detects no failure",
-        "reference": REFERENCE,
+        "erlang_measured": with_erlang,
+        "erlang_sigstop_net_ticktime_s": ERLANG_TICKTIME_S,
         "settings": {
             "heartbeat_interval_s": defaults.heartbeat_interval,
             "heartbeat_timeout_s": defaults.heartbeat_timeout,
@@ -244,10 +243,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cpus": os.cpu_count(),
         },
     }
-    got = h.run_interleaved(
-        {"kill9": lambda: detect(signal.SIGKILL), "sigstop": lambda: detect(signal.SIGSTOP)},
-        args.runs,
-    )
+    measurements: dict[str, Callable[[], Any]] = {
+        "kill9": lambda: detect(signal.SIGKILL), "sigstop": lambda: detect(signal.SIGSTOP)}
+    if with_erlang:
+        # kill -9 at Erlang's defaults; SIGSTOP at a tick comparable to fabric's timeout
+        # (at its default net_ticktime of 60 s Erlang takes about a minute).
+        measurements["erlang_kill9"] = lambda: _erlang.nodedown_after(signal.SIGKILL)
+        measurements["erlang_sigstop"] = lambda: _erlang.nodedown_after(
+            signal.SIGSTOP, ERLANG_TICKTIME_S)
+    got = h.run_interleaved(measurements, args.runs)
     for key, name, expected in (
         ("kill9", "kill -9 -> NodeDown", "connection_closed"),
         ("sigstop", "SIGSTOP -> NodeDown", "heartbeat_timeout"),
@@ -257,6 +261,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.add(name, "detection", "ms", [r["ms"] for r in got[key]],
                    note=f"reason {', '.join(reasons)}" + (f" (expected {expected})" if wrong
                                                          else ""))
+    if with_erlang:
+        for key, name, erlang_name, setting in (
+            ("kill9", "kill -9 -> NodeDown", "erlang kill -9 -> nodedown", "defaults"),
+            ("sigstop", "SIGSTOP -> NodeDown", "erlang SIGSTOP -> nodedown",
+             f"net_ticktime {ERLANG_TICKTIME_S} s"),
+        ):
+            _erlang.add_rows(report, erlang_name, name, "detection", "ms",
+                             [float(v) for v in got[f"erlang_{key}"]],
+                             [float(r["ms"]) for r in got[key]],
+                             note=f"Erlang/OTP, 2 nodes, {setting}")
     print(f"  soak: {soak_s:g} s under {BURNERS} busy loops ...", file=sys.stderr, flush=True)
     s = soak(soak_s)
     report.extra["soak_events"] = {"a": s["events_a"], "b": s["events_b"]}

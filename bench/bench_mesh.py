@@ -30,8 +30,10 @@ same with :class:`fabric.Node`.
 Baseline: there is no raw-pyzmq equivalent of a mesh, so the row's baseline is the
 launch floor: N Python processes started the same way that import fabric and exit
 (``launch floor``).  The ratio says how much of the formation time is fabric's own
-handshakes rather than interpreter start-up on a 2-core machine.  Erlang/OTP 25 figures
-(issue 6) are in the JSON's ``reference``.
+handshakes rather than interpreter start-up on a 2-core machine.  Erlang/OTP runs in the
+same rounds for N up to :data:`ERLANG_MAX_N` (``bench/_erlang.py``; ``--no-erlang`` skips
+it): N ``erl`` nodes launched together, each peer given the first node as its seed,
+until every node sees the N-1 others; the ``/ Erlang`` rows are per-round ratios.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ if not __package__:  # started as `python bench/bench_mesh.py`: make `bench` imp
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import fabric  # noqa: E402
+from bench import _erlang  # noqa: E402
 from bench import _fabric as fb  # noqa: E402
 from bench import _harness as h  # noqa: E402
 
@@ -69,9 +72,10 @@ FORM_TIMEOUT_PER_NODE_S = 1.0
 FLOOR_TIMEOUT_S = 120.0
 #: How long a node keeps retrying its seed (the seed may start after it).
 SEED_TIMEOUT_S = 60.0
-#: Erlang/OTP 25 full mesh from launch on this machine (issue 6), and fabric's goals.
-ERLANG_MESH_S: dict[int, float] = {8: 1.7, 16: 3.2}
+#: fabric's goals (seconds from launch).
 GOAL_MESH_S: dict[int, float] = {16: 3.2, 64: 15.0}
+#: Erlang/OTP runs in the same session for the sizes up to this one (bench/_erlang.py).
+ERLANG_MAX_N = 16
 
 
 def node_program_available() -> bool:
@@ -235,12 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         use_bytecode_cache(Path(cache.name))
 
     report = fb.Report("bench_mesh", args)
+    with_erlang = args.erlang and _erlang.available()
     report.extra = {
-        "reference": {
-            "erlang_otp25_full_mesh_s": ERLANG_MESH_S,
-            "goal_full_mesh_s": GOAL_MESH_S,
-            "source": "issue 6 (Erlang/OTP 25 on this machine, from launch)",
-        },
+        "goal_full_mesh_s": GOAL_MESH_S,
+        "erlang_measured_up_to_n": ERLANG_MAX_N if with_erlang else 0,
         "node_program": "python -m nodes.node" if use_program else "bench.bench_mesh:_member",
         "poll_s": POLL_S,
         "sizes": sizes,
@@ -251,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "floor": functools.partial(launch_floor, n),
             "mesh": functools.partial(form_mesh, n, use_program),
         }
+        if with_erlang and n <= ERLANG_MAX_N:
+            measurements["erlang"] = functools.partial(_erlang.mesh, n)
         got = h.run_interleaved(measurements, args.runs)
         floor_name = f"launch floor N={n}"
         report.add(floor_name, "formation", "s", got["floor"],
@@ -258,15 +262,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         mesh = got["mesh"]
         secs = [m["seconds"] for m in mesh if not math.isnan(m["seconds"])]
         incomplete = len(mesh) - len(secs)
-        ref = ERLANG_MESH_S.get(n)
         note = f"{n} nodes, one seed each"
         if incomplete:
             note += f"; {incomplete} of {len(mesh)} runs never completed (not in the figure)"
-        if secs and ref is not None:
-            note += f"; {statistics.median(secs) / ref:.2f}x Erlang/OTP 25 ({ref:g} s)"
         if secs:
             report.add(f"full mesh N={n}", "formation", "s", secs, baseline=floor_name,
                        note=note)
+        if "erlang" in got:
+            # Rounds where fabric's mesh never completed have no ratio.
+            pairs = [(m["seconds"], e) for m, e in zip(mesh, got["erlang"], strict=True)
+                     if not math.isnan(m["seconds"])]
+            if pairs:
+                _erlang.add_rows(report, f"erlang full mesh N={n}", f"full mesh N={n}",
+                                 "formation", "s", [e for _, e in pairs],
+                                 [f for f, _ in pairs],
+                                 note=f"Erlang/OTP: {n} nodes launched together, each peer "
+                                      "given the first as its seed, until all see N-1")
         report.add(f"full mesh N={n}", "incomplete runs", "count", [float(incomplete)],
                    note=f"of {len(mesh)}; see the formation row's note" if incomplete else
                    f"of {len(mesh)}")

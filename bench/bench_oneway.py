@@ -28,6 +28,9 @@ fix.
 
 The raw pyzmq baselines (DEALER -> ROUTER, msgpack, one message per frame and 64 per
 frame) run in the same run, interleaved, so the ratios are fair on a noisy machine.
+So does Erlang/OTP (``bench/_erlang.py``, when erl is installed; ``--no-erlang`` skips
+it): N messages from a process on one node to a process on another, first send to last
+receipt; the ``/ Erlang`` row is the per-round ratio to the ``send`` variant.
 """
 
 from __future__ import annotations
@@ -43,9 +46,9 @@ if not __package__:  # started as `python bench/bench_oneway.py`: make `bench` i
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import fabric  # noqa: E402
+from bench import _erlang, baselines  # noqa: E402
 from bench import _fabric as fb  # noqa: E402
 from bench import _harness as h  # noqa: E402
-from bench import baselines  # noqa: E402
 
 #: Plain-send variant: sends between two yields to the loop, i.e. the batch size the
 #: outbound queue sees.  1000 is near the outbound queue's 1024-message frame cap.
@@ -56,9 +59,6 @@ DEFAULT_HEARTBEAT_TIMEOUT = fabric.NodeConfig().heartbeat_timeout
 STALL_S = 30.0
 #: Longest the parent waits for a child's result (the whole measurement).
 CHILD_TIMEOUT_S = 60.0
-#: Erlang/OTP 25 between two nodes on this machine (issue 6) and fabric's goal there.
-ERLANG_MSG_S = 204_000
-GOAL_MSG_S = 300_000
 
 MODES = ("send", "send_wait")
 
@@ -285,12 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_batched = h.sized(args, full=1_000_000, quick=200_000)
 
     report = fb.Report("bench_oneway", args)
+    with_erlang = args.erlang and _erlang.available()
     report.extra = {
-        "reference": {
-            "erlang_otp25_msg_s": ERLANG_MSG_S,
-            "goal_msg_s": GOAL_MSG_S,
-            "source": "issue 6 (Erlang/OTP 25 between two nodes on this machine)",
-        },
+        "erlang_measured": with_erlang,
         "message": "('msg', sender_pid, 42, 'hello') via fabric; msgpack array for raw",
         "heartbeat_timeout_s": hb,
         "yield_every": YIELD_EVERY,
@@ -306,6 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             allow_down=True,
         ),
     }
+    if with_erlang:
+        # Same experiment: n messages between two nodes, first send to last receipt.
+        measurements["erlang"] = lambda: _erlang.oneway(n)
     got = h.run_interleaved(measurements, args.runs)
 
     def num(key: str) -> list[float]:
@@ -332,7 +332,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             note=(
                 f"{n} msgs, heartbeat_timeout {hb:g} s; "
                 f"{med / raw64:.2f}x raw batch=64; "
-                f"{med / ERLANG_MSG_S:.2f}x Erlang/OTP 25 ({ERLANG_MSG_S:,} msg/s); "
                 f"avg {statistics.median(field(mode, 'avg_batch')):.0f} msgs/frame; "
                 f"{sum(field(mode, 'refused')):.0f} BackpressureError"
             ),
@@ -343,6 +342,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    note="longest event-loop stall on the sending node")
         report.add(name, "rx peak RSS", "MiB", field(mode, "rx_peak_mib"),
                    note="VmHWM of the receiving node")
+    if with_erlang:
+        _erlang.add_rows(report, "oneway erlang", "oneway fabric send", "throughput", "msg/s",
+                         num("erlang"), field("send", "msg_s"),
+                         note=f"Erlang/OTP, {n} msgs {{msg, Pid, 42, <<\"hello\">>}}, "
+                              "first send to last receipt")
     name = "oneway fabric send, default heartbeat"
     report.add(name, "false NodeDowns", "count", field("send_default_hb", "false_downs"),
                note=f"{2 * n} msgs, heartbeat_timeout 1 s (default); should be 0 (module doc)")

@@ -25,6 +25,21 @@ REPO_ROOT = BENCH_DIR.parent
 #: Per-script wall-clock limit in seconds (default mode; --quick uses a quarter).  The
 #: largest default run (bench_mesh) takes a few minutes on 2 loaded cores.
 TIMEOUT_S = 1200.0
+#: Before each script, wait (at most SETTLE_MAX_S) for the 1-minute load average to fall
+#: below SETTLE_LOAD, so that one script's tail (a 32-node mesh) does not load the next
+#: one's figures; the load each script started at is printed in the summary.
+SETTLE_LOAD = 2.0
+SETTLE_MAX_S = 90.0
+
+
+def settle(max_load: float = SETTLE_LOAD, max_wait: float = SETTLE_MAX_S) -> float:
+    """Wait until the 1-minute load average is below ``max_load``, bounded; the load then."""
+    deadline = time.monotonic() + max_wait
+    load = os.getloadavg()[0]
+    while load >= max_load and time.monotonic() < deadline:
+        time.sleep(1.0)
+        load = os.getloadavg()[0]
+    return load
 
 
 def scripts() -> list[str]:
@@ -88,17 +103,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unknown scripts: {', '.join(unknown)} (have {', '.join(names)})")
         names = [n for n in names if n in args.only]
 
-    outcome: list[tuple[str, str, float]] = []
+    outcome: list[tuple[str, str, float, float]] = []
     for name in names:
-        print(f"\n=== bench.{name} {' '.join(passed)}", flush=True)
+        load = settle(max_wait=0.0 if args.quick else SETTLE_MAX_S)
+        print(f"\n=== bench.{name} {' '.join(passed)} (load {load:.2f})", flush=True)
         t0 = time.monotonic()
         status = run_script(name, passed, timeout)
-        outcome.append((name, status, time.monotonic() - t0))
+        outcome.append((name, status, time.monotonic() - t0, load))
 
     print("\n=== summary")
-    for name, status, seconds in outcome:
-        print(f"  {name:20s} {status:24s} {seconds:7.1f} s")
-    failed = [name for name, status, _ in outcome if status != "ok"]
+    for name, status, seconds, load in outcome:
+        print(f"  {name:20s} {status:24s} {seconds:7.1f} s  started at load {load:.2f}")
+    failed = [name for name, status, _, _ in outcome if status != "ok"]
     if failed:
         print(f"FAILED: {', '.join(failed)}")
         return 1

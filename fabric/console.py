@@ -79,6 +79,7 @@ from pathlib import Path
 from typing import Any
 
 import fabric
+from fabric import loop as fabric_loop
 from fabric.discovery.config import parse_specs
 from fabric.errors import ConfigError, FabricError
 from fabric.logs import TextSink, configure_logging
@@ -582,7 +583,8 @@ def main(argv: list[str] | None = None) -> int:
                       json=args.log_format == "json", stream=stderr)
     out = Output(stdout)
     try:
-        code = asyncio.run(run(args, out, terminals))
+        # uvloop when installed (fabric.loop, D31): a shorter round trip.
+        code = fabric_loop.run(run(args, out, terminals))
     except ConfigError as exc:
         sys.stderr.write(f"nodes.node: {exc}\n")
         return 2

@@ -157,3 +157,70 @@ def test_bench_cache_without_redis_server_skips_cleanly(
     assert bench_cache.main(["--quick", "--runs", "1", "--out", str(out)]) == 0
     assert "bench_cache: skipped, redis-server is not installed" in capsys.readouterr().out
     assert not out.exists()  # no figures without the baseline
+
+
+# --------------------------------------------------------------------------- Erlang
+
+
+def test_erlang_parse_result() -> None:
+    from bench import _erlang
+
+    out = ("noise\n@@erl call p50_us=1.5 calls_per_s=200\n"
+           "@@erl call p50_us=2.000 calls_per_s=300\n@@erl oneway msg_s=9\n")
+    assert _erlang.parse_result(out, "call") == {"p50_us": 2.0, "calls_per_s": 300.0}
+    assert _erlang.parse_result(out, "oneway") == {"msg_s": 9.0}
+    with pytest.raises(h.BenchError, match="no Erlang result"):
+        _erlang.parse_result(out, "global")
+    with pytest.raises(h.BenchError, match="badmatch"):
+        _erlang.parse_result("@@erl_error error:{badmatch,no} []\n", "global")
+    with pytest.raises(h.BenchError, match="malformed"):
+        _erlang.parse_result("@@erl call p50_us\n", "call")
+
+
+@pytest.mark.procs
+def test_erlang_add_rows_per_round_ratios(tmp_path: Path) -> None:
+    from bench import _erlang
+
+    report = h.Report("bench_test", h.parse_args(None, ["--out", str(tmp_path / "r.json")]))
+    _erlang.add_rows(report, "erlang call", "fabric call", "p50", "us",
+                     [10.0, 20.0, 40.0], [30.0, 40.0, 40.0])
+    ratio = report.find("fabric call / Erlang", "p50")
+    assert ratio is not None and ratio.unit == "x"
+    assert ratio.values == [3.0, 2.0, 1.0] and ratio.summary["median"] == 2.0
+    with pytest.raises(ValueError):
+        _erlang.add_rows(report, "erlang call", "fabric call", "p99", "us", [1.0], [])
+
+
+@pytest.mark.procs
+def test_erlang_cluster_runs_and_cleans_up() -> None:
+    import signal
+
+    from bench import _erlang
+
+    if not _erlang.available():
+        pytest.skip("erl, erlc or epmd not installed (Debian: apt-get install erlang-base)")
+    got = _erlang.call(20, 5)
+    assert {"p50_us", "p99_us", "calls_per_s", "echo_p50_us"} <= set(got)
+    assert 0 < got["p50_us"] <= got["p99_us"]
+    with _erlang.Cluster() as cluster:
+        peer = cluster.start_peer("p")
+        assert cluster.run_driver("oneway", [100, peer])["msg_s"] > 0
+        procs = list(cluster.procs)
+    assert all(p.poll() is not None for p in procs)  # every node and epmd ended
+    assert _erlang.nodedown_after(signal.SIGKILL) > 0
+
+
+@pytest.mark.procs
+def test_summary_table_from_result_json(tmp_path: Path) -> None:
+    from bench import _erlang, summary
+
+    report = h.Report("bench_x", h.parse_args(None, ["--out", str(tmp_path / "x.json")]))
+    report.add("fabric call", "p50", "us", [30.0, 40.0, 40.0])
+    report.add("fabric other", "p50", "us", [1.0, 1.0, 1.0])
+    _erlang.add_rows(report, "erlang call", "fabric call", "p50", "us",
+                     [10.0, 20.0, 40.0], [30.0, 40.0, 40.0])
+    text = summary.table([report.write()])
+    lines = text.splitlines()
+    assert len(lines) == 3  # header, rule, the one fabric / Erlang row
+    assert "fabric call (x)" in lines[2] and "**2.00x** [1.00..3.00]" in lines[2]
+    assert "| 40 us | 20 us |" in lines[2]

@@ -45,6 +45,7 @@ from fabric.transport.zeromq import (
     bind_in_range,
     configure,
     limit_inbound_parts,
+    new_context,
     open_monitor,
 )
 from fabric.types import NodeName
@@ -83,7 +84,7 @@ class Sockets:
             ConfigError: no free port, the address cannot be bound, or a key is invalid.
         """
         cfg = config
-        ctx: zmq.Context[Any] = zmq.Context()
+        ctx = new_context()  # I/O thread under SCHED_BATCH (D31)
         host = cfg.bind_host or requested.host
         opts = dict(max_frame=cfg.max_frame, sndhwm=cfg.sndhwm, rcvhwm=cfg.rcvhwm)
         # CURVE on both planes, vetted by a ZAP handler bound before any socket can

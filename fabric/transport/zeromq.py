@@ -23,6 +23,7 @@ killed peer is noticed within milliseconds instead of at the next heartbeat.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -33,7 +34,7 @@ __all__ = [
     "HANDSHAKE_EVENTS",
     "PART_SIZE",
     "Reader", "bind_in_range", "configure", "curve_client", "curve_server",
-    "limit_inbound_parts", "open_monitor", "split_frame",
+    "limit_inbound_parts", "new_context", "open_monitor", "split_frame",
 ]
 
 # A data-plane frame longer than this crosses as a multipart message of parts this long
@@ -63,6 +64,36 @@ HANDSHAKE_FAILED_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                            | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 HANDSHAKE_EVENTS = HANDSHAKE_FAILED_EVENTS | zmq.EVENT_HANDSHAKE_SUCCEEDED
+
+
+#: Environment variable: "0" keeps the I/O thread under the default policy (new_context).
+IO_SCHED_BATCH_ENV: Final = "FABRIC_IO_SCHED_BATCH"
+
+
+def new_context() -> zmq.Context[Any]:
+    """The node's ZeroMQ context; on Linux its I/O thread runs under ``SCHED_BATCH``.
+
+    Why (docs/DECISIONS.md D31): every send wakes the context's I/O thread, and the
+    scheduler then often preempts the event loop's thread for it in the middle of its
+    turn (wakeup preemption), on the CPU the loop was using, so the loop's own work
+    (the rest of the turn, its next wakeup) waits behind the I/O thread's. A
+    ``SCHED_BATCH`` thread still runs at once on an idle CPU but never preempts the
+    thread that woke it. Measured in the same run, alternating (8 rounds, 2 shared
+    cores): a GenServer call's p50 fell by 16-21%, with and without uvloop.
+
+    Applied only when this thread runs under ``SCHED_OTHER`` (libzmq aborts if it
+    cannot apply the policy, and a real-time priority inherited by the I/O thread would
+    be invalid under ``SCHED_BATCH``); must be set before the first socket starts the
+    I/O thread. ``FABRIC_IO_SCHED_BATCH=0`` in the environment leaves the default.
+    """
+    ctx: zmq.Context[Any] = zmq.Context()
+    batch = getattr(os, "SCHED_BATCH", None)
+    policy = getattr(zmq, "THREAD_SCHED_POLICY", None)
+    if (batch is not None and policy is not None
+            and os.environ.get(IO_SCHED_BATCH_ENV, "1") != "0"
+            and os.sched_getscheduler(0) == os.SCHED_OTHER):
+        ctx.set(policy, batch)
+    return ctx
 
 
 def configure(sock: zmq.Socket[Any], *, max_frame: int, sndhwm: int, rcvhwm: int) -> None:
