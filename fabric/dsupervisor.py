@@ -76,7 +76,7 @@ from fabric.types import GlobalName, Pid
 if TYPE_CHECKING:
     from fabric.node import Node
 
-__all__ = ["HANDOFF", "SCOPE", "DistributedChildSpec", "DistributedSupervisor"]
+__all__ = ["HANDOFF", "SCOPE", "DistributedChildSpec", "DistributedSupervisor", "handoff_all"]
 
 #: The pg scope of every distributed supervisor's group (the group is its name).
 SCOPE: Final = "fabric.dsupervisor"
@@ -476,6 +476,20 @@ class _Member(_Server):
 
     def _now(self) -> float:
         return self.node.loop.time()
+
+
+async def handoff_all(node: Node, timeout: float | None = None) -> int:
+    """:meth:`DistributedSupervisor.handoff` for every distributed supervisor member
+    running on ``node`` (what a graceful stop runs before the node leaves its groups);
+    returns how many children moved in all."""
+    moved = 0
+    for name in node.pg.which_local_groups(scope=SCOPE):
+        if type(name) is str and node.whereis(name) is not None:
+            try:
+                moved += await DistributedSupervisor(node, name).handoff(timeout)
+            except FabricError as exc:  # one member's trouble must not stop the others
+                node.log.error("dsupervisor_handoff_failed", supervisor=name, error=str(exc))
+    return moved
 
 
 def _is_handed(message: Any) -> bool:

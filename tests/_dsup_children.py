@@ -49,3 +49,31 @@ async def idle(proc: fabric.Process) -> None:
 class FailsInInit(fabric.GenServer):
     async def init(self, *args: Any) -> None:
         raise ValueError("cannot start")
+
+
+def application(node: fabric.Node) -> list[fabric.ChildSpec]:
+    """``fabric node --app _dsup_children:application``: a member of "sessions"."""
+    from fabric.dsupervisor import DistributedSupervisor
+
+    return [DistributedSupervisor.child_spec("sessions")]
+
+
+@fabric.export
+async def start_counters(proc: fabric.Process, reply_to: fabric.Pid, keys: list[str],
+                         handoff: bool = False) -> None:
+    """Start a :class:`KeyedCounter` per key under "sessions" (global name = key) from
+    this node's member; send ``("started", [(key, node), ...])`` or ``("failed", why)``."""
+    from fabric.dsupervisor import DistributedChildSpec, DistributedSupervisor
+
+    sup = DistributedSupervisor(proc.node, "sessions")
+    placed = []
+    try:
+        for key in keys:
+            spec = DistributedChildSpec(key, "_dsup_children:KeyedCounter", args=(key,),
+                                        name=fabric.GlobalName(key), handoff=handoff)
+            node_name, _ = await sup.start_child(spec)
+            placed.append((key, node_name))
+    except Exception as exc:  # reported to the test, which fails with the reason
+        proc.send(reply_to, ("failed", repr(exc)))
+        return
+    proc.send(reply_to, ("started", placed))
