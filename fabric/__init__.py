@@ -6,6 +6,8 @@ node, monitors and links across nodes, and the tools built on them. See README.m
 
 from fabric import rpc
 from fabric.config import NodeConfig
+from fabric.dsupervisor import DistributedChildSpec, DistributedSupervisor
+from fabric.dynamic_supervisor import DynamicSupervisor
 from fabric.errors import (
     AuthenticationError,
     BackpressureError,
@@ -44,7 +46,10 @@ __all__ = [
     "ChildSpec",
     "ConfigError",
     "ConsistencyError",
+    "DistributedChildSpec",
+    "DistributedSupervisor",
     "Down",
+    "DynamicSupervisor",
     "Exit",
     "FabricError",
     "FabricTimeout",

@@ -38,8 +38,9 @@ NOT_EXPORTED = {
 
 # Top-level modules whose export decisions belong to the subsystems' owners (their names
 # exist and they declare __all__; completeness is not enforced here yet), and internals.
-SUBSYSTEMS = ["calls", "ddata", "genserver", "global_", "logs", "pg", "registry", "rpc",
-              "supervisor", "sync", "workers"]
+SUBSYSTEMS = ["application", "calls", "ddata", "dsupervisor", "dynamic_supervisor",
+              "genserver", "global_", "logs", "pg", "registry", "rpc", "supervisor", "sync",
+              "workers"]
 # Programs: the console (interactive node) and the `fabric` command.
 PROGRAMS = ["cli", "console"]
 INTERNAL = ["outbound", "timeouts"]  # and the package fabric.node (its objects)
