@@ -48,6 +48,7 @@ import fabric
 from nodes.demo_cluster import BUDGET, MEMBERS, Demo, StepFailed
 from nodes.demo_member import HOST, member_main
 from nodes.demo_steps import (
+    step_dsupervisor,
     step_genserver,
     step_gossip,
     step_groups,
@@ -56,6 +57,7 @@ from nodes.demo_steps import (
     step_mesh,
     step_restart,
     step_spawn,
+    step_supervision,
 )
 
 
@@ -74,6 +76,8 @@ STEPS: list[Step] = [
     Step("process groups: subscribers on every node", step_groups),
     Step("kill -9 n3: NodeDown, the group shrinks", step_kill),
     Step("restart n3: NodeUp everywhere", step_restart),
+    Step("supervision trees: a crash restarted in place", step_supervision),
+    Step("distributed supervisor: kill -9 a member", step_dsupervisor),
     Step("leader election: kill -9 the leader's node", step_leader),
     Step("discovery: 3 nodes find each other by gossip", step_gossip),
 ]
