@@ -159,7 +159,9 @@ class DistributedSupervisor:
         """Start this node's member of the distributed supervisor ``name``.
 
         Args:
-            intensity, period: the member's restart intensity (its local restarts).
+            intensity: more than this many local restarts within ``period`` seconds
+                stop the member (its children are then taken over by the others).
+            period: the window of the intensity, in seconds.
             tombstone_ttl: seconds a deleted child's entry is kept.
             handoff_timeout: seconds a moving child may take to give its state.
             link_to: the member's parent (as for :meth:`fabric.Supervisor.start`).
