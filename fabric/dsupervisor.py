@@ -292,18 +292,28 @@ class _Member(_Server):
                     if pid != self.pid and snapshot:
                         self._send(pid, (_TAG, "put", snapshot))
             await self._members_changed()
-        elif head == _TAG and len(message) >= 3 and message[1] == "put":
-            entries = dict(Entry.from_wire(item) for item in message[2])
-            await self._execute(self.placement.merge(entries, self._now()))
-        elif head == _TAG and len(message) == 3 and message[1] == "leaving":
-            await self._execute(self.placement.member_leaving(message[2], self._now()))
-        elif head == _TAG and len(message) == 5 and message[1] == "handoff":
-            key, entry = Entry.from_wire(message[2])
-            await self._execute(self.placement.handed_over(key, entry, message[3],
-                                                           self._now()))
-            self._send(message[4], (_TAG, "handed", key))
-        elif not _is_handed(message):  # acks of moves on join need no answer
+        elif head == _TAG:
+            try:
+                await self._from_member(message)
+            except (ValueError, TypeError, IndexError) as exc:  # a peer's bad message
+                self.node.log.warning("dsupervisor_bad_message", supervisor=self.name,
+                                      error=repr(exc), message=repr(message)[:200])
+        else:
             await super().handle_info(message)
+
+    async def _from_member(self, message: tuple[Any, ...]) -> None:
+        kind, now = message[1], self._now()
+        if kind == "put":
+            entries = dict(Entry.from_wire(item) for item in message[2])
+            await self._execute(self.placement.merge(entries, now))
+        elif kind == "leaving" and type(message[2]) is str:
+            await self._execute(self.placement.member_leaving(message[2], now))
+        elif kind == "handoff":
+            key, entry = Entry.from_wire(message[2])
+            await self._execute(self.placement.handed_over(key, entry, message[3], now))
+            self._send(message[4], (_TAG, "handed", key))
+        elif kind != "handed":  # acks of moves on join need no answer
+            raise ValueError(f"unknown message {kind!r}")
 
     async def handle_call(self, request: Any, from_: From) -> Any:
         op, placement, now = request[0], self.placement, self._now()
@@ -400,7 +410,7 @@ class _Member(_Server):
         if wants_state:  # a local restart starts afresh: no hand-off state then
             self.specs[key] = ChildSpec(key, start, (*spec.args, None), spec.restart,
                                         spec.shutdown, local_name)
-        await self._execute(self.placement.started(key, pid))
+        await self._execute(self.placement.started(key, pid, self._now()))
 
     async def _start(self, spec: ChildSpec) -> Pid:
         """Start a child; register its global name (every incarnation, restarts too)."""
@@ -459,7 +469,7 @@ class _Member(_Server):
                 placement.stopped(key)
                 await self._execute(placement.delete(key, now))
             elif entry is not None and entry.pid != child.pid:
-                await self._execute(placement.started(key, child.pid))
+                await self._execute(placement.started(key, child.pid, now))
 
     async def _members_changed(self) -> None:
         members = self.node.pg.get_members(self.name, scope=SCOPE)

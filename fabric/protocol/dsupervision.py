@@ -218,12 +218,12 @@ class PlacementCore:
         self._write(key, Entry(spec, self.node, self._tick(), movable))
         return [StartHere(key, spec)]
 
-    def started(self, key: str, pid: Any) -> list[PlacementEffect]:
+    def started(self, key: str, pid: Any, now: float) -> list[PlacementEffect]:
         """The child ``key`` runs here now as ``pid`` (a start or a local restart)."""
+        self.running.add(key)
         entry = self.table.get(key)
         if entry is None or entry.deleted or entry.node != self.node:
-            return []  # deleted or taken over while it started: reconciling stops it
-        self.running.add(key)
+            return self._reconcile(now)  # deleted or taken over meanwhile: stop it
         return [Publish({key: self._write(key, replace(entry, pid=pid,
                                                        version=self._tick()))})]
 

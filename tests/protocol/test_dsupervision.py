@@ -51,7 +51,7 @@ class Net:
                     self.run(node, core.start_failed(effect.key, "boom", self.now))
                 else:
                     self.pids += 1
-                    self.run(node, core.started(effect.key, f"{node}.{self.pids}"))
+                    self.run(node, core.started(effect.key, f"{node}.{self.pids}", self.now))
             elif type(effect) is StopHere:
                 self.stops.append((node, effect.key))
                 core.stopped(effect.key)
@@ -209,3 +209,13 @@ def test_entries_round_trip_and_malformed_ones_are_refused() -> None:
                 ("k", None, "a", "3", "b", True, None, False)]:
         with pytest.raises(ValueError):
             Entry.from_wire(bad)
+
+
+def test_a_child_taken_elsewhere_while_it_started_is_stopped_once_it_runs() -> None:
+    core = PlacementCore("a")
+    core.set_members({"a", "b"}, 0)
+    assert core.add("job", ("spec",), False, 0) == [StartHere("job", ("spec",))]
+    newer = Entry(("spec",), "b", (99, "b"), pid="b.1")
+    assert core.merge({"job": newer}, 0) == []  # not running here yet: nothing to stop
+    assert core.started("job", "a.1", 0) == [StopHere("job")]
+    assert core.running == set() and core.live()["job"] == newer
