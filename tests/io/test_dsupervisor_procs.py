@@ -13,6 +13,7 @@ import pytest
 
 import fabric
 from fabric import GlobalName, Node
+from fabric.dsupervisor import SCOPE
 from fabric.testing import NodeProcess, async_wait_until, free_port
 from fabric.testing.cluster import DEFAULT_COOKIE
 
@@ -50,6 +51,10 @@ def test_children_of_a_stopped_node_all_run_again_on_the_survivors(
                     for name in procs:
                         assert await client.connect(name), client.last_connect_error(name)
                     inbox = client.new_mailbox()
+                    await async_wait_until(  # the three members formed the group
+                        lambda: {p.node for p in client.pg.get_members("sessions",
+                                                                       scope=SCOPE)}
+                        == set(procs), 15, message="the members' group")
 
                     async def started() -> Any:
                         # Retried until the three members see each other (bounded).
@@ -59,8 +64,6 @@ def test_children_of_a_stopped_node_all_run_again_on_the_survivors(
                         return reply[1] if reply[0] == "started" else None
 
                     placed = dict(await async_wait_until(started, 15, interval=0.2))
-                    # The first member placed them while the others may still have been
-                    # joining: wait until the ring has spread them over all three.
                     homes = await async_wait_until(
                         lambda: _all_answer(client, KEYS, set(procs)), 15,
                         message="every child answering from a member")
