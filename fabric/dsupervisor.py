@@ -84,8 +84,8 @@ SCOPE: Final = "fabric.dsupervisor"
 HANDOFF: Final = ("fabric.handoff",)
 _TAG: Final = "fabric.dsupervisor"  # first element of the members' messages to each other
 _MAX_FORWARDS = 3  # hops a request follows while member views disagree
-_NAME_RETRIES = 40  # a global name still held by a dead incarnation: retry this often,
-_NAME_RETRY_S = 0.05  # this far apart (2 s in all), until its node's death is processed
+_NAME_RETRIES = 100  # a global name still held by a dead incarnation: retry this often,
+_NAME_RETRY_S = 0.05  # this far apart (5 s in all), until its node's death is processed
 
 
 @dataclass(frozen=True)
@@ -476,8 +476,7 @@ class _Member(_Server):
         nodes = {p.node for p in members}
         if self.placement.leaving:
             nodes.discard(self.node.name)
-        connected = {self.node.name, *self.node.nodes(), *self.node.hidden_nodes()}
-        await self._execute(self.placement.set_members(nodes, self._now(), connected))
+        await self._execute(self.placement.set_members(nodes, self._now()))
 
     def _send(self, dest: Any, message: Any) -> None:
         try:

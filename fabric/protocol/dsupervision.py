@@ -162,7 +162,6 @@ class PlacementCore:
         self.members: frozenset[str] = frozenset()
         self.running: set[str] = set()  # keys whose child runs on this node
         self.leaving = False
-        self.connected: frozenset[str] = frozenset()
         self._seen: set[str] = set()  # every node ever seen as a member
         self._departing: set[str] = set()  # members that announced they are leaving
         self._clock = 0
@@ -186,25 +185,24 @@ class PlacementCore:
 
     # -- inputs ---------------------------------------------------------------------------
 
-    def set_members(self, nodes: set[str] | frozenset[str], now: float,
-                    connected: set[str] | frozenset[str] | None = None
+    def set_members(self, nodes: set[str] | frozenset[str], now: float
                     ) -> list[PlacementEffect]:
-        """The member nodes now (this node included while its member is in the group),
-        and the nodes this node is connected to (None: the members)."""
+        """The member nodes now (this node included while its member is in the group)."""
         self.members = frozenset(nodes)
         self._seen |= self.members
         self._departing &= self.members
-        self.connected = self.members if connected is None else frozenset(connected)
         self._rebuild_ring()
         return self._reconcile(now)
 
     def orphaned(self, node: str) -> bool:
-        """True if children placed on ``node`` need a new home: it is not a member, and
-        either it was one (it died or its member stopped) or it is not even connected.
-        A connected node never seen as a member may be one whose join has not reached
-        this node yet (its publishes can come first): its children are left alone."""
-        return node not in self.members and (node in self._seen
-                                             or node not in self.connected)
+        """True if children placed on ``node`` need a new home: this member saw ``node``
+        as a member, and it is not one any more (it died, or its member stopped).
+
+        A node never seen as a member is left alone: it may be one whose join has not
+        reached this node yet (a joining member learns the table, and other members'
+        publishes can overtake their pg joins). If it is dead instead, the members that
+        saw it leave take its children over."""
+        return node not in self.members and node in self._seen
 
     def add(self, key: str, spec: Any, movable: bool, now: float) -> list[PlacementEffect]:
         """A new child placed here (the caller checked :meth:`owner`).

@@ -27,7 +27,8 @@ async def answers(client: Node, key: str) -> str | None:
     """The node the child ``key`` answers from (None: it does not answer now)."""
     try:
         node_name, _ = await fabric.call(client, GlobalName(key), "where", timeout=1.0)
-    except fabric.FabricError:
+    except fabric.FabricError as exc:
+        LAST.setdefault("errors", {})[key] = repr(exc)
         return None
     return str(node_name)
 
@@ -66,7 +67,7 @@ def test_children_of_a_stopped_node_all_run_again_on_the_survivors(
                     placed = dict(await async_wait_until(started, 15, interval=0.2))
                     homes = await async_wait_until(
                         lambda: _all_answer(client, KEYS, set(procs)), 15,
-                        message="every child answering from a member")
+                        message=lambda: f"every child answering from a member: {LAST}")
                     victim_name, count = Counter(homes.values()).most_common(1)[0]
                     assert count > 0 and set(placed) == set(KEYS)
                     for key in KEYS:
@@ -78,7 +79,7 @@ def test_children_of_a_stopped_node_all_run_again_on_the_survivors(
                     survivors = set(procs) - {victim_name}
                     after = await async_wait_until(
                         lambda: _all_answer(client, KEYS, survivors), 15,
-                        message="every child answering from a survivor")
+                        message=lambda: f"every child answering from a survivor: {LAST}")
                     assert set(after.values()) <= survivors
                     assert [k for k in KEYS if homes[k] != victim_name
                             and after[k] != homes[k]] == []  # the others did not move
@@ -93,8 +94,12 @@ def test_children_of_a_stopped_node_all_run_again_on_the_survivors(
             arun(body(), timeout=60)
 
 
+LAST: dict[str, Any] = {}  # the last answers, for a failure's message
+
+
 async def _all_answer(client: Node, keys: list[str], nodes: set[str]) -> dict[str, str] | None:
     """``key -> node`` if every child answers from one of ``nodes``, else None."""
     homes = dict(zip(keys, await asyncio.gather(*(answers(client, k) for k in keys)),
                      strict=True))
+    LAST.update(homes=homes, names={k: client.global_.whereis_name(k) for k in keys})
     return homes if all(h in nodes for h in homes.values()) else None  # type: ignore[return-value]

@@ -219,3 +219,15 @@ def test_a_child_taken_elsewhere_while_it_started_is_stopped_once_it_runs() -> N
     assert core.merge({"job": newer}, 0) == []  # not running here yet: nothing to stop
     assert core.started("job", "a.1", 0) == [StopHere("job")]
     assert core.running == set() and core.live()["job"] == newer
+
+
+def test_children_on_a_node_never_seen_as_a_member_are_not_taken_over() -> None:
+    core = PlacementCore("a")
+    core.set_members({"a"}, 0)
+    # A publish from "b" overtook b's join (or a joiner got the table first): b's child
+    # is not an orphan, though the ring of {a} would give it to a.
+    assert core.merge({"job": Entry(("spec",), "b", (1, "b"), pid="b.1")}, 0) == []
+    assert not core.orphaned("b")
+    core.set_members({"a", "b"}, 0)
+    plan = core.set_members({"a"}, 1)  # now b was seen, and left: a takes over
+    assert [e for e in plan if type(e) is StartHere] == [StartHere("job", ("spec",))]
