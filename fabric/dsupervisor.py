@@ -405,7 +405,13 @@ class _Member(_Server):
             self._forget(key)
             self.dspecs.pop(key, None)
             self._failures[key] = str(exc)
-            await self._execute(self.placement.start_failed(key, str(exc), self._now()))
+            holder = (self.node.global_.whereis_name(spec.name.name)
+                      if type(spec.name) is GlobalName else None)
+            if isinstance(exc.__cause__, NameConflictError) and holder is not None:
+                # Another copy runs (views differed): keep it rather than delete the child.
+                await self._execute(self.placement.yield_to(key, holder.node, self._now()))
+            else:
+                await self._execute(self.placement.start_failed(key, str(exc), self._now()))
             return
         if wants_state:  # a local restart starts afresh: no hand-off state then
             self.specs[key] = ChildSpec(key, start, (*spec.args, None), spec.restart,

@@ -230,6 +230,17 @@ class PlacementCore:
         return [Log("error", "dsupervisor_child_start_failed", {"key": key, "reason": reason}),
                 *self.delete(key, now)]
 
+    def yield_to(self, key: str, node: str, now: float) -> list[PlacementEffect]:
+        """Starting the child ``key`` here failed because ``node`` runs it already (its
+        global name is held there): record that place instead of deleting the child."""
+        entry = self.table.get(key)
+        self.running.discard(key)
+        if entry is None or entry.deleted or node == self.node:
+            return self.start_failed(key, "name held here", now)
+        moved = self._write(key, replace(entry, node=node, pid=None, version=self._tick()))
+        return [Log("warning", "dsupervisor_child_runs_elsewhere", {"key": key, "node": node}),
+                Publish({key: moved})]
+
     def delete(self, key: str, now: float) -> list[PlacementEffect]:
         """Delete the child ``key`` (terminated on request, or ended for good here)."""
         entry = self.table.get(key)

@@ -231,3 +231,17 @@ def test_children_on_a_node_never_seen_as_a_member_are_not_taken_over() -> None:
     core.set_members({"a", "b"}, 0)
     plan = core.set_members({"a"}, 1)  # now b was seen, and left: a takes over
     assert [e for e in plan if type(e) is StartHere] == [StartHere("job", ("spec",))]
+
+
+def test_a_takeover_refused_because_another_copy_runs_records_that_copy() -> None:
+    net = Net("a", "b", "c")
+    net.view("a", "b", "c")
+    owner = net.start_child("job")
+    survivor = next(n for n in ("a", "b", "c") if n not in (owner,))
+    other = next(n for n in ("a", "b", "c") if n not in (owner, survivor))
+    core = net.cores[survivor]
+    plan = core.yield_to("job", other, 0)  # its start found the name held on `other`
+    assert [type(e) for e in plan] == [Log, Publish]
+    assert core.live()["job"].node == other  # kept, not deleted
+    assert type(core.yield_to("job", survivor, 0)[-1]) is Publish  # held here: deleted
+    assert core.snapshot()["job"].deleted
