@@ -29,7 +29,8 @@ table, a hash ring of the members, reconciliation); this module carries its plan
   argument of its ``init`` (None on a fresh start, so ``init(self, *args, state)``).
 * Names follow the child: ``name="x"`` registers the local name ``x`` on whichever node
   runs it; ``name=GlobalName("x")`` registers ``x`` with ``node.global_`` for every
-  incarnation, so ``call(node, GlobalName("x"), ...)`` reaches it wherever it is.
+  incarnation, so ``call(node, GlobalName("x"), ...)`` reaches it wherever it is;
+  ``registry_name=x`` registers it in the default :class:`~fabric.Registry`.
 
 Children are started from ``"module:function"`` or ``"module:Class"`` strings, exported
 with :func:`fabric.export` (specs travel between nodes; code never does), and ``args``
@@ -70,6 +71,7 @@ from fabric.protocol.supervision import (
     SupervisorCore,
     check_shutdown,
 )
+from fabric.registry import Registry
 from fabric.supervisor import ChildSpec, _Server, _StartFailed
 from fabric.types import GlobalName, Pid
 
@@ -106,6 +108,8 @@ class DistributedChildSpec:
         handoff: move the child when the ring gives its key to another member (a node
             joined, or this one is leaving); a GenServer child hands its state over
             (see the module docstring).
+        registry_name: also register every incarnation under this name in the default
+            :class:`~fabric.Registry` (``Registry(node).lookup(name)`` finds it).
     """
 
     key: str
@@ -115,6 +119,7 @@ class DistributedChildSpec:
     shutdown: float | str = 5.0
     name: str | GlobalName | None = None
     handoff: bool = False
+    registry_name: Any = None
 
     def to_wire(self) -> tuple[Any, ...]:
         kind: str | None = None
@@ -124,14 +129,14 @@ class DistributedChildSpec:
         elif self.name is not None:
             kind = "local"
         return (self.key, self.start, tuple(self.args), self.restart, self.shutdown, kind,
-                name, self.handoff)
+                name, self.handoff, self.registry_name)
 
     @staticmethod
     def from_wire(wire: Any) -> DistributedChildSpec:
-        key, start, args, restart, shutdown, kind, name, handoff = wire
+        key, start, args, restart, shutdown, kind, name, handoff, registry_name = wire
         return DistributedChildSpec(key, start, tuple(args), restart, shutdown,
                                     GlobalName(name) if kind == "global" else name,
-                                    bool(handoff))
+                                    bool(handoff), registry_name)
 
     def validate(self) -> None:
         """Raises ValueError for a spec no member could start."""
@@ -424,6 +429,8 @@ class _Member(_Server):
         dspec = self.dspecs.get(spec.id)
         if dspec is not None and type(dspec.name) is GlobalName:
             await self._register_global(dspec.name.name, pid)
+        if dspec is not None and dspec.registry_name is not None:
+            Registry(self.node).register(dspec.registry_name, pid)
         return pid
 
     async def _register_global(self, name: Hashable, pid: Pid) -> None:

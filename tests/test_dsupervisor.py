@@ -14,7 +14,7 @@ import pytest
 from _exported import COOKIE, async_test, cluster, new_name, wait_until
 
 import fabric
-from fabric import GlobalName, Node, Supervisor
+from fabric import GlobalName, Node, Registry, Supervisor
 from fabric.dsupervisor import DistributedChildSpec, DistributedSupervisor
 from fabric.protocol.hashring import HashRing
 
@@ -30,7 +30,8 @@ async def until(pred: Any, what: str = "") -> None:
 
 
 def counter(key: str, **options: Any) -> DistributedChildSpec:
-    return DistributedChildSpec(key, COUNTER, args=(key,), name=GlobalName(key), **options)
+    return DistributedChildSpec(key, COUNTER, args=(key,), name=GlobalName(key),
+                                registry_name=("counter", key), **options)
 
 
 async def where(node: Node, key: str) -> tuple[str, int]:
@@ -87,6 +88,9 @@ async def test_children_spread_over_the_members_and_a_crash_restarts_in_place() 
         await until(lambda: nodes[1].global_.whereis_name(key) not in (None, old),
                          what="the restarted child's global name")
         assert await where(nodes[1], key) == (home, 0)  # same node, fresh state
+        new = nodes[1].global_.whereis_name(key)
+        await until(lambda: Registry(nodes[2]).lookup(("counter", key)) == [new],
+                    what="the registry name follows the restart")
         await all_know(sups, len(KEYS))
         assert dict((k, (n, p)) for k, n, p in await sups[2].which_children())[key] == \
             (home, nodes[1].global_.whereis_name(key))
