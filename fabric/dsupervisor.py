@@ -198,7 +198,8 @@ class DistributedSupervisor:
 
     async def start_child(self, spec: DistributedChildSpec,
                           timeout: float = 10.0) -> tuple[str, Pid]:
-        """Start ``spec`` on the member that owns its key; returns ``(node, pid)``.
+        """Start ``spec`` on the member that owns its key; returns ``(node, pid)`` once
+        every other member holds the child's entry (or left, or ``handoff_timeout`` passed).
 
         Raises:
             ValueError: an invalid spec, or a child with this key exists already.
@@ -311,13 +312,15 @@ class _Member(_Server):
         if kind == "put":
             entries = dict(Entry.from_wire(item) for item in message[2])
             await self._execute(self.placement.merge(entries, now))
+            if len(message) == 5:  # the writer waits until every member holds them
+                self._send(message[3], (_TAG, "put_ack", message[4], self.node.name))
         elif kind == "leaving" and type(message[2]) is str:
             await self._execute(self.placement.member_leaving(message[2], now))
         elif kind == "handoff":
             key, entry = Entry.from_wire(message[2])
             await self._execute(self.placement.handed_over(key, entry, message[3], now))
             self._send(message[4], (_TAG, "handed", key))
-        elif kind != "handed":  # acks of moves on join need no answer
+        elif kind not in ("handed", "put_ack"):  # late acks need no answer
             raise ValueError(f"unknown message {kind!r}")
 
     async def handle_call(self, request: Any, from_: From) -> Any:
@@ -357,6 +360,7 @@ class _Member(_Server):
             entry = placement.table[spec.key]
             if entry.deleted or entry.pid is None:
                 return (False, ("start_failed", self._failures.pop(spec.key, "not started")))
+            await self._replicated(spec.key, entry)
             return (True, (self.node.name, entry.pid))
         if op == "terminate_child":
             held = placement.table.get(request[1])
@@ -367,6 +371,31 @@ class _Member(_Server):
             await self._execute(placement.delete(request[1], now))
             return (True, None)
         return (False, ("invalid", f"unknown request {op!r}"))
+
+    async def _replicated(self, key: str, entry: Entry) -> None:
+        """Send ``entry`` to every other member and wait (at most ``handoff_timeout``)
+        until each holds it or left the group: then a crash of this node a moment
+        after ``start_child`` answered cannot lose the child."""
+        ref = self.node.make_ref()
+        waiting = set()
+        for pid in self.node.pg.get_members(self.name, scope=SCOPE):
+            if pid != self.pid:
+                waiting.add(pid.node)
+                self._send(pid, (_TAG, "put", [entry.to_wire(key)], self.pid, ref))
+
+        def is_ack(m: Any) -> bool:
+            return (type(m) is tuple and len(m) == 4 and m[:3] == (_TAG, "put_ack", ref))
+
+        deadline = self._now() + self.handoff_timeout
+        while waiting and (left := deadline - self._now()) > 0:
+            ack = await self.proc.receive(is_ack, timeout=min(left, 0.05), default=None)
+            if ack is not None:
+                waiting.discard(ack[3])
+            else:  # a member that left answers never: stop waiting for it
+                waiting &= {p.node for p in self.node.pg.get_members(self.name, scope=SCOPE)}
+        if waiting:
+            self.node.log.warning("dsupervisor_replication_incomplete", supervisor=self.name,
+                                  key=key, missing=sorted(waiting))
 
     # -- carrying plans out ---------------------------------------------------------------
 

@@ -74,9 +74,11 @@ async def test_children_spread_over_the_members_and_a_crash_restarts_in_place() 
         placed = {key: await sups[0].start_child(counter(key)) for key in KEYS}
         ring = HashRing(sorted(n.name for n in nodes))
         assert {k: n for k, (n, _) in placed.items()} == {k: ring.lookup(k) for k in KEYS}
+        # start_child answers once every member holds the entry: no waiting here.
+        for sup in sups:
+            assert {k: (n, p) for k, n, p in await sup.which_children()} == placed
         with pytest.raises(ValueError):
             await sups[1].start_child(counter(KEYS[0]))  # the key is taken
-        await all_know(sups, len(KEYS))
         for key, (node_name, pid) in placed.items():
             assert await where(nodes[2], key) == (node_name, 0)
             assert nodes[0].global_.whereis_name(key) == pid
