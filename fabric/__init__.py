@@ -12,6 +12,8 @@ import fabric.global_  # noqa: F401
 import fabric.pg  # noqa: F401
 from fabric import rpc
 from fabric.config import NodeConfig
+from fabric.dsupervisor import DistributedChildSpec, DistributedSupervisor
+from fabric.dynamic_supervisor import DynamicSupervisor
 from fabric.errors import (
     AuthenticationError,
     BackpressureError,
@@ -71,7 +73,10 @@ __all__ = [
     "ConsistencyError",
     "DataChanged",
     "DataDeleted",
+    "DistributedChildSpec",
+    "DistributedSupervisor",
     "Down",
+    "DynamicSupervisor",
     "Exit",
     "FabricError",
     "FabricTimeout",

@@ -39,15 +39,15 @@ cache are in :meth:`Cache.stats` and in ``fabric status``.
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.util
+import functools
 import inspect
 import itertools
 import math
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+from fabric import lowlevel
 from fabric.errors import (
     CacheError,
     CacheUnavailableError,
@@ -56,6 +56,7 @@ from fabric.errors import (
     LocalProtocolError,
 )
 from fabric.protocol.cache import CacheCore, Result
+from fabric.protocol.events import PgJoin, PgLeave
 from fabric.protocol.hashring import key_bytes
 from fabric.types import Pid
 
@@ -123,9 +124,9 @@ class Cache:
         self._loop = node.loop
         self._group = (GROUP, name)
         self._members: set[Pid] = set()
-        _host(node).add_service(self.core)
-        self._run = _host(node).run_service
-        self._expect = _host(node).expect
+        lowlevel.add_service(node, self.core)
+        self._run = functools.partial(lowlevel.run_service, node)
+        self._expect = functools.partial(lowlevel.expect, node)
         self._run(self._service, self.core.start(self._loop.time()))
         self._box = node.new_mailbox()
         if owner:
@@ -285,12 +286,11 @@ class Cache:
 
     async def _watch(self) -> None:
         while True:  # ends when close() cancels it, or the node stops
-            change = _pg_change(await self._box.receive())
-            if change is not None and change[1] == self._monitor:
-                if change[0] == "pg_join":
-                    self._set_members(self._members | set(change[2]))
-                else:
-                    self._set_members(self._members - set(change[2]))
+            event = await self._box.receive()
+            if type(event) is PgJoin and event.token == self._monitor:
+                self._set_members(self._members | set(event.pids))
+            elif type(event) is PgLeave and event.token == self._monitor:
+                self._set_members(self._members - set(event.pids))
 
     def _set_members(self, members: set[Pid]) -> None:
         self._members = members
@@ -341,51 +341,6 @@ class Cache:
             raise CacheValueError(f"cache {self.name!r}: an entry of {size} bytes is over the "
                                   f"limit of {self.max_entry_bytes} (max_entry_bytes)")
         return size
-
-
-def _pg_change(msg: Any) -> tuple[str, Any, list[Pid]] | None:
-    """``(tag, token, pids)`` of a pg monitor message, or None for anything else: a
-    ``("pg_join" | "pg_leave", token, scope, group, pids)`` tuple, or an event object with
-    ``tag``, ``token`` and ``pids`` (what newer pg versions deliver)."""
-    if type(msg) is tuple and len(msg) == 5 and msg[0] in ("pg_join", "pg_leave"):
-        return msg[0], msg[1], list(msg[4])
-    tag = getattr(msg, "tag", None)
-    if tag in ("pg_join", "pg_leave"):
-        return tag, getattr(msg, "token", None), list(getattr(msg, "pids", ()))
-    return None
-
-
-class _Host(Protocol):
-    def add_service(self, core: Any) -> None: ...
-
-    def run_service(self, service: str, effects: list[Any]) -> Any: ...
-
-    def expect(self, token: Any) -> asyncio.Future[Any]: ...
-
-
-def _host(node: Node) -> _Host:
-    """Where the node's service-hosting calls live: ``fabric.lowlevel`` where it exists
-    (newer fabric moved them there from ``Node``), else the node's own methods."""
-    if importlib.util.find_spec("fabric.lowlevel") is None:
-        return node
-    lowlevel = importlib.import_module("fabric.lowlevel")
-    return _LowLevelHost(node, lowlevel)
-
-
-class _LowLevelHost:
-    def __init__(self, node: Node, lowlevel: Any) -> None:
-        self._node = node
-        self._lowlevel = lowlevel
-
-    def add_service(self, core: Any) -> None:
-        self._lowlevel.add_service(self._node, core)
-
-    def run_service(self, service: str, effects: list[Any]) -> Any:
-        return self._lowlevel.run_service(self._node, service, effects)
-
-    def expect(self, token: Any) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = self._lowlevel.expect(self._node, token)
-        return fut
 
 
 def _expire(fut: asyncio.Future[Any], limit: float) -> None:

@@ -26,6 +26,13 @@ prints its traceback and stops the node with exit code 1::
 
     $ fabric node --name kv@127.0.0.1:9100 --no-repl --run myapp.kv:start
 
+``--app module:function`` starts the program's supervision tree after them
+(:mod:`fabric.application`: ``function(node)`` returns the child specs; the root is
+registered as ``"app"``); on SIGTERM it is stopped before the node, after its distributed
+supervisor members handed their children over::
+
+    $ fabric node --name kv@127.0.0.1:9100 --no-repl --app myapp.tree:children
+
 Theory of operation
 -------------------
 The node's event loop owns the main thread for the whole run: heartbeats must keep flowing
@@ -80,6 +87,7 @@ from typing import Any
 
 import fabric
 from fabric import loop as fabric_loop
+from fabric.application import start_application, stop_application
 from fabric.discovery.config import parse_specs
 from fabric.errors import ConfigError, FabricError
 from fabric.logs import TextSink, configure_logging
@@ -149,6 +157,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run", dest="start", action="append", metavar="MODULE:FUNCTION",
                    type=lambda spec: ("run", spec),
                    help="call (and await) FUNCTION(node) at start")
+    p.add_argument("--app", metavar="MODULE:FUNCTION",
+                   help="start the application: a supervision tree over the child specs "
+                        "FUNCTION(node) returns, after --eval/--run; stopped first on exit "
+                        "(fabric.application)")
     args = p.parse_args(argv)
     try:
         parse_node_name(args.name)
@@ -158,6 +170,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         for kind, text in args.start:
             if kind == "run" and not re.fullmatch(r"[\w.]+:\w+", text):
                 raise ConfigError(f"--run {text!r}: expected module:function")
+        if args.app is not None and not re.fullmatch(r"[\w.]+:\w+", args.app):
+            raise ConfigError(f"--app {args.app!r}: expected module:function")
         parse_specs(";".join(args.discovery))
     except ConfigError as exc:
         p.error(str(exc))
@@ -512,6 +526,8 @@ async def run(args: argparse.Namespace, out: Output,
     namespace = _namespace(node)
     try:
         await run_start_code(args.start, namespace)
+        if args.app is not None:
+            namespace["app"] = await start_application(node, args.app)
     except Exception:
         traceback.print_exc()
         return await _shut_down(node, out, [monitor_task, *background], status, 1)
@@ -555,6 +571,9 @@ async def _shut_down(node: Node, out: Output, tasks: list[asyncio.Task[Any]],
     for task in others:
         task.cancel()
     await asyncio.gather(*others, return_exceptions=True)
+    # The application first: distributed children move to other nodes while this one is
+    # still a member, then the tree stops in order (a no-op without --app).
+    await stop_application(node)
     await node.stop()
     # The monitor ends when the node stops; its last events (our own view of the
     # sessions ending) are still worth printing.

@@ -47,8 +47,11 @@ from fabric.genserver import From, GenServer
 from fabric.process import NORMAL, Exit, Process, ProcessExit, exception_reason
 from fabric.protocol.effects import Log
 from fabric.protocol.supervision import (
+    ALL_SIGNIFICANT,
+    ANY_SIGNIFICANT,
     BRUTAL_KILL,
     INFINITY,
+    NEVER,
     ONE_FOR_ALL,
     ONE_FOR_ONE,
     PERMANENT,
@@ -67,8 +70,11 @@ if TYPE_CHECKING:
     from fabric.node import Node
 
 __all__ = [
+    "ALL_SIGNIFICANT",
+    "ANY_SIGNIFICANT",
     "BRUTAL_KILL",
     "INFINITY",
+    "NEVER",
     "ONE_FOR_ALL",
     "ONE_FOR_ONE",
     "PERMANENT",
@@ -100,6 +106,8 @@ class ChildSpec:
         shutdown: seconds it may take to stop after the exit signal ``"shutdown"``
             before it is killed, ``"brutal_kill"`` or ``"infinity"``.
         name: a local name registered for every incarnation.
+        significant: with the supervisor's ``auto_shutdown``, this child ending by
+            itself (and not restarted: transient or temporary only) ends the supervisor.
     """
 
     id: str
@@ -108,6 +116,7 @@ class ChildSpec:
     restart: str = PERMANENT
     shutdown: float | str = 5.0
     name: str | None = None
+    significant: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,7 @@ class _Nested:
     strategy: str
     intensity: int
     period: float
+    auto_shutdown: str
 
 
 class Supervisor:
@@ -133,6 +143,7 @@ class Supervisor:
         name: str | None = None,
         link_to: Process | None = None,
         timeout: float | None = None,
+        auto_shutdown: str = NEVER,
     ) -> Pid:
         """Start a supervisor on ``node`` and its children in order; returns its pid.
 
@@ -145,14 +156,16 @@ class Supervisor:
             name: register the supervisor under this local name.
             link_to: its parent: linked, and its exit signal stops the supervisor.
             timeout: seconds starting all children may take (None: no limit).
+            auto_shutdown: ``"never"``, ``"any_significant"`` (end when a significant
+                child ends by itself) or ``"all_significant"`` (when all of them have).
 
         Raises:
             ValueError: an invalid strategy, intensity, period or child spec.
             Exception: the error of the first child that failed to start.
         """
-        core = SupervisorCore(strategy, intensity, period)  # validates before spawning
+        core = SupervisorCore(strategy, intensity, period, auto_shutdown)  # validates first
         for spec in children:
-            core.add(spec.id, spec.restart, spec.shutdown)
+            core.add(spec.id, spec.restart, spec.shutdown, spec.significant)
         return await _Server.start(node, core, tuple(children),
                                    None if link_to is None else link_to.self,
                                    name=name, link_to=link_to, timeout=timeout)
@@ -160,11 +173,15 @@ class Supervisor:
     @staticmethod
     def child_spec(id: str, children: Sequence[ChildSpec], strategy: str = ONE_FOR_ONE,
                    intensity: int = 3, period: float = 5.0, name: str | None = None,
-                   restart: str = PERMANENT) -> ChildSpec:
+                   restart: str = PERMANENT, auto_shutdown: str = NEVER,
+                   significant: bool = False) -> ChildSpec:
         """A nested supervisor as a child of another one (shutdown ``"infinity"``)."""
-        SupervisorCore(strategy, intensity, period)  # validates now, not at start
-        nested = _Nested(tuple(children), strategy, intensity, period)
-        return ChildSpec(id, nested, restart=restart, shutdown=INFINITY, name=name)
+        core = SupervisorCore(strategy, intensity, period, auto_shutdown)  # validates now
+        for spec in children:
+            core.add(spec.id, spec.restart, spec.shutdown, spec.significant)
+        nested = _Nested(tuple(children), strategy, intensity, period, auto_shutdown)
+        return ChildSpec(id, nested, restart=restart, shutdown=INFINITY, name=name,
+                         significant=significant)
 
     @staticmethod
     async def which_children(node_or_proc: Node | Process,
@@ -273,7 +290,7 @@ class _Server(GenServer):
                 return (True, await self._start_now(child.id))
             if op == "start_child":
                 spec: ChildSpec = request[1]
-                core.add(spec.id, spec.restart, spec.shutdown)
+                core.add(spec.id, spec.restart, spec.shutdown, spec.significant)
                 self.specs[spec.id] = spec
                 try:
                     return (True, await self._start_now(spec.id))
@@ -339,7 +356,8 @@ class _Server(GenServer):
         if isinstance(start, _Nested):
             return await Supervisor.start(node, start.children, start.strategy,
                                           start.intensity, start.period, name=spec.name,
-                                          link_to=self.proc)
+                                          link_to=self.proc,
+                                          auto_shutdown=start.auto_shutdown)
         if isinstance(start, type) and issubclass(start, GenServer):
             return await start.start(node, *spec.args, name=spec.name, link_to=self.proc)
         if spec.name is not None and node.whereis(spec.name) is not None:

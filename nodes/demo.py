@@ -56,6 +56,7 @@ from nodes.demo_member import HOST, member_main
 from nodes.demo_steps import (
     step_cache,
     step_crdt,
+    step_dsupervisor,
     step_genserver,
     step_gossip,
     step_groups,
@@ -65,6 +66,7 @@ from nodes.demo_steps import (
     step_restart,
     step_singleton,
     step_spawn,
+    step_supervision,
 )
 
 
@@ -85,6 +87,8 @@ STEPS: list[Step] = [
     Step("restart n3: NodeUp everywhere", step_restart),
     Step("CRDTs: writes on both sides of a partition", step_crdt),
     Step("distributed cache: replicas, TTL, kill -9 n3, a 4th owner", step_cache),
+    Step("supervision trees: a crash restarted in place", step_supervision),
+    Step("distributed supervisor: kill -9 a member", step_dsupervisor),
     Step("leader election: kill -9 the leader's node", step_leader),
     Step("discovery: 3 nodes find each other by gossip", step_gossip),
     Step("cluster singleton: kill -9 its node, then a graceful stop", step_singleton),

@@ -11,6 +11,9 @@ log goes to stderr, which the narrator keeps in a file and shows only when somet
 fails. A member stops gracefully on SIGTERM or SIGINT, and on its own when the narrator
 disappears or after ``--lifetime`` seconds.
 
+Each member starts its application at start: a supervision tree with a worker and a
+member of the distributed supervisor ``demo_jobs`` (:func:`application`).
+
 Everything else the walkthrough shows happens through fabric itself: the narrator
 ``spawn_on``-s the exported process functions below on the members, and they answer by
 sending tuples to a pid the narrator passed them (the mailbox of the step that asked), with
@@ -35,6 +38,7 @@ import time
 from typing import Any, TextIO
 
 import fabric
+from fabric.application import start_application
 from fabric.ddata import GCounter, Key, ORSet, Replicator
 from fabric.logs import configure_logging
 
@@ -316,6 +320,59 @@ async def crdt_worker(proc: fabric.Process, reply_to: fabric.Pid,
             proc.send(reply_to, (answer[0], proc.node.name, *answer[1:]))
 
 
+# -- steps 7 and 8: the application's supervision tree ----------------------------------------
+
+
+JOBS = "demo_jobs"  # the distributed supervisor every member's tree has a member of
+
+
+class Worker(fabric.GenServer):
+    """The supervised worker of every member's tree: ``"whoami"`` -> ``(node, pid)``;
+    ``"crash"`` raises (its supervisor restarts it in place)."""
+
+    async def handle_call(self, request: Any, from_: fabric.From) -> Any:
+        if request == "whoami":
+            return (self.node.name, self.pid)
+        raise RuntimeError(f"asked to {request!r}")
+
+
+@fabric.export
+class Job(fabric.GenServer):
+    """A child of the distributed supervisor: ``"where"`` -> the node it runs on."""
+
+    async def init(self, key: str) -> None:
+        self.key = key
+
+    async def handle_call(self, request: Any, from_: fabric.From) -> Any:
+        if request == "where":
+            return self.node.name
+        raise ValueError(f"unknown request {request!r}")
+
+
+def application(node: fabric.Node) -> list[fabric.ChildSpec]:
+    """Each member's supervision tree (:func:`fabric.application.start_application`): a
+    worker registered as ``"worker"``, and this node's member of :data:`JOBS`."""
+    return [fabric.ChildSpec("worker", Worker, name="worker"),
+            fabric.DistributedSupervisor.child_spec(JOBS)]
+
+
+@fabric.export
+async def start_jobs(proc: fabric.Process, reply_to: fabric.Pid, keys: list[str]) -> None:
+    """Start a :class:`Job` per key under :data:`JOBS`, globally named by its key; sends
+    ``("jobs_started", [(key, node), ...])`` or ``("jobs_failed", why)``."""
+    sup = fabric.DistributedSupervisor(proc.node, JOBS)
+    placed = []
+    try:
+        for key in keys:
+            spec = fabric.DistributedChildSpec(key, SPEC + "Job", args=(key,),
+                                               name=fabric.GlobalName(key))
+            placed.append((key, (await sup.start_child(spec, timeout=WAIT / 2))[0]))
+    except Exception as exc:  # reported to the narrator, which fails the step with it
+        proc.send(reply_to, ("jobs_failed", f"{type(exc).__name__}: {exc}"))
+        return
+    proc.send(reply_to, ("jobs_started", placed))
+
+
 # -- member mode ------------------------------------------------------------------------------
 
 
@@ -361,6 +418,7 @@ async def member_main(name: str, seed: str | None, pub_port: int, lifetime: floa
     node = fabric.Node(name, pub_port=pub_port)
     async with node:
         events = node.monitor_nodes()  # subscribe before connecting: miss no nodeup
+        await start_application(node, "nodes.demo_member:application")
         emit("started", name=node.name, creation=node.creation, pid=os.getpid())
 
         async def pump() -> None:

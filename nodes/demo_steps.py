@@ -19,6 +19,7 @@ import socket
 import statistics
 import subprocess
 import time
+from collections import Counter
 from typing import Any
 
 import fabric
@@ -41,7 +42,8 @@ ROUND_TRIPS = 100  # hello/world round trips (and counter calls) timed after the
 COUNTER = "counter"  # the local name of the counter GenServer (step 3)
 EVENTS = "events"  # the process group of step 4
 SUBSCRIBERS = 3  # members of EVENTS per member node
-ELECTION = "scheduler"  # the leader election group of step 7
+ELECTION = "scheduler"  # the leader election group of step 9
+DSUP_JOBS = 9  # children of the distributed supervisor (step 8)
 
 
 def how_learned(m: Member, peer: str, members: list[Member]) -> str:
@@ -554,6 +556,101 @@ async def step_leader(demo: Demo) -> str:
         node.close_mailbox(mbox)
     return (f"leader on {victim.short} (term {term}) killed; {short(new.node)} leads, "
             f"term {new_term}, after {elected * 1000:.0f} ms")
+
+
+async def step_supervision(demo: Demo) -> str:
+    """Every member started its application (a supervision tree) with a worker; crash
+    n2's and see its supervisor restart it in place, under the same name."""
+    node = demo.node_up()
+    before = {}
+    for m in demo.members:
+        where, pid = await fabric.call(node, ("worker", m.name), "whoami", timeout=WAIT / 2)
+        before[m.short] = pid
+        demo.say(f"{m.short}'s tree: worker {spid(pid)} registered as 'worker' on {short(where)}")
+    target = demo.member("n2")
+    old = before[target.short]
+    t = time.monotonic()
+    try:
+        await fabric.call(node, ("worker", target.name), "crash", timeout=WAIT / 2)
+    except fabric.RemoteError as exc:
+        demo.say(f"call(('worker', {target.short}), 'crash') -> RemoteError({exc.type_name}); "
+                 "the worker crashed")
+    else:
+        raise StepFailed("the worker did not crash")
+    end = time.monotonic() + WAIT
+    while True:  # until the restarted worker answers under its name (bounded)
+        with contextlib.suppress(fabric.FabricError):
+            where, pid = await fabric.call(node, ("worker", target.name), "whoami",
+                                           timeout=WAIT / 4)
+            if pid != old:
+                break
+        if time.monotonic() > end:
+            raise StepFailed(f"no restarted worker answered on {target.short}")
+        await asyncio.sleep(0.002)
+    took = (time.monotonic() - t) * 1000
+    if short(where) != target.short:
+        raise StepFailed(f"the worker came back on {short(where)}, not {target.short}")
+    demo.say(f"restarted in place: {spid(pid)} on {short(where)} answers as 'worker', "
+             f"{took:.1f} ms after the crash")
+    return f"{len(before)} trees; n2's worker crashed, restarted in place in {took:.1f} ms"
+
+
+async def step_dsupervisor(demo: Demo) -> str:
+    """Start jobs under the distributed supervisor; kill -9 the member holding the most;
+    every job answers again, by its global name, from a survivor. Then restart it."""
+    node = demo.node_up()
+    keys = [f"job-{i}" for i in range(DSUP_JOBS)]
+    mbox = node.new_mailbox()
+    try:
+        await node.spawn_on(demo.member("n1").name, SPEC + "start_jobs", mbox.self, keys,
+                            timeout=WAIT / 2)
+        reply = await demo.receive(mbox, "the jobs to start",
+                                   tagged("jobs_started", "jobs_failed"))
+    finally:
+        node.close_mailbox(mbox)
+    if reply[0] == "jobs_failed":
+        raise StepFailed(f"start_child failed: {reply[1]}")
+    placed = dict(reply[1])
+    by_node = sorted(Counter(short(n) for n in placed.values()).items())
+    demo.say(f"start_child x{len(keys)} from n1: placed by the hash ring on "
+             f"{', '.join(f'{n} x{c}' for n, c in by_node)}; each registered globally")
+    victim = max(demo.members, key=lambda m: sum(1 for n in placed.values() if n == m.name))
+    lost = sorted(k for k, n in placed.items() if n == victim.name)
+    assert victim.proc is not None
+    demo.say(f"kill -9 {victim.short} (pid {victim.proc.pid}), which holds {len(lost)}: "
+             f"{', '.join(lost)}")
+    t_kill = demo.kill9(victim)
+
+    async def answering() -> dict[str, str]:
+        out = {}
+        for key in keys:
+            with contextlib.suppress(fabric.FabricError):
+                out[key] = await fabric.call(node, fabric.GlobalName(key), "where",
+                                             timeout=WAIT / 4)
+        return out
+
+    end = time.monotonic() + WAIT
+    while True:
+        homes = await answering()
+        if len(homes) == len(keys) and victim.name not in homes.values():
+            break
+        if time.monotonic() > end:
+            raise StepFailed(f"jobs not answering from survivors: {homes!r}")
+        await asyncio.sleep(0.002)
+    took = (time.monotonic() - t_kill) * 1000
+    moved = ", ".join(f"{k} -> {short(homes[k])}" for k in lost)
+    demo.say(f"all {len(keys)} jobs answer again {took:.1f} ms after the kill; {moved}")
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        victim.proc.wait(WAIT)  # reap it
+    mark = len(demo.reports)
+    demo.launch(victim)
+    await demo.wait_for(f"{victim.short} to restart",
+                        lambda: demo.since(mark, "started", victim.short, victim.run))
+    await demo.wait_for("the full mesh again, the narrator included", lambda: (
+        demo.full_mesh() and demo.first(mark, "nodeup", "demo", victim.short)) or None)
+    demo.say(f"{victim.short} restarted (its tree too) and rejoined the mesh")
+    return (f"{len(keys)} jobs; kill -9 {victim.short} ({len(lost)} of them): all answer "
+            f"again in {took:.0f} ms")
 
 
 def _leader_str(node: fabric.Node) -> str:

@@ -43,8 +43,9 @@ NOT_EXPORTED = {
 
 # Top-level modules whose export decisions belong to the subsystems' owners (their names
 # exist and they declare __all__; completeness is not enforced here yet), and internals.
-SUBSYSTEMS = ["cache", "calls", "ddata", "genserver", "global_", "logs", "loop", "pg",
-              "registry", "rpc", "singleton", "supervisor", "sync", "timeouts", "workers"]
+SUBSYSTEMS = ["application", "cache", "calls", "ddata", "dsupervisor", "dynamic_supervisor",
+              "genserver", "global_", "logs", "loop", "pg", "registry", "rpc", "singleton",
+              "supervisor", "sync", "timeouts", "workers"]
 # The documented low-level interface for service authors (as trio.lowlevel).
 LOWLEVEL = ["lowlevel"]
 # Programs: the console (interactive node) and the `fabric` command.

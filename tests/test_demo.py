@@ -24,8 +24,11 @@ def test_demo_runs_every_step_and_exits_0(tmp_path: Path) -> None:
     (and sees its RemoteError), fans out to a process group, sees kill -9 as
     connection_closed everywhere (and the group shrink), sees the restarted node come
     back, writes a replicated counter and set on both sides of a partition and sees them
-    converge after the heal, elects a leader and a new one with a higher term after its
-    node is killed, and exits 0."""
+    converge after the heal, serves a distributed cache through a kill -9 and a join,
+    restarts a crashed supervised worker in place, restarts a distributed supervisor's
+    children on survivors after kill -9, elects a leader and a new one with a higher term
+    after its node is killed, keeps a singleton through kill -9 and a graceful stop, and
+    exits 0."""
     env = dict(os.environ)
     env.pop("FABRIC_COOKIE", None)  # the demo makes its own cookie
     # nodes.demo from this checkout, fabric as this test run imports it (installed, in tox)
@@ -88,6 +91,21 @@ def test_demo_runs_every_step_and_exits_0(tmp_path: Path) -> None:
         assert re.search(rf"{member} counter = 238, set = \['apple@n1', 'kiwi@n1', 'pear@n2', "
                          r"'plum@n3'\]\s+\d+ ms after the heal", out), out
     assert re.search(r"all 3 agree on 238 and 4 elements", out), out
+    # Supervision: every member's tree has a worker; n2's crashes and is restarted in
+    # place; the distributed supervisor's jobs all answer from survivors after kill -9.
+    for n in ("n1", "n2", "n3"):
+        assert re.search(rf"{n}'s tree: worker <{n}\.\d+> registered as 'worker' on {n}",
+                         out), out
+    assert re.search(r"restarted in place: <n2\.\d+> on n2 answers as 'worker'", out), out
+    placed = re.search(r"start_child x9 from n1: placed by the hash ring on (.*); each", out)
+    assert placed, out
+    assert sum(int(c) for c in re.findall(r"n\d x(\d+)", placed.group(1))) == 9, out
+    killed = re.search(r"kill -9 (n\d) \(pid \d+\), which holds (\d+): ", out)
+    assert killed and int(killed.group(2)) > 0, out
+    assert re.search(r"all 9 jobs answer again [\d.]+ ms after the kill", out), out
+    moved = re.findall(r"job-\d+ -> (n\d)", out)
+    assert len(moved) == int(killed.group(2)) and killed.group(1) not in moved, out
+    assert f"{killed.group(1)} restarted (its tree too) and rejoined the mesh" in out, out
 
     # 7: the three candidates agree on one leader; its node is the one killed; the two
     # survivors agree on a new leader, elsewhere, with a higher term.

@@ -13,17 +13,22 @@ before the processes are ended:
    :class:`~fabric.errors.NodeDrainingError`, a ``NodeDownError``: nothing was done,
    call elsewhere), a remote spawn is refused likewise. Local processes keep working
    (the hooks below need them); messages (``send``) are still delivered.
-2. **Stop being routed to.** Every global name a local process holds is unregistered
+2. **Hand-off hooks.** Each hook registered with ``on_drain(hook, handoff=True)`` runs,
+   in registration order, while the node still holds its global names and pg
+   memberships: a participant that moves its work with its state (a distributed
+   supervisor's member) must do so before step 3, or the others would see it leave
+   and start its work afresh elsewhere. Such a hook withdraws from routing itself.
+3. **Stop being routed to.** Every global name a local process holds is unregistered
    (leader names excepted: unregistering one would only start an election this node may
    win again; a leader's name goes when the node does), and every pg membership of a
    local process is left, so peers' lookups stop returning this node.
-3. **Finish the calls in flight.** It waits until every call that other nodes' processes
+4. **Finish the calls in flight.** It waits until every call that other nodes' processes
    made to local servers before step 1 has been answered
    (:meth:`~fabric.node.signals.Signals.calls_in_flight`), or the server is gone.
-4. **Drain hooks.** Each ``await hook()`` registered with :meth:`Node.on_drain
-   <fabric.node.Node.on_drain>` runs, in registration order (singletons hand over, a
-   distributed supervisor moves its children marked for it). A hook that raises is
-   logged and the drain goes on; hooks run while the node is fully connected.
+5. **Drain hooks.** Each other ``await hook()`` registered with :meth:`Node.on_drain
+   <fabric.node.Node.on_drain>` runs, in registration order (singletons hand over). A
+   hook that raises is logged and the drain goes on; hooks run while the node is fully
+   connected.
 
 All of it shares one budget, ``NodeConfig.stop_grace`` seconds; whatever is left at the
 deadline is logged (``drain_incomplete``) and the stop goes on: processes are ended with
@@ -58,28 +63,34 @@ class Drain:
     def __init__(self, node: Node) -> None:
         self._node = node
         self._hooks: list[DrainHook] = []
+        self._handoff_hooks: list[DrainHook] = []  # step 2, before the names and groups go
         self.started = False  # True from step 1 on: the node refuses new work
         self.done = False  # True once the last step ended (or timed out)
 
-    def add_hook(self, hook: DrainHook) -> Callable[[], None]:
-        """Run ``await hook()`` at step 4; returns a function that removes it again."""
-        self._hooks.append(hook)
+    def add_hook(self, hook: DrainHook, handoff: bool = False) -> Callable[[], None]:
+        """Run ``await hook()`` at step 5 (step 2 if ``handoff``); returns a function that
+        removes it again."""
+        hooks = self._handoff_hooks if handoff else self._hooks
+        hooks.append(hook)
 
         def remove() -> None:
-            if hook in self._hooks:
-                self._hooks.remove(hook)
+            if hook in hooks:
+                hooks.remove(hook)
 
         return remove
 
     async def run(self, grace: float) -> bool:
-        """Steps 1 to 4 within ``grace`` seconds; True if all finished in time."""
+        """Steps 1 to 5 within ``grace`` seconds; True if all finished in time."""
         node = self._node
         loop = node.loop
         deadline = loop.time() + grace
         self.started = True
         node.signals.draining = True
         node.log.info("drain_started", calls_in_flight=node.signals.calls_in_flight())
-        complete = await self._deregister(deadline)
+        complete = True
+        for hook in list(self._handoff_hooks):
+            complete = await self._run_hook(hook, deadline) and complete
+        complete = await self._deregister(deadline) and complete
         while node.signals.calls_in_flight() and loop.time() < deadline:
             await asyncio.sleep(_POLL)
         left = node.signals.calls_in_flight()

@@ -288,16 +288,20 @@ class Node:
         refused with :class:`~fabric.errors.NodeDrainingError`."""
         return self.drain.started
 
-    def on_drain(self, hook: DrainHook) -> Callable[[], None]:
+    def on_drain(self, hook: DrainHook, handoff: bool = False) -> Callable[[], None]:
         """Run ``await hook()`` when the node stops gracefully, before it says goodbye.
 
         Hooks run after the node stopped taking new work from other nodes, unregistered
         its global names and pg memberships and let the calls in flight finish; the
-        node is still connected and local processes still run (hand singletons and
-        children over here). All of it shares ``NodeConfig.stop_grace`` seconds. Returns
-        a function that removes the hook. See :mod:`fabric.node.drain`.
+        node is still connected and local processes still run (hand singletons over
+        here). With ``handoff=True`` the hook runs earlier, right after new work is
+        refused and while the node still holds its names and groups: for work that
+        moves with its state and withdraws from routing itself (a distributed
+        supervisor's children), which others would otherwise start afresh as soon as
+        the groups are left. All of it shares ``NodeConfig.stop_grace`` seconds.
+        Returns a function that removes the hook. See :mod:`fabric.node.drain`.
         """
-        return self.drain.add_hook(hook)
+        return self.drain.add_hook(hook, handoff)
 
     async def stop(self) -> None:
         """Stop gracefully: drain, end local processes, say goodbye, close.

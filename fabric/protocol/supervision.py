@@ -33,6 +33,14 @@ chooses what restarts with the child:
   started in order;
 * ``rest_for_one`` - that child and the ones started after it, likewise.
 
+**Auto-shutdown** (Erlang's ``auto_shutdown`` and ``significant`` children): a core made
+with ``auto_shutdown="any_significant"`` ends (stops the others in reverse order, then
+:class:`StopSupervisor` with ``"shutdown"``) when a *significant* child ends by itself
+and is not restarted; with ``"all_significant"``, when the last running significant child
+does. Only transient and temporary children can be significant, and only under a core
+whose ``auto_shutdown`` is not ``"never"`` (the default); stopping a child on request
+(:meth:`SupervisorCore.terminate`) never triggers it.
+
 Temporary children stopped that way are not restarted (they are dropped). A start that
 fails during a restart counts as one more restart and is retried with the same strategy,
 so a child that can never start ends the supervisor once the intensity is spent: every
@@ -50,7 +58,11 @@ from typing import Any, Final
 from fabric.protocol.effects import Log
 
 __all__ = [
+    "ALL_SIGNIFICANT",
+    "ANY_SIGNIFICANT",
+    "AUTO_SHUTDOWNS",
     "BRUTAL_KILL",
+    "NEVER",
     "INFINITY",
     "ONE_FOR_ALL",
     "ONE_FOR_ONE",
@@ -79,6 +91,11 @@ PERMANENT: Final = "permanent"
 TRANSIENT: Final = "transient"
 TEMPORARY: Final = "temporary"
 RESTARTS: Final = (PERMANENT, TRANSIENT, TEMPORARY)
+
+NEVER: Final = "never"
+ANY_SIGNIFICANT: Final = "any_significant"
+ALL_SIGNIFICANT: Final = "all_significant"
+AUTO_SHUTDOWNS: Final = (NEVER, ANY_SIGNIFICANT, ALL_SIGNIFICANT)
 
 BRUTAL_KILL: Final = "brutal_kill"
 INFINITY: Final = "infinity"
@@ -118,6 +135,7 @@ class Child:
     restart: str
     shutdown: float | str
     pid: Hashable | None = None
+    significant: bool = False
 
 
 def restarts_after(restart: str, reason: Any) -> bool:
@@ -145,7 +163,10 @@ class SupervisorCore:
     """The decisions of one supervisor (see the module docstring)."""
 
     def __init__(self, strategy: str = ONE_FOR_ONE, intensity: int = 3,
-                 period: float = 5.0) -> None:
+                 period: float = 5.0, auto_shutdown: str = NEVER) -> None:
+        if auto_shutdown not in AUTO_SHUTDOWNS:
+            raise ValueError(f"auto_shutdown must be one of {AUTO_SHUTDOWNS}, "
+                             f"not {auto_shutdown!r}")
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
         if isinstance(intensity, bool) or not isinstance(intensity, int) or intensity < 0:
@@ -155,23 +176,29 @@ class SupervisorCore:
         self.strategy = strategy
         self.intensity = intensity
         self.period = float(period)
+        self.auto_shutdown = auto_shutdown
         self.children: list[Child] = []
         self._restarts: deque[float] = deque()  # times of the restarts within the period
 
     # -- the children ---------------------------------------------------------------------
 
-    def add(self, id: str, restart: str = PERMANENT,
-            shutdown: float | str = 5.0) -> StartChild:
+    def add(self, id: str, restart: str = PERMANENT, shutdown: float | str = 5.0,
+            significant: bool = False) -> StartChild:
         """Append a child (not running yet); returns the effect that starts it.
 
         Raises:
-            ValueError: the id is taken, or the restart type or shutdown is invalid.
+            ValueError: the id is taken, the restart type or shutdown is invalid, or it
+                cannot be significant (permanent, or this core never auto-shuts down).
         """
         if restart not in RESTARTS:
             raise ValueError(f"restart must be one of {RESTARTS}, not {restart!r}")
         if self.child(id) is not None:
             raise ValueError(f"a child with id {id!r} exists already")
-        self.children.append(Child(id, restart, check_shutdown(shutdown)))
+        if significant and (restart == PERMANENT or self.auto_shutdown == NEVER):
+            raise ValueError(f"child {id!r}: only a transient or temporary child of a "
+                             "supervisor with auto_shutdown can be significant")
+        self.children.append(Child(id, restart, check_shutdown(shutdown),
+                                   significant=significant))
         return StartChild(id)
 
     def child(self, id: str) -> Child | None:
@@ -231,6 +258,10 @@ class SupervisorCore:
         if not restarts_after(c.restart, reason):
             if c.restart == TEMPORARY:
                 self.children.remove(c)
+            if c.significant and (self.auto_shutdown == ANY_SIGNIFICANT or not any(
+                    o.significant and o.pid is not None for o in self.children)):
+                return [Log("info", "auto_shutdown", {"child": c.id, "reason": reason}),
+                        *self.stop_all(), StopSupervisor("shutdown")]
             return []
         return [Log("error", "child_terminated", {"id": c.id, "reason": reason}),
                 *self._restart(c, now)]

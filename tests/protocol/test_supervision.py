@@ -191,3 +191,71 @@ def test_a_restart_exactly_one_period_later_still_counts() -> None:
     core.exited("a1", "boom", now=0)
     core.started("a", "a2")
     assert actions(core.exited("a2", "boom", now=5.0))[-1] == ("exit", "shutdown")
+
+
+def test_any_significant_child_ending_by_itself_ends_the_supervisor() -> None:
+    core = SupervisorCore(ONE_FOR_ONE, auto_shutdown="any_significant")
+    for id, restart, significant in [("a", "permanent", False), ("b", "transient", True),
+                                     ("c", "temporary", True)]:
+        core.add(id, restart, shutdown=1, significant=significant)
+        core.started(id, f"{id}1")
+    assert actions(core.exited("b1", "killed", now=0)) == [("start", "b")]  # restarted
+    core.started("b", "b2")
+    assert core.terminate("c") == [StopChild("c", "c1", 1.0)]  # on request: no shutdown
+    plan = core.exited("b2", "normal", now=0)
+    assert actions(plan) == [("stop", "a"), ("exit", "shutdown")]
+    assert any(type(e) is Log and e.event == "auto_shutdown" for e in plan)
+
+
+def test_all_significant_waits_for_the_last_significant_child() -> None:
+    core = SupervisorCore(REST_FOR_ONE, auto_shutdown="all_significant")
+    for id in "abc":
+        core.add(id, "temporary" if id != "a" else "permanent", shutdown=1,
+                 significant=id != "a")
+        core.started(id, f"{id}1")
+    assert core.exited("b1", "normal", now=0) == []
+    assert actions(core.exited("c1", ("error", "E", "m"), now=0)) == [
+        ("stop", "a"), ("exit", "shutdown")]
+
+
+def test_only_transient_or_temporary_children_of_an_auto_shutdown_core_are_significant() -> None:
+    with pytest.raises(ValueError):
+        SupervisorCore(auto_shutdown="sometimes")
+    with pytest.raises(ValueError):
+        SupervisorCore().add("a", "transient", significant=True)  # auto_shutdown never
+    with pytest.raises(ValueError):
+        SupervisorCore(auto_shutdown="any_significant").add("a", "permanent",
+                                                            significant=True)
+
+
+def test_exits_during_a_restart_plan_are_ignored_or_restart_again_within_intensity() -> None:
+    core = running(ONE_FOR_ALL, intensity=2)
+    plan = core.exited("b1", "boom", now=0)
+    assert actions(plan)[:3] == [("stop", "d"), ("stop", "c"), ("stop", "a")]
+    # The stopped children's exits arrive while the plan runs: already accounted for.
+    for pid in ("d1", "c1", "a1"):
+        assert core.exited(pid, "shutdown", now=0) == []
+    core.started("a", "a2")
+    core.started("b", "b2")
+    # a is killed right after its restart, before c and d are started again: the next
+    # plan stops the ones already running again and starts all, counted as a restart.
+    assert actions(core.exited("a2", "killed", now=1)) == [
+        ("stop", "b"), ("start", "a"), ("start", "b"), ("start", "c"), ("start", "d")]
+    for id in "abcd":
+        core.started(id, f"{id}3")
+    assert actions(core.exited("c3", "killed", now=2))[-1] == ("exit", "shutdown")  # third
+
+
+def test_a_nested_supervisor_giving_up_is_restarted_by_its_parent() -> None:
+    parent = SupervisorCore(ONE_FOR_ONE, intensity=1)
+    parent.add("inner", "permanent", shutdown="infinity")
+    parent.started("inner", "inner1")
+    inner = running(ONE_FOR_ONE, intensity=0)
+    escalation = inner.exited("a1", "boom", now=0)
+    assert actions(escalation)[-1] == ("exit", "shutdown")
+    exit_reason = next(e.reason for e in escalation if type(e) is StopSupervisor)
+    # The inner supervisor's exit reaches the parent as its child's exit.
+    assert actions(parent.exited("inner1", exit_reason, now=0)) == [("start", "inner")]
+    parent.started("inner", "inner2")
+    # Too often: the parent gives up in turn, and so on up the tree.
+    assert actions(parent.exited("inner2", exit_reason, now=1)) == [("exit", "shutdown")]
