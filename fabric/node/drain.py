@@ -40,8 +40,10 @@ before the processes are ended:
 All of it shares one budget, ``NodeConfig.stop_grace`` seconds; whatever is left at the
 deadline is logged (``drain_incomplete``) and the stop goes on: processes are ended with
 reason ``shutdown``, peers get the goodbye (``NodeDown(reason="shutdown")``), sockets
-close. Calls made by local processes to local servers are not waited for: their callers
-end with the node.
+close. Calls made by local processes to local servers are not waited for (their callers
+end with the node), but an application (``fabric.application``) stops its tree in
+reverse start order in a step-5 hook, as OTP does: a process started after the servers
+it calls is stopped before them.
 """
 
 from __future__ import annotations
