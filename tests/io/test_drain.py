@@ -136,8 +136,7 @@ async def _candidate(proc: fabric.Process, group: str,
 async def test_a_draining_leader_resigns_so_a_successor_is_elected_before_its_goodbye() -> None:
     async with cluster(3, stop_grace=10.0) as nodes:
         elected: dict[str, list[tuple[float, fabric.Pid, int]]] = {n.name: [] for n in nodes}
-        for n in nodes:
-            n.spawn(_candidate, "sched", elected[n.name])
+        candidates = {n.name: n.spawn(_candidate, "sched", elected[n.name]) for n in nodes}
         await wait_until(lambda: None not in (views := [n.global_.leader("sched") for n in nodes])
                          and len(set(views)) == 1, what="one leader")
         leader = nodes[0].global_.leader("sched")
@@ -157,6 +156,7 @@ async def test_a_draining_leader_resigns_so_a_successor_is_elected_before_its_go
             # successor (before, the old leader kept the name until its node went).
             await wait_until(led_elsewhere, timeout=5, what="a successor during the drain")
             during_drain.append(sorted(old.nodes()))
+            old.global_.stand("sched", candidates[old.name])  # ignored: the node drains
             during_drain.append(old.global_.leaders.candidates("sched"))
 
         old.on_drain(hook)
