@@ -12,11 +12,16 @@ returns: a list of :class:`~fabric.ChildSpec` (nested supervisors from
 :meth:`~fabric.dsupervisor.DistributedSupervisor.child_spec`, GenServers, processes).
 A child that fails to start fails the program's start.
 
-:func:`stop_application` is the graceful end: every distributed supervisor member on the
-node first hands its children over to the other members
-(:func:`~fabric.dsupervisor.handoff_all`), then the root supervisor is stopped, which
-stops the tree in reverse start order, each child within its shutdown. ``fabric node``
-runs it on SIGTERM before the node stops.
+The graceful end is part of the node's drain (``node.stop()``, SIGTERM to ``fabric
+node``): the distributed supervisor members hand their children over at its hand-off
+step, and :func:`start_application` registers a drain hook that stops the root
+supervisor once the calls from other nodes were answered, so the tree stops in reverse
+start order, each child within its shutdown, while the node is still connected; only
+then are the remaining processes killed. As in OTP, a process started after the
+servers it calls (a later sibling, a later subtree) is stopped before them, so its call
+in flight is abandoned by its caller rather than cut by the server's end.
+:func:`stop_application` does the same from code, before a stop (the hook then finds
+nothing to stop).
 """
 
 from __future__ import annotations
@@ -63,8 +68,16 @@ async def start_application(node: Node, spec: str, *, intensity: int = 3,
     if not isinstance(children, (list, tuple)) or \
             not all(isinstance(c, ChildSpec) for c in children):
         raise ValueError(f"{spec} must return a list of ChildSpec, not {children!r:.200}")
-    return await Supervisor.start(node, children, intensity=intensity, period=period,
+    root = await Supervisor.start(node, children, intensity=intensity, period=period,
                                   name=APP)
+
+    async def stop_tree() -> None:
+        # The drain bounds it (stop_grace); the root is gone if stop_application ran.
+        if node.whereis(APP) == root:
+            await _stop_root(node, root, timeout=None)
+
+    node.on_drain(stop_tree)
+    return root
 
 
 async def stop_application(node: Node, timeout: float = 30.0) -> bool:
@@ -74,6 +87,10 @@ async def stop_application(node: Node, timeout: float = 30.0) -> bool:
     root = node.whereis(APP)
     if root is None:
         return True
+    return await _stop_root(node, root, timeout)
+
+
+async def _stop_root(node: Node, root: Pid, timeout: float | None) -> bool:
     watcher = node.new_mailbox()
     try:
         ref = watcher.monitor(root)

@@ -87,7 +87,7 @@ from typing import Any
 
 import fabric
 from fabric import loop as fabric_loop
-from fabric.application import start_application, stop_application
+from fabric.application import start_application
 from fabric.discovery.config import parse_specs
 from fabric.errors import ConfigError, FabricError
 from fabric.logs import TextSink, configure_logging
@@ -571,9 +571,8 @@ async def _shut_down(node: Node, out: Output, tasks: list[asyncio.Task[Any]],
     for task in others:
         task.cancel()
     await asyncio.gather(*others, return_exceptions=True)
-    # The application first: distributed children move to other nodes while this one is
-    # still a member, then the tree stops in order (a no-op without --app).
-    await stop_application(node)
+    # The drain stops the application (--app) too: its distributed children move at the
+    # hand-off step, its tree stops in order once the calls from other nodes are answered.
     await node.stop()
     # The monitor ends when the node stops; its last events (our own view of the
     # sessions ending) are still worth printing.

@@ -180,8 +180,11 @@ class Global:
     # -- leaders --------------------------------------------------------------------------
 
     def stand(self, group: Any, pid: Pid) -> None:
-        """Make the local ``pid`` a candidate for leading ``group`` (see module docs)."""
+        """Make the local ``pid`` a candidate for leading ``group`` (see module docs).
+        Ignored once the node drains: a stopping node resigned and stands no more."""
         self._check(pid)
+        if self.node.draining:
+            return
         self._run(self.leaders.stand(group, pid, self._now()))
 
     def resign(self, group: Any, pid: Pid) -> None:

@@ -213,6 +213,12 @@ async def start_slow_worker(node: Node) -> None:
     assert await node.global_.register_name("worker", pid) == "yes"
 
 
+def slow_app(node: Node) -> list[fabric.ChildSpec]:
+    """``fabric node --app _exported:slow_app``: the application tree is one SlowWorker
+    under the local name "worker"."""
+    return [fabric.ChildSpec("worker", SlowWorker, name="worker")]
+
+
 async def start_counter_singleton(node: Node) -> None:
     """What ``fabric node --run _exported:start_counter_singleton`` runs: a candidate for
     the demo's singleton "tickets" (``"next"``, ``"where"``) that starts once three

@@ -154,6 +154,23 @@ def test_protocol_tests_observe_the_simulators_through_their_public_api() -> Non
     assert breaches == {}
 
 
+CORES = sorted((PACKAGE / "protocol").rglob("*.py"))
+CORE_PRIVATE = set().union(*(_private_names_defined(p) for p in CORES))
+
+
+def test_tests_observe_the_protocol_cores_through_their_public_api() -> None:
+    # A core's underscore names (``_views``, ``_members``...) are its state: tests read
+    # it through the core's reads (get_members, fan_out, leader, host...), so a core can
+    # change how it keeps its state without breaking a test that checks behaviour.
+    assert {"_views", "_candidates", "_evaluate"} <= CORE_PRIVATE
+    breaches = {}
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        found = _private_uses(path, CORE_PRIVATE)
+        if found and path.resolve() != Path(__file__).resolve():
+            breaches[str(path.relative_to(ROOT))] = found
+    assert breaches == {}
+
+
 FACADES = ("fabric.global_", "fabric.pg", "fabric.calls", "fabric.process", "fabric.genserver")
 
 

@@ -41,7 +41,7 @@ died before it met anybody is forgotten (persist terms where that matters).
 
 API: ``stand(group, pid, now)``, ``resign(group, pid, now)`` (effects of the core's
 input, to execute as the core's), and the reads ``leader(group) -> (pid, term) | None``,
-``max_term(group)``, ``candidates(group)``. Leader names use resolver method
+``max_term(group)``, ``candidates(group)``, ``groups()``. Leader names use resolver method
 ``"leader"``; the terms travel in the grants of the name lock and in the ``sync``
 message's extra (the plug-in's wire state, see :mod:`fabric.protocol.global_plugin`).
 
@@ -184,6 +184,10 @@ class LeaderElection(NamePlugin):
     def candidates(self, group: Any) -> list[Pid]:
         """The local candidates of ``group``, in standing order."""
         return list(self._candidates.get(group, ()))
+
+    def groups(self) -> list[Any]:
+        """The groups that have a local candidate (what a draining node resigns from)."""
+        return list(self._candidates)
 
     # -- election -------------------------------------------------------------------------
 

@@ -53,6 +53,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import msgpack  # type: ignore[import-untyped,unused-ignore]
@@ -73,7 +74,7 @@ from fabric.protocol.events import PgJoin, PgLeave
 from fabric.protocol.messages import PG_TOPIC_PREFIX
 from fabric.types import Pid, Ref
 
-__all__ = ["DEFAULT_SCOPE", "PG_TOPIC_PREFIX", "PgCore", "group_topic"]
+__all__ = ["DEFAULT_SCOPE", "PG_TOPIC_PREFIX", "FanOut", "PgCore", "group_topic"]
 
 DEFAULT_SCOPE: Final = "default"
 # Marks a monitor on a whole scope in PgCore._monitors (a group can never be this object).
@@ -118,6 +119,16 @@ class _View:
         # other node -> how many entries of `all` are its (key order is not meaningful)
         self.nodes: dict[str, int] = {}
         self.topic = topic  # group_topic(scope, group), computed once
+
+
+@dataclass(frozen=True, slots=True)
+class FanOut:
+    """Whom a broadcast to one group reaches, as the view keeps it between changes:
+    ``recipients``, the distinct local members (first-joined first), and ``nodes``, the
+    other nodes with members and how many entries each has (see :meth:`PgCore.fan_out`)."""
+
+    recipients: tuple[Pid, ...]
+    nodes: dict[str, int]
 
 
 # group -> pids: one scope's members as one peer reported them.
@@ -325,6 +336,18 @@ class PgCore:
     def which_local_groups(self, scope: str) -> list[Hashable]:
         """The groups of ``scope`` that have at least one local member."""
         return [g for g, v in self._views.get(scope, {}).items() if v.local]
+
+    def scopes(self) -> list[str]:
+        """The scopes that have at least one group with a known member."""
+        return list(self._views)
+
+    def fan_out(self, scope: str, group: Hashable) -> FanOut:
+        """What a broadcast to ``group`` reaches (a copy of the view's cached fan-out;
+        empty for a group without members): an observation for tests and debugging."""
+        view = self._views.get(scope, {}).get(group)
+        if view is None:
+            return FanOut((), {})
+        return FanOut(view.recipients, dict(view.nodes))
 
     # -- ServiceCore inputs ----------------------------------------------------------------
 

@@ -15,8 +15,9 @@ pure rules to the same facts, connected managers agree without a vote:
   ``connection_closed`` (its process died: kill -9, the OS closed its sockets) or that
   said ``leaving`` is *removed*; one lost by ``heartbeat_timeout`` or ``disconnect``
   stays *known* but *unreachable* (it may be alive behind a partition) until it comes
-  back or :meth:`SingletonCore.forget` removes it. Every change is announced with a
-  ``status`` message.
+  back, :meth:`SingletonCore.forget` removes it, or (with the policy's ``forget_after``)
+  it has been unreachable that long while this side satisfies the policy. Every change
+  is announced with a ``status`` message.
 * **Designated host.** The oldest reachable candidate (smallest ``age``: the manager's
   start time and node name, the same numbers on every node), or the smallest by the
   optional ``rank`` rule. The instance runs on the designated host only.
@@ -117,19 +118,29 @@ class SplitBrainPolicy:
         kind: one of :data:`POLICIES`; default ``keep_majority``, which never runs two.
         quorum: for ``static_quorum``, the candidates that must be reachable (set it to
             more than half of the largest cluster you run, or two sides may both have it).
+        forget_after: seconds after which a member that stayed unreachable is forgotten
+            (no longer counted among the known candidates), but only by a manager whose
+            side satisfies the policy at that moment: a machine gone for good stops
+            shrinking the majority, while a minority never forgets its way to a majority.
+            None (the default): members are forgotten only by :meth:`SingletonCore.forget`.
+            What it costs ``keep_majority``'s guarantee: docs/guide/singletons.md (D34).
 
     Raises:
-        ConfigError: an unknown kind, or a ``static_quorum`` without a quorum >= 1.
+        ConfigError: an unknown kind, a ``static_quorum`` without a quorum >= 1, or a
+            ``forget_after`` that is not positive.
     """
 
     kind: str = KEEP_MAJORITY
     quorum: int = 0
+    forget_after: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in POLICIES:
             raise ConfigError(f"unknown split-brain policy {self.kind!r}; use one of {POLICIES}")
         if self.kind == STATIC_QUORUM and self.quorum < 1:
             raise ConfigError("static_quorum needs quorum >= 1")
+        if self.forget_after is not None and not self.forget_after > 0:
+            raise ConfigError("forget_after must be a positive number of seconds (or None)")
 
 
 # -- effects --------------------------------------------------------------------------------
@@ -183,7 +194,8 @@ def _pid_or_none(value: Any) -> bool:
 class _Member:
     """Another node's manager, as this one knows it."""
 
-    __slots__ = ("age", "candidate", "leaving", "reachable", "running", "seen")
+    __slots__ = ("age", "candidate", "leaving", "reachable", "running", "seen",
+                 "unreachable_since")
 
     def __init__(self, age: Age, candidate: bool, running: Pid | None,
                  seen: Pid | None) -> None:
@@ -192,6 +204,7 @@ class _Member:
         self.running = running  # the instance it said it runs
         self.seen = seen  # the instance it said it knows of (its own or another's)
         self.reachable = True
+        self.unreachable_since = 0.0  # meaningful while not reachable
         self.leaving = False
 
 
@@ -305,6 +318,7 @@ class SingletonCore:
             del self.members[peer]
         elif member.reachable:
             member.reachable = False
+            member.unreachable_since = now
             self._stable_since = now
         return self._evaluate(now)
 
@@ -430,7 +444,22 @@ class SingletonCore:
     def _leave(self) -> list[Effect]:
         return self._broadcast(("leaving",))
 
+    def _forget_long_lost(self, now: float) -> None:
+        """Forget members unreachable for ``forget_after``, if this side may run the
+        singleton: forgetting only shrinks the known set, so the side that has the
+        majority keeps it as more machines go, and a side without it (the minority of a
+        partition, which cannot tell a partition from a death) forgets nothing."""
+        bound = self.policy.forget_after
+        if bound is None:
+            return
+        lost = [n for n, m in self.members.items()
+                if not m.reachable and now - m.unreachable_since >= bound]
+        if lost and self.allowed():
+            for peer in lost:
+                del self.members[peer]
+
     def _evaluate(self, now: float) -> list[Effect]:
+        self._forget_long_lost(now)
         if not self._knew_instance and self.host() is not None:
             self._knew_instance = True
         if not self._formed:

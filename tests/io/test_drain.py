@@ -122,9 +122,63 @@ async def test_a_second_stop_waits_for_the_first() -> None:
     assert node.stopped
 
 
+async def _candidate(proc: fabric.Process, group: str,
+                     elected: list[tuple[float, fabric.Pid, int]]) -> None:
+    """Stands for ``group`` and notes each LeaderElected with the loop's time."""
+    proc.node.global_.stand(group, proc.self)
+    loop = asyncio.get_running_loop()
+    while (msg := await proc.receive(timeout=30)) != "stop":
+        if isinstance(msg, fabric.LeaderElected):
+            elected.append((loop.time(), msg.leader, msg.term))
+
+
+@async_test
+async def test_a_draining_leader_resigns_so_a_successor_is_elected_before_its_goodbye() -> None:
+    async with cluster(3, stop_grace=10.0) as nodes:
+        elected: dict[str, list[tuple[float, fabric.Pid, int]]] = {n.name: [] for n in nodes}
+        candidates = {n.name: n.spawn(_candidate, "sched", elected[n.name]) for n in nodes}
+        await wait_until(lambda: None not in (views := [n.global_.leader("sched") for n in nodes])
+                         and len(set(views)) == 1, what="one leader")
+        leader = nodes[0].global_.leader("sched")
+        assert leader is not None
+        old = next(n for n in nodes if n.name == leader[0].node)
+        rest = [n for n in nodes if n is not old]
+
+        def led_elsewhere() -> bool:
+            views = [n.global_.leader("sched") for n in rest]
+            return (None not in views and len(set(views)) == 1
+                    and views[0] is not None and views[0][0].node != old.name)
+
+        during_drain: list[object] = []
+
+        async def hook() -> None:
+            # The last step before the goodbye: the others must already have elected a
+            # successor (before, the old leader kept the name until its node went).
+            await wait_until(led_elsewhere, timeout=5, what="a successor during the drain")
+            during_drain.append(sorted(old.nodes()))
+            old.global_.stand("sched", candidates[old.name])  # ignored: the node drains
+            during_drain.append(old.global_.leaders.candidates("sched"))
+
+        old.on_drain(hook)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await old.stop()
+        assert during_drain == [sorted(n.name for n in rest), []]  # connected, resigned
+        new = rest[0].global_.leader("sched")
+        assert new is not None and new[1] > leader[1] and new[0].node != old.name
+        # Each survivor's candidates were told of the successor after the stop began.
+        for n in rest:
+            assert any(t >= began and pid == new[0] for t, pid, _ in elected[n.name])
+
+
 @pytest.mark.procs
-def test_sigterm_with_calls_in_flight_fails_none(arun: Callable[..., Any]) -> None:
-    with NodeProcess("worker", extra_args=["--run", "_exported:start_slow_worker"]) as proc:
+@pytest.mark.parametrize("start", [["--run", "_exported:start_slow_worker"],
+                                   ["--app", "_exported:slow_app"]], ids=["run", "app"])
+def test_sigterm_with_calls_in_flight_fails_none(arun: Callable[..., Any],
+                                                 start: list[str]) -> None:
+    # With --app the worker is a child of the application's tree, which the drain stops
+    # (in order) only after the calls from other nodes were answered.
+    with NodeProcess("worker", extra_args=start) as proc:
         proc.wait_ready()
 
         async def body() -> None:

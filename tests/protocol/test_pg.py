@@ -58,13 +58,17 @@ class _WireCore:
 
 def assert_caches(core: PgCore) -> None:
     """Each view's cached broadcast fields equal what they stand for, recomputed."""
-    for groups in core._views.values():
+    for scope in core.scopes():
+        groups = core.which_groups(scope)
         assert groups
-        for v in groups.values():
-            assert v.all
-            assert v.local == [p for p in v.all if p.node == core.node]
-            assert v.recipients == tuple(dict.fromkeys(v.local))
-            assert v.nodes == Counter(p.node for p in v.all if p.node != core.node)
+        for group in groups:
+            members = core.get_members(scope, group)
+            local = core.get_local_members(scope, group)
+            assert members
+            assert local == [p for p in members if p.node == core.node]
+            fan_out = core.fan_out(scope, group)
+            assert fan_out.recipients == tuple(dict.fromkeys(local))
+            assert fan_out.nodes == Counter(p.node for p in members if p.node != core.node)
 
 
 class _CheckedCore:

@@ -227,6 +227,57 @@ def test_a_manager_that_knew_of_an_instance_counts_the_cluster_as_formed() -> No
     assert hosts(sim) == ["b"]
 
 
+# -- forgetting machines gone for good (forget_after) --------------------------------------
+
+FORGET_AFTER = 10.0
+
+
+def _lose_two_for_good_then_one_more(**kw: object) -> SingletonSim:
+    """a..e run one instance on a; d and e go silent (powered off: heartbeat_timeout,
+    never connection_closed) for longer than FORGET_AFTER, then c is cut off too."""
+    sim = settled(**kw)
+    assert hosts(sim) == ["a"]
+    sim.partition(["a", "b", "c"], ["d", "e"])
+    sim.run(FORGET_AFTER + MARGIN)
+    sim.partition(["a", "b"], ["c"])
+    sim.run(MARGIN * 4)
+    return sim
+
+
+def test_without_forget_after_machines_gone_for_good_shrink_the_majority() -> None:
+    sim = _lose_two_for_good_then_one_more()
+    # a and b are 2 of the 5 known: keep_majority stops the instance for good.
+    assert hosts(sim) == [] and not sim.cores["a"].allowed()
+
+
+def test_forget_after_lets_the_majority_side_forget_machines_gone_for_good() -> None:
+    sim = _lose_two_for_good_then_one_more(forget_after=FORGET_AFTER)
+    # d and e were forgotten by a, b and c (their side had the majority) once they had
+    # been unreachable FORGET_AFTER: a and b are then 2 of 3 known, and keep running.
+    assert hosts(sim) == ["a"] and len(sim.intervals) == 1
+    assert sorted(sim.cores["a"].members) == ["b", "c"]
+    # The minority never forgets its way to a majority: d and e still count a, b and c
+    # (known, unreachable), so neither ever ran an instance.
+    for minority in ("d", "e"):
+        assert len(sim.cores[minority].members) == 4
+        assert not sim.cores[minority].allowed()
+    assert sim.max_concurrent() == 1
+    # Machines that come back are members again (their hello), and one instance runs.
+    sim.heal()
+    sim.run(MARGIN * 3)
+    assert hosts(sim) == ["a"] and sim.max_concurrent() == 1
+    assert sorted(sim.cores["a"].members) == ["b", "c", "d", "e"]
+
+
+def test_forget_after_waits_the_whole_bound() -> None:
+    sim = settled(forget_after=FORGET_AFTER)
+    sim.partition(["a", "b", "c"], ["d", "e"], detect=1.0)
+    sim.run(1.0 + FORGET_AFTER - 0.1)
+    assert sorted(sim.cores["a"].members) == ["b", "c", "d", "e"]  # not yet
+    sim.run(0.2)
+    assert sorted(sim.cores["a"].members) == ["b", "c"]
+
+
 # -- the core directly -------------------------------------------------------------------
 
 
@@ -235,6 +286,9 @@ def test_policy_validation() -> None:
         SplitBrainPolicy("keep_everything")
     with pytest.raises(ConfigError):
         SplitBrainPolicy(STATIC_QUORUM)
+    for bad in (0.0, -1.0):
+        with pytest.raises(ConfigError):
+            SplitBrainPolicy(forget_after=bad)
 
 
 def test_greeting_and_malformed_messages() -> None:
