@@ -17,7 +17,10 @@ from fabric.workers import Router
 
 pytestmark = pytest.mark.io  # in-process nodes on 127.0.0.1
 
-FAST = dict(heartbeat_interval=0.05, heartbeat_timeout=0.3)
+# No test here needs heartbeat detection (stops say goodbye): a generous timeout keeps a
+# loaded machine's stalled loop from ending sessions in the middle of a test.
+FAST = dict(heartbeat_interval=0.1, heartbeat_timeout=3.0)
+_STARTED: list[fabric.Node] = []  # every node cluster() started, stopped by run()
 
 
 async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -32,6 +35,7 @@ async def cluster(n: int) -> list[fabric.Node]:
     nodes = [fabric.Node(f"p{i}@127.0.0.1:{free_port()}", cookie="pg", **FAST) for i in range(n)]
     for node in nodes:
         await node.start()
+        _STARTED.append(node)
     for node in nodes[1:]:
         assert await node.connect(nodes[0].name)
     await until(lambda: all(len(x.nodes()) == n - 1 for x in nodes))
@@ -47,7 +51,18 @@ async def echo(proc: Process, tag: str) -> None:
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(test(), 30))
+    """Run a test's coroutine, then stop every node it started, even when it failed (a
+    node left running would be closed by the garbage collector at some later test)."""
+    async def main() -> None:
+        try:
+            await asyncio.wait_for(test(), 30)
+        finally:
+            while _STARTED:
+                node = _STARTED.pop()
+                if not node.stopped:
+                    await node.stop()
+
+    asyncio.run(main())
 
 
 async def _members_everywhere(nodes: list[fabric.Node], group: Any, count: int) -> None:

@@ -87,6 +87,11 @@ def new_context() -> zmq.Context[Any]:
     I/O thread. ``FABRIC_IO_SCHED_BATCH=0`` in the environment leaves the default.
     """
     ctx: zmq.Context[Any] = zmq.Context()
+    # Every socket of this context closes without lingering, including the ones that
+    # configure() never sees (monitor pairs, ZAP): a context dropped without close (a node
+    # never stopped) is then destroyed by the garbage collector without blocking on unsent
+    # frames, instead of hanging the process wherever the collector happens to run.
+    ctx.setsockopt(zmq.LINGER, 0)
     batch = getattr(os, "SCHED_BATCH", None)
     policy = getattr(zmq, "THREAD_SCHED_POLICY", None)
     if (batch is not None and policy is not None
