@@ -44,7 +44,7 @@ from fabric.protocol.effects import Effect
 from fabric.protocol.global_ import GlobalCore
 from fabric.protocol.global_resolve import BUILTIN_RESOLVERS
 from fabric.protocol.leader import LeaderElection
-from fabric.timeouts import CALL_TIMEOUT, CLUSTER_TIMEOUT, wait_for
+from fabric.timeouts import CALL_TIMEOUT, CLUSTER_TIMEOUT, wait_future
 from fabric.types import Answer, GlobalName, Pid
 
 if TYPE_CHECKING:
@@ -217,9 +217,10 @@ class Global:
         fut = lowlevel.expect(self.node, token)
         self._run(start(token, self._now()))
         if what is None:
-            return await wait_for(fut, timeout, "global request")
-        return await wait_for(fut, timeout, f"{what} got no answer: the outcome is unknown, "
-                              "it may still take effect (check whereis_name)", OutcomeUnknown)
+            return await wait_future(fut, timeout, "global request")
+        return await wait_future(fut, timeout, f"{what} got no answer: the outcome is "
+                                 "unknown, it may still take effect (check whereis_name)",
+                                 OutcomeUnknown)
 
 
 def _method(method: str | None) -> str | None:

@@ -64,3 +64,30 @@ def test_sync_node_run_times_out_with_a_fabric_timeout() -> None:
     with fabric.SyncNode(new_name("s"), cookie=COOKIE) as node, \
             pytest.raises(fabric.FabricTimeout, match="SyncNode.run"):
         node.run(asyncio.sleep(5), timeout=0.05)
+
+
+def test_wait_future_returns_the_result_times_out_and_cancels() -> None:
+    from fabric.timeouts import wait_future
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        loop.call_soon(done.set_result, "yes")
+        assert await wait_future(done, 5.0, "answer") == "yes"
+        assert await wait_future(done, None, "answer") == "yes"  # already done
+
+        never = loop.create_future()
+        with pytest.raises(fabric.OutcomeUnknown, match="register"):
+            await wait_future(never, 0.01, "register", fabric.OutcomeUnknown)
+        assert never.cancelled()  # nobody is left waiting on it
+
+        # The caller cancelled: the future is cancelled, and it is not a timeout.
+        pending = loop.create_future()
+        task = asyncio.ensure_future(wait_future(pending, 5.0, "answer"))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert pending.cancelled()
+
+    asyncio.run(scenario())

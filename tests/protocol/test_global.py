@@ -201,6 +201,15 @@ def settle(sim: ServiceSim) -> None:
         assert sim.core(n).pending() == 0, n
 
 
+def answer_of(sim: ServiceSim, token: Any) -> Any:
+    """Step the simulation (sub-latency steps) until ``token`` is answered; the answer."""
+    for _ in range(10_000):
+        if token in sim.completed:
+            return sim.completed[token]
+        sim.run(until=sim.now + STEP)
+    raise AssertionError(f"{token!r} was never answered")
+
+
 def register_everywhere(sim: ServiceSim, name: Any, nodes: Iterable[str]) -> dict[str, Pid]:
     pids = {n: sim.spawn(n) for n in nodes}
     for n, pid in pids.items():
@@ -235,9 +244,7 @@ def test_yes_means_visible_on_every_node() -> None:
     sim = make_sim()
     pid = sim.spawn(B)
     sim.call(B, "register_name", "x", pid, "t")
-    while "t" not in sim.completed:
-        sim.run(until=sim.now + STEP)
-    assert sim.completed["t"] == "yes"
+    assert answer_of(sim, "t") == "yes"
     assert set(where(sim, "x").values()) == {pid}
 
 
@@ -282,6 +289,58 @@ def test_yes_at_commit_with_wait_all_false_one_round_trip_sooner() -> None:
     settle(sim)  # the acks still arrive and end the transaction (pending() == 0)
     assert where(sim, "x") == {A: pid, B: pid, C: pid}
     assert list(sim.completed) == ["t"]  # answered once
+
+
+@pytest.mark.parametrize("early", [(True, True), (True, False), (False, True)],
+                         ids=["both-at-commit", "at-commit-vs-default", "default-vs-at-commit"])
+def test_at_commit_race_of_one_name_from_two_nodes_has_one_yes(early: tuple[bool, bool]) -> None:
+    # Answering at the commit gives up only when third nodes see the claim: two nodes
+    # racing for a name still get exactly one "yes", whatever mode each asked for.
+    sim = make_sim()
+    pids = {B: sim.spawn(B), C: sim.spawn(C)}
+    for node, at_commit in zip((B, C), early, strict=True):
+        sim.call(node, "register_name_early" if at_commit else "register_name", "x",
+                 pids[node], node)
+    run_checked(sim, ["x"])
+    answers = {node: sim.completed[node] for node in (B, C)}
+    assert sorted(answers.values()) == ["no", "yes"]
+    winner = next(node for node, answer in answers.items() if answer == "yes")
+    assert set(where(sim, "x").values()) == {pids[winner]}
+
+
+def test_at_commit_owner_node_dies_right_after_the_yes() -> None:
+    # The answer came before the peers applied the claim; the owner's node then dies.
+    # Whatever the peers applied goes with the nodedown: nobody shows a dead pid, and
+    # the name is free again.
+    sim = make_sim()
+    pid = sim.spawn(A)
+    sim.call(A, "register_name_early", "x", pid, "t")
+    assert answer_of(sim, "t") == "yes"
+    sim.kill(A)
+    run_checked(sim, ["x"], 0.01)
+    assert set(where(sim, "x").values()) == {None}
+    new = sim.spawn(C)
+    sim.call(C, "register_name", "x", new, "again")
+    settle(sim)
+    assert sim.completed["again"] == "yes" and set(where(sim, "x").values()) == {new}
+
+
+@pytest.mark.parametrize("method", ["register_name", "register_name_early"])
+@pytest.mark.parametrize("dies_after", [0.5, 1.5, 2.5], ids=["before-grant", "after-grant",
+                                                            "after-claim-sent"])
+def test_peer_dies_mid_registration_the_answer_still_comes(method: str,
+                                                           dies_after: float) -> None:
+    # A granter dies while the request is in flight (before its grant left, after it, or
+    # once the claim is on its way): the requester stops waiting for it at its nodedown
+    # and answers "yes" (the name was free), which the surviving nodes show.
+    sim = make_sim()
+    pid = sim.spawn(A)
+    sim.call(A, method, "x", pid, "t")
+    sim.run(until=sim.now + dies_after * sim.latency)
+    sim.kill(C)
+    run_checked(sim, ["x"])
+    assert sim.completed["t"] == "yes"
+    assert where(sim, "x") == {A: pid, B: pid}
 
 
 def test_register_refuses_remote_or_stale_pids() -> None:
