@@ -97,6 +97,9 @@ class Cache:
             on this node (0: none), invalidated by the owners when the key changes.
         near_ttl: the longest a near copy is used, seconds (its staleness bound if an
             invalidation is lost).
+        tombstone_ttl: seconds a delete's tombstone is kept (it stops copies older than
+            the delete from coming back through a hand-off, replication or read repair;
+            it must outlast the longest hand-off).
     """
 
     def __init__(self, node: Node, name: str = "default", *, owner: bool = True,
@@ -104,7 +107,8 @@ class Cache:
                  max_entries: int = 1_000_000, max_bytes: int = 256 << 20,
                  max_entry_bytes: int = 1 << 20, timeout: float = 5.0,
                  sweep_interval: float = 1.0, handoff_grace: float = 5.0,
-                 near_entries: int = 0, near_ttl: float = 1.0) -> None:
+                 near_entries: int = 0, near_ttl: float = 1.0,
+                 tombstone_ttl: float = 60.0) -> None:
         if not node.started or node.stopped:
             raise CacheError("start the node before its cache (await node.start())")
         caches = _by_node.setdefault(node, {})
@@ -118,7 +122,8 @@ class Cache:
         self.core = CacheCore(name, node.name, replicas=replicas, write_acks=write_acks,
                               max_entries=max_entries, max_bytes=max_bytes,
                               sweep_interval=sweep_interval, handoff_grace=handoff_grace,
-                              near_entries=near_entries, near_ttl=near_ttl)
+                              near_entries=near_entries, near_ttl=near_ttl,
+                              tombstone_ttl=tombstone_ttl)
         self._read_op = "nget" if near_entries > 0 else "get"
         self._service = self.core.service
         self._loop = node.loop

@@ -129,12 +129,15 @@ class _Request:
 
 @dataclass(slots=True)
 class _DirectWrite:
-    """A put this node sends to every owner of the key at once, stamped here."""
+    """A put (or a delete's tombstone) this node sends to every owner of the key at
+    once, stamped here."""
 
     token: Any
     key: Any
     row: list[Any]  # value, size, ttl_ms
     attempts: int
+    tomb: bool = False  # a delete: the row is a tombstone
+    existed: bool = False  # a delete: some owner held a live value
     needed: int = 0  # acknowledgements still needed
     waiting: set[str] = field(default_factory=set)  # owners yet to answer
 
@@ -157,7 +160,8 @@ class CacheCore:
                  max_entries: int = 1_000_000, max_bytes: int = 256 << 20,
                  sweep_interval: float = 1.0, sweep_budget: int = 1000,
                  handoff_batch: int = 256, handoff_grace: float = 5.0,
-                 near_entries: int = 0, near_ttl: float = 1.0) -> None:
+                 near_entries: int = 0, near_ttl: float = 1.0,
+                 tombstone_ttl: float = 60.0) -> None:
         if write_acks is not None and not 1 <= write_acks <= replicas:
             raise ValueError(f"write_acks must be 1..replicas ({replicas}), not {write_acks}")
         self.name = name
@@ -170,6 +174,7 @@ class CacheCore:
         # the owners (which remember their readers) and never older than near_ttl.
         self.near = CacheStore(near_entries, 1 << 62) if near_entries > 0 else None
         self.near_ttl_ms = max(1, int(near_ttl * 1000))
+        self.tombstone_ttl_ms = max(1, int(tombstone_ttl * 1000))
         self._readers: dict[Any, set[str]] = {}  # key -> nodes with it in a near cache
         self.sweep_interval = sweep_interval
         self.sweep_budget = sweep_budget
@@ -328,6 +333,10 @@ class CacheCore:
         if op == "put" and not args[3]:
             self._direct_write(_DirectWrite(token, key, args[:3], 0), owners, now, out)
             return out
+        if op == "del":  # a tombstone, written like a put (see _direct_write)
+            row = [None, len(str(key)), self.tombstone_ttl_ms]
+            self._direct_write(_DirectWrite(token, key, row, 0, tomb=True), owners, now, out)
+            return out
         rid = self._new_id()
         req = _Request(token, op, key, args, owners[0], {owners[0]})
         if op in ("get", "nget") and self._settled is not self.placement:
@@ -440,7 +449,9 @@ class CacheCore:
             self._send_request(rid, req, now, out)
             return
         del self._pending[rid]
-        if result[0] == "nhit":
+        if result[0] == "gone":  # deleted: a miss that previous owners cannot overrule
+            result = ("miss", None)
+        elif result[0] == "nhit":
             value, ttl_ms = result[1]
             if self.near is not None:
                 near_ms = self.near_ttl_ms if ttl_ms is None else min(ttl_ms, self.near_ttl_ms)
@@ -460,18 +471,19 @@ class CacheCore:
             out.append(Complete(req.token, ("miss", None)))
             return
         best_node = max(copies, key=lambda n: _version(copies[n][3]))
-        value, size, ttl_ms, version = copies[best_node]
+        value, size, ttl_ms, version, tomb = copies[best_node]
         for owner in req.gather:
             if owner in copies and _version(copies[owner][3]) == _version(version):
                 continue
             self.stats.repairs += 1
-            rep = ["rep", 0, req.key, value, size, ttl_ms, version]
             if owner == self.me:
-                if self.store.merge(req.key, value, size, ttl_ms, _version(version), now):
-                    self._invalidate(req.key, out)
+                self._apply_write(req.key, value, size, ttl_ms, _version(version), tomb, now,
+                                  out)
+            elif tomb:  # the newest copy is a delete: it wins over older values
+                out.append(Send(owner, ["rdel", 0, req.key, size, ttl_ms, version]))
             else:
-                out.append(Send(owner, rep))
-        out.append(Complete(req.token, ("hit", value)))
+                out.append(Send(owner, ["rep", 0, req.key, value, size, ttl_ms, version]))
+        out.append(Complete(req.token, ("miss", None) if tomb else ("hit", value)))
 
     def _direct_write(self, write: _DirectWrite, owners: list[str], now: float,
                       out: list[Effect]) -> None:
@@ -491,21 +503,36 @@ class CacheCore:
         self._direct[rid] = write
         for owner in owners:
             if owner == self.me:
-                accepted = self.store.merge(write.key, value, size, ttl_ms, version, now)
-                if accepted:
-                    self._invalidate(write.key, out)
-                self._on_direct_ack(self.me, rid, accepted, self._clock, now, out)
+                accepted, existed = self._apply_write(write.key, value, size, ttl_ms, version,
+                                                      write.tomb, now, out)
+                self._on_direct_ack(self.me, rid, accepted, self._clock, now, out, existed)
                 if not accepted:
                     return  # re-stamped and sent again by the line above
+            elif write.tomb:
+                out.append(Send(owner, ["wd", rid, write.key, size, ttl_ms, list(version)]))
             else:
                 out.append(Send(owner, ["w", rid, write.key, value, size, ttl_ms,
                                         list(version)]))
 
+    def _apply_write(self, key: Any, value: Any, size: int, ttl_ms: int | None,
+                     version: Version, tomb: bool, now: float,
+                     out: list[Effect]) -> tuple[bool, bool]:
+        """A stamped put or tombstone at this owner: (kept, a live value was there)."""
+        if tomb:
+            accepted, existed = self.store.bury(key, size, ttl_ms or self.tombstone_ttl_ms,
+                                                version, now)
+        else:
+            accepted, existed = self.store.merge(key, value, size, ttl_ms, version, now), False
+        if accepted:
+            self._invalidate(key, out)
+        return accepted, existed
+
     def _on_direct_ack(self, peer: str, rid: int, accepted: bool, clock: int, now: float,
-                       out: list[Effect]) -> None:
+                       out: list[Effect], existed: bool = False) -> None:
         write = self._direct.get(rid)
         if write is None or peer not in write.waiting:
             return  # late, or from an attempt already replaced
+        write.existed = write.existed or existed
         if not accepted:
             del self._direct[rid]
             self._clock = max(self._clock, clock)
@@ -522,7 +549,7 @@ class CacheCore:
         write.needed -= 1
         if write.needed <= 0:
             del self._direct[rid]
-            out.append(Complete(write.token, ("ok", True)))
+            out.append(Complete(write.token, ("ok", write.existed if write.tomb else True)))
 
     def _answer(self, origin: str, rid: int, result: Result, now: float,
                 out: list[Effect]) -> None:
@@ -537,7 +564,7 @@ class CacheCore:
         tag = msg[0]
         if tag == "q":
             op = msg[2]
-            if op not in OPS:
+            if op not in OPS or op == "del":  # a delete is a tombstone write ("wd")
                 raise ValueError(f"unknown op {op!r}")
             self._serve(peer, int(msg[1]), op, msg[3], list(msg[4]), now, out)
         elif tag == "a":
@@ -550,30 +577,29 @@ class CacheCore:
             self._clock = max(self._clock, int(version[0]))
             if wid:
                 out.append(Send(peer, ["rack", wid]))
-        elif tag == "rdel":
-            _, wid, key, version = msg
-            current = self.store.peek(key, now)
-            if current is None or current.version <= _version(version):
-                self.store.delete(key)
-                self._invalidate(key, out)
-            if wid:
-                out.append(Send(peer, ["rack", wid]))
-        elif tag == "w":
-            _, rid, key, value, size, ttl_ms, version = msg
+        elif tag == "rdel":  # a tombstone from read repair
+            _, wid, key, size, ttl_ms, version = msg
+            self._apply_write(key, None, int(size), ttl_ms, _version(version), True, now, out)
+            self._clock = max(self._clock, int(version[0]))
+        elif tag in ("w", "wd"):
+            if tag == "w":
+                _, rid, key, value, size, ttl_ms, version = msg
+            else:
+                (_, rid, key, size, ttl_ms, version), value = msg, None
             stamp = _version(version)
             self._clock = max(self._clock, stamp[0])
-            accepted = self.store.merge(key, value, int(size), ttl_ms, stamp, now)
-            if accepted:
-                self._invalidate(key, out)
-            out.append(Send(peer, ["wa", rid, accepted, self._clock]))
+            accepted, existed = self._apply_write(key, value, int(size), ttl_ms, stamp,
+                                                  tag == "wd", now, out)
+            out.append(Send(peer, ["wa", rid, accepted, self._clock, existed]))
         elif tag == "wa":
-            self._on_direct_ack(peer, int(msg[1]), bool(msg[2]), int(msg[3]), now, out)
+            self._on_direct_ack(peer, int(msg[1]), bool(msg[2]), int(msg[3]), now, out,
+                                len(msg) > 4 and bool(msg[4]))
         elif tag == "rack":
             self._on_replica_ack(peer, int(msg[1]), now, out)
         elif tag == "ho":
-            for key, value, size, ttl_ms, version in msg[2]:
-                if self.store.merge(key, value, int(size), ttl_ms, _version(version), now):
-                    self._invalidate(key, out)
+            for key, value, size, ttl_ms, version, tomb in msg[2]:
+                self._apply_write(key, value, int(size), ttl_ms, _version(version),
+                                  bool(tomb), now, out)
                 self._clock = max(self._clock, int(version[0]))
             out.append(Send(peer, ["hack", msg[1]]))
         elif tag == "inv":
@@ -605,12 +631,12 @@ class CacheCore:
                 return
         if op == "get":
             entry = store.get(key, now)
-            self._answer(origin, rid, ("miss", None) if entry is None else ("hit", entry.value),
-                         now, out)
+            self._answer(origin, rid, self._miss(key, now) if entry is None else (
+                "hit", entry.value), now, out)
         elif op == "nget":
             entry = store.get(key, now)
             if entry is None:
-                self._answer(origin, rid, ("miss", None), now, out)
+                self._answer(origin, rid, self._miss(key, now), now, out)
                 return
             if len(self._readers) >= _READERS_MAX:
                 self._readers.clear()  # their copies expire within near_ttl anyway
@@ -623,10 +649,10 @@ class CacheCore:
                 found.append(None if entry is None else [entry.value])
             self._answer(origin, rid, ("ok", found), now, out)
         elif op == "getv":
-            entry = store.peek(key, now)
+            entry = store.peek_any(key, now)
             self._answer(origin, rid, ("miss", None) if entry is None else (
-                "v", [entry.value, entry.size, entry.ttl_ms(now), list(entry.version)]),
-                now, out)
+                "v", [entry.value, entry.size, entry.ttl_ms(now), list(entry.version),
+                      entry.tomb]), now, out)
         elif op == "put":
             value, size, ttl_ms, only_new = args
             if only_new:
@@ -635,13 +661,6 @@ class CacheCore:
                     self._answer(origin, rid, ("exists", entry.value), now, out)
                     return
             self._write(origin, rid, key, value, int(size), ttl_ms, ("ok", True), now, out)
-        elif op == "del":
-            entry = store.peek(key, now)
-            version = self._stamp(entry)
-            store.delete(key)
-            self._invalidate(key, out)
-            self._replicate(origin, rid, key, ["rdel", 0, key, list(version)],
-                            ("ok", entry is not None), now, out)
         elif op == "incr":
             by, ttl_ms = args
             entry = store.get(key, now)
@@ -683,14 +702,19 @@ class CacheCore:
                 elif reader in self._up:
                     out.append(Send(reader, ["inv", key]))
 
-    def _stamp(self, entry: Entry | None) -> Version:
-        floor = NO_VERSION[0] if entry is None else entry.version[0]
-        self._clock = max(self._clock, floor) + 1
+    def _miss(self, key: Any, now: float) -> Result:
+        """A read's answer when ``key`` has no live value here: ``gone`` when a tombstone
+        says it was deleted (so a reader does not ask the key's previous owners, whose
+        copies may predate the delete), else ``miss``."""
+        return ("gone", None) if self.store.peek_any(key, now) is not None else ("miss", None)
+
+    def _stamp(self, floor: Version) -> Version:
+        self._clock = max(self._clock, floor[0]) + 1
         return (self._clock, self.me)
 
     def _write(self, origin: str, rid: int, key: Any, value: Any, size: int,
                ttl_ms: int | None, result: Result, now: float, out: list[Effect]) -> None:
-        version = self._stamp(self.store.peek(key, now))
+        version = self._stamp(self.store.peek_version(key, now))
         self.store.put(key, value, size, ttl_ms, version, now)
         self._invalidate(key, out)
         self._replicate(origin, rid, key,
@@ -769,12 +793,13 @@ class CacheCore:
         batches: dict[str, list[list[Any]]] = {}
         for _ in range(min(self.handoff_batch, len(self._moves))):
             move = self._moves.popleft()
-            entry = self.store.peek(move.key, now)
+            entry = self.store.peek_any(move.key, now)  # tombstones travel too
             if entry is None:
                 continue
             if move.drop:
                 self._dropping.add(move.key)
-            row = [move.key, entry.value, entry.size, entry.ttl_ms(now), list(entry.version)]
+            row = [move.key, entry.value, entry.size, entry.ttl_ms(now), list(entry.version),
+                   entry.tomb]
             live = [t for t in move.targets if self._is_live(t)]
             for target in live:
                 batches.setdefault(target, []).append(row)
