@@ -172,19 +172,27 @@ class Cache:
         return value if status == "hit" else default
 
     async def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
-        """The present keys among ``keys`` with their values (one request per owner set)."""
+        """The present keys among ``keys`` with their values (one request per owner set;
+        keys in this node's near cache, when it has one, are served from it)."""
         wanted = list(dict.fromkeys(keys))
         found: dict[Any, Any] = {}
         groups: dict[tuple[str, ...], list[Any]] = {}
         now = self._loop.time()
+        near = self._read_op == "nget"
         for key in wanted:
             _check_key(key)
             entry = self.core.read_local(key, now)
             if entry is False:
-                groups.setdefault(tuple(self.core.owners_of(key)), []).append(key)
+                near_entry = self.core.read_near(key, now) if near else None
+                if near_entry is not None:
+                    found[key] = near_entry.value
+                else:
+                    groups.setdefault(tuple(self.core.owners_of(key)), []).append(key)
             elif entry is not None:
                 found[key] = entry.value  # type: ignore[union-attr]
-        results = await asyncio.gather(*(self._request("mget", batch[0], [batch])
+        # With a near cache, the owners remember this node as a reader of what they send
+        # (as for get) and the values are kept near.
+        results = await asyncio.gather(*(self._request("mget", batch[0], [batch, near])
                                          for batch in groups.values()))
         for batch, (_, values) in zip(groups.values(), results, strict=True):
             for key, got in zip(batch, values, strict=True):

@@ -222,3 +222,24 @@ def test_a_near_cache_on_a_reader_is_invalidated_by_the_owners() -> None:
             await stop(nodes)
 
     run(body)
+
+
+def test_get_many_reads_and_fills_the_near_cache() -> None:
+    async def body() -> None:
+        nodes, caches = await cluster(2)
+        try:
+            _, reader = await reader_of(nodes, near_entries=1000, near_ttl=30)
+            items = {f"k{i}": i for i in range(20)}
+            await caches[0].put_many(items)
+            assert await reader.get_many([*items, "absent"]) == items
+            assert reader.stats()["near_entries"] == 20  # kept near, readers registered
+            assert await reader.get_many(items) == items
+            assert reader.stats()["near_hits"] == 20  # the second call sent nothing
+            await caches[1].put("k3", "changed")  # the owners invalidate what mget sent
+            await async_wait_until(lambda: reader.stats()["near_entries"] == 19, timeout=10,
+                                   message="the owners invalidated the reader's copy")
+            assert (await reader.get_many(["k3", "k4"])) == {"k3": "changed", "k4": 4}
+        finally:
+            await stop(nodes)
+
+    run(body)

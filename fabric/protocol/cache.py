@@ -453,11 +453,19 @@ class CacheCore:
             result = ("miss", None)
         elif result[0] == "nhit":
             value, ttl_ms = result[1]
-            if self.near is not None:
-                near_ms = self.near_ttl_ms if ttl_ms is None else min(ttl_ms, self.near_ttl_ms)
-                self.near.put(req.key, value, 1, near_ms, NO_VERSION, now)
+            self._keep_near(req.key, value, ttl_ms, now)
             result = ("hit", value)
+        elif req.op == "mget" and len(req.args) > 1 and req.args[1] and result[0] == "ok":
+            for key, got in zip(req.args[0], result[1], strict=True):
+                if got is not None:
+                    self._keep_near(key, got[0], got[1], now)
         out.append(Complete(req.token, result))
+
+    def _keep_near(self, key: Any, value: Any, ttl_ms: int | None, now: float) -> None:
+        """A value read from its owner, which now counts this node among its readers."""
+        if self.near is not None:
+            near_ms = self.near_ttl_ms if ttl_ms is None else min(ttl_ms, self.near_ttl_ms)
+            self.near.put(key, value, 1, near_ms, NO_VERSION, now)
 
     def _finish_gather(self, rid: int, req: _Request, now: float, out: list[Effect]) -> None:
         if req.waiting or req.gather is None:
@@ -638,15 +646,20 @@ class CacheCore:
             if entry is None:
                 self._answer(origin, rid, self._miss(key, now), now, out)
                 return
-            if len(self._readers) >= _READERS_MAX:
-                self._readers.clear()  # their copies expire within near_ttl anyway
-            self._readers.setdefault(key, set()).add(origin)
+            self._add_reader(key, origin)
             self._answer(origin, rid, ("nhit", [entry.value, entry.ttl_ms(now)]), now, out)
-        elif op == "mget":
+        elif op == "mget":  # args: [keys] or [keys, near]
+            near = len(args) > 1 and bool(args[1])
             found = []
             for k in args[0]:
                 entry = store.get(k, now)
-                found.append(None if entry is None else [entry.value])
+                if entry is None:
+                    found.append(None)
+                elif near:  # as nget: remember the reader, send the TTL left
+                    self._add_reader(k, origin)
+                    found.append([entry.value, entry.ttl_ms(now)])
+                else:
+                    found.append([entry.value])
             self._answer(origin, rid, ("ok", found), now, out)
         elif op == "getv":
             entry = store.peek_any(key, now)
@@ -690,6 +703,11 @@ class CacheCore:
             leader = self._flights.abandon(key)
             if leader is not None:
                 self._answer(leader[0], leader[1], ("compute", None), now, out)
+
+    def _add_reader(self, key: Any, reader: str) -> None:
+        if len(self._readers) >= _READERS_MAX:
+            self._readers.clear()  # their copies expire within near_ttl anyway
+        self._readers.setdefault(key, set()).add(reader)
 
     def _invalidate(self, key: Any, out: list[Effect]) -> None:
         """``key`` changed here: the nodes that hold it in a near cache drop it."""
