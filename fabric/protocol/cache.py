@@ -650,7 +650,7 @@ class CacheCore:
             self._answer(origin, rid, ("nhit", [entry.value, entry.ttl_ms(now)]), now, out)
         elif op == "mget":  # args: [keys] or [keys, near]
             near = len(args) > 1 and bool(args[1])
-            found = []
+            found: list[list[Any] | None] = []
             for k in args[0]:
                 entry = store.get(k, now)
                 if entry is None:
