@@ -33,7 +33,8 @@ registers ``handoff`` as one, so ``stop()`` hands the keys off by itself; on a n
 without them, call ``await cache.handoff()`` before ``node.stop()``.
 
 Counters (hits, misses, evictions, expirations, hand-offs, repairs, entries, bytes) per
-cache are in :meth:`Cache.stats` and in ``fabric status``.
+cache are in :meth:`Cache.stats`, in ``fabric status`` and in the Prometheus export
+(``fabric_cache_*{cache="NAME"}``, docs/METRICS.md).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ _by_node: weakref.WeakKeyDictionary[Node, dict[str, Cache]] = weakref.WeakKeyDic
 
 
 def caches_of(node: Node) -> dict[str, dict[str, int]]:
-    """The counters of every cache started on ``node``, by cache name (``fabric status``)."""
+    """The counters of every cache started on ``node``, by cache name (``fabric status``, the metrics snapshot)."""
     return {name: cache.stats() for name, cache in sorted(_by_node.get(node, {}).items())}
 
 

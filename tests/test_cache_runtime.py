@@ -243,3 +243,20 @@ def test_get_many_reads_and_fills_the_near_cache() -> None:
             await stop(nodes)
 
     run(body)
+
+
+def test_the_cache_counters_reach_the_metrics_snapshot() -> None:
+    from fabric.metrics import take_snapshot
+
+    async def body() -> None:
+        nodes, caches = await cluster(2)
+        try:
+            await caches[0].put("k", "v")
+            await caches[0].delete("k")
+            snap = take_snapshot(nodes[0])  # on the node's loop, as the exporter takes it
+            assert snap.caches == caches_of(nodes[0])
+            assert snap.caches["t"]["tombstones"] == 1  # this node owns k: its tombstone
+        finally:
+            await stop(nodes)
+
+    run(body)
