@@ -72,7 +72,8 @@ _by_node: weakref.WeakKeyDictionary[Node, dict[str, Cache]] = weakref.WeakKeyDic
 
 
 def caches_of(node: Node) -> dict[str, dict[str, int]]:
-    """The counters of every cache started on ``node``, by cache name (``fabric status``, the metrics snapshot)."""
+    """The counters of every cache started on ``node``, by cache name (``fabric status``
+    and the metrics snapshot read them)."""
     return {name: cache.stats() for name, cache in sorted(_by_node.get(node, {}).items())}
 
 
