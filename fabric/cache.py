@@ -45,6 +45,7 @@ import inspect
 import itertools
 import math
 import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -131,6 +132,11 @@ class Cache:
         self._loop = node.loop
         self._group = (GROUP, name)
         self._members: set[Pid] = set()
+        # (deadline, future) of requests waiting with the default timeout, in the order
+        # they started (so in deadline order): one timer for the earliest, instead of a
+        # timer per request (see _watch_deadline)
+        self._deadlines: deque[tuple[float, asyncio.Future[Any]]] = deque()
+        self._deadline_timer: asyncio.TimerHandle | None = None
         lowlevel.add_service(node, self.core)
         self._run = functools.partial(lowlevel.run_service, node)
         self._expect = functools.partial(lowlevel.expect, node)
@@ -289,6 +295,9 @@ class Cache:
         if self._remove_drain_hook is not None:
             self._remove_drain_hook()
             self._remove_drain_hook = None
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         self._watcher.cancel()
         try:
             await self._watcher
@@ -330,21 +339,48 @@ class Cache:
         fut = self._expect(token)  # before the effects run: one may complete it
         self._run(self._service, start(token, self._loop.time()))
         if not fut.done():
-            limit = self.timeout if timeout is None else timeout
-            timer = self._loop.call_later(limit, _expire, fut, limit)
+            timer = None
+            if timeout is None:
+                self._watch_deadline(fut)
+            else:
+                timer = self._loop.call_later(timeout, _expire, fut, timeout)
             try:
                 await fut
             except FabricTimeout:
                 self.core.cancel(token)
                 raise
             finally:
-                timer.cancel()
+                if timer is not None:
+                    timer.cancel()
         result: Result = fut.result()
         if result[0] == "error":
             text = str(result[1])
             raise (CacheUnavailableError if text.startswith("unavailable") else CacheError)(
                 f"cache {self.name!r}: {text}")
         return result
+
+    def _watch_deadline(self, fut: asyncio.Future[Any]) -> None:
+        """Fail ``fut`` with FabricTimeout if it is not done within ``self.timeout``.
+
+        Requests share one timer, armed for the earliest deadline: a timer per request
+        (created, pushed on the loop's heap, cancelled) cost about 2 us of each remote
+        operation's ~20 us of cache overhead. Requests that finished are dropped from the
+        front as new ones come, so the queue holds about the requests in flight."""
+        queue = self._deadlines
+        while queue and queue[0][1].done():  # bounded by the queue
+            queue.popleft()
+        queue.append((self._loop.time() + self.timeout, fut))
+        if self._deadline_timer is None:
+            self._deadline_timer = self._loop.call_at(queue[0][0], self._expire_due)
+
+    def _expire_due(self) -> None:
+        self._deadline_timer = None
+        queue = self._deadlines
+        due = self._loop.time() + 0.001  # the loop may run a timer a little early
+        while queue and (queue[0][1].done() or queue[0][0] <= due):  # bounded by the queue
+            _expire(queue.popleft()[1], self.timeout)
+        if queue:
+            self._deadline_timer = self._loop.call_at(queue[0][0], self._expire_due)
 
     def _size(self, key: Any, value: Any) -> int:
         kb = _check_key(key)

@@ -260,3 +260,33 @@ def test_the_cache_counters_reach_the_metrics_snapshot() -> None:
             await stop(nodes)
 
     run(body)
+
+
+def test_requests_that_get_no_answer_time_out_and_the_rest_go_on() -> None:
+    async def body() -> None:
+        nodes, caches = await cluster(2, timeout=0.5)
+        try:
+            release = asyncio.Event()
+
+            async def slow() -> str:
+                await release.wait()
+                return "computed"
+
+            leader = asyncio.ensure_future(caches[0].get_or_compute("k", slow))
+            await async_wait_until(lambda: caches[0].stats()["misses"] +
+                                   caches[1].stats()["misses"] > 0, timeout=10,
+                                   message="the leader is computing")
+            # Waiters on the flight get no answer until the leader fills it.
+            waiters = [asyncio.ensure_future(caches[1].get_or_compute("k", slow))
+                       for _ in range(3)]
+            for waiter in waiters:
+                with pytest.raises(fabric.FabricTimeout):
+                    await waiter
+            await caches[1].put("other", 1)  # later requests are not affected
+            assert await caches[1].get("other") == 1
+            release.set()
+            assert await leader == "computed"
+        finally:
+            await stop(nodes)
+
+    run(body)

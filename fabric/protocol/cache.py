@@ -108,7 +108,7 @@ _SWEEP = ("sweep",)
 _HANDOFF = ("handoff",)
 _SETTLE = ("settle",)
 _MAX_RESTAMPS = 8  # a put re-stamped this often against newer copies fails
-_PRIMARY_MEMO = 65_536  # ring lookups remembered for owner-local reads
+_OWNERS_MEMO = 65_536  # ring lookups remembered (a request costs one dict lookup, not a walk)
 UNAVAILABLE: Result = ("error", "unavailable: every owner of the key is down")
 
 
@@ -184,8 +184,8 @@ class CacheCore:
         self._declared: set[str] = set()  # owners as the runtime reports them (pg)
         self._up: set[str] = set()  # peers with a session
         self.placement = Placement((), replicas)
-        # key -> primary, a memo of ring lookups for owner-local reads (cleared on change)
-        self._primaries: dict[Any, str | None] = {}
+        # key -> its owners, a memo of ring walks for requests (cleared on every change)
+        self._owners: dict[Any, list[str]] = {}
         # The placement of the last settled moment (no change for handoff_grace seconds and
         # this node's hand-off done): reads that miss during a move are asked again of its
         # owners, and moves on standby (sender -> moves, see plan_handoff) wait until then.
@@ -304,13 +304,8 @@ class CacheCore:
     def read_local(self, key: Any, now: float) -> Entry | None | bool:
         """A read served here without a message when this node is the key's primary:
         the entry or None (a miss); False when another node is the primary."""
-        primary = self._primaries.get(key)
-        if primary is None:
-            primary = self.placement.primary(key)
-            if len(self._primaries) >= _PRIMARY_MEMO:
-                self._primaries.clear()
-            self._primaries[key] = primary
-        if primary != self.me:
+        owners = self._owners.get(key) or self._owners_of(key)
+        if not owners or owners[0] != self.me:
             return False
         return self.store.get(key, now)
 
@@ -324,7 +319,7 @@ class CacheCore:
         if op not in OPS:
             raise ValueError(f"unknown cache operation {op!r}")
         out: list[Effect] = []
-        owners = self.placement.owners(key)
+        owners = self._owners.get(key) or self._owners_of(key)
         if not owners:
             out.append(Complete(token, UNAVAILABLE))
             return out
@@ -385,7 +380,17 @@ class CacheCore:
 
     def owners_of(self, key: Any) -> list[str]:
         """The key's live owners, primary first."""
-        return self.placement.owners(key)
+        return list(self._owners_of(key))
+
+    def _owners_of(self, key: Any) -> list[str]:
+        """The key's live owners from the memo (filled here): shared, do not change it."""
+        owners = self._owners.get(key)
+        if owners is None:
+            owners = self.placement.owners(key)
+            if len(self._owners) >= _OWNERS_MEMO:
+                self._owners.clear()
+            self._owners[key] = owners
+        return owners
 
     def counters(self) -> dict[str, int]:
         stats = self.stats.as_dict()
@@ -630,7 +635,7 @@ class CacheCore:
                out: list[Effect]) -> None:
         store = self.store
         if op in _WRITES:
-            short = self._too_few_owners(self.placement.owners(key))
+            short = self._too_few_owners(self._owners_of(key))
             if short is not None:  # refused before anything is applied
                 self._answer(origin, rid, ("error", short), now, out)
                 if op == "fill":
@@ -740,10 +745,11 @@ class CacheCore:
 
     def _replicate(self, origin: str, rid: int, key: Any, message: list[Any], result: Result,
                    now: float, out: list[Effect]) -> None:
-        replicas = [n for n in self.placement.owners(key) if n != self.me]
+        owners = self._owners_of(key)
+        replicas = [n for n in owners if n != self.me]
         # _serve checked that the key has write_acks live owners; this copy counts if
         # this node is one of them.
-        needed = self.write_acks - (1 if len(replicas) < len(self.placement.owners(key)) else 0)
+        needed = self.write_acks - (1 if len(replicas) < len(owners) else 0)
         if not replicas or needed <= 0:
             for replica in replicas:
                 out.append(Send(replica, message))  # wid 0: no acknowledgement expected
@@ -775,7 +781,7 @@ class CacheCore:
             return []
         old = self.placement
         self.placement = old.with_members(live)
-        self._primaries.clear()
+        self._owners.clear()
         if self.near is not None:  # who tracks its readers may have changed
             for key in list(self.near.keys()):
                 self.near.delete(key)
