@@ -61,7 +61,13 @@ keeps serving meanwhile, and counts every entry sent (``stats.handoffs``). A cop
 leaves this node is dropped only once its new owner acknowledged it. When a change
 settles, copies this node holds without owning the key (strays: a plan made during a heal
 from a view already outdated sends copies to a node that turns out not to own them) are
-sent to the key's owners and dropped the same way. Plans start from
+sent to the key's owners and dropped the same way, and the node sends every other live
+owner a digest of the copies both hold (``["dig", xor, count]``,
+:mod:`fabric.protocol.cache_digest`); an owner whose own digest differs answers with its
+``(key, version)`` list (``["dkeys", [[key, version]...], last]``, in chunks) and the
+digest's sender hands it, in ordinary batches, every copy it lacks or holds older. So a
+sender that dies after the change settled at the key's other owner (a hand-off longer
+than ``handoff_grace``) costs no copy. Plans start from
 the last *settled* placement (no change for ``handoff_grace`` seconds, this node's
 hand-off done), not from the one just replaced: when a second change comes while the
 first one's copies are still moving (their sender died right after a heal, say), the
@@ -69,6 +75,13 @@ two are planned as one and the survivors send what the dead sender could not. ``
 the graceful stop: the node plans as if it were gone, sends everything, and completes
 its token once every batch is acknowledged (or its target went down); it keeps answering
 from its store until then.
+
+Deletes. ``del`` is written like a put (``["wd", rid, key, size, ttl_ms, version]``,
+the same re-stamping): every owner replaces the value with a *tombstone* of the delete's
+version that lives ``tombstone_ttl`` seconds (:meth:`CacheStore.bury`), so an older copy
+that arrives later (a hand-off in flight, a replica, a read repair) is refused instead of
+bringing the key back. Tombstones travel in hand-offs and digests; a read that finds one
+answers ``gone``, a miss that the requester does not ask the key's previous owners about.
 
 Near cache (``near_entries`` > 0). A read whose primary is another node is first looked
 up in this node's near cache; a miss asks the primary with ``nget``, which answers
@@ -90,6 +103,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from fabric.protocol.cache_digest import digest, lacking, shared_copies
 from fabric.protocol.cache_flight import Flights
 from fabric.protocol.cache_placement import Move, Placement, plan_handoff
 from fabric.protocol.cache_store import NO_VERSION, CacheStore, Entry, Version
@@ -107,6 +121,7 @@ _WRITES = frozenset({"put", "del", "incr", "fill"})
 _SWEEP = ("sweep",)
 _HANDOFF = ("handoff",)
 _SETTLE = ("settle",)
+_KEY_LIST_CHUNK = 4096  # (key, version) pairs per "dkeys" message
 _MAX_RESTAMPS = 8  # a put re-stamped this often against newer copies fails
 _OWNERS_MEMO = 65_536  # ring lookups remembered (a request costs one dict lookup, not a walk)
 UNAVAILABLE: Result = ("error", "unavailable: every owner of the key is down")
@@ -205,6 +220,8 @@ class CacheCore:
         self._dropping: set[Any] = set()  # keys of the batch being built that will go
         self._leaving = False
         self._leave_token: Any = None
+        # peer -> the (key, version) list it is sending after a digest mismatch
+        self._key_lists: dict[str, dict[Any, Version]] = {}
 
     # -- ServiceCore ----------------------------------------------------------------------
 
@@ -222,6 +239,7 @@ class CacheCore:
 
     def on_nodedown(self, peer: str, reason: str, now: float) -> list[Effect]:
         self._up.discard(peer)
+        self._key_lists.pop(peer, None)
         if self._readers:
             for readers in self._readers.values():
                 readers.discard(peer)
@@ -284,7 +302,7 @@ class CacheCore:
                 return [SetTimer(_SETTLE, now + self.handoff_grace)]
             self._settled = self.placement
             self._standby.clear()
-            return self._rehome_strays(now)
+            return self._rehome_strays(now) + self._send_digests(now)
         return []
 
     def on_process_exit(self, pid: Pid, reason: Any, now: float) -> list[Effect]:
@@ -615,6 +633,25 @@ class CacheCore:
                                   bool(tomb), now, out)
                 self._clock = max(self._clock, int(version[0]))
             out.append(Send(peer, ["hack", msg[1]]))
+        elif tag == "dig":  # a co-owner's digest of the copies we share
+            mine = self._shared_copies(now).get(peer, {})
+            if digest(mine) != (int(msg[1]), int(msg[2])):
+                rows = [[key, list(version)] for key, version in mine.items()]
+                for start in range(0, max(1, len(rows)), _KEY_LIST_CHUNK):
+                    last = start + _KEY_LIST_CHUNK >= len(rows)
+                    out.append(Send(peer, ["dkeys", rows[start:start + _KEY_LIST_CHUNK],
+                                           last]))
+        elif tag == "dkeys":  # its copies, after our digest differed from its own
+            theirs = self._key_lists.setdefault(peer, {})
+            for key, version in msg[1]:
+                theirs[key] = _version(version)
+            if msg[2]:
+                del self._key_lists[peer]
+                mine = self._shared_copies(now).get(peer, {})
+                for key in lacking(mine, theirs):
+                    self._moves.append(Move(key, (peer,), False))
+                if self._moves:
+                    out.append(SetTimer(_HANDOFF, now))
         elif tag == "inv":
             if self.near is not None:
                 self.near.delete(msg[1])
@@ -811,6 +848,24 @@ class CacheCore:
                 if self.me not in owners:
                     self._moves.append(Move(key, tuple(owners), True))
         return [SetTimer(_HANDOFF, now)] if self._moves else []
+
+    def _shared_copies(self, now: float) -> dict[str, dict[Any, Version]]:
+        held = []
+        keys = self.store.keys()  # a copy: peek_any drops expired entries
+        for key in keys:
+            entry = self.store.peek_any(key, now)
+            if entry is not None:
+                held.append((key, entry.version))
+        return shared_copies(self.me, self.placement, held)
+
+    def _send_digests(self, now: float) -> list[Effect]:
+        """Once a change settled: tell every other live owner the digest of the copies
+        this node shares with it (see :mod:`fabric.protocol.cache_digest`)."""
+        if self._leaving or self.me not in self.placement.members:
+            return []
+        shared = self._shared_copies(now)
+        return [Send(peer, ["dig", *digest(shared.get(peer, {}))])
+                for peer in sorted(self.placement.members - {self.me})]
 
     def _handoff_step(self, now: float) -> list[Effect]:
         out: list[Effect] = []
