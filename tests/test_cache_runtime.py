@@ -222,3 +222,71 @@ def test_a_near_cache_on_a_reader_is_invalidated_by_the_owners() -> None:
             await stop(nodes)
 
     run(body)
+
+
+def test_get_many_reads_and_fills_the_near_cache() -> None:
+    async def body() -> None:
+        nodes, caches = await cluster(2)
+        try:
+            _, reader = await reader_of(nodes, near_entries=1000, near_ttl=30)
+            items = {f"k{i}": i for i in range(20)}
+            await caches[0].put_many(items)
+            assert await reader.get_many([*items, "absent"]) == items
+            assert reader.stats()["near_entries"] == 20  # kept near, readers registered
+            assert await reader.get_many(items) == items
+            assert reader.stats()["near_hits"] == 20  # the second call sent nothing
+            await caches[1].put("k3", "changed")  # the owners invalidate what mget sent
+            await async_wait_until(lambda: reader.stats()["near_entries"] == 19, timeout=10,
+                                   message="the owners invalidated the reader's copy")
+            assert (await reader.get_many(["k3", "k4"])) == {"k3": "changed", "k4": 4}
+        finally:
+            await stop(nodes)
+
+    run(body)
+
+
+def test_the_cache_counters_reach_the_metrics_snapshot() -> None:
+    from fabric.metrics import take_snapshot
+
+    async def body() -> None:
+        nodes, caches = await cluster(2)
+        try:
+            await caches[0].put("k", "v")
+            await caches[0].delete("k")
+            snap = take_snapshot(nodes[0])  # on the node's loop, as the exporter takes it
+            assert snap.caches == caches_of(nodes[0])
+            assert snap.caches["t"]["tombstones"] == 1  # this node owns k: its tombstone
+        finally:
+            await stop(nodes)
+
+    run(body)
+
+
+def test_requests_that_get_no_answer_time_out_and_the_rest_go_on() -> None:
+    async def body() -> None:
+        nodes, caches = await cluster(2, timeout=0.5)
+        try:
+            release = asyncio.Event()
+
+            async def slow() -> str:
+                await release.wait()
+                return "computed"
+
+            leader = asyncio.ensure_future(caches[0].get_or_compute("k", slow))
+            await async_wait_until(lambda: caches[0].stats()["misses"] +
+                                   caches[1].stats()["misses"] > 0, timeout=10,
+                                   message="the leader is computing")
+            # Waiters on the flight get no answer until the leader fills it.
+            waiters = [asyncio.ensure_future(caches[1].get_or_compute("k", slow))
+                       for _ in range(3)]
+            for waiter in waiters:
+                with pytest.raises(fabric.FabricTimeout):
+                    await waiter
+            await caches[1].put("other", 1)  # later requests are not affected
+            assert await caches[1].get("other") == 1
+            release.set()
+            assert await leader == "computed"
+        finally:
+            await stop(nodes)
+
+    run(body)

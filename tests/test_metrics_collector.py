@@ -41,6 +41,11 @@ def _snapshot() -> NodeSnapshot:
                        bytes_in=10, batches_out=0, messages_out=0, bytes_out=0, refused=0,
                        queued=0, heartbeat_age=None, rtt=None),
         ),
+        caches={"sessions": {"hits": 10, "misses": 3, "evictions": 2, "expirations": 1,
+                             "tombstones": 4, "handoffs": 7, "repairs": 1, "entries": 50,
+                             "bytes": 5000, "handoff_pending": 0, "near_hits": 6,
+                             "near_entries": 8},
+                "plain": {"hits": 1, "entries": 2}},
     )
 
 
@@ -95,6 +100,20 @@ def test_a_scrape_without_a_snapshot_says_only_that_the_node_did_not_answer() ->
     got = _scrape(lambda: None)
     assert list(got) == ["fabric_up"]
     assert _value(got["fabric_up"], "fabric_up") == 0
+
+
+def test_the_cache_counters_are_exposed_by_cache_name() -> None:
+    got = _scrape(_snapshot)
+    hits = got["fabric_cache_hits"]
+    assert hits.type == "counter"
+    assert _value(hits, "fabric_cache_hits_total", cache="sessions") == 10
+    assert _value(hits, "fabric_cache_hits_total", cache="plain") == 1
+    assert got["fabric_cache_bytes"].type == "gauge"
+    assert _value(got["fabric_cache_bytes"], "fabric_cache_bytes", cache="sessions") == 5000
+    assert _value(got["fabric_cache_tombstones"], "fabric_cache_tombstones",
+                  cache="sessions") == 4
+    near = got["fabric_cache_near_entries"]  # only caches that have a near cache
+    assert [s.labels for s in near.samples] == [{"cache": "sessions"}]
 
 
 def test_every_metric_is_documented_and_every_documented_metric_exists() -> None:

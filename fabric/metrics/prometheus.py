@@ -10,9 +10,9 @@ nothing for the exporter). A scrape that gets no snapshot (the node's loop did n
 in time, or the node is not running) returns only ``fabric_up 0``.
 
 Names follow Prometheus conventions: the ``fabric_`` prefix, ``_total`` on counters, base
-units (``_bytes``, ``_seconds``), and labels (``peer``, ``reason``, ``name``, ``hidden``)
-for dimensions whose values sum to something meaningful. docs/METRICS.md lists them all;
-``tests/test_metrics_collector.py`` checks that the two agree.
+units (``_bytes``, ``_seconds``), and labels (``peer``, ``reason``, ``name``, ``hidden``,
+``cache``) for dimensions whose values sum to something meaningful. docs/METRICS.md lists
+them all; ``tests/test_metrics_collector.py`` checks that the two agree.
 
 ``prometheus_client`` (the ``metrics`` extra) is imported when :func:`families` first
 runs, so this module imports without it; nothing calls it unless a node is configured with
@@ -62,6 +62,44 @@ _PEER_SERIES: tuple[_Series, ...] = (
 )
 
 
+# The counters of fabric.cache.Cache.stats(), labelled by cache name: counter -> help.
+# Exposed as fabric_cache_<counter>_total (counters) and fabric_cache_<counter> (gauges);
+# a counter a cache lacks (near_* without a near cache) is left out for it.
+_CACHE_COUNTERS = {
+    "hits": "Reads served from this node's store.",
+    "misses": "Reads of keys this node does not hold (absent, deleted or expired).",
+    "evictions": "Entries evicted (least recently used) to keep the bounds.",
+    "expirations": "Entries and tombstones dropped at their deadline.",
+    "handoffs": "Entries sent to new owners after owner changes.",
+    "repairs": "Stale copies overwritten by read repair.",
+    "near_hits": "Reads served from this node's near cache.",
+}
+_CACHE_GAUGES = {
+    "entries": "Entries held, tombstones included.",
+    "bytes": "Bytes held, counted against max_bytes.",
+    "tombstones": "Tombstones of deletes held.",
+    "handoff_pending": "Hand-off work not finished (entries to send, batches unacknowledged).",
+    "near_entries": "Entries in this node's near cache.",
+}
+
+
+def _cache_families(caches: Mapping[str, Mapping[str, int]]) -> list[Metric]:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    out: list[Metric] = []
+    series: list[tuple[str, CounterMetricFamily | GaugeMetricFamily]] = [
+        (c, CounterMetricFamily(f"fabric_cache_{c}", h, labels=["cache"]))
+        for c, h in _CACHE_COUNTERS.items()]
+    series += [(c, GaugeMetricFamily(f"fabric_cache_{c}", h, labels=["cache"]))
+               for c, h in _CACHE_GAUGES.items()]
+    for counter, family in series:
+        for cache, numbers in sorted(caches.items()):
+            if counter in numbers:
+                family.add_metric([cache], numbers[counter])
+        out.append(family)
+    return out
+
+
 def families(snap: NodeSnapshot | None) -> list[Metric]:
     """The metric families of one scrape (only ``fabric_up 0`` without a snapshot)."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -109,6 +147,7 @@ def families(snap: NodeSnapshot | None) -> list[Metric]:
             if value is not None:
                 family.add_metric([sample.peer], value)
         out.append(family)
+    out += _cache_families(snap.caches)
     return out
 
 

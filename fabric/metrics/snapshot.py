@@ -13,7 +13,9 @@ detector's ``silence``), never private state.
 Nothing here runs on the hot path: the counters it reads are the ones the node keeps
 anyway (``node.metrics``, each channel's :class:`~fabric.outbound.Outbound`), and the
 gauges (mailbox depths, queue lengths, heartbeat age) are computed when a snapshot is
-taken. Its cost is linear in processes plus peers, paid once per scrape.
+taken. Its cost is linear in processes plus peers, paid once per scrape. The counters of
+the node's distributed caches (:func:`fabric.cache.caches_of`, the figures ``fabric
+status`` shows) are copied too, a few integers per cache.
 
 Drops are reported by reason, each drop counted under exactly one reason so that their
 sum means something (``bad_input`` includes ``unknown_kind`` and ``not_a_message``, so
@@ -24,7 +26,7 @@ docs/METRICS.md.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
@@ -85,6 +87,8 @@ class NodeSnapshot:
     handshakes_refused: Mapping[str, int]  # refusal reason -> count
     topic_messages_in: int
     peer_samples: tuple[PeerSample, ...]
+    # cache name -> its counters on this node (fabric.cache.Cache.stats)
+    caches: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
 
 def take_snapshot(node: Node, rtt: Mapping[str, float] | None = None) -> NodeSnapshot:
@@ -94,6 +98,8 @@ def take_snapshot(node: Node, rtt: Mapping[str, float] | None = None) -> NodeSna
         rtt: the last ping round trip per peer, seconds, if someone measures it
             (:class:`fabric.metrics.rtt.RttProbe`).
     """
+    from fabric.cache import caches_of  # the cache imports the node: not at module level
+
     rtt = rtt or {}
     metrics = node.metrics
     counters = dict(metrics)
@@ -153,4 +159,5 @@ def take_snapshot(node: Node, rtt: Mapping[str, float] | None = None) -> NodeSna
         handshakes_refused=dict(node.mesh.stats.refused),
         topic_messages_in=counters["topic_in"],
         peer_samples=tuple(samples),
+        caches=caches_of(node),
     )

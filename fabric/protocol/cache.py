@@ -61,7 +61,13 @@ keeps serving meanwhile, and counts every entry sent (``stats.handoffs``). A cop
 leaves this node is dropped only once its new owner acknowledged it. When a change
 settles, copies this node holds without owning the key (strays: a plan made during a heal
 from a view already outdated sends copies to a node that turns out not to own them) are
-sent to the key's owners and dropped the same way. Plans start from
+sent to the key's owners and dropped the same way, and the node sends every other live
+owner a digest of the copies both hold (``["dig", xor, count]``,
+:mod:`fabric.protocol.cache_digest`); an owner whose own digest differs answers with its
+``(key, version)`` list (``["dkeys", [[key, version]...], last]``, in chunks) and the
+digest's sender hands it, in ordinary batches, every copy it lacks or holds older. So a
+sender that dies after the change settled at the key's other owner (a hand-off longer
+than ``handoff_grace``) costs no copy. Plans start from
 the last *settled* placement (no change for ``handoff_grace`` seconds, this node's
 hand-off done), not from the one just replaced: when a second change comes while the
 first one's copies are still moving (their sender died right after a heal, say), the
@@ -69,6 +75,13 @@ two are planned as one and the survivors send what the dead sender could not. ``
 the graceful stop: the node plans as if it were gone, sends everything, and completes
 its token once every batch is acknowledged (or its target went down); it keeps answering
 from its store until then.
+
+Deletes. ``del`` is written like a put (``["wd", rid, key, size, ttl_ms, version]``,
+the same re-stamping): every owner replaces the value with a *tombstone* of the delete's
+version that lives ``tombstone_ttl`` seconds (:meth:`CacheStore.bury`), so an older copy
+that arrives later (a hand-off in flight, a replica, a read repair) is refused instead of
+bringing the key back. Tombstones travel in hand-offs and digests; a read that finds one
+answers ``gone``, a miss that the requester does not ask the key's previous owners about.
 
 Near cache (``near_entries`` > 0). A read whose primary is another node is first looked
 up in this node's near cache; a miss asks the primary with ``nget``, which answers
@@ -90,6 +103,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from fabric.protocol.cache_digest import digest, lacking, shared_copies
 from fabric.protocol.cache_flight import Flights
 from fabric.protocol.cache_placement import Move, Placement, plan_handoff
 from fabric.protocol.cache_store import NO_VERSION, CacheStore, Entry, Version
@@ -107,8 +121,9 @@ _WRITES = frozenset({"put", "del", "incr", "fill"})
 _SWEEP = ("sweep",)
 _HANDOFF = ("handoff",)
 _SETTLE = ("settle",)
+_KEY_LIST_CHUNK = 4096  # (key, version) pairs per "dkeys" message
 _MAX_RESTAMPS = 8  # a put re-stamped this often against newer copies fails
-_PRIMARY_MEMO = 65_536  # ring lookups remembered for owner-local reads
+_OWNERS_MEMO = 65_536  # ring lookups remembered (a request costs one dict lookup, not a walk)
 UNAVAILABLE: Result = ("error", "unavailable: every owner of the key is down")
 
 
@@ -129,12 +144,15 @@ class _Request:
 
 @dataclass(slots=True)
 class _DirectWrite:
-    """A put this node sends to every owner of the key at once, stamped here."""
+    """A put (or a delete's tombstone) this node sends to every owner of the key at
+    once, stamped here."""
 
     token: Any
     key: Any
     row: list[Any]  # value, size, ttl_ms
     attempts: int
+    tomb: bool = False  # a delete: the row is a tombstone
+    existed: bool = False  # a delete: some owner held a live value
     needed: int = 0  # acknowledgements still needed
     waiting: set[str] = field(default_factory=set)  # owners yet to answer
 
@@ -157,7 +175,8 @@ class CacheCore:
                  max_entries: int = 1_000_000, max_bytes: int = 256 << 20,
                  sweep_interval: float = 1.0, sweep_budget: int = 1000,
                  handoff_batch: int = 256, handoff_grace: float = 5.0,
-                 near_entries: int = 0, near_ttl: float = 1.0) -> None:
+                 near_entries: int = 0, near_ttl: float = 1.0,
+                 tombstone_ttl: float = 60.0) -> None:
         if write_acks is not None and not 1 <= write_acks <= replicas:
             raise ValueError(f"write_acks must be 1..replicas ({replicas}), not {write_acks}")
         self.name = name
@@ -170,6 +189,7 @@ class CacheCore:
         # the owners (which remember their readers) and never older than near_ttl.
         self.near = CacheStore(near_entries, 1 << 62) if near_entries > 0 else None
         self.near_ttl_ms = max(1, int(near_ttl * 1000))
+        self.tombstone_ttl_ms = max(1, int(tombstone_ttl * 1000))
         self._readers: dict[Any, set[str]] = {}  # key -> nodes with it in a near cache
         self.sweep_interval = sweep_interval
         self.sweep_budget = sweep_budget
@@ -179,8 +199,8 @@ class CacheCore:
         self._declared: set[str] = set()  # owners as the runtime reports them (pg)
         self._up: set[str] = set()  # peers with a session
         self.placement = Placement((), replicas)
-        # key -> primary, a memo of ring lookups for owner-local reads (cleared on change)
-        self._primaries: dict[Any, str | None] = {}
+        # key -> its owners, a memo of ring walks for requests (cleared on every change)
+        self._owners: dict[Any, list[str]] = {}
         # The placement of the last settled moment (no change for handoff_grace seconds and
         # this node's hand-off done): reads that miss during a move are asked again of its
         # owners, and moves on standby (sender -> moves, see plan_handoff) wait until then.
@@ -200,6 +220,8 @@ class CacheCore:
         self._dropping: set[Any] = set()  # keys of the batch being built that will go
         self._leaving = False
         self._leave_token: Any = None
+        # peer -> the (key, version) list it is sending after a digest mismatch
+        self._key_lists: dict[str, dict[Any, Version]] = {}
 
     # -- ServiceCore ----------------------------------------------------------------------
 
@@ -217,6 +239,7 @@ class CacheCore:
 
     def on_nodedown(self, peer: str, reason: str, now: float) -> list[Effect]:
         self._up.discard(peer)
+        self._key_lists.pop(peer, None)
         if self._readers:
             for readers in self._readers.values():
                 readers.discard(peer)
@@ -279,7 +302,7 @@ class CacheCore:
                 return [SetTimer(_SETTLE, now + self.handoff_grace)]
             self._settled = self.placement
             self._standby.clear()
-            return self._rehome_strays(now)
+            return self._rehome_strays(now) + self._send_digests(now)
         return []
 
     def on_process_exit(self, pid: Pid, reason: Any, now: float) -> list[Effect]:
@@ -299,13 +322,8 @@ class CacheCore:
     def read_local(self, key: Any, now: float) -> Entry | None | bool:
         """A read served here without a message when this node is the key's primary:
         the entry or None (a miss); False when another node is the primary."""
-        primary = self._primaries.get(key)
-        if primary is None:
-            primary = self.placement.primary(key)
-            if len(self._primaries) >= _PRIMARY_MEMO:
-                self._primaries.clear()
-            self._primaries[key] = primary
-        if primary != self.me:
+        owners = self._owners.get(key) or self._owners_of(key)
+        if not owners or owners[0] != self.me:
             return False
         return self.store.get(key, now)
 
@@ -319,7 +337,7 @@ class CacheCore:
         if op not in OPS:
             raise ValueError(f"unknown cache operation {op!r}")
         out: list[Effect] = []
-        owners = self.placement.owners(key)
+        owners = self._owners.get(key) or self._owners_of(key)
         if not owners:
             out.append(Complete(token, UNAVAILABLE))
             return out
@@ -327,6 +345,10 @@ class CacheCore:
             self.near.delete(key)  # this node's own write: its near copy is stale
         if op == "put" and not args[3]:
             self._direct_write(_DirectWrite(token, key, args[:3], 0), owners, now, out)
+            return out
+        if op == "del":  # a tombstone, written like a put (see _direct_write)
+            row = [None, len(str(key)), self.tombstone_ttl_ms]
+            self._direct_write(_DirectWrite(token, key, row, 0, tomb=True), owners, now, out)
             return out
         rid = self._new_id()
         req = _Request(token, op, key, args, owners[0], {owners[0]})
@@ -376,7 +398,17 @@ class CacheCore:
 
     def owners_of(self, key: Any) -> list[str]:
         """The key's live owners, primary first."""
-        return self.placement.owners(key)
+        return list(self._owners_of(key))
+
+    def _owners_of(self, key: Any) -> list[str]:
+        """The key's live owners from the memo (filled here): shared, do not change it."""
+        owners = self._owners.get(key)
+        if owners is None:
+            owners = self.placement.owners(key)
+            if len(self._owners) >= _OWNERS_MEMO:
+                self._owners.clear()
+            self._owners[key] = owners
+        return owners
 
     def counters(self) -> dict[str, int]:
         stats = self.stats.as_dict()
@@ -440,13 +472,23 @@ class CacheCore:
             self._send_request(rid, req, now, out)
             return
         del self._pending[rid]
-        if result[0] == "nhit":
+        if result[0] == "gone":  # deleted: a miss that previous owners cannot overrule
+            result = ("miss", None)
+        elif result[0] == "nhit":
             value, ttl_ms = result[1]
-            if self.near is not None:
-                near_ms = self.near_ttl_ms if ttl_ms is None else min(ttl_ms, self.near_ttl_ms)
-                self.near.put(req.key, value, 1, near_ms, NO_VERSION, now)
+            self._keep_near(req.key, value, ttl_ms, now)
             result = ("hit", value)
+        elif req.op == "mget" and len(req.args) > 1 and req.args[1] and result[0] == "ok":
+            for key, got in zip(req.args[0], result[1], strict=True):
+                if got is not None:
+                    self._keep_near(key, got[0], got[1], now)
         out.append(Complete(req.token, result))
+
+    def _keep_near(self, key: Any, value: Any, ttl_ms: int | None, now: float) -> None:
+        """A value read from its owner, which now counts this node among its readers."""
+        if self.near is not None:
+            near_ms = self.near_ttl_ms if ttl_ms is None else min(ttl_ms, self.near_ttl_ms)
+            self.near.put(key, value, 1, near_ms, NO_VERSION, now)
 
     def _finish_gather(self, rid: int, req: _Request, now: float, out: list[Effect]) -> None:
         if req.waiting or req.gather is None:
@@ -460,18 +502,19 @@ class CacheCore:
             out.append(Complete(req.token, ("miss", None)))
             return
         best_node = max(copies, key=lambda n: _version(copies[n][3]))
-        value, size, ttl_ms, version = copies[best_node]
+        value, size, ttl_ms, version, tomb = copies[best_node]
         for owner in req.gather:
             if owner in copies and _version(copies[owner][3]) == _version(version):
                 continue
             self.stats.repairs += 1
-            rep = ["rep", 0, req.key, value, size, ttl_ms, version]
             if owner == self.me:
-                if self.store.merge(req.key, value, size, ttl_ms, _version(version), now):
-                    self._invalidate(req.key, out)
+                self._apply_write(req.key, value, size, ttl_ms, _version(version), tomb, now,
+                                  out)
+            elif tomb:  # the newest copy is a delete: it wins over older values
+                out.append(Send(owner, ["rdel", 0, req.key, size, ttl_ms, version]))
             else:
-                out.append(Send(owner, rep))
-        out.append(Complete(req.token, ("hit", value)))
+                out.append(Send(owner, ["rep", 0, req.key, value, size, ttl_ms, version]))
+        out.append(Complete(req.token, ("miss", None) if tomb else ("hit", value)))
 
     def _direct_write(self, write: _DirectWrite, owners: list[str], now: float,
                       out: list[Effect]) -> None:
@@ -491,21 +534,36 @@ class CacheCore:
         self._direct[rid] = write
         for owner in owners:
             if owner == self.me:
-                accepted = self.store.merge(write.key, value, size, ttl_ms, version, now)
-                if accepted:
-                    self._invalidate(write.key, out)
-                self._on_direct_ack(self.me, rid, accepted, self._clock, now, out)
+                accepted, existed = self._apply_write(write.key, value, size, ttl_ms, version,
+                                                      write.tomb, now, out)
+                self._on_direct_ack(self.me, rid, accepted, self._clock, now, out, existed)
                 if not accepted:
                     return  # re-stamped and sent again by the line above
+            elif write.tomb:
+                out.append(Send(owner, ["wd", rid, write.key, size, ttl_ms, list(version)]))
             else:
                 out.append(Send(owner, ["w", rid, write.key, value, size, ttl_ms,
                                         list(version)]))
 
+    def _apply_write(self, key: Any, value: Any, size: int, ttl_ms: int | None,
+                     version: Version, tomb: bool, now: float,
+                     out: list[Effect]) -> tuple[bool, bool]:
+        """A stamped put or tombstone at this owner: (kept, a live value was there)."""
+        if tomb:
+            accepted, existed = self.store.bury(key, size, ttl_ms or self.tombstone_ttl_ms,
+                                                version, now)
+        else:
+            accepted, existed = self.store.merge(key, value, size, ttl_ms, version, now), False
+        if accepted:
+            self._invalidate(key, out)
+        return accepted, existed
+
     def _on_direct_ack(self, peer: str, rid: int, accepted: bool, clock: int, now: float,
-                       out: list[Effect]) -> None:
+                       out: list[Effect], existed: bool = False) -> None:
         write = self._direct.get(rid)
         if write is None or peer not in write.waiting:
             return  # late, or from an attempt already replaced
+        write.existed = write.existed or existed
         if not accepted:
             del self._direct[rid]
             self._clock = max(self._clock, clock)
@@ -522,7 +580,7 @@ class CacheCore:
         write.needed -= 1
         if write.needed <= 0:
             del self._direct[rid]
-            out.append(Complete(write.token, ("ok", True)))
+            out.append(Complete(write.token, ("ok", write.existed if write.tomb else True)))
 
     def _answer(self, origin: str, rid: int, result: Result, now: float,
                 out: list[Effect]) -> None:
@@ -537,7 +595,7 @@ class CacheCore:
         tag = msg[0]
         if tag == "q":
             op = msg[2]
-            if op not in OPS:
+            if op not in OPS or op == "del":  # a delete is a tombstone write ("wd")
                 raise ValueError(f"unknown op {op!r}")
             self._serve(peer, int(msg[1]), op, msg[3], list(msg[4]), now, out)
         elif tag == "a":
@@ -550,32 +608,50 @@ class CacheCore:
             self._clock = max(self._clock, int(version[0]))
             if wid:
                 out.append(Send(peer, ["rack", wid]))
-        elif tag == "rdel":
-            _, wid, key, version = msg
-            current = self.store.peek(key, now)
-            if current is None or current.version <= _version(version):
-                self.store.delete(key)
-                self._invalidate(key, out)
-            if wid:
-                out.append(Send(peer, ["rack", wid]))
-        elif tag == "w":
-            _, rid, key, value, size, ttl_ms, version = msg
+        elif tag == "rdel":  # a tombstone from read repair
+            _, wid, key, size, ttl_ms, version = msg
+            self._apply_write(key, None, int(size), ttl_ms, _version(version), True, now, out)
+            self._clock = max(self._clock, int(version[0]))
+        elif tag in ("w", "wd"):
+            if tag == "w":
+                _, rid, key, value, size, ttl_ms, version = msg
+            else:
+                (_, rid, key, size, ttl_ms, version), value = msg, None
             stamp = _version(version)
             self._clock = max(self._clock, stamp[0])
-            accepted = self.store.merge(key, value, int(size), ttl_ms, stamp, now)
-            if accepted:
-                self._invalidate(key, out)
-            out.append(Send(peer, ["wa", rid, accepted, self._clock]))
+            accepted, existed = self._apply_write(key, value, int(size), ttl_ms, stamp,
+                                                  tag == "wd", now, out)
+            out.append(Send(peer, ["wa", rid, accepted, self._clock, existed]))
         elif tag == "wa":
-            self._on_direct_ack(peer, int(msg[1]), bool(msg[2]), int(msg[3]), now, out)
+            self._on_direct_ack(peer, int(msg[1]), bool(msg[2]), int(msg[3]), now, out,
+                                len(msg) > 4 and bool(msg[4]))
         elif tag == "rack":
             self._on_replica_ack(peer, int(msg[1]), now, out)
         elif tag == "ho":
-            for key, value, size, ttl_ms, version in msg[2]:
-                if self.store.merge(key, value, int(size), ttl_ms, _version(version), now):
-                    self._invalidate(key, out)
+            for key, value, size, ttl_ms, version, tomb in msg[2]:
+                self._apply_write(key, value, int(size), ttl_ms, _version(version),
+                                  bool(tomb), now, out)
                 self._clock = max(self._clock, int(version[0]))
             out.append(Send(peer, ["hack", msg[1]]))
+        elif tag == "dig":  # a co-owner's digest of the copies we share
+            mine = self._shared_copies(now).get(peer, {})
+            if digest(mine) != (int(msg[1]), int(msg[2])):
+                rows = [[key, list(version)] for key, version in mine.items()]
+                for start in range(0, max(1, len(rows)), _KEY_LIST_CHUNK):
+                    last = start + _KEY_LIST_CHUNK >= len(rows)
+                    out.append(Send(peer, ["dkeys", rows[start:start + _KEY_LIST_CHUNK],
+                                           last]))
+        elif tag == "dkeys":  # its copies, after our digest differed from its own
+            theirs = self._key_lists.setdefault(peer, {})
+            for key, version in msg[1]:
+                theirs[key] = _version(version)
+            if msg[2]:
+                del self._key_lists[peer]
+                mine = self._shared_copies(now).get(peer, {})
+                for key in lacking(mine, theirs):
+                    self._moves.append(Move(key, (peer,), False))
+                if self._moves:
+                    out.append(SetTimer(_HANDOFF, now))
         elif tag == "inv":
             if self.near is not None:
                 self.near.delete(msg[1])
@@ -596,7 +672,7 @@ class CacheCore:
                out: list[Effect]) -> None:
         store = self.store
         if op in _WRITES:
-            short = self._too_few_owners(self.placement.owners(key))
+            short = self._too_few_owners(self._owners_of(key))
             if short is not None:  # refused before anything is applied
                 self._answer(origin, rid, ("error", short), now, out)
                 if op == "fill":
@@ -605,28 +681,33 @@ class CacheCore:
                 return
         if op == "get":
             entry = store.get(key, now)
-            self._answer(origin, rid, ("miss", None) if entry is None else ("hit", entry.value),
-                         now, out)
+            self._answer(origin, rid, self._miss(key, now) if entry is None else (
+                "hit", entry.value), now, out)
         elif op == "nget":
             entry = store.get(key, now)
             if entry is None:
-                self._answer(origin, rid, ("miss", None), now, out)
+                self._answer(origin, rid, self._miss(key, now), now, out)
                 return
-            if len(self._readers) >= _READERS_MAX:
-                self._readers.clear()  # their copies expire within near_ttl anyway
-            self._readers.setdefault(key, set()).add(origin)
+            self._add_reader(key, origin)
             self._answer(origin, rid, ("nhit", [entry.value, entry.ttl_ms(now)]), now, out)
-        elif op == "mget":
-            found = []
+        elif op == "mget":  # args: [keys] or [keys, near]
+            near = len(args) > 1 and bool(args[1])
+            found: list[list[Any] | None] = []
             for k in args[0]:
                 entry = store.get(k, now)
-                found.append(None if entry is None else [entry.value])
+                if entry is None:
+                    found.append(None)
+                elif near:  # as nget: remember the reader, send the TTL left
+                    self._add_reader(k, origin)
+                    found.append([entry.value, entry.ttl_ms(now)])
+                else:
+                    found.append([entry.value])
             self._answer(origin, rid, ("ok", found), now, out)
         elif op == "getv":
-            entry = store.peek(key, now)
+            entry = store.peek_any(key, now)
             self._answer(origin, rid, ("miss", None) if entry is None else (
-                "v", [entry.value, entry.size, entry.ttl_ms(now), list(entry.version)]),
-                now, out)
+                "v", [entry.value, entry.size, entry.ttl_ms(now), list(entry.version),
+                      entry.tomb]), now, out)
         elif op == "put":
             value, size, ttl_ms, only_new = args
             if only_new:
@@ -635,13 +716,6 @@ class CacheCore:
                     self._answer(origin, rid, ("exists", entry.value), now, out)
                     return
             self._write(origin, rid, key, value, int(size), ttl_ms, ("ok", True), now, out)
-        elif op == "del":
-            entry = store.peek(key, now)
-            version = self._stamp(entry)
-            store.delete(key)
-            self._invalidate(key, out)
-            self._replicate(origin, rid, key, ["rdel", 0, key, list(version)],
-                            ("ok", entry is not None), now, out)
         elif op == "incr":
             by, ttl_ms = args
             entry = store.get(key, now)
@@ -672,6 +746,11 @@ class CacheCore:
             if leader is not None:
                 self._answer(leader[0], leader[1], ("compute", None), now, out)
 
+    def _add_reader(self, key: Any, reader: str) -> None:
+        if len(self._readers) >= _READERS_MAX:
+            self._readers.clear()  # their copies expire within near_ttl anyway
+        self._readers.setdefault(key, set()).add(reader)
+
     def _invalidate(self, key: Any, out: list[Effect]) -> None:
         """``key`` changed here: the nodes that hold it in a near cache drop it."""
         readers = self._readers.pop(key, None)
@@ -683,14 +762,19 @@ class CacheCore:
                 elif reader in self._up:
                     out.append(Send(reader, ["inv", key]))
 
-    def _stamp(self, entry: Entry | None) -> Version:
-        floor = NO_VERSION[0] if entry is None else entry.version[0]
-        self._clock = max(self._clock, floor) + 1
+    def _miss(self, key: Any, now: float) -> Result:
+        """A read's answer when ``key`` has no live value here: ``gone`` when a tombstone
+        says it was deleted (so a reader does not ask the key's previous owners, whose
+        copies may predate the delete), else ``miss``."""
+        return ("gone", None) if self.store.peek_any(key, now) is not None else ("miss", None)
+
+    def _stamp(self, floor: Version) -> Version:
+        self._clock = max(self._clock, floor[0]) + 1
         return (self._clock, self.me)
 
     def _write(self, origin: str, rid: int, key: Any, value: Any, size: int,
                ttl_ms: int | None, result: Result, now: float, out: list[Effect]) -> None:
-        version = self._stamp(self.store.peek(key, now))
+        version = self._stamp(self.store.peek_version(key, now))
         self.store.put(key, value, size, ttl_ms, version, now)
         self._invalidate(key, out)
         self._replicate(origin, rid, key,
@@ -698,10 +782,11 @@ class CacheCore:
 
     def _replicate(self, origin: str, rid: int, key: Any, message: list[Any], result: Result,
                    now: float, out: list[Effect]) -> None:
-        replicas = [n for n in self.placement.owners(key) if n != self.me]
+        owners = self._owners_of(key)
+        replicas = [n for n in owners if n != self.me]
         # _serve checked that the key has write_acks live owners; this copy counts if
         # this node is one of them.
-        needed = self.write_acks - (1 if len(replicas) < len(self.placement.owners(key)) else 0)
+        needed = self.write_acks - (1 if len(replicas) < len(owners) else 0)
         if not replicas or needed <= 0:
             for replica in replicas:
                 out.append(Send(replica, message))  # wid 0: no acknowledgement expected
@@ -733,7 +818,7 @@ class CacheCore:
             return []
         old = self.placement
         self.placement = old.with_members(live)
-        self._primaries.clear()
+        self._owners.clear()
         if self.near is not None:  # who tracks its readers may have changed
             for key in list(self.near.keys()):
                 self.near.delete(key)
@@ -764,17 +849,36 @@ class CacheCore:
                     self._moves.append(Move(key, tuple(owners), True))
         return [SetTimer(_HANDOFF, now)] if self._moves else []
 
+    def _shared_copies(self, now: float) -> dict[str, dict[Any, Version]]:
+        held = []
+        keys = self.store.keys()  # a copy: peek_any drops expired entries
+        for key in keys:
+            entry = self.store.peek_any(key, now)
+            if entry is not None:
+                held.append((key, entry.version))
+        return shared_copies(self.me, self.placement, held)
+
+    def _send_digests(self, now: float) -> list[Effect]:
+        """Once a change settled: tell every other live owner the digest of the copies
+        this node shares with it (see :mod:`fabric.protocol.cache_digest`)."""
+        if self._leaving or self.me not in self.placement.members:
+            return []
+        shared = self._shared_copies(now)
+        return [Send(peer, ["dig", *digest(shared.get(peer, {}))])
+                for peer in sorted(self.placement.members - {self.me})]
+
     def _handoff_step(self, now: float) -> list[Effect]:
         out: list[Effect] = []
         batches: dict[str, list[list[Any]]] = {}
         for _ in range(min(self.handoff_batch, len(self._moves))):
             move = self._moves.popleft()
-            entry = self.store.peek(move.key, now)
+            entry = self.store.peek_any(move.key, now)  # tombstones travel too
             if entry is None:
                 continue
             if move.drop:
                 self._dropping.add(move.key)
-            row = [move.key, entry.value, entry.size, entry.ttl_ms(now), list(entry.version)]
+            row = [move.key, entry.value, entry.size, entry.ttl_ms(now), list(entry.version),
+                   entry.tomb]
             live = [t for t in move.targets if self._is_live(t)]
             for target in live:
                 batches.setdefault(target, []).append(row)

@@ -25,6 +25,13 @@ a fake clock.
 * **Versions.** Every entry carries the version its primary stamped (a ``(counter,
   node)`` pair compared as a tuple). :meth:`merge` (replication, hand-off, read repair)
   keeps the newer of two copies, so copies arriving in any order converge.
+* **Tombstones.** A delete does not just forget a key: :meth:`bury` leaves a *tombstone*,
+  an entry with no value and the delete's version, living ``ttl_ms`` (the core's
+  ``tombstone_ttl``). Reads see it as absent (:meth:`get`, :meth:`peek`), but
+  :meth:`merge` compares against it (:meth:`peek_version`), so an older copy arriving
+  later (a hand-off in flight, a replica, a read repair) cannot bring the key back. It
+  counts against both bounds like any entry (``TOMBSTONE_SIZE`` bytes plus the key's
+  caller-measured size) and leaves by expiry, the sweep, or LRU eviction.
 * **Counts.** ``stats`` holds hits, misses, evictions and expirations (lazy and swept);
   the runtime shows them in ``fabric status``.
 """
@@ -43,6 +50,7 @@ __all__ = ["CacheStats", "CacheStore", "Entry", "Version"]
 
 Version = tuple[int, str]  # (counter, stamping node): totally ordered across nodes
 NO_VERSION: Version = (0, "")
+TOMBSTONE_SIZE = 16  # bytes a tombstone is counted for, on top of its key
 
 
 @dataclass(slots=True)
@@ -51,6 +59,7 @@ class Entry:
     size: int  # bytes counted against max_bytes (key + encoded value)
     expires_at: float | None  # None: no TTL
     version: Version
+    tomb: bool = False  # a delete's tombstone: no value, read as absent
 
     def ttl_ms(self, now: float) -> int | None:
         """Milliseconds left (at least 1 while alive), or None without a TTL."""
@@ -65,12 +74,14 @@ class CacheStats:
     misses: int = 0
     evictions: int = 0
     expirations: int = 0
+    tombstones: int = 0  # tombstones held now (they are entries too)
     handoffs: int = 0  # entries sent to new owners (counted by the core)
     repairs: int = 0  # stale copies overwritten by read repair (counted by the core)
 
     def as_dict(self) -> dict[str, int]:
         return {"hits": self.hits, "misses": self.misses, "evictions": self.evictions,
-                "expirations": self.expirations, "handoffs": self.handoffs,
+                "expirations": self.expirations, "tombstones": self.tombstones,
+                "handoffs": self.handoffs,
                 "repairs": self.repairs}
 
 
@@ -108,7 +119,13 @@ class CacheStore:
         return iter(list(self._entries))
 
     def peek(self, key: Any, now: float) -> Entry | None:
-        """The live entry of ``key`` without counting a hit or touching the LRU order."""
+        """The live entry of ``key`` without counting a hit or touching the LRU order
+        (None for a tombstone)."""
+        entry = self.peek_any(key, now)
+        return None if entry is None or entry.tomb else entry
+
+    def peek_any(self, key: Any, now: float) -> Entry | None:
+        """The unexpired entry of ``key``, a tombstone included."""
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -121,27 +138,28 @@ class CacheStore:
         """The live entry of ``key`` (a hit, moved to the LRU end) or None (a miss)."""
         entry = self._entries.get(key)
         if entry is not None:
-            if entry.expires_at is None or now < entry.expires_at:
+            if entry.expires_at is not None and now >= entry.expires_at:
+                self._expire(key)
+            elif not entry.tomb:
                 self._entries.move_to_end(key)
                 self.stats.hits += 1
                 return entry
-            self._expire(key)
         self.stats.misses += 1
         return None
 
     def put(self, key: Any, value: Any, size: int, ttl_ms: int | None, version: Version,
-            now: float) -> Entry:
+            now: float, tomb: bool = False) -> Entry:
         """Store ``value`` (replacing any entry), then evict down to the bounds."""
         if size > self.max_bytes:
             raise CacheValueError(f"an entry of {size} bytes exceeds the store's whole bound "
                                 f"of {self.max_bytes} bytes")
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self._bytes -= old.size
+        self._remove(key)
         expires_at = None if ttl_ms is None else now + ttl_ms / 1000.0
-        entry = Entry(value, size, expires_at, version)
+        entry = Entry(value, size, expires_at, version, tomb)
         self._entries[key] = entry
         self._bytes += size
+        if tomb:
+            self.stats.tombstones += 1
         if expires_at is not None:
             self._seq += 1
             heapq.heappush(self._deadlines, (expires_at, self._seq, key))
@@ -151,20 +169,39 @@ class CacheStore:
         return entry
 
     def merge(self, key: Any, value: Any, size: int, ttl_ms: int | None, version: Version,
-              now: float) -> bool:
-        """Keep the copy with the newer version; True if this one was stored."""
-        current = self.peek(key, now)
-        if current is not None and current.version >= version:
+              now: float, tomb: bool = False) -> bool:
+        """Keep the copy with the newer version (a tombstone's too); True if this one
+        was stored."""
+        if self.peek_version(key, now) >= version:
             return False
-        self.put(key, value, size, ttl_ms, version, now)
+        self.put(key, value, size, ttl_ms, version, now, tomb)
         return True
 
+    def peek_version(self, key: Any, now: float) -> Version:
+        """The version held for ``key``, a tombstone's included (NO_VERSION: none)."""
+        entry = self.peek_any(key, now)
+        return NO_VERSION if entry is None else entry.version
+
+    def bury(self, key: Any, key_size: int, ttl_ms: int, version: Version,
+             now: float) -> tuple[bool, bool]:
+        """Replace ``key`` with a tombstone of ``version`` unless a newer copy is held:
+        (stored, a live value was there before)."""
+        existed = self.peek(key, now) is not None
+        stored = self.merge(key, None, key_size + TOMBSTONE_SIZE, ttl_ms, version, now,
+                            tomb=True)
+        return stored, existed
+
     def delete(self, key: Any) -> bool:
-        """Drop ``key``; True if it was held."""
+        """Drop ``key`` (its tombstone too) without a trace; True if it was held."""
+        return self._remove(key)
+
+    def _remove(self, key: Any) -> bool:
         old = self._entries.pop(key, None)
         if old is None:
             return False
         self._bytes -= old.size
+        if old.tomb:
+            self.stats.tombstones -= 1
         return True
 
     def sweep(self, now: float, budget: int = 1000) -> int:
@@ -194,6 +231,8 @@ class CacheStore:
         while len(entries) > self.max_entries or self._bytes > self.max_bytes:
             _, entry = entries.popitem(last=False)
             self._bytes -= entry.size
+            if entry.tomb:
+                self.stats.tombstones -= 1
             self.stats.evictions += 1
 
     def _compact_deadlines(self) -> None:

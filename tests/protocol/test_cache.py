@@ -168,13 +168,15 @@ class Cluster:
     """Three (or more) cache cores in a ServiceSim; every node is an owner."""
 
     def __init__(self, names: list[str] = NAMES, *, write_acks: int | None = None,
-                 **options: Any) -> None:
+                 latency: float = 0.001, **options: Any) -> None:
         self.names = list(names)
+        self.step = max(0.1, 4 * latency)  # long enough for any one operation
         self.down: set[str] = set()  # nodes killed and not restarted
         self.owners = set(names)
         self.tokens = itertools.count()
         self.sim = ServiceSim(lambda name, _c: CacheCore("t", name, write_acks=write_acks,
-                                                         **options), names)
+                                                         **options), names,
+                              latency=latency)
         for name in names:
             self.sim.call(name, "set_owners", set(self.owners))
         self.sim.advance(0.1)
@@ -190,7 +192,7 @@ class Cluster:
 
     def op(self, name: str, op: str, key: Any, *args: Any) -> Any:
         token = self.start(name, op, key, *args)
-        self.sim.advance(0.1)
+        self.sim.advance(self.step)
         return self.sim.completed.pop(token)
 
     def put(self, name: str, key: Any, value: Any, ttl_ms: int | None = None) -> Any:
@@ -564,3 +566,94 @@ def test_random_churn_loses_no_acknowledged_write(seed: int) -> None:
         if owners - holders:
             missing.append((key, sorted(owners - holders)))
     assert (extra[:3], missing[:3], len(extra), len(missing)) == ([], [], 0, 0)
+
+
+# -- tombstones -----------------------------------------------------------------------------
+
+
+def test_a_tombstone_refuses_older_copies_counts_against_the_bounds_and_expires() -> None:
+    store = CacheStore(max_entries=3)
+    store.put("k", "v", 10, None, (5, "a"), now=0.0)
+    assert store.bury("k", 1, 1000, (6, "b"), now=0.0) == (True, True)
+    assert store.get("k", 0.0) is None and store.peek("k", 0.0) is None
+    assert not store.merge("k", "old", 10, None, (5, "a"), now=0.5)  # cannot come back
+    assert store.merge("k", "new", 10, None, (7, "a"), now=0.5)  # a newer write can
+    assert store.bury("k", 1, 1000, (8, "b"), now=0.5) == (True, True)
+    assert store.stats.tombstones == 1 and len(store) == 1 and store.bytes == 17
+    assert store.sweep(1.6) == 1  # a bounded lifetime: swept like an expired entry
+    assert store.stats.tombstones == 0 and len(store) == 0 and store.bytes == 0
+    for i in range(4):  # tombstones are entries: the LRU bound evicts them too
+        store.bury(i, 1, 60_000, (1, "a"), now=2.0)
+    assert len(store) == 3 and store.stats.tombstones == 3 and 0 not in store
+
+
+def with_a_newcomer(**options: Any) -> Cluster:
+    """Four nodes, of which d@h:4 hosts the cache without owning keys (yet)."""
+    c = Cluster([*NAMES, "d@h:4"], **options)
+    c.set_owners(set(NAMES))
+    c.sim.advance(1.0)
+    return c
+
+
+def test_a_delete_racing_a_handoff_does_not_bring_the_old_copy_back() -> None:
+    # The copies of the keys that move to the newcomer d are still queued at their old
+    # owners (one per hand-off step) when every key is deleted: the hand-off then
+    # delivers copies older than the deletes, which must not revive them.
+    c = with_a_newcomer(handoff_batch=1)
+    names = c.names
+    keys = [f"k{i}" for i in range(60)]
+    for rounds in range(3):  # a's clock runs ahead of d's
+        for key in keys:
+            c.put("a@h:1", key, rounds)
+    c.set_owners(set(names))  # no time passes: nothing handed off yet
+    moving = [k for k in keys if "d@h:4" in c.core("d@h:4").owners_of(k)]
+    assert len(moving) > 5
+    tokens = [c.start("d@h:4", "del", key) for key in moving]
+    c.sim.advance(3.0)
+    assert all(c.sim.completed.pop(t) == ("ok", True) for t in tokens)
+    assert sum(c.core(n).stats.handoffs for n in names) > 0  # the old copies did travel
+    for key in moving:
+        assert c.op("b@h:2", "get", key) == ("miss", None), key
+        assert all(c.core(n).store.peek(key, c.sim.now) is None for n in names), key
+        c.sim.call("c@h:3", "read_all", ("r", key), key)
+    c.sim.advance(0.1)
+    assert all(c.sim.completed[("r", key)] == ("miss", None) for key in moving)
+
+
+def test_read_repair_spreads_a_delete_over_a_stale_replica() -> None:
+    c = Cluster()
+    c.put("a@h:1", "k", "old")
+    primary, replica = c.core("a@h:1").owners_of("k")
+    # The delete reached the primary only; the replica still holds the value it deleted.
+    c.core(primary).store.bury("k", 1, 60_000, (99, primary), c.sim.now)
+    c.core(replica).store.put("k", "old", 10, None, (98, "z"), c.sim.now)
+    c.sim.call("b@h:2", "read_all", "r", "k")
+    c.sim.advance(0.1)
+    assert c.sim.completed["r"] == ("miss", None)
+    assert all(c.core(n).store.peek("k", c.sim.now) is None for n in (primary, replica))
+
+
+def test_a_sender_dying_after_the_change_settled_elsewhere_loses_no_copy() -> None:
+    # The sender's batches to the newcomer are lost on the way (a one-way cut, not yet
+    # detected), so its hand-off outlasts handoff_grace: the owners that keep the moving
+    # keys settle meanwhile and stop standing by. Then the sender dies. Owners that settle
+    # compare digests with their co-owners and send what those lack.
+    c = with_a_newcomer(handoff_grace=0.05)
+    names = c.names
+    keys = [f"k{i}" for i in range(200)]
+    for key in keys:
+        assert c.put("b@h:2", key, key) == ("ok", True)
+    sender = "a@h:1"
+    c.sim.cut(sender, "d@h:4")  # detected only after the simulator's detect_delay (1 s)
+    c.set_owners(set(names))
+    c.sim.advance(0.3)  # the others' hand-offs are acknowledged and their change settled
+    assert all(c.core(n).counters()["handoff_pending"] == 0 for n in names if n != sender)
+    assert c.core(sender).counters()["handoff_pending"] > 0
+    c.kill(sender)
+    c.sim.advance(3.0)
+    live = [n for n in names if n != sender]
+    placement = c.core(live[0]).placement
+    missing = [(k, n) for k in keys for n in placement.owners(k)
+               if c.core(n).store.peek(k, c.sim.now) is None]
+    assert missing == []
+    assert all(c.op(live[0], "get", k) == ("hit", k) for k in keys)
