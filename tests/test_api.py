@@ -20,6 +20,7 @@ import ast
 import importlib
 import inspect
 import pkgutil
+import re
 from pathlib import Path
 from types import ModuleType
 
@@ -29,6 +30,7 @@ import fabric
 import fabric.errors
 
 PACKAGE = Path(fabric.__file__).parent
+API_PAGE = PACKAGE.parent / "docs" / "API.md"
 
 # The foundation modules: every name in their __all__ is public API.
 FOUNDATION = ["config", "errors", "exports", "node", "process", "types"]
@@ -215,6 +217,27 @@ def test_the_node_surface_is_exactly_what_is_listed() -> None:
     surface = on_class | _node_instance_attributes()
     assert sorted(surface - listed) == [], "new public names on Node: list them here"
     assert sorted(listed - surface) == [], "stale names in the lists"
+
+
+def _named_in_api_page() -> set[str]:
+    """Every identifier inside a code span of docs/API.md."""
+    spans = re.findall(r"`([^`]*)`", API_PAGE.read_text(encoding="utf-8"))
+    return set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", " ".join(spans)))
+
+
+def test_api_page_names_every_export_but_the_errors() -> None:
+    """docs/API.md is the surface on one page; the errors have their reference page."""
+    named = _named_in_api_page()
+    exports = [n for n in fabric.__all__ if not (
+        isinstance(getattr(fabric, n), type) and issubclass(getattr(fabric, n), BaseException))]
+    assert [n for n in exports if n not in named] == []
+    lowlevel = importlib.import_module("fabric.lowlevel")
+    assert [n for n in lowlevel.__all__ if n not in named] == []
+
+
+def test_api_page_names_every_public_name_of_node() -> None:
+    listed = NODE_SYNC | NODE_ASYNC | NODE_ATTRIBUTES | NODE_LOWLEVEL | NODE_DEPRECATED
+    assert sorted(listed - _named_in_api_page()) == []
 
 
 def test_node_methods_are_async_exactly_when_listed() -> None:
