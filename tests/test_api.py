@@ -23,6 +23,7 @@ import pkgutil
 import re
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -341,3 +342,53 @@ def test_protocol_module_imports_no_io(path: Path) -> None:
 ])
 def test_import_scanner_finds_what_it_must(source: str, found: set[str]) -> None:
     assert imported_roots(source) & (FORBIDDEN | {"fabric", "importlib"}) == found
+
+
+# -- timeout defaults ------------------------------------------------------------------------
+
+# docs/API.md, "Timeouts": one default per kind of wait. A ``timeout`` parameter of the
+# public surface defaults to CALL_TIMEOUT, CLUSTER_TIMEOUT or None, or is listed here (and
+# in that table) with its own reason.
+OWN_TIMEOUT_DEFAULTS = {
+    "dsupervisor.DistributedSupervisor.start_child": 10.0,  # a start, then every member's ack
+    "dsupervisor.DistributedSupervisor.terminate_child": 10.0,  # a stop within its shutdown
+    "singleton.Singleton.stop": 10.0,  # a hand-over to the next candidate
+}
+
+
+def _timeout_defaults() -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    seen: set[int] = set()
+
+    def scan(where: str, fn: Any) -> None:
+        try:
+            parameters = inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            return
+        if "timeout" in parameters:
+            found[where] = parameters["timeout"].default
+
+    for module in [*FOUNDATION, *SUBSYSTEMS]:
+        mod = importlib.import_module(f"fabric.{module}")
+        for name in mod.__all__:
+            obj = getattr(mod, name)
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            if inspect.isclass(obj):
+                for attr, value in vars(obj).items():
+                    if not attr.startswith("_"):
+                        scan(f"{module}.{name}.{attr}", getattr(value, "__func__", value))
+            elif callable(obj):
+                scan(f"{module}.{name}", obj)
+    return found
+
+
+def test_timeout_defaults_are_the_documented_kinds() -> None:
+    from fabric.timeouts import CALL_TIMEOUT, CLUSTER_TIMEOUT
+
+    defaults = _timeout_defaults()
+    assert "calls.call" in defaults and "node.Node.ping" in defaults  # the scan sees them
+    own = {where: default for where, default in defaults.items()
+           if default not in (CALL_TIMEOUT, CLUSTER_TIMEOUT, None, inspect.Parameter.empty)}
+    assert own == OWN_TIMEOUT_DEFAULTS
