@@ -555,12 +555,14 @@ class _Member(_Server):
 async def handoff_all(node: Node, timeout: float | None = None) -> int:
     """:meth:`DistributedSupervisor.handoff` for every distributed supervisor member
     running on ``node`` (what a graceful stop runs before the node leaves its groups);
-    returns how many children moved in all."""
+    returns how many children moved in all. ``timeout`` bounds them all together."""
     moved = 0
+    deadline = None if timeout is None else node.loop.time() + timeout
     for name in node.pg.which_local_groups(scope=SCOPE):
         if type(name) is str and node.whereis(name) is not None:
+            left = None if deadline is None else max(0.0, deadline - node.loop.time())
             try:
-                moved += await DistributedSupervisor(node, name).handoff(timeout)
+                moved += await DistributedSupervisor(node, name).handoff(left)
             except FabricError as exc:  # one member's trouble must not stop the others
                 node.log.error("dsupervisor_handoff_failed", supervisor=name, error=str(exc))
     return moved

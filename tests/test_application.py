@@ -5,12 +5,15 @@ to start fails the start, and stop_application ends the tree and reports it."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from _dsup_children import FailsInInit, idle
-from _exported import async_test, cluster
+from _exported import TEST_TIMEOUT, async_test, cluster
 
 import fabric
 from fabric.application import APP, start_application, stop_application
+from fabric.dsupervisor import SCOPE
 
 pytestmark = pytest.mark.io  # an in-process node on 127.0.0.1
 
@@ -80,3 +83,17 @@ async def test_a_child_that_fails_to_start_fails_the_start() -> None:
         with pytest.raises(Exception, match="cannot start"):
             await start_application(node, f"{THIS}:fails_to_start")
         assert node.whereis(APP) is None
+
+
+@async_test
+async def test_stop_application_is_bounded_by_its_timeout_when_a_hand_off_hangs() -> None:
+    async with cluster(1) as (node,):
+        root = await start_application(node, f"{THIS}:two_workers")
+        # A distributed supervisor member that never answers its hand-off request.
+        stuck = node.new_mailbox()
+        node.register("stuck_members", stuck.self)
+        node.pg.join("stuck_members", stuck.self, scope=SCOPE)
+        stopping = asyncio.ensure_future(stop_application(node, timeout=1.0))
+        # Without a bound the hand-off waits forever and the test's own deadline fails it.
+        assert await asyncio.wait_for(stopping, TEST_TIMEOUT / 2)
+        assert not node.is_alive(root)
