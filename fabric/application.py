@@ -81,9 +81,10 @@ async def start_application(node: Node, spec: str, *, intensity: int = 3,
 
 
 async def stop_application(node: Node, timeout: float = 30.0) -> bool:
-    """Hand distributed children over, then stop the root supervisor and wait (at most
-    ``timeout`` seconds) for its end. True if it ended (or was not running)."""
-    await handoff_all(node)
+    """Hand distributed children over, then stop the root supervisor and wait for its
+    end, each step within ``timeout`` seconds (a hand-off that does not finish in time
+    is logged and the stop goes on). True if the root ended (or was not running)."""
+    await handoff_all(node, timeout)
     root = node.whereis(APP)
     if root is None:
         return True

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from fabric.calls import call
-from fabric.errors import FabricError, NameConflictError
+from fabric.errors import CallTimeout, FabricError, NameConflictError
 from fabric.exports import resolve_export
 from fabric.genserver import From, GenServer
 from fabric.process import Exit, Process
@@ -201,8 +201,10 @@ class DistributedSupervisor:
                           timeout: float = 10.0) -> tuple[str, Pid]:
         """Start ``spec`` on the member that owns its key; returns ``(node, pid)`` once
         every other member holds the child's entry (or left, or ``handoff_timeout`` passed).
+        ``timeout`` bounds the whole request, forwards between members included.
 
         Raises:
+            CallTimeout: no answer within ``timeout``.
             ValueError: an invalid spec, or a child with this key exists already.
             RuntimeError: it failed to start on its node (the message says why).
             LookupError: the members disagree for too long, or there is none.
@@ -237,9 +239,16 @@ class DistributedSupervisor:
         return moved
 
     async def _request(self, request: tuple[Any, ...], timeout: float) -> Any:
+        # One deadline for the request, whatever number of members it is forwarded to.
+        loop = self.node.loop
+        deadline = loop.time() + timeout
         server: Any = self.name
         for _ in range(_MAX_FORWARDS + 1):
-            ok, value = await call(self.node, server, request, timeout=timeout)
+            left = deadline - loop.time()
+            if left <= 0:
+                raise CallTimeout(f"{request[0]} of {self.name!r}: no answer within "
+                                  f"{timeout} s")
+            ok, value = await call(self.node, server, request, timeout=left)
             if ok:
                 return value
             kind, detail = value
@@ -546,12 +555,14 @@ class _Member(_Server):
 async def handoff_all(node: Node, timeout: float | None = None) -> int:
     """:meth:`DistributedSupervisor.handoff` for every distributed supervisor member
     running on ``node`` (what a graceful stop runs before the node leaves its groups);
-    returns how many children moved in all."""
+    returns how many children moved in all. ``timeout`` bounds them all together."""
     moved = 0
+    deadline = None if timeout is None else node.loop.time() + timeout
     for name in node.pg.which_local_groups(scope=SCOPE):
         if type(name) is str and node.whereis(name) is not None:
+            left = None if deadline is None else max(0.0, deadline - node.loop.time())
             try:
-                moved += await DistributedSupervisor(node, name).handoff(timeout)
+                moved += await DistributedSupervisor(node, name).handoff(left)
             except FabricError as exc:  # one member's trouble must not stop the others
                 node.log.error("dsupervisor_handoff_failed", supervisor=name, error=str(exc))
     return moved

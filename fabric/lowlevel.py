@@ -8,8 +8,9 @@ a cache: anything that runs a sans-I/O core on every node and talks to its peers
 more: to host its core on a node, run the effects its core returns, wait for a
 completion, read a peer's session state or encode a message as the wire will. Those
 hooks live here, as functions of a node, so that ``Node`` itself shows applications only
-their API. ``fabric/pg.py``, ``fabric/global_.py``, ``fabric/ddata.py`` and
-``fabric/registry.py`` are written against this module and nothing below it.
+their API. ``fabric/pg.py``, ``fabric/global_.py``, ``fabric/ddata.py``,
+``fabric/registry.py`` and ``fabric/cache.py`` are written against this module and
+nothing below it.
 
 A service is built in three parts:
 

@@ -136,11 +136,12 @@ async def wait_until(pred: Callable[[], bool], timeout: float = 5.0, what: str =
 @contextlib.asynccontextmanager
 async def cluster(n: int = 2, **options: Any) -> AsyncIterator[list[Node]]:
     """``n`` started nodes on free 127.0.0.1 ports, fully meshed; stopped on exit."""
-    nodes = [Node(new_name(f"n{i}"), cookie=COOKIE, **options) for i in range(n)]
+    nodes: list[Node] = []
     started: list[Node] = []
     try:
-        for node in nodes:
-            await node.start()
+        for i in range(n):
+            node = await _started_on_a_free_port(f"n{i}", **options)
+            nodes.append(node)
             started.append(node)
         for other in nodes[1:]:
             assert await nodes[0].connect(other.name), nodes[0].last_connect_error(other.name)
@@ -148,6 +149,21 @@ async def cluster(n: int = 2, **options: Any) -> AsyncIterator[list[Node]]:
         yield nodes
     finally:
         await asyncio.gather(*(x.stop() for x in started))
+
+
+async def _started_on_a_free_port(prefix: str, **options: Any) -> Node:
+    """A started node named ``prefix@127.0.0.1:<port>``. The port was free when picked,
+    but another process on a busy machine (a connection's ephemeral source port) can take
+    it before the bind: then a new port is picked, a bounded number of times."""
+    for attempt in range(5):
+        node = Node(new_name(prefix), cookie=COOKIE, **options)
+        try:
+            await node.start()
+            return node
+        except fabric.ConfigError as exc:
+            if "Address already in use" not in str(exc) or attempt == 4:
+                raise
+    raise AssertionError("unreachable")
 
 
 async def collect(proc: Process, count: int, timeout: float = 5.0) -> list[Any]:

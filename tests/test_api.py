@@ -20,8 +20,10 @@ import ast
 import importlib
 import inspect
 import pkgutil
+import re
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -29,6 +31,7 @@ import fabric
 import fabric.errors
 
 PACKAGE = Path(fabric.__file__).parent
+API_PAGE = PACKAGE.parent / "docs" / "API.md"
 
 # The foundation modules: every name in their __all__ is public API.
 FOUNDATION = ["config", "errors", "exports", "node", "process", "types"]
@@ -217,6 +220,27 @@ def test_the_node_surface_is_exactly_what_is_listed() -> None:
     assert sorted(listed - surface) == [], "stale names in the lists"
 
 
+def _named_in_api_page() -> set[str]:
+    """Every identifier inside a code span of docs/API.md."""
+    spans = re.findall(r"`([^`]*)`", API_PAGE.read_text(encoding="utf-8"))
+    return set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", " ".join(spans)))
+
+
+def test_api_page_names_every_export_but_the_errors() -> None:
+    """docs/API.md is the surface on one page; the errors have their reference page."""
+    named = _named_in_api_page()
+    exports = [n for n in fabric.__all__ if not (
+        isinstance(getattr(fabric, n), type) and issubclass(getattr(fabric, n), BaseException))]
+    assert [n for n in exports if n not in named] == []
+    lowlevel = importlib.import_module("fabric.lowlevel")
+    assert [n for n in lowlevel.__all__ if n not in named] == []
+
+
+def test_api_page_names_every_public_name_of_node() -> None:
+    listed = NODE_SYNC | NODE_ASYNC | NODE_ATTRIBUTES | NODE_LOWLEVEL | NODE_DEPRECATED
+    assert sorted(listed - _named_in_api_page()) == []
+
+
 def test_node_methods_are_async_exactly_when_listed() -> None:
     for name in NODE_SYNC | NODE_ASYNC:
         fn = getattr(fabric.Node, name)
@@ -318,3 +342,53 @@ def test_protocol_module_imports_no_io(path: Path) -> None:
 ])
 def test_import_scanner_finds_what_it_must(source: str, found: set[str]) -> None:
     assert imported_roots(source) & (FORBIDDEN | {"fabric", "importlib"}) == found
+
+
+# -- timeout defaults ------------------------------------------------------------------------
+
+# docs/API.md, "Timeouts": one default per kind of wait. A ``timeout`` parameter of the
+# public surface defaults to CALL_TIMEOUT, CLUSTER_TIMEOUT or None, or is listed here (and
+# in that table) with its own reason.
+OWN_TIMEOUT_DEFAULTS = {
+    "dsupervisor.DistributedSupervisor.start_child": 10.0,  # a start, then every member's ack
+    "dsupervisor.DistributedSupervisor.terminate_child": 10.0,  # a stop within its shutdown
+    "singleton.Singleton.stop": 10.0,  # a hand-over to the next candidate
+}
+
+
+def _timeout_defaults() -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    seen: set[int] = set()
+
+    def scan(where: str, fn: Any) -> None:
+        try:
+            parameters = inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            return
+        if "timeout" in parameters:
+            found[where] = parameters["timeout"].default
+
+    for module in [*FOUNDATION, *SUBSYSTEMS]:
+        mod = importlib.import_module(f"fabric.{module}")
+        for name in mod.__all__:
+            obj = getattr(mod, name)
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            if inspect.isclass(obj):
+                for attr, value in vars(obj).items():
+                    if not attr.startswith("_"):
+                        scan(f"{module}.{name}.{attr}", getattr(value, "__func__", value))
+            elif callable(obj):
+                scan(f"{module}.{name}", obj)
+    return found
+
+
+def test_timeout_defaults_are_the_documented_kinds() -> None:
+    from fabric.timeouts import CALL_TIMEOUT, CLUSTER_TIMEOUT
+
+    defaults = _timeout_defaults()
+    assert "calls.call" in defaults and "node.Node.ping" in defaults  # the scan sees them
+    own = {where: default for where, default in defaults.items()
+           if default not in (CALL_TIMEOUT, CLUSTER_TIMEOUT, None, inspect.Parameter.empty)}
+    assert own == OWN_TIMEOUT_DEFAULTS

@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -33,13 +32,11 @@ def test_demo_runs_every_step_and_exits_0(tmp_path: Path) -> None:
     env.pop("FABRIC_COOKIE", None)  # the demo makes its own cookie
     # nodes.demo from this checkout, fabric as this test run imports it (installed, in tox)
     env["PYTHONPATH"] = child_pythonpath(REPO)
-    start = time.monotonic()
+    # Bounded (a hung demo fails), but not timed: how long it takes depends on the load.
     proc = subprocess.run([sys.executable, "-m", "nodes.demo"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=90)
-    elapsed = time.monotonic() - start
     out = proc.stdout
     assert proc.returncode == 0, f"exit {proc.returncode}\n{out}\n{proc.stderr}"
-    assert elapsed < 30, f"the demo took {elapsed:.1f} s\n{out}"
 
     # 1: the transitive mesh: n3 was seeded with n2 only, yet n1 and n3 meet.
     assert re.search(r"n3\s+nodeup\s+n1\s+transitively", out), out

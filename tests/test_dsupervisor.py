@@ -7,7 +7,6 @@ kill -9 case with OS processes is tests/io/test_dsupervisor_procs.py."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
@@ -17,6 +16,7 @@ import fabric
 from fabric import GlobalName, Node, Registry, Supervisor
 from fabric.dsupervisor import DistributedChildSpec, DistributedSupervisor
 from fabric.protocol.hashring import HashRing
+from fabric.testing import async_wait_until
 
 pytestmark = pytest.mark.io  # in-process nodes on 127.0.0.1
 
@@ -47,24 +47,21 @@ async def start_members(nodes: list[Node], name: str = "sessions") -> list[Distr
     async def agreed() -> bool:
         return all([await s.members() == everyone for s in sups])
 
-    for _ in range(int(WAIT * 100)):  # each member sees the whole group (bounded)
-        if await agreed():
-            return sups
-        await asyncio.sleep(0.01)
-    raise AssertionError("the members never agreed")
+    await async_wait_until(agreed, WAIT, message="every member sees the whole group")
+    return sups
 
 
 async def all_know(sups: list[DistributedSupervisor], count: int) -> None:
-    """Wait until every member's table lists ``count`` children, each with a pid."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT
-    while True:
-        views = [await s.which_children() for s in sups]
-        if all(len(v) == count and all(p is not None for _, _, p in v) for v in views) \
-                and all(v == views[0] for v in views):
-            return
-        assert loop.time() < deadline, views
-        await asyncio.sleep(0.01)
+    """Wait until every member's table lists ``count`` children, each with a pid, and
+    the tables are the same (the last views are in the failure message)."""
+    views: list[Any] = []
+
+    async def agreed() -> bool:
+        views[:] = [await s.which_children() for s in sups]
+        return all(len(v) == count and all(p is not None for _, _, p in v)
+                   and v == views[0] for v in views)
+
+    await async_wait_until(agreed, WAIT, message=lambda: f"one table of {count}: {views}")
 
 
 @async_test
@@ -223,15 +220,14 @@ async def test_a_member_in_a_local_supervision_tree() -> None:
         # ... the other member took c1 over meanwhile (its member left the group), or
         # the restarted member found c1 still placed on its node and restarted it (both
         # can happen for a moment: the higher version keeps running, the other stops).
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + WAIT
-        while True:
+        async def answers() -> str | None:
             try:
                 home, _ = await where(nodes[1], "c1")
-                break
+                return home
             except fabric.ProcessDeadError:
-                assert loop.time() < deadline, "c1 never answered again"
-                await asyncio.sleep(0.01)
+                return None
+
+        home = await async_wait_until(answers, WAIT, message="c1 answers again")
         assert home in (nodes[0].name, nodes[1].name)
         assert nodes[1].global_.whereis_name("c1") != old
         for top, n in zip(tops, nodes, strict=True):

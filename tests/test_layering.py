@@ -218,3 +218,23 @@ def test_the_import_scanner_sees_function_imports_and_skips_type_checking(
     path.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import fabric.pg\n"
                     "def f():\n    from fabric.global_ import Global\n", encoding="utf-8")
     assert _imports_of(path, FACADES) == ["fabric.global_", "fabric.global_.Global"]
+
+
+# The services built on fabric.lowlevel (its docstring names them): nothing of the node
+# package at run time, but the decorator that makes pg and global standard services.
+SERVICE_FACADES = ("pg", "global_", "ddata", "registry", "cache")
+NODE_OBJECTS = ("channels", "effects", "mailboxes", "processes", "reactor", "services",
+                "signals")
+
+
+def test_the_service_facades_are_built_on_the_low_level_interface() -> None:
+    for name in SERVICE_FACADES:
+        path = PACKAGE / f"{name}.py"
+        imported = set(_imports_of(path, ("fabric.node",)))
+        assert imported <= {"fabric.node.services", "fabric.node.services.standard_service"}, name
+        touched = {n.attr for n in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                   if isinstance(n, ast.Attribute) and n.attr in NODE_OBJECTS
+                   and isinstance(n.value, ast.Attribute | ast.Name)
+                   and (n.value.attr if isinstance(n.value, ast.Attribute)
+                        else n.value.id) == "node"}
+        assert touched == set(), f"{name} reaches into node.{touched}"

@@ -46,17 +46,24 @@ async def test_a_process_sends_itself_a_timeout_and_names_resolve_when_fired() -
     async with cluster(2) as (a, b):
         box = b.new_mailbox()
         b.register("later", box.self)
+        report = a.new_mailbox()
 
         async def worker(proc: fabric.Process) -> None:
             proc.send_after(proc.self, "wake", 0.01)
             proc.send_after(("later", b.name), ("from", proc.self), 0.01)  # another node
             ref = proc.send_after(proc.self, "never", 10)
-            assert await proc.receive(timeout=5) == "wake"
-            assert proc.cancel_timer(ref) is not None
+            woke = await proc.receive(timeout=5)
+            proc.send(report.self, (woke, proc.cancel_timer(ref)))
 
         pid = a.spawn(worker)
-        msg = await box.receive(timeout=5)
-        assert msg == ("from", pid)
+        assert await box.receive(timeout=5) == ("from", pid)
+        woke, left = await report.receive(timeout=5)
+        assert woke == "wake" and left is not None and 0.0 < left <= 10
+
+        # The name is looked up when the timer fires, not when it is set.
+        a.send_after("not_yet", "found", 0.05)
+        a.register("not_yet", report.self)
+        assert await report.receive(timeout=5) == "found"
 
 
 @async_test

@@ -44,7 +44,9 @@ class Timers:
         self._make_ref = make_ref
         self._log = log
         self._metrics = metrics
-        self._pending: dict[Ref, asyncio.TimerHandle] = {}
+        # ref -> (the loop's handle, the delay asked for: what is left never exceeds it,
+        # though the float ``(now + delay) - now`` can round above it)
+        self._pending: dict[Ref, tuple[asyncio.TimerHandle, float]] = {}
 
     def send_after(self, dest: Any, message: Any, delay: float) -> Ref:
         """Send ``message`` to ``dest`` in ``delay`` seconds; the timer's ref.
@@ -55,21 +57,22 @@ class Timers:
         if delay < 0:
             raise LocalProtocolError(f"send_after: negative delay {delay!r}")
         ref = self._make_ref()
-        self._pending[ref] = self._loop.call_later(delay, self._fire, ref, dest, message)
+        self._pending[ref] = (self._loop.call_later(delay, self._fire, ref, dest, message),
+                              delay)
         return ref
 
     def cancel(self, ref: Ref) -> float | None:
         """Cancel the timer ``ref``: the seconds it had left, None if it is not pending."""
-        handle = self._pending.pop(ref, None)
-        if handle is None:
+        timer = self._pending.pop(ref, None)
+        if timer is None:
             return None
-        handle.cancel()
-        return max(0.0, handle.when() - self._loop.time())
+        timer[0].cancel()
+        return self._left(timer)
 
     def read(self, ref: Ref) -> float | None:
         """Seconds left before ``ref`` fires, None if it is not pending."""
-        handle = self._pending.get(ref)
-        return None if handle is None else max(0.0, handle.when() - self._loop.time())
+        timer = self._pending.get(ref)
+        return None if timer is None else self._left(timer)
 
     def pending(self) -> int:
         """How many timers have not fired yet."""
@@ -77,9 +80,13 @@ class Timers:
 
     def close(self) -> None:
         """Cancel every timer (the node stops)."""
-        for handle in self._pending.values():
+        for handle, _ in self._pending.values():
             handle.cancel()
         self._pending.clear()
+
+    def _left(self, timer: tuple[asyncio.TimerHandle, float]) -> float:
+        handle, delay = timer
+        return min(delay, max(0.0, handle.when() - self._loop.time()))
 
     def _fire(self, ref: Ref, dest: Any, message: Any) -> None:
         self._pending.pop(ref, None)
