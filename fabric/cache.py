@@ -28,9 +28,9 @@ Refused at the caller, before anything is sent: keys other than ``str``, ``bytes
 
 Graceful stop: :meth:`Cache.handoff` sends every entry this node holds to the owners
 that remain and waits for their acknowledgements, then leaves the group. On a node with
-drain hooks (``node.on_drain``, run by a graceful ``node.stop()``), every owner's cache
-registers ``handoff`` as one, so ``stop()`` hands the keys off by itself; on a node
-without them, call ``await cache.handoff()`` before ``node.stop()``.
+drain hooks (``node.on_drain(..., handoff=True)``, run by a graceful ``node.stop()``
+before it leaves its groups), every owner's cache registers ``handoff`` as one, so
+``stop()`` hands the keys off by itself.
 
 Counters (hits, misses, evictions, expirations, hand-offs, repairs, entries, bytes) per
 cache are in :meth:`Cache.stats`, in ``fabric status`` and in the Prometheus export
@@ -88,8 +88,9 @@ class Cache:
         replicas: copies per key, the primary included.
         write_acks: copies that must hold a write before it is acknowledged (default:
             ``replicas``).
-        max_entries, max_bytes: this node's bound; beyond it the least recently used
+        max_entries: this node's bound in entries; beyond it the least recently used
             entries are evicted.
+        max_bytes: this node's bound in bytes (keys plus encoded values), evicted alike.
         max_entry_bytes: the largest value accepted (its msgpack encoding plus the key).
         timeout: seconds an operation may take before :class:`~fabric.FabricTimeout`.
         sweep_interval: seconds between sweeps of expired entries.
@@ -147,11 +148,11 @@ class Cache:
         self._monitor, members = node.pg.monitor(self._group, self._box.self)
         self._set_members(set(members))
         self._watcher = self._loop.create_task(self._watch())
-        # A node with drain hooks (node.on_drain: a graceful stop runs them before its
-        # goodbye) hands the keys off by itself on stop(); without them, call handoff().
-        on_drain = getattr(node, "on_drain", None)
+        # A graceful node.stop() hands an owner's keys off by itself, in the drain's
+        # hand-off step: while the node still belongs to the owners' group, so the others
+        # take the keys from it instead of seeing it leave first (D27, D28).
         self._remove_drain_hook: Callable[[], None] | None = (
-            on_drain(self.handoff) if on_drain is not None and owner else None)
+            node.on_drain(self.handoff, handoff=True) if owner else None)
         caches[name] = self
 
     # -- reads ------------------------------------------------------------------------------
@@ -280,8 +281,8 @@ class Cache:
     async def handoff(self, timeout: float | None = None) -> None:
         """Hand every entry this node holds to the remaining owners, then stop owning keys.
 
-        Called by a graceful ``node.stop()`` where the node has drain hooks; call it
-        yourself before ``node.stop()`` otherwise. Reads keep being answered here until
+        A graceful ``node.stop()`` calls it (the drain's hand-off step); call it yourself
+        to stop owning keys while the node goes on. Reads keep being answered here until
         it returns.
         """
         if self.owner:
@@ -346,7 +347,10 @@ class Cache:
                 timer = self._loop.call_later(timeout, _expire, fut, timeout)
             try:
                 await fut
-            except FabricTimeout:
+            except (FabricTimeout, asyncio.CancelledError):
+                # Timed out, or the caller was cancelled (wait_for around a get): the core
+                # forgets the request instead of holding it until an answer that may
+                # never come.
                 self.core.cancel(token)
                 raise
             finally:

@@ -185,8 +185,6 @@ def test_a_joining_node_takes_keys_and_a_leaving_one_hands_them_off() -> None:
     run(body)
 
 
-@pytest.mark.skipif(not hasattr(fabric.Node, "on_drain"),
-                    reason="the node has no drain hooks (node.on_drain) on this branch")
 def test_a_graceful_stop_hands_the_keys_off_by_itself() -> None:
     async def body() -> None:
         nodes, caches = await cluster(3)
@@ -284,6 +282,38 @@ def test_requests_that_get_no_answer_time_out_and_the_rest_go_on() -> None:
                     await waiter
             await caches[1].put("other", 1)  # later requests are not affected
             assert await caches[1].get("other") == 1
+            release.set()
+            assert await leader == "computed"
+        finally:
+            await stop(nodes)
+
+    run(body)
+
+
+def test_a_cancelled_caller_leaves_no_request_behind() -> None:
+    # Waiters on a single flight get no answer until its leader fills it: cancel them
+    # (as asyncio.wait_for around a get would) and the core forgets their requests.
+    async def body() -> None:
+        nodes, caches = await cluster(2)
+        try:
+            release = asyncio.Event()
+
+            async def slow() -> str:
+                await release.wait()
+                return "computed"
+
+            leader = asyncio.ensure_future(caches[0].get_or_compute("k", slow))
+            await async_wait_until(lambda: caches[0].stats()["misses"] +
+                                   caches[1].stats()["misses"] > 0, timeout=10,
+                                   message="the leader is computing")
+            waiters = [asyncio.ensure_future(caches[1].get_or_compute("k", slow))
+                       for _ in range(3)]
+            await async_wait_until(lambda: caches[1].core.in_flight() == 3, timeout=10,
+                                   message="three requests wait for the flight")
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+            assert caches[1].core.in_flight() == 0
             release.set()
             assert await leader == "computed"
         finally:

@@ -377,6 +377,10 @@ class CacheCore:
                 out.append(Send(owner, ["q", rid, "getv", key, []]))
         return out
 
+    def in_flight(self) -> int:
+        """How many of this node's requests wait for an answer (observability, tests)."""
+        return len(self._pending) + len(self._direct)
+
     def cancel(self, token: Any) -> None:
         """Forget the request of ``token`` (its caller stopped waiting)."""
         for rid, req in list(self._pending.items()):
