@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -51,6 +52,23 @@ async def stop(nodes: list[fabric.Node]) -> None:
     for node in nodes:
         if not node.stopped:
             await node.stop()
+
+
+async def a_flight_in_the_air(caches: list[Cache]) -> tuple[
+        asyncio.Event, Callable[[], Awaitable[str]], asyncio.Future[Any]]:
+    """Node 0 leads a single flight for key "k" whose computation waits for the event:
+    (the event, the computation, the leader's future) once the flight has begun."""
+    release = asyncio.Event()
+
+    async def slow() -> str:
+        await release.wait()
+        return "computed"
+
+    leader = asyncio.ensure_future(caches[0].get_or_compute("k", slow))
+    await async_wait_until(lambda: caches[0].stats()["misses"] +
+                           caches[1].stats()["misses"] > 0, timeout=10,
+                           message="the leader is computing")
+    return release, slow, leader
 
 
 def test_operations_across_nodes() -> None:
@@ -264,16 +282,7 @@ def test_requests_that_get_no_answer_time_out_and_the_rest_go_on() -> None:
     async def body() -> None:
         nodes, caches = await cluster(2, timeout=0.5)
         try:
-            release = asyncio.Event()
-
-            async def slow() -> str:
-                await release.wait()
-                return "computed"
-
-            leader = asyncio.ensure_future(caches[0].get_or_compute("k", slow))
-            await async_wait_until(lambda: caches[0].stats()["misses"] +
-                                   caches[1].stats()["misses"] > 0, timeout=10,
-                                   message="the leader is computing")
+            release, slow, leader = await a_flight_in_the_air(caches)
             # Waiters on the flight get no answer until the leader fills it.
             waiters = [asyncio.ensure_future(caches[1].get_or_compute("k", slow))
                        for _ in range(3)]
@@ -296,16 +305,7 @@ def test_a_cancelled_caller_leaves_no_request_behind() -> None:
     async def body() -> None:
         nodes, caches = await cluster(2)
         try:
-            release = asyncio.Event()
-
-            async def slow() -> str:
-                await release.wait()
-                return "computed"
-
-            leader = asyncio.ensure_future(caches[0].get_or_compute("k", slow))
-            await async_wait_until(lambda: caches[0].stats()["misses"] +
-                                   caches[1].stats()["misses"] > 0, timeout=10,
-                                   message="the leader is computing")
+            release, slow, leader = await a_flight_in_the_air(caches)
             waiters = [asyncio.ensure_future(caches[1].get_or_compute("k", slow))
                        for _ in range(3)]
             await async_wait_until(lambda: caches[1].core.in_flight() == 3, timeout=10,
