@@ -57,6 +57,7 @@ from fabric.errors import (
     FabricTimeout,
     LocalProtocolError,
 )
+from fabric.metrics.snapshot import report_caches
 from fabric.protocol.cache import CacheCore, Result
 from fabric.protocol.events import PgJoin, PgLeave
 from fabric.protocol.hashring import key_bytes
@@ -76,6 +77,9 @@ def caches_of(node: Node) -> dict[str, dict[str, int]]:
     """The counters of every cache started on ``node``, by cache name (``fabric status``
     and the metrics snapshot read them)."""
     return {name: cache.stats() for name, cache in sorted(_by_node.get(node, {}).items())}
+
+
+report_caches(caches_of)  # the metrics snapshot reads them without importing this module
 
 
 class Cache:

@@ -14,8 +14,10 @@ Nothing here runs on the hot path: the counters it reads are the ones the node k
 anyway (``node.metrics``, each channel's :class:`~fabric.outbound.Outbound`), and the
 gauges (mailbox depths, queue lengths, heartbeat age) are computed when a snapshot is
 taken. Its cost is linear in processes plus peers, paid once per scrape. The counters of
-the node's distributed caches (:func:`fabric.cache.caches_of`, the figures ``fabric
-status`` shows) are copied too, a few integers per cache.
+the node's distributed caches (the figures ``fabric status`` shows) are copied too, a few
+integers per cache: ``fabric.cache`` hands its reader to :func:`report_caches` when it is
+imported, so this module (which the node imports) never imports the cache (which imports
+the node); no cache module loaded means no cache on the node.
 
 Drops are reported by reason, each drop counted under exactly one reason so that their
 sum means something (``bad_input`` includes ``unknown_kind`` and ``not_a_message``, so
@@ -25,14 +27,22 @@ docs/METRICS.md.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from fabric.node import Node
 
-__all__ = ["DROP_REASONS", "NodeSnapshot", "PeerSample", "take_snapshot"]
+__all__ = ["DROP_REASONS", "NodeSnapshot", "PeerSample", "report_caches", "take_snapshot"]
+
+CacheCounters = Callable[["Node"], Mapping[str, Mapping[str, int]]]
+_cache_counters: list[CacheCounters] = []  # set once, by fabric.cache at import
+
+
+def report_caches(reader: CacheCounters) -> None:
+    """Let snapshots read every cache's counters on a node with ``reader(node)``."""
+    _cache_counters[:] = [reader]
 
 #: Reasons a message or frame is dropped, as ``fabric_dropped_total{reason}`` shows them.
 DROP_REASONS: Final = (
@@ -98,8 +108,6 @@ def take_snapshot(node: Node, rtt: Mapping[str, float] | None = None) -> NodeSna
         rtt: the last ping round trip per peer, seconds, if someone measures it
             (:class:`fabric.metrics.rtt.RttProbe`).
     """
-    from fabric.cache import caches_of  # the cache imports the node: not at module level
-
     rtt = rtt or {}
     metrics = node.metrics
     counters = dict(metrics)
@@ -159,5 +167,5 @@ def take_snapshot(node: Node, rtt: Mapping[str, float] | None = None) -> NodeSna
         handshakes_refused=dict(node.mesh.stats.refused),
         topic_messages_in=counters["topic_in"],
         peer_samples=tuple(samples),
-        caches=caches_of(node),
+        caches=_cache_counters[0](node) if _cache_counters else {},
     )
