@@ -23,7 +23,8 @@ Run:  python -m bench.bench_crdt [--quick] [--runs N] [--out PATH]
   process: the network's latency is not in it). The same for 10 changed keys, to show
   the cost follows the difference, not the state. And one :data:`BIG`-element OR-Set
   changed by 5 elements on each side during the partition: reconciled by what each side
-  has seen (``seen``), against its full state.
+  has seen (``seen``), against its full state; and the same for a :data:`BIG_MAP`-key
+  PN-Counter map (3 keys added and 2 removed on each side).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ if not __package__:  # started as `python bench/bench_crdt.py`: make `bench` imp
 
 from bench import _harness as h  # noqa: E402
 from fabric.protocol.codec import Codec  # noqa: E402
-from fabric.protocol.crdt import GCounter, ORSet, Replica, dump  # noqa: E402
+from fabric.protocol.crdt import GCounter, ORSet, PNCounterMap, Replica, dump  # noqa: E402
 from fabric.protocol.effects import Send  # noqa: E402
 from fabric.protocol.replicator import LOCAL, Key, ReplicatorCore  # noqa: E402
 from fabric.testing import ServiceSim  # noqa: E402
@@ -48,6 +49,7 @@ from fabric.testing import ServiceSim  # noqa: E402
 SET_SIZE = 1_000
 BIG = 100_000
 KEYS = 20_000
+BIG_MAP = 20_000
 ME = Replica("bench@127.0.0.1:1", 1)
 
 
@@ -193,36 +195,54 @@ def heal_cost(changed: int) -> tuple[float, float, float, float]:
     return float(heal), float(full), float(messages), cpu
 
 
-def big_set_heal() -> tuple[float, float]:
-    """(bytes of anti-entropy after a heal in which a :data:`BIG`-element OR-Set changed by
-    5 elements on each side, bytes of its full state)."""
+def big_heal(key: Key[Any], fill: Callable[[Any], Any],
+             change: Callable[[Any, str, tuple[Any, ...]], Any]) -> tuple[float, float]:
+    """(bytes of anti-entropy after a heal in which ``key``'s value, made by ``fill``,
+    changed by ``change`` on each side (3 adds and 2 removes a side), bytes of its full
+    state)."""
     tally: dict[str, int] = {}
     a, b = "a@127.0.0.1:1", "b@127.0.0.1:2"
     sim = ServiceSim(lambda n, c: _Counting(ReplicatorCore(n, c), tally), [a, b],
                      connected=False)
     sim.connect(a, b)
-    key = Key("big", ORSet)
-    sim.execute(a, sim.core(a).update(key, lambda s: s.add_all(range(BIG)), LOCAL, 0, sim.now))
+    sim.execute(a, sim.core(a).update(key, fill, LOCAL, 0, sim.now))
     sim.advance(3.0)
     sim.partition([a], [b])
     sim.advance(2.0)
     for side, tag, removed in ((a, "a", (0, 1)), (b, "b", (2, 3))):
-        def change(s: ORSet[Any], tag: str = tag, removed: tuple[int, ...] = removed
-                   ) -> ORSet[Any]:
-            s = s.add_all(f"{tag}{i}" for i in range(3))  # 3 adds and 2 removes a side
-            for element in removed:
-                s = s.remove(element)
-            return s
-        sim.execute(side, sim.core(side).update(key, change, LOCAL, 1, sim.now))
+        sim.execute(side, sim.core(side).update(
+            key, lambda v, tag=tag, removed=removed: change(v, tag, removed),
+            LOCAL, 1, sim.now))
     sim.advance(1.0)
     tally.clear()
     sim.heal()
     sim.advance(1.0)
     if sim.core(a).value(key) != sim.core(b).value(key):
-        raise h.BenchError("the big set did not converge after the heal")
+        raise h.BenchError(f"{key.name} did not converge after the heal")
     heal = sum(v for k, v in tally.items() if k in ("digest", "keys", "gossip", "seen"))
-    full = len(Codec().encode(["big", dump(sim.core(a).value(key))]))
+    full = len(Codec().encode([key.name, dump(sim.core(a).value(key))]))
     return float(heal), float(full)
+
+
+def _change_set(s: ORSet[Any], tag: str, removed: tuple[Any, ...]) -> ORSet[Any]:
+    s = s.add_all(f"{tag}{i}" for i in range(3))
+    for element in removed:
+        s = s.remove(element)
+    return s
+
+
+def _fill_map(m: PNCounterMap) -> PNCounterMap:
+    for i in range(BIG_MAP):
+        m = m.increment(i, i + 1)
+    return m
+
+
+def _change_map(m: PNCounterMap, tag: str, removed: tuple[Any, ...]) -> PNCounterMap:
+    for i in range(3):
+        m = m.increment(f"{tag}{i}")
+    for k in removed:
+        m = m.remove(k)
+    return m
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -268,10 +288,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                baseline=f"{KEYS} keys: full state")
     report.add(f"{KEYS} keys, 10 changed: messages until agreement", "heal", "msgs",
                [few_messages])
-    set_heal, set_full = big_set_heal()
+    set_heal, set_full = big_heal(Key("big", ORSet), lambda s: s.add_all(range(BIG)),
+                                  _change_set)
     report.add(f"OR-Set of {BIG}: full state", "heal", "bytes", [set_full])
     report.add(f"OR-Set of {BIG}, 5 changes each side: anti-entropy", "heal", "bytes",
                [set_heal], baseline=f"OR-Set of {BIG}: full state")
+    map_heal, map_full = big_heal(Key("bigmap", PNCounterMap), _fill_map, _change_map)
+    report.add(f"PN-Counter map of {BIG_MAP}: full state", "heal", "bytes", [map_full])
+    report.add(f"PN-Counter map of {BIG_MAP}, 5 changes each side: anti-entropy", "heal",
+               "bytes", [map_heal], baseline=f"PN-Counter map of {BIG_MAP}: full state")
     report.finish()
     return 0
 

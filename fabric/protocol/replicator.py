@@ -38,10 +38,11 @@ Three ways state moves between nodes (payloads are plain lists; ``state`` is a C
   message, one level down) or, for a node with few keys, with its keys' digests
   (``keys``); only keys whose digests differ are then exchanged, in full, both ways (a
   wanted key is not sent back when merging the state just received made both sides
-  equal). A differing OR-Set of at least ``SEEN_MIN_ELEMENTS`` elements on both sides
-  is not sent whole: the side that finds it sends what it has seen (``seen``: its causal
-  context, a version vector), the other answers with only what the first lacks
-  (``ORSet.missing_for``) and its own ``seen``, which the first answers alike. Converged
+  equal). A differing OR-Set or map (OR-Map and the maps built on it) of at least
+  ``SEEN_MIN_ELEMENTS`` elements or keys on both sides is not sent whole: the side that
+  finds it sends what it has seen (``seen``: its causal context, a version vector, and
+  for a map its values' digests in buckets), the other answers with only what the first
+  lacks (``missing_for``) and its own ``seen``, which the first answers alike. Converged
   replicas exchange one root digest per round; a heal after ``d`` of
   ``n`` keys changed costs about ``d * log16(n / d)`` node digests plus those keys'
   states, in about ``log16(n)`` round trips, not the whole state. A hello is repeated
@@ -123,8 +124,8 @@ _DELTA_TIMER: Final = "delta"
 _GOSSIP_TIMER: Final = "gossip"
 _PRUNE_TIMER: Final = "prune"
 _HELLO_REPEATS: Final = 5
-# A differing OR-Set of at least this many elements is reconciled by "seen" (what each
-# side lacks), not sent whole.
+# A differing OR-Set (or map) of at least this many elements (keys) is reconciled by
+# "seen" (what each side lacks), not sent whole.
 SEEN_MIN_ELEMENTS: Final = 64
 
 

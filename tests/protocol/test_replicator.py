@@ -16,7 +16,16 @@ import pytest
 from fabric.errors import LocalProtocolError
 from fabric.protocol import replicator
 from fabric.protocol.codec import Codec
-from fabric.protocol.crdt import GCounter, LWWMap, MVRegister, ORSet, PNCounter, Replica, dump
+from fabric.protocol.crdt import (
+    GCounter,
+    LWWMap,
+    MVRegister,
+    ORSet,
+    PNCounter,
+    PNCounterMap,
+    Replica,
+    dump,
+)
 from fabric.protocol.effects import Effect, Send
 from fabric.protocol.events import DataDeleted
 from fabric.protocol.replicator import ALL, LOCAL, MAJORITY, Key, Persist, ReplicatorCore
@@ -24,6 +33,7 @@ from fabric.testing import ServiceSim
 
 HITS = Key("hits", GCounter)
 SEEN = Key("seen", ORSet)
+TALLY = Key("tally", PNCounterMap)
 MOTD = Key("motd", MVRegister)
 NAMES5 = [f"n{i}@h:{i}" for i in range(1, 6)]
 A, B, C = NAMES5[:3]
@@ -257,6 +267,37 @@ def test_a_large_set_changed_on_both_sides_heals_by_what_each_lacks() -> None:
     assert heal * 50 < full, (heal, full)
 
 
+def test_a_large_map_changed_on_both_sides_heals_by_what_each_lacks() -> None:
+    tally = Key("tally", PNCounterMap)
+    w = World(NAMES5[:2])
+
+    def fill(m: PNCounterMap) -> PNCounterMap:
+        for i in range(3_000):
+            m = m.increment(f"k{i}", i + 1)
+        return m
+    w.update(A, tally, fill)
+    w.sim.advance(1.0)
+    assert len(w.sim.core(B).value(tally)) == 3_000
+    w.sim.partition([A], [B])
+    w.sim.advance(2.0)
+    w.update(A, tally, lambda m: m.increment("k1", 5).increment("a-side").remove("k2"))
+    # A remove changes no key dot a peer could ask for: only the values' digests show it.
+    w.update(B, tally, lambda m: m.decrement("k1", 2).increment("b-side").remove("k3"))
+    w.sim.advance(1.0)
+    w.bytes.clear()
+    w.sim.heal()
+    w.sim.advance(1.0)
+    a_map, b_map = w.sim.core(A).value(tally), w.sim.core(B).value(tally)
+    assert a_map == b_map
+    expected = {f"k{i}": i + 1 for i in range(3_000) if i not in (2, 3)}
+    expected.update({"k1": 2 + 5 - 2, "a-side": 1, "b-side": 1})
+    assert a_map.value == expected
+    full = len(Codec().encode(dump(a_map)))
+    heal = sum(w.bytes[k] for k in ("digest", "keys", "gossip", "seen"))
+    assert w.bytes["seen#"] == 2  # one each way
+    assert heal * 20 < full, (heal, full)
+
+
 def test_delete_is_permanent_and_replicated() -> None:
     w = World(NAMES5[:3])
     w.update(A, SEEN, lambda s: s.add("x"))
@@ -336,6 +377,10 @@ def test_chaos_then_heal_converges_and_keeps_every_acknowledged_majority_write(
             element = (name, step)
             acked_add.append((w.update(name, SEEN, lambda s, e=element: s.add(e),
                                        write=level), element if level == MAJORITY else None))
+            # A map whose keys are updated and removed concurrently (reconciled by "seen"
+            # once it has enough keys: removes change values without new key dots).
+            tally_key = step % 97
+            w.update(name, TALLY, lambda m, k=tally_key, n=n: m.remove(k - 1).increment(k, n))
         w.sim.advance(rng.choice([0.01, 0.1, 0.5]))
     Net.lossy = False
     w.sim.heal()
@@ -343,6 +388,8 @@ def test_chaos_then_heal_converges_and_keeps_every_acknowledged_majority_write(
     cores = [w.sim.core(n) for n in NAMES5]
     assert all(c.value(HITS) == cores[0].value(HITS) for c in cores)
     assert all(c.value(SEEN) == cores[0].value(SEEN) for c in cores)
+    assert all(c.value(TALLY) == cores[0].value(TALLY) for c in cores)
+    assert sum(cores[0].value(TALLY).value.values()) <= attempted
     acked_sum = sum(n for t, n in acked_inc if n and w.result(t) is not None
                     and w.result(t)[0] == "ok")
     final = cores[0].value(HITS).value

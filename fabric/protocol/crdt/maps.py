@@ -22,13 +22,25 @@ The typed maps fix the value type: :class:`LWWMap` (values are LWW-Registers),
 :class:`PNCounterMap` (PN-Counters) and :class:`ORMultiMap` (OR-Sets: key -> set).
 Pruning a dead replica prunes the key set and every value that supports it (an
 MV-Register value only once the dead replica's value there was overwritten).
+
+Anti-entropy of one large map (``seen`` / ``missing_for``, as for the OR-Set): a replica
+says what it has seen: its key set's ``seen`` (a version vector) and the digests of its
+values in buckets (a key's bucket is a hash of its encoding; a bucket's digest is the XOR
+of the 64-bit hashes of its ``[key, value]`` encodings, removed keys' hidden values
+included). The peer answers with its key set's ``missing_for`` and every value of the
+buckets whose digests differ. Key dots alone cannot say which values a peer lacks: a
+remove or a pruning changes a value without a new dot, and a removed key's dots leave no
+trace of the key in the context; the digests can, at about a byte per key. With about
+``KEYS_PER_BUCKET`` keys a bucket, ``d`` changed keys cost at most ``d`` buckets' values.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Hashable, Iterator, Mapping
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Final, Generic, TypeVar
 
+from fabric.protocol.codec import Codec
 from fabric.protocol.crdt.base import Crdt, canonical, check, dump, load, wire_type
 from fabric.protocol.crdt.counters import PNCounter
 from fabric.protocol.crdt.registers import LWWRegister
@@ -40,6 +52,16 @@ __all__ = ["LWWMap", "ORMap", "ORMultiMap", "PNCounterMap"]
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V", bound=Crdt)
 W = TypeVar("W", bound="_TypedMap")
+# A map's "seen" digests its values in buckets of about this many keys: a changed key
+# costs its bucket's values, every key about 9 / KEYS_PER_BUCKET bytes of digests.
+KEYS_PER_BUCKET: Final = 16
+MAX_BUCKETS: Final = 1 << 20
+_codec = Codec()
+
+
+def _hash(data: Any, size: int) -> int:
+    return int.from_bytes(hashlib.blake2b(_codec.encode(data), digest_size=size).digest(),
+                          "big")
 
 
 @wire_type("ormap")
@@ -137,6 +159,45 @@ class ORMap(Crdt, Generic[K, V]):
             return self
         return ORMap._owning(self._keys, self._values, None)  # never mutated: shared
 
+    # -- anti-entropy of one large map ----------------------------------------------------
+
+    def seen(self, buckets: int | None = None) -> Any:
+        """What this replica has seen, for :meth:`missing_for` at a peer: its key set's
+        ``seen`` and its values' digests in ``buckets`` buckets (by default one per
+        ``KEYS_PER_BUCKET`` values; see the module docstring)."""
+        if buckets is None:
+            buckets = len(self._values) // KEYS_PER_BUCKET
+        buckets = max(1, min(MAX_BUCKETS, buckets))
+        return [self._keys.seen(), buckets, self._bucket_digests(buckets)[0]]
+
+    def _bucket_digests(self, buckets: int) -> tuple[list[int], dict[K, int]]:
+        """Each bucket's digest, and each key's bucket."""
+        digests = [0] * buckets
+        bucket_of: dict[K, int] = {}
+        for key, value in self._values.items():
+            bucket = bucket_of[key] = _hash(key, 4) % buckets
+            digests[bucket] ^= _hash([key, dump(value)], 8)
+        return digests, bucket_of
+
+    def missing_for(self, seen: Any) -> ORMap[K, V]:
+        """The part of this map a replica that has ``seen`` (:meth:`seen`) lacks: merged
+        there, it gives what merging the whole map would. It holds the key set's
+        :meth:`ORSet.missing_for` and the values of the buckets whose digests differ
+        from the peer's; it is a state below this one, so merging it anywhere is safe.
+
+        Raises:
+            RemoteProtocolError: ``seen`` is malformed.
+        """
+        check(isinstance(seen, list) and len(seen) == 3, "ormap seen")
+        keys_seen, buckets, theirs = seen
+        check(type(buckets) is int and 1 <= buckets <= MAX_BUCKETS
+              and isinstance(theirs, list) and len(theirs) == buckets
+              and all(type(d) is int for d in theirs), "ormap seen digests")
+        mine, bucket_of = self._bucket_digests(buckets)
+        values = {k: v for k, v in self._values.items()
+                  if mine[bucket_of[k]] != theirs[bucket_of[k]]}
+        return ORMap._owning(self._keys.missing_for(keys_seen), values, None)
+
     # -- pruning --------------------------------------------------------------------------
 
     def replicas(self) -> set[Replica]:
@@ -231,6 +292,14 @@ class _TypedMap(Crdt):
 
     def reset_delta(self: W) -> W:
         return self if self._map.delta is None else type(self)(self._map.reset_delta())
+
+    def seen(self, buckets: int | None = None) -> Any:
+        """See :meth:`ORMap.seen`."""
+        return self._map.seen(buckets)
+
+    def missing_for(self: W, seen: Any) -> W:
+        """See :meth:`ORMap.missing_for`."""
+        return type(self)(self._map.missing_for(seen))
 
     def replicas(self) -> set[Replica]:
         return self._map.replicas()
