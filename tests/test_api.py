@@ -31,7 +31,7 @@ import fabric
 import fabric.errors
 
 PACKAGE = Path(fabric.__file__).parent
-API_PAGE = PACKAGE.parent / "docs" / "API.md"
+API_PAGE = Path(__file__).resolve().parent.parent / "docs" / "API.md"  # the checkout's
 
 # The foundation modules: every name in their __all__ is public API.
 FOUNDATION = ["config", "errors", "exports", "node", "process", "types"]

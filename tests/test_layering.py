@@ -17,7 +17,9 @@ from pathlib import Path
 import fabric
 
 PACKAGE = Path(fabric.__file__).parent
-ROOT = PACKAGE.parent
+# The checkout (tests, bench, nodes): not PACKAGE.parent, which is site-packages when tox
+# tests the installed fabric.
+ROOT = Path(__file__).resolve().parent.parent
 NODE_PACKAGE = PACKAGE / "node"
 
 
@@ -60,7 +62,9 @@ def _outside_files() -> list[Path]:
     files = [p for p in PACKAGE.rglob("*.py")
              if NODE_PACKAGE not in p.parents and protocol not in p.parents]
     for folder in ("tests", "bench", "nodes"):
-        files += sorted((ROOT / folder).rglob("*.py"))
+        found = sorted((ROOT / folder).rglob("*.py"))
+        assert found, f"no {folder}/ beside the tests: the scan would prove nothing"
+        files += found
     return files
 
 
@@ -82,7 +86,7 @@ def test_nothing_outside_the_node_package_touches_its_private_names() -> None:
     for path in _outside_files():
         uses = _private_uses(path, checked)
         if uses and path.resolve() != Path(__file__).resolve():
-            breaches[str(path.relative_to(ROOT))] = uses
+            breaches[str(path)] = uses
     assert breaches == {}
 
 
@@ -139,6 +143,7 @@ def test_protocol_tests_observe_the_simulators_through_their_public_api() -> Non
     # nodedown_pending, execute, schedule...
     assert {"_exec", "_after", "_closing"} <= SIM_PRIVATE
     breaches = {}
+    assert (ROOT / "tests" / "protocol").is_dir()
     for path in sorted((ROOT / "tests" / "protocol").glob("*.py")):
         found = _private_uses(path, SIM_PRIVATE)
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
