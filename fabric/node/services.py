@@ -29,6 +29,7 @@ imports a facade (D26): the facades depend on the node, not the reverse.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -111,10 +112,23 @@ class ServiceHost:
         self._executor.register(effect_type, handler, replace=True)
 
     def expect(self, token: Any) -> asyncio.Future[Any]:
-        """A future resolved by a service's ``Complete(token, result)`` effect."""
+        """A future resolved by a service's ``Complete(token, result)`` effect.
+
+        If the waiter gives up first (the future is cancelled, or a facade fails it with
+        a timeout), the token is forgotten here, so a completion that never comes holds
+        nothing; every facade's timeout gets this without a path of its own."""
         fut: asyncio.Future[Any] = self.loop.create_future()
         self._completions[token] = fut
+        fut.add_done_callback(functools.partial(self._given_up, token))
         return fut
+
+    def awaiting(self) -> int:
+        """How many tokens wait for their ``Complete`` (observability, tests)."""
+        return len(self._completions)
+
+    def _given_up(self, token: Any, fut: asyncio.Future[Any]) -> None:
+        if self._completions.get(token) is fut:  # not completed: _on_complete pops first
+            del self._completions[token]
 
     def run_service(self, service: str, effects: list[Effect]) -> Any:
         """Execute the effects that a facade got from its core's API method (called with
