@@ -61,6 +61,7 @@ from fabric.metrics.snapshot import report_caches
 from fabric.protocol.cache import CacheCore, Result
 from fabric.protocol.events import PgJoin, PgLeave
 from fabric.protocol.hashring import key_bytes
+from fabric.timeouts import CALL_TIMEOUT
 from fabric.types import Pid
 
 if TYPE_CHECKING:
@@ -113,7 +114,7 @@ class Cache:
     def __init__(self, node: Node, name: str = "default", *, owner: bool = True,
                  replicas: int = 2, write_acks: int | None = None,
                  max_entries: int = 1_000_000, max_bytes: int = 256 << 20,
-                 max_entry_bytes: int = 1 << 20, timeout: float = 5.0,
+                 max_entry_bytes: int = 1 << 20, timeout: float = CALL_TIMEOUT,
                  sweep_interval: float = 1.0, handoff_grace: float = 5.0,
                  near_entries: int = 0, near_ttl: float = 1.0,
                  tombstone_ttl: float = 60.0) -> None:

@@ -73,6 +73,7 @@ from fabric.protocol.singleton import (
     StartInstance,
     StopInstance,
 )
+from fabric.timeouts import CALL_TIMEOUT
 from fabric.types import Pid
 
 if TYPE_CHECKING:
@@ -200,7 +201,7 @@ class Singleton:
         """The instance's pid as this node knows it, or None (none runs, or it moves)."""
         return self.core.host()
 
-    async def wait_for_host(self, timeout: float | None = 5.0, *,
+    async def wait_for_host(self, timeout: float | None = CALL_TIMEOUT, *,
                             other_than: Pid | None = None) -> Pid:
         """Wait until an instance (other than ``other_than``) is known; its pid.
 
@@ -221,7 +222,7 @@ class Singleton:
             except asyncio.TimeoutError:
                 pass
 
-    async def call(self, request: Any, timeout: float | None = 5.0, *,
+    async def call(self, request: Any, timeout: float | None = CALL_TIMEOUT, *,
                    retry_unsure: bool = False) -> Any:
         """GenServer-call the instance, wherever it runs; wait through a hand-over.
 
