@@ -89,9 +89,10 @@ class NodeUp:
 
 @dataclass(frozen=True, slots=True)
 class NodeDown:
-    """A peer's session ended, with a reason: ``connection_closed``,
+    """A peer's session ended, with a reason: ``connection_closed`` (its process died, or
+    came back as a new run), ``peer_reset`` (it lives, but ended the session itself),
     ``heartbeat_timeout``, ``shutdown`` (it stopped gracefully), ``disconnect`` (asked
-    locally)."""
+    locally), ``blocked`` (:meth:`Node.block`)."""
 
     node: str
     reason: str
@@ -453,7 +454,7 @@ class Node:
         """Fault injection for tests and demos: cut this node off from ``peer`` for
         ``duration`` seconds, as a network partition between the two would.
 
-        The session ends (NodeDown reason ``blocked`` here, ``connection_closed`` at the
+        The session ends (NodeDown reason ``blocked`` here, ``peer_reset`` at the
         peer), every attempt either way is refused, and when the time is up (or at
         :meth:`unblock`) this node dials ``peer`` again. To split a cluster, block each
         node of one side on the nodes of the other side. It models a clean symmetric cut,

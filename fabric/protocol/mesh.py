@@ -23,8 +23,9 @@ whether it dials us (HELLO, checked again at ANSWER) or we would dial it (``conn
 ``learn``, a retry), so a merge of two clusters that both hold a ``p@h`` keeps each node's
 first holder and never lists two.
 
-A peer lost abnormally (``heartbeat_timeout``, ``connection_closed``), or an automatic
-attempt that failed, is retried on fresh sockets, so a healed partition does not wait out
+A peer lost abnormally (``heartbeat_timeout``, ``connection_closed``, ``peer_reset``: the
+comment at :data:`PEER_RESET` says how the last two differ), or an automatic attempt that
+failed, is retried on fresh sockets, so a healed partition does not wait out
 TCP retransmission backoff on the old sockets. Retries never stop on their own (unless
 ``reconnect_give_up`` is set): during ``reconnect_window`` after the loss the pause between
 attempts doubles from 50 ms up to ``reconnect_max_backoff``, afterwards up to
@@ -37,7 +38,7 @@ being taken by another node, or ``reconnect_give_up``.
 
 Fault injection (:meth:`MeshCore.block`): for a while, this node has no session with one
 peer, as if the network between them were cut: an up session is torn down (reason
-``blocked``; the peer is told ``not_connected`` and sees ``connection_closed``), every
+``blocked``; the peer is told ``not_connected`` and sees ``peer_reset``), every
 attempt either way is refused (``blocked``: the peer keeps retrying, as after a lost
 connection), peer lists that name it are not followed, and when the block ends this node
 dials the peer at once. It models a clean, symmetric cut between two nodes, seen at the
@@ -80,6 +81,8 @@ from fabric.protocol.messages import K_GOODBYE, K_GOODBYE_ACK, K_PEERS, K_PING, 
 from fabric.types import NodeName, parse_node_name
 
 __all__ = [
+    "CONNECTION_CLOSED",
+    "PEER_RESET",
     "ChannelSend",
     "CloseChannel",
     "ConnectDone",
@@ -101,8 +104,16 @@ YIELDED: Final = "yielded"
 ACCEPTING: Final = "accepting"
 UP: Final = "up"
 
+# Why a session ended abnormally. CONNECTION_CLOSED: the TCP connection under our DEALER
+# closed (the peer's process died: the OS closed its sockets), or the peer came back as a
+# new incarnation. PEER_RESET: the peer, still running, ended the session itself (it sent
+# REFUSE on the up channel because it had dropped us, or opened a new session with the
+# same incarnation, as after a simultaneous reconnect). Services that act on a death at
+# once (singletons) must tell them apart: a reset is proof of life, not of death.
+CONNECTION_CLOSED: Final = "connection_closed"
+PEER_RESET: Final = "peer_reset"
 # Abnormal ends after which the peer is retried; the others were meant.
-RETRY_REASONS: Final = frozenset({"heartbeat_timeout", "connection_closed"})
+RETRY_REASONS: Final = frozenset({"heartbeat_timeout", CONNECTION_CLOSED, PEER_RESET})
 # Refusals that another attempt would meet again: never retried automatically.
 FINAL_REFUSALS: Final = frozenset({"bad_cookie", "name_in_use", "version", "wrong_node",
                                    "bad_name", "stopping"})
@@ -466,7 +477,8 @@ class MeshCore:
                 p.out_identity = None
                 return [CloseChannel(peer)]
             if p.state == UP:
-                return self._down(peer, "connection_closed", now, notify_peer=False)
+                # Its process answered: alive, but it no longer has this session.
+                return self._down(peer, PEER_RESET, now, notify_peer=False)
             reason = self._reason(frame.reason)
             self._count_refusal(reason)
             effects = self._drop_pending(peer, reason, now=now)
@@ -528,7 +540,7 @@ class MeshCore:
         if p is None:
             return []
         if p.state == UP:
-            return self._down(peer, "connection_closed", now)
+            return self._down(peer, CONNECTION_CLOSED, now)
         return []
 
     def channel_refused(self, peer: str, now: float) -> list[Any]:
@@ -717,9 +729,11 @@ class MeshCore:
         existing = self.peers.get(p.name)
         if existing is not None:
             if existing.state == UP:
-                # It lost our session (it restarted, or dropped us while we were
-                # frozen) and comes again: the old session is over.
-                effects += self._down(p.name, "connection_closed", now, notify_peer=False)
+                # It lost our session and comes again: the old session is over. A new
+                # creation means the old process is gone (it restarted); the same one
+                # means it lives and dropped us (we were frozen, or a reconnect race).
+                reason = CONNECTION_CLOSED if p.creation != existing.creation else PEER_RESET
+                effects += self._down(p.name, reason, now, notify_peer=False)
             elif existing.state == ANSWER_SENT and self.name < p.name:
                 # Both attempts got this far at once: the smaller name's attempt wins on
                 # both sides (the peer drops its own attempt when ours reaches it).

@@ -13,8 +13,10 @@ pure rules to the same facts, connected managers agree without a vote:
   is a candidate, the pid of the instance it runs if any) and is greeted back; a peer
   whose manager never greets is not a member. A member that goes down by
   ``connection_closed`` (its process died: kill -9, the OS closed its sockets) or that
-  said ``leaving`` is *removed*; one lost by ``heartbeat_timeout`` or ``disconnect``
-  stays *known* but *unreachable* (it may be alive behind a partition) until it comes
+  said ``leaving`` is *removed*; one lost by ``heartbeat_timeout``, ``peer_reset`` (its
+  process answered: it lives, as when sessions flap in a reconnect race after a heal),
+  ``blocked`` or ``disconnect`` stays *known* but *unreachable* (it may be alive behind a
+  partition) until it comes
   back, :meth:`SingletonCore.forget` removes it, or (with the policy's ``forget_after``)
   it has been unreachable that long while this side satisfies the policy. Every change
   is announced with a ``status`` message.
@@ -101,7 +103,9 @@ AVAILABILITY: Final = "availability"
 POLICIES: Final = (KEEP_MAJORITY, KEEP_OLDEST, STATIC_QUORUM, AVAILABILITY)
 
 # Reasons a member leaves the view for good: its process is gone (the OS closed its
-# sockets), or it said goodbye. Any other nodedown may be a partition.
+# sockets), or it said goodbye. Any other nodedown may be a partition; ``peer_reset`` in
+# particular is proof the member lives (taking it for a death after a heal started a
+# second instance beside the oldest's under keep_oldest: D36).
 _GONE_REASONS: Final = frozenset({"connection_closed", "shutdown"})
 
 Age = tuple[float, str]

@@ -137,15 +137,16 @@ class MeshSim:
     def heal(self) -> None:
         self._blocked.clear()
 
-    def kill(self, name: str) -> None:
-        """kill -9: the process vanishes; peers' TCP connections to it close at once."""
+    def kill(self, name: str, *, closes: bool = True) -> None:
+        """kill -9: the process vanishes; peers' TCP connections to it close at once.
+        ``closes=False``: the machine lost power, so no peer hears of it but by silence."""
         node = self.nodes[name]
         node.up = False
         for ident in node.channels.values():
             self._identities.pop(ident, None)
         node.channels.clear()
         for other in self.nodes.values():
-            if other.up and (name in other.channels or name in other.subs):
+            if closes and other.up and (name in other.channels or name in other.subs):
                 self._after(self.latency, partial(self._closed, other.name, name))
 
     def freeze(self, name: str) -> None:

@@ -123,7 +123,8 @@ class SingletonSim:
     def cut(self, a: str, b: str, reasons: tuple[str, str], detect: float = 0.005) -> None:
         """Cut only ``a``-``b`` (others stay connected to both, a non-transitive
         partition); ``a`` and ``b`` see each other down with ``reasons`` (a one-way cut
-        can make one side see ``connection_closed`` while the other is alive)."""
+        makes one side see ``peer_reset`` while the other times out; a test may also
+        give a live peer ``connection_closed``, the worst case)."""
         self._links.discard(frozenset((a, b)))
         self._nodedown_later(detect, a, b, reasons[0])
         self._nodedown_later(detect, b, a, reasons[1])

@@ -103,6 +103,23 @@ def test_frozen_peer_times_out_and_returns_after_thaw() -> None:
     sim.run_until(lambda: sim.full_mesh([a, b]), timeout=5)
     sim.run_for(3.0)
     assert sim.full_mesh([a, b])
+    # b learns on waking that a dropped it: a REFUSE from a live a, not a death.
+    assert downs(sim, b, a) == ["peer_reset"]
+
+
+def test_a_peer_back_as_a_new_run_ends_the_old_session_as_closed() -> None:
+    # b's machine loses power (no connection closes) and b starts again at once: a still
+    # holds the old session when the new one authenticates, and the old run is dead.
+    a, b = N5[:2]
+    sim = MeshSim([a, b])
+    sim.connect(b, a)
+    sim.run_until(lambda: sim.full_mesh())
+    sim.kill(b, closes=False)
+    sim.run_for(0.05)
+    sim.restart(b)
+    sim.connect(b, a)
+    sim.run_until(lambda: sim.core(a).creation_of(b) == sim.core(b).creation, timeout=0.5)
+    assert downs(sim, a, b) == ["connection_closed"]
 
 
 def test_split_halves_then_heal() -> None:
@@ -535,7 +552,7 @@ def test_block_cuts_a_node_off_until_the_block_ends() -> None:
     sim.block(a, c, 5.0)
     sim.run_for(0.1)
     assert ("down", b, "blocked") in [e[:3] for e in sim.events[a]]
-    assert ("down", a, "connection_closed") in [e[:3] for e in sim.events[b]]
+    assert ("down", a, "peer_reset") in [e[:3] for e in sim.events[b]]
     # b and c keep retrying a and tell each other about it; a refuses them all.
     sim.run_for(4.5)
     assert sim.core(a).nodes() == [] and sim.core(b).nodes() == [c]
