@@ -705,6 +705,11 @@ class MeshCore:
             return effects + self._drop_pending(p.name, reason, flush=True) + self._log(
                 now, "warning", "handshake_failed", peer=p.name, reason=reason)
         p.state = ANSWER_SENT
+        # The peer answered: the last step (our ANSWER, its BIND) gets time of its own. A
+        # HELLO that waited in the DEALER through a network cut reaches the peer late in
+        # the attempt's time; timing out now would drop the attempt the peer is already
+        # binding, refuse its session as a stranger's, and make it flap (D36).
+        p.deadline = max(p.deadline, now + min(self.handshake_timeout, RETRY_HANDSHAKE_TIMEOUT))
         p.their_challenge = ch.challenge
         p.creation = ch.creation
         p.hidden = bool(ch.flags & hs.FLAG_HIDDEN)

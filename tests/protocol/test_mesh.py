@@ -122,6 +122,21 @@ def test_a_peer_back_as_a_new_run_ends_the_old_session_as_closed() -> None:
     assert downs(sim, a, b) == ["connection_closed"]
 
 
+def test_a_handshake_that_progresses_near_its_deadline_completes_without_a_flap() -> None:
+    # An attempt's HELLO can sit in a DEALER while the network is cut and reach the peer
+    # only at the heal, late in the attempt's time. Each step that arrives is progress:
+    # the CHALLENGE gives the dialler a fresh deadline, so the BIND that follows is
+    # taken, instead of the peer's new session being refused as a stranger's (its side
+    # would see the session flap: up, then peer_reset).
+    a, b = N5[:2]
+    sim = MeshSim([a, b], latency=0.3, handshake_timeout=1.0)
+    sim.connect(a, b)  # HELLO at 0.3, CHALLENGE back at 0.6, BIND back at 1.2 > 1.0
+    sim.run_for(3.0)
+    assert sim.full_mesh()
+    assert downs(sim, a, b) == [] and downs(sim, b, a) == []
+    assert ("connect", b, True, "ok") in sim.events[a]
+
+
 def test_split_halves_then_heal() -> None:
     sim = MeshSim(N5, seed=7)
     for node in N5[1:]:
