@@ -73,7 +73,7 @@ from fabric.protocol.supervision import (
     check_shutdown,
 )
 from fabric.registry import Registry
-from fabric.supervisor import ChildSpec, _Server, _StartFailed
+from fabric.supervisor import ChildSpec, ChildStartFailed, SupervisorServer
 from fabric.types import GlobalName, Pid
 
 if TYPE_CHECKING:
@@ -264,7 +264,7 @@ class DistributedSupervisor:
 _PARENT_IS_LINK: Final = "link"  # child_spec: the member's parent is the process it links to
 
 
-class _Member(_Server):
+class _Member(SupervisorServer):
     """One node's member (a local supervisor of the children placed on this node)."""
 
     name: str
@@ -456,7 +456,7 @@ class _Member(_Server):
         self.specs[key] = ChildSpec(key, start, args, spec.restart, spec.shutdown, local_name)
         try:
             pid = await self._start_now(key)
-        except _StartFailed as exc:
+        except ChildStartFailed as exc:
             self._forget(key)
             self.dspecs.pop(key, None)
             self._failures[key] = str(exc)

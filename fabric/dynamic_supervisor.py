@@ -30,7 +30,7 @@ from fabric.calls import Server, call
 from fabric.genserver import From
 from fabric.process import Exit, Process
 from fabric.protocol.supervision import ONE_FOR_ONE, SupervisorCore
-from fabric.supervisor import ChildSpec, _check, _Server, _StartFailed
+from fabric.supervisor import ChildSpec, ChildStartFailed, SupervisorServer, check_answer
 from fabric.types import Pid
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ class DynamicSupervisor:
                 arguments (or the reverse).
             RuntimeError: it failed to start (the message gives the reason).
         """
-        pid: Pid = _check(await call(node_or_proc, sup, ("start_dynamic", spec_or_args),
+        pid: Pid = check_answer(await call(node_or_proc, sup, ("start_dynamic", spec_or_args),
                                      timeout=None))
         return pid
 
@@ -80,7 +80,7 @@ class DynamicSupervisor:
     async def terminate_child(node_or_proc: Node | Process, sup: Server, pid: Pid) -> None:
         """Stop the child running as ``pid`` (within its shutdown) and forget it.
         Raises KeyError if no child runs as ``pid``."""
-        _check(await call(node_or_proc, sup, ("terminate_pid", pid), timeout=None))
+        check_answer(await call(node_or_proc, sup, ("terminate_pid", pid), timeout=None))
 
     @staticmethod
     async def which_children(node_or_proc: Node | Process, sup: Server) -> list[Pid]:
@@ -94,7 +94,7 @@ class DynamicSupervisor:
         return count
 
 
-class _DynamicServer(_Server):
+class _DynamicServer(SupervisorServer):
     """The dynamic supervisor's process."""
 
     template: ChildSpec | None
@@ -153,6 +153,6 @@ class _DynamicServer(_Server):
         self.specs[id] = spec
         try:
             return (True, await self._start_now(id))
-        except _StartFailed as exc:
+        except ChildStartFailed as exc:
             self._forget(id)
             return (False, ("start_failed", str(exc)))

@@ -166,7 +166,7 @@ class Supervisor:
         core = SupervisorCore(strategy, intensity, period, auto_shutdown)  # validates first
         for spec in children:
             core.add(spec.id, spec.restart, spec.shutdown, spec.significant)
-        return await _Server.start(node, core, tuple(children),
+        return await SupervisorServer.start(node, core, tuple(children),
                                    None if link_to is None else link_to.self,
                                    name=name, link_to=link_to, timeout=timeout)
 
@@ -193,7 +193,7 @@ class Supervisor:
     async def terminate_child(node_or_proc: Node | Process, sup: Server, id: str) -> None:
         """Stop the child ``id`` within its shutdown; it is not restarted (a temporary
         one is forgotten). Raises KeyError for an unknown id."""
-        _check(await call(node_or_proc, sup, ("terminate_child", id), timeout=None))
+        check_answer(await call(node_or_proc, sup, ("terminate_child", id), timeout=None))
 
     @staticmethod
     async def restart_child(node_or_proc: Node | Process, sup: Server, id: str) -> Pid:
@@ -203,7 +203,7 @@ class Supervisor:
             KeyError: unknown id.  ValueError: it is running.
             RuntimeError: it failed to start (the message gives the reason).
         """
-        pid: Pid = _check(await call(node_or_proc, sup, ("restart_child", id), timeout=None))
+        pid: Pid = check_answer(await call(node_or_proc, sup, ("restart_child", id), timeout=None))
         return pid
 
     @staticmethod
@@ -211,20 +211,26 @@ class Supervisor:
         """Add ``spec`` as the last child and start it (same-node supervisors only: a
         spec holds functions); returns its pid. Raises ValueError for a taken id and
         RuntimeError when it fails to start (it is not kept then)."""
-        pid: Pid = _check(await call(node_or_proc, sup, ("start_child", spec), timeout=None))
+        pid: Pid = check_answer(await call(node_or_proc, sup, ("start_child", spec), timeout=None))
         return pid
 
     @staticmethod
     async def delete_child(node_or_proc: Node | Process, sup: Server, id: str) -> None:
         """Forget the stopped child ``id``. Raises KeyError or ValueError (running)."""
-        _check(await call(node_or_proc, sup, ("delete_child", id)))
+        check_answer(await call(node_or_proc, sup, ("delete_child", id)))
 
 
 _ERRORS: dict[str, type[Exception]] = {"not_found": KeyError, "invalid": ValueError,
                                        "start_failed": RuntimeError}
 
 
-def _check(answer: Any) -> Any:
+# The supervisor's process and its answer format are shared, not public: the dynamic
+# (fabric.dynamic_supervisor) and distributed (fabric.dsupervisor) supervisors extend
+# SupervisorServer and answer their callers the same way. They are not exported.
+
+
+def check_answer(answer: Any) -> Any:
+    """A supervisor's ``(ok, value)`` answer: the value, or its error raised."""
     ok, value = answer
     if ok:
         return value
@@ -232,8 +238,8 @@ def _check(answer: Any) -> Any:
     raise _ERRORS[kind](message)
 
 
-class _Server(GenServer):
-    """The supervisor's process."""
+class SupervisorServer(GenServer):
+    """The supervisor's process (the others extend it: see the comment above)."""
 
     core: SupervisorCore
     specs: dict[str, ChildSpec]
@@ -294,14 +300,14 @@ class _Server(GenServer):
                 self.specs[spec.id] = spec
                 try:
                     return (True, await self._start_now(spec.id))
-                except _StartFailed:
+                except ChildStartFailed:
                     self._forget(spec.id)  # a dynamic child that never ran is not kept
                     raise
         except KeyError as exc:
             return (False, ("not_found", f"no child {exc.args[0]!r}"))
         except ValueError as exc:
             return (False, ("invalid", str(exc)))
-        except _StartFailed as exc:
+        except ChildStartFailed as exc:
             return (False, ("start_failed", str(exc)))
         return (False, ("invalid", f"unknown request {op!r}"))
 
@@ -342,7 +348,7 @@ class _Server(GenServer):
         except Exception as exc:
             if self.specs[id].restart == TEMPORARY:
                 self._forget(id)
-            raise _StartFailed(repr(exc)) from exc
+            raise ChildStartFailed(repr(exc)) from exc
         self.core.started(id, pid)
         return pid
 
@@ -403,5 +409,5 @@ class _Server(GenServer):
         self.node.exit(pid, "shutdown")
 
 
-class _StartFailed(Exception):
+class ChildStartFailed(Exception):
     """A child failed to start on request (answered to the caller as an error value)."""
