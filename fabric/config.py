@@ -80,7 +80,9 @@ class NodeConfig:
             nodes are dropped, counted and reported to their node (``spawn`` takes a
             per-process value; see DECISIONS D23).
         sndhwm / rcvhwm: ZeroMQ high-water marks, in frames.
-        drain_timeout: how long a graceful stop waits for peers to acknowledge.
+        drain_timeout: after the drain (``stop_grace``), how long a stop waits for the
+            local processes to end, and then for peers to acknowledge its goodbye (each
+            wait up to this long). Despite its name it does not bound the drain itself.
         stop_grace: how long a graceful stop may take to drain before it says goodbye:
             refuse new work, unregister names and groups, let calls in flight finish,
             run the drain hooks (:mod:`fabric.node.drain`).

@@ -107,6 +107,24 @@ def test_frozen_peer_times_out_and_returns_after_thaw() -> None:
     assert downs(sim, b, a) == ["peer_reset"]
 
 
+def test_a_live_peer_that_redials_ends_the_old_session_as_reset() -> None:
+    # a is frozen and cut off: b times a out and its REFUSE is lost, then b's redial
+    # reaches a, still holding the old session, when it wakes. Same creation: b lives.
+    a, b = N5[:2]
+    sim = MeshSim([a, b], heartbeat_interval=0.2, heartbeat_timeout=1.0)
+    sim.connect(a, b)
+    sim.run_until(lambda: sim.full_mesh())
+    sim.freeze(a)
+    sim.cut(a, b)
+    sim.run_for(2.0)
+    assert downs(sim, b, a) == ["heartbeat_timeout"]
+    sim.heal()
+    sim.run_for(1.5)  # b's next attempt waits in a's backlog
+    sim.thaw(a)
+    sim.run_until(lambda: sim.full_mesh(), timeout=5)
+    assert downs(sim, a, b) == ["peer_reset"]
+
+
 def test_a_peer_back_as_a_new_run_ends_the_old_session_as_closed() -> None:
     # b's machine loses power (no connection closes) and b starts again at once: a still
     # holds the old session when the new one authenticates, and the old run is dead.
