@@ -61,7 +61,9 @@ class NodeConfig:
         heartbeat_timeout: silence after which a peer is declared down
             (``heartbeat_timeout``). Like Erlang's net_ticktime, lower detects faster
             and risks false downs on a starved machine.
-        handshake_timeout: how long a connection attempt may take.
+        handshake_timeout: how long a connection attempt may take (an attempt the peer
+            answered late gets up to ``min(handshake_timeout, 1 s)`` more for its last
+            step; automatic reconnects allow at most 1 s).
         reconnect_window: for this long after a peer is lost abnormally, reconnect
             attempts pause at most ``reconnect_max_backoff``; 0 turns automatic
             reconnects off. Retries do not stop when it ends (see below).

@@ -73,7 +73,7 @@ from fabric.protocol.supervision import (
     check_shutdown,
 )
 from fabric.registry import Registry
-from fabric.supervisor import ChildSpec, ChildStartFailed, SupervisorServer
+from fabric.supervisor import ChildSpec, SupervisorServer
 from fabric.types import GlobalName, Pid
 
 if TYPE_CHECKING:
@@ -456,7 +456,7 @@ class _Member(SupervisorServer):
         self.specs[key] = ChildSpec(key, start, args, spec.restart, spec.shutdown, local_name)
         try:
             pid = await self._start_now(key)
-        except ChildStartFailed as exc:
+        except SupervisorServer.StartFailed as exc:
             self._forget(key)
             self.dspecs.pop(key, None)
             self._failures[key] = str(exc)

@@ -30,7 +30,7 @@ from fabric.calls import Server, call
 from fabric.genserver import From
 from fabric.process import Exit, Process
 from fabric.protocol.supervision import ONE_FOR_ONE, SupervisorCore
-from fabric.supervisor import ChildSpec, ChildStartFailed, SupervisorServer, check_answer
+from fabric.supervisor import ChildSpec, SupervisorServer, check_answer
 from fabric.types import Pid
 
 if TYPE_CHECKING:
@@ -153,6 +153,6 @@ class _DynamicServer(SupervisorServer):
         self.specs[id] = spec
         try:
             return (True, await self._start_now(id))
-        except ChildStartFailed as exc:
+        except SupervisorServer.StartFailed as exc:
             self._forget(id)
             return (False, ("start_failed", str(exc)))

@@ -241,6 +241,10 @@ def check_answer(answer: Any) -> Any:
 class SupervisorServer(GenServer):
     """The supervisor's process (the others extend it: see the comment above)."""
 
+    class StartFailed(Exception):
+        """A child failed to start on request (answered to the caller as an error
+        value): raised by ``_start_now``, caught by the request handlers."""
+
     core: SupervisorCore
     specs: dict[str, ChildSpec]
     parent: Pid | None
@@ -300,14 +304,14 @@ class SupervisorServer(GenServer):
                 self.specs[spec.id] = spec
                 try:
                     return (True, await self._start_now(spec.id))
-                except ChildStartFailed:
+                except SupervisorServer.StartFailed:
                     self._forget(spec.id)  # a dynamic child that never ran is not kept
                     raise
         except KeyError as exc:
             return (False, ("not_found", f"no child {exc.args[0]!r}"))
         except ValueError as exc:
             return (False, ("invalid", str(exc)))
-        except ChildStartFailed as exc:
+        except SupervisorServer.StartFailed as exc:
             return (False, ("start_failed", str(exc)))
         return (False, ("invalid", f"unknown request {op!r}"))
 
@@ -348,7 +352,7 @@ class SupervisorServer(GenServer):
         except Exception as exc:
             if self.specs[id].restart == TEMPORARY:
                 self._forget(id)
-            raise ChildStartFailed(repr(exc)) from exc
+            raise SupervisorServer.StartFailed(repr(exc)) from exc
         self.core.started(id, pid)
         return pid
 
@@ -407,7 +411,3 @@ class SupervisorServer(GenServer):
             except BackpressureError:  # a full mailbox: the signal passes its bound
                 pass
         self.node.exit(pid, "shutdown")
-
-
-class ChildStartFailed(Exception):
-    """A child failed to start on request (answered to the caller as an error value)."""

@@ -20,8 +20,8 @@ Defaults: one per kind of wait, not one per function (docs/API.md, "Timeouts"):
   data's ``update``/``get``/``delete``, and ``SyncNode``'s mirrors of them;
 * :data:`CLUSTER_TIMEOUT` (30 s), the agreement of every connected node: global
   ``register_name``, ``re_register_name``, ``unregister_name``, ``set_lock``;
-* :func:`connect_timeout`, a new session: the node's ``handshake_timeout`` plus a second
-  (``node.connect``; ``ping`` and calls connect within their own timeout).
+* :func:`connect_timeout`, a new session: the node's ``handshake_timeout`` plus two
+  seconds (``node.connect``; ``ping`` and calls connect within their own timeout).
 
 ``timeout=None`` waits forever wherever it is accepted. Waits that only involve this node
 (``proc.receive``, ``NodeMonitor.next``) have no default: they wait until told otherwise.
@@ -48,8 +48,10 @@ CLUSTER_TIMEOUT: Final = 30.0
 
 
 def connect_timeout(config: NodeConfig) -> float:
-    """The default wait for a new session: the handshake's own deadline plus a second."""
-    return config.handshake_timeout + 1.0
+    """The default wait for a new session: the handshake's own deadline, which a CHALLENGE
+    arriving late may extend by up to a second (D36), plus a second: the mesh core, not
+    this wait, decides whether the attempt failed."""
+    return config.handshake_timeout + 2.0
 
 T = TypeVar("T")
 

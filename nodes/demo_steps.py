@@ -385,7 +385,8 @@ async def step_restart(demo: Demo) -> str:
              f"was listening; {m.short} dialed its seed {m.seed.short if m.seed else '-'}, "
              "the mesh did the rest")
     # Nobody dials a hidden node, so the narrator's nodeup proves the reconnect loop that
-    # every node runs for a peer lost abnormally (connection_closed, heartbeat_timeout).
+    # every node runs for a peer lost abnormally (connection_closed, peer_reset,
+    # heartbeat_timeout).
     demo.say("the hidden narrator, which nobody dials, came back by its own reconnect loop")
     return f"{m.short} back with a new creation; nodeup everywhere in {done - t:.2f} s"
 

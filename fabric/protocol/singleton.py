@@ -79,6 +79,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from fabric.errors import ConfigError
+from fabric.protocol.mesh import CONNECTION_CLOSED
 from fabric.types import Pid
 
 __all__ = [
@@ -106,7 +107,7 @@ POLICIES: Final = (KEEP_MAJORITY, KEEP_OLDEST, STATIC_QUORUM, AVAILABILITY)
 # sockets), or it said goodbye. Any other nodedown may be a partition; ``peer_reset`` in
 # particular is proof the member lives (taking it for a death after a heal started a
 # second instance beside the oldest's under keep_oldest: D36).
-_GONE_REASONS: Final = frozenset({"connection_closed", "shutdown"})
+_GONE_REASONS: Final = frozenset({CONNECTION_CLOSED, "shutdown"})
 
 Age = tuple[float, str]
 """``(manager start time, node name)``: smaller is older. The start time is a wall clock
