@@ -197,6 +197,11 @@ def test_sigterm_with_calls_in_flight_fails_none(arun: Callable[..., Any],
                     client, ("worker", proc.name), ("work", i, watcher.self, 0.2),
                     timeout=15)) for i in range(8)]
                 assert await watcher.receive(timeout=10) == ("started", 0)
+                # The drain keeps its promise for calls that reached the node before the
+                # SIGTERM (a call that races it is refused: NodeDrainingError, nothing
+                # done). A ping rides the same ordered stream behind the calls: its pong
+                # says the worker's node has taken all eight in.
+                assert await client.ping(proc.name) == "pong"
                 os.kill(proc.pid, signal.SIGTERM)  # a graceful stop, while they run
                 assert await asyncio.gather(*calls) == [("done", i) for i in range(8)]
 
