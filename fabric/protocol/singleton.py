@@ -38,8 +38,10 @@ pure rules to the same facts, connected managers agree without a vote:
   ``seen``: after a heal, the first hello from the other side already names its
   instance; a peer that still has a session with a host this node lost, as in a one-way
   cut, keeps this node from starting a second one), and when the view has been *stable*
-  for ``margin`` seconds: no member was lost unreachable during that time (and a new
-  manager has either known of an instance or been up for ``margin``: time to hear from
+  for ``margin`` seconds: no member was lost unreachable during that time, this side did
+  not just gain the policy (a heal or a re-split that gives it the majority as the other
+  side loses it: the other side stops only when its own detector fires, D38), and a new
+  manager has either known of an instance or been up for ``margin`` (time to hear from
   the others). A removal (a member known dead or gone) does not unsettle the view, so a
   kill -9 is taken over as soon as it is detected; a loss that may be a partition waits
   ``margin``, which gives the other side, which loses contact at the same moment, time
@@ -263,6 +265,9 @@ class SingletonCore:
         self._conflict_since: float | None = None
         self._host: Pid | None = None  # last HostChanged
         self._formed = min_members <= 1  # min_members candidates were reachable once
+        # allowed() at the last evaluation (None: none yet; a new manager's first view
+        # is covered by _fresh_until)
+        self._was_allowed: bool | None = None
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -473,6 +478,14 @@ class SingletonCore:
             reachable = sum(1 for m in self.members.values() if m.candidate and m.reachable)
             self._formed = (reachable + self.candidate >= self.min_members
                             or self._knew_instance)
+        allowed = self.allowed()
+        if allowed and self._was_allowed is False:
+            # This side just gained the policy (a heal, or a re-split that gives it the
+            # majority as the other side loses it): the other side may still run the
+            # instance until its own detector fires, later than ours. A view that was
+            # stable before the gain proves nothing about that: unsettle it.
+            self._stable_since = max(self._stable_since, now)
+        self._was_allowed = allowed
         out = self._decide(now)
         host = self.host()
         if host != self._host:

@@ -348,3 +348,21 @@ def test_keep_oldest_a_kill_right_after_a_heal_is_still_taken_over_at_once() -> 
     assert hosts(sim) == ["b"], sim.intervals
     started = next(i.started for i in sim.intervals if i.node == "b")
     assert started - killed_at < MARGIN / 4
+
+
+def test_a_side_that_gains_the_majority_in_a_re_split_waits_for_the_other_to_stop() -> None:
+    # b alone for long (its view stable), then a re-split gives [b, c, d] the majority as
+    # [a, e] lose it, and a's side notices later than the other (detection is not the
+    # same everywhere). b must not start at once on its old stable view: a becoming
+    # allowed is a change of the view, and a still runs until it notices.
+    sim = settled(KEEP_MAJORITY)
+    assert hosts(sim) == ["a"]
+    sim.partition(["b"], ["a", "c", "d", "e"])
+    sim.run(10.0)
+    assert hosts(sim) == ["a"]
+    sim.heal()
+    sim.partition(["b", "c", "d"], ["a", "e"],
+                  detect={"a": 1.0, "e": 1.0, "b": 0.2, "c": 0.2, "d": 0.2})
+    sim.run(MARGIN * 4)
+    assert sim.max_concurrent() == 1, sim.intervals
+    assert hosts(sim) == ["b"]
