@@ -52,9 +52,35 @@ entry's ``node`` says where the child is; it stays there while that node is a me
   (:meth:`~PlacementCore.member_leaving`), whose rings then leave it out, so they do not
   move children back to it; a hand-off that reaches it anyway is passed on.
 
-Member views differ for a moment while membership changes, and during a partition each
-side runs the children of the other (availability, as Horde's default). Both runs meet
-when the views converge: the higher version wins and the other copy is stopped.
+Member views differ for a moment while membership changes. Without a split-brain
+policy, during a partition each side runs the children of the other (availability, as
+Horde's default); both runs meet when the views converge: the higher version wins and the
+other copy is stopped.
+
+**Split-brain policy** (opt-in, D37: ``policy=`` a
+:class:`~fabric.protocol.split_brain.SplitBrainPolicy`). The core then keeps the *known*
+member nodes apart from the *reachable* ones (the current member set). A member leaves
+the known set only when it is removed: its node went down with a reason of
+:data:`~fabric.protocol.split_brain.GONE_REASONS` (:meth:`~PlacementCore.nodedown`,
+before or after its member left the group: either order), it announced that it leaves
+(:meth:`~PlacementCore.member_leaving`), or (``forget_after``) it stayed unreachable that
+long while this side was allowed. A member that left the group for any other reason may
+be behind a partition: it stays known, unreachable. Then:
+
+* :meth:`~PlacementCore.allowed` applies
+  :func:`~fabric.protocol.split_brain.policy_allows` to the known and reachable nodes
+  ("oldest": the smallest node name, which every node computes alike);
+* while not allowed, every local child is stopped at once (:class:`StopHere`), nothing is
+  started or taken over, and nothing is written, so the other side's entries win at the
+  heal;
+* while allowed, the children of a removed member are taken over at once, and those of
+  an unreachable one only once the view has been stable for ``margin`` seconds since the
+  last such loss (:meth:`~PlacementCore.tick` with the time; :meth:`~PlacementCore.wake_at`
+  says when): the side that loses the policy, which loses contact at the same moment,
+  has stopped its copies by then;
+* a child stopped here while not allowed is started here again only ``margin`` after
+  this side is allowed again, and only if its entry still names this node then: the
+  tables the members exchange at the heal say first whether the other side took it over.
 """
 
 from __future__ import annotations
@@ -64,6 +90,7 @@ from typing import Any
 
 from fabric.protocol.effects import Log
 from fabric.protocol.hashring import HashRing
+from fabric.protocol.split_brain import GONE_REASONS, SplitBrainPolicy, policy_allows
 
 __all__ = [
     "Entry",
@@ -153,11 +180,19 @@ class PlacementCore:
     Args:
         node: this member's node name.
         tombstone_ttl: seconds a deleted entry is kept (against late copies).
+        policy: the split-brain policy; None (the default): availability, each side of a
+            partition runs every child.
+        margin: with a policy, seconds the view must be stable after a loss that may be
+            a partition before this member takes the lost member's children over.
     """
 
-    def __init__(self, node: str, tombstone_ttl: float = 300.0) -> None:
+    def __init__(self, node: str, tombstone_ttl: float = 300.0, *,
+                 policy: SplitBrainPolicy | None = None, margin: float = 0.0) -> None:
         self.node = node
         self.tombstone_ttl = tombstone_ttl
+        self.policy = policy
+        self.margin = margin
+        self.known: set[str] = set()  # with a policy: members seen and not removed
         self.table: dict[str, Entry] = {}
         self.members: frozenset[str] = frozenset()
         self.running: set[str] = set()  # keys whose child runs on this node
@@ -168,6 +203,12 @@ class PlacementCore:
         self._ring: HashRing[str] = HashRing()
         self._deleted_at: dict[str, float] = {}  # tombstone key -> local time of deletion
         self._handed: dict[str, Any] = {}  # key -> state a hand-off brought, until started
+        self._lost_at: dict[str, float] = {}  # known, unreachable member -> since when
+        self._gone: set[str] = set()  # members whose node is gone: removed when they leave
+        self._stable_since = float("-inf")  # the last loss that may be a partition
+        self._was_allowed = True
+        self._allowed_since = float("-inf")  # when this side was last allowed again
+        self._suspended: set[str] = set()  # keys stopped here while not allowed
 
     # -- queries --------------------------------------------------------------------------
 
@@ -183,15 +224,70 @@ class PlacementCore:
         """Every entry, tombstones included (what a joining member is sent)."""
         return dict(self.table)
 
+    def allowed(self) -> bool:
+        """Whether this side of any partition may run children (always, without a
+        policy): the policy applied to the known and the reachable member nodes."""
+        if self.policy is None:
+            return True
+        return policy_allows(self.policy, self.known | {self.node},
+                             self.members | {self.node})
+
+    def unreachable(self) -> frozenset[str]:
+        """Known members lost in a way that may be a partition (empty without a policy)."""
+        return frozenset(self._lost_at)
+
+    def wake_at(self, now: float) -> float | None:
+        """The next time after ``now`` at which :meth:`tick` may change something (a
+        margin ends, a member is due to be forgotten), or None."""
+        if self.policy is None:
+            return None
+        times = [t + self.policy.forget_after for t in self._lost_at.values()] \
+            if self.policy.forget_after is not None else []
+        if self._lost_at:
+            times.append(self._stable_since + self.margin)
+        if self._suspended:
+            times.append(self._allowed_since + self.margin)
+        return min((t for t in times if t > now), default=None)
+
     # -- inputs ---------------------------------------------------------------------------
 
     def set_members(self, nodes: set[str] | frozenset[str], now: float
                     ) -> list[PlacementEffect]:
         """The member nodes now (this node included while its member is in the group)."""
-        self.members = frozenset(nodes)
+        previous, self.members = self.members, frozenset(nodes)
         self._seen |= self.members
+        if self.policy is not None:
+            for node in sorted(previous - self.members - {self.node}):
+                if node in self._gone or node in self._departing:
+                    self._remove(node)
+                elif node in self.known:  # no reason known (yet): it may be a partition
+                    self._lost_at[node] = now
+                    self._stable_since = now
+            self.known |= self.members
+            for node in self.members:
+                self._lost_at.pop(node, None)
+            self._gone &= self.members
         self._departing &= self.members
         self._rebuild_ring()
+        return self._reconcile(now)
+
+    def nodedown(self, node: str, reason: str, now: float) -> list[PlacementEffect]:
+        """The node ``node`` went down with ``reason`` (a mesh nodedown reason). With a
+        policy, a reason of :data:`~fabric.protocol.split_brain.GONE_REASONS` removes its
+        member: now if it left the group already (its children are taken over at once),
+        else when it leaves. Other reasons change nothing: the group says who left."""
+        if self.policy is None or node == self.node or reason not in GONE_REASONS:
+            return []
+        if node in self.members:
+            self._gone.add(node)
+            return []
+        if node not in self.known:
+            return []
+        self._remove(node)
+        return self._reconcile(now)
+
+    def tick(self, now: float) -> list[PlacementEffect]:
+        """Time passed (see :meth:`wake_at`): margins may have ended."""
         return self._reconcile(now)
 
     def orphaned(self, node: str) -> bool:
@@ -205,7 +301,8 @@ class PlacementCore:
         return node not in self.members and node in self._seen
 
     def add(self, key: str, spec: Any, movable: bool, now: float) -> list[PlacementEffect]:
-        """A new child placed here (the caller checked :meth:`owner`).
+        """A new child placed here (the caller checked :meth:`owner` and
+        :meth:`allowed`).
 
         Raises:
             ValueError: a live child has that key already.
@@ -220,8 +317,8 @@ class PlacementCore:
         """The child ``key`` runs here now as ``pid`` (a start or a local restart)."""
         self.running.add(key)
         entry = self.table.get(key)
-        if entry is None or entry.deleted or entry.node != self.node:
-            return self._reconcile(now)  # deleted or taken over meanwhile: stop it
+        if entry is None or entry.deleted or entry.node != self.node or not self.allowed():
+            return self._reconcile(now)  # deleted, taken over or not allowed: stop it
         return [Publish({key: self._write(key, replace(entry, pid=pid,
                                                        version=self._tick()))})]
 
@@ -246,6 +343,8 @@ class PlacementCore:
         entry = self.table.get(key)
         if entry is None or entry.deleted:
             return []
+        if not self.allowed():  # no write: the other side's entries must win at the heal
+            return self._reconcile(now)
         tomb = self._write(key, replace(entry, deleted=True, pid=None, version=self._tick()))
         self._deleted_at[key] = now
         plan: list[PlacementEffect] = []
@@ -304,6 +403,30 @@ class PlacementCore:
         self.table[key] = entry
         return entry
 
+    def _remove(self, node: str) -> None:
+        self.known.discard(node)
+        self._lost_at.pop(node, None)
+        self._gone.discard(node)
+
+    def _allowed_now(self, now: float) -> bool:
+        """:meth:`allowed`, after forgetting long-lost members (``forget_after``: only
+        while allowed, so a minority never forgets its way to a majority); notes when
+        this side becomes allowed again."""
+        bound = None if self.policy is None else self.policy.forget_after
+        if bound is not None and self.allowed():
+            for node in [n for n, t in self._lost_at.items() if now - t >= bound]:
+                self._remove(node)
+        allowed = self.allowed()
+        if allowed and not self._was_allowed:
+            self._allowed_since = now
+        self._was_allowed = allowed
+        return allowed
+
+    def _settled(self, node: str, now: float) -> bool:
+        """May the children of the lost member ``node`` be taken over now? At once if it
+        was removed (or without a policy); after the margin if it may be partitioned."""
+        return node not in self._lost_at or now >= self._stable_since + self.margin
+
     def _rebuild_ring(self) -> None:
         nodes = self.members - self._departing
         if self.leaving:
@@ -311,6 +434,7 @@ class PlacementCore:
         self._ring = HashRing(sorted(nodes))
 
     def _reconcile(self, now: float) -> list[PlacementEffect]:
+        allowed = self._allowed_now(now)
         plan: list[PlacementEffect] = []
         published: dict[str, Entry] = {}
         for key in list(self.table):
@@ -323,7 +447,14 @@ class PlacementCore:
                     self.running.discard(key)
                     plan.append(StopHere(key))
                 continue
+            if entry.node != self.node:
+                self._suspended.discard(key)
             if key in self.running:
+                if not allowed:
+                    self.running.discard(key)
+                    self._suspended.add(key)
+                    plan.append(StopHere(key))
+                    continue
                 if entry.node != self.node:
                     self.running.discard(key)
                     plan.append(StopHere(key))
@@ -342,12 +473,17 @@ class PlacementCore:
                     plan.append(MoveTo(key, target, moved))
             elif entry.node == self.node:
                 target = self.owner(key)
+                if not allowed or (key in self._suspended
+                                   and now < self._allowed_since + self.margin):
+                    continue  # not here yet: the tables of the heal may say it moved
+                self._suspended.discard(key)
                 if not self.leaving:
                     plan.append(StartHere(key, entry.spec, self._handed.pop(key, None)))
                 elif target is not None:  # a hand-off reached this leaving node: pass it on
                     moved = self._write(key, replace(entry, node=target, version=self._tick()))
                     plan.append(MoveTo(key, target, moved, self._handed.pop(key, None)))
-            elif self.orphaned(entry.node) and self.owner(key) == self.node:
+            elif allowed and self.orphaned(entry.node) and self.owner(key) == self.node \
+                    and self._settled(entry.node, now):
                 plan.append(Log("info", "dsupervisor_takeover",
                                 {"key": key, "from": entry.node,
                                  "members": sorted(self.members)}))

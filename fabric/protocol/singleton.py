@@ -23,7 +23,8 @@ pure rules to the same facts, connected managers agree without a vote:
 * **Designated host.** The oldest reachable candidate (smallest ``age``: the manager's
   start time and node name, the same numbers on every node), or the smallest by the
   optional ``rank`` rule. The instance runs on the designated host only.
-* **Policy** (:class:`SplitBrainPolicy`, :mod:`fabric.protocol.split_brain`): may this side of a partition run it at all?
+* **Policy** (:class:`SplitBrainPolicy`, in :mod:`fabric.protocol.split_brain`): may
+  this side of a partition run it at all?
   ``keep_majority``: the reachable candidates (this one included) are more than half
   of the known ones, or exactly half and include the oldest known; ``keep_oldest``: the
   oldest known candidate is reachable; ``static_quorum``: at least ``quorum`` candidates
