@@ -63,7 +63,7 @@ from fabric.calls import call
 from fabric.errors import CallTimeout, FabricError, NameConflictError, SplitBrainError
 from fabric.exports import resolve_export
 from fabric.genserver import From, GenServer
-from fabric.node import NodeDown
+from fabric.node import NodeDown, NodeUp
 from fabric.process import Exit, Process
 from fabric.protocol.dsupervision import (
     Entry,
@@ -329,6 +329,7 @@ class _Member(SupervisorServer):
         self._timer: Ref | None = None  # the armed wake-up, for the time self._timer_at
         self._timer_at: float | None = None
         self._node_events: asyncio.Task[None] | None = None
+        self._down: set[str] = set()  # nodes whose NodeDown came, and no NodeUp since
         if partition is not None:  # why a member's node went away: from its NodeDown
             self._node_events = self.node.loop.create_task(
                 self._forward_node_events(self.node.monitor_nodes()))
@@ -355,8 +356,7 @@ class _Member(SupervisorServer):
     async def _forward_node_events(self, events: NodeMonitor) -> None:
         try:
             async for event in events:
-                if type(event) is NodeDown:
-                    self.node.send(self.pid, event)
+                self.node.send(self.pid, event)
         finally:
             events.close()
 
@@ -373,8 +373,12 @@ class _Member(SupervisorServer):
             await self._after_exits()
             return
         if type(message) is NodeDown:
+            self._down.add(message.node)
             await self._execute(self.placement.nodedown(message.node, message.reason,
                                                         self._now()))
+            return
+        if type(message) is NodeUp:
+            self._down.discard(message.node)
             return
         if message is _WAKE:
             self._timer = self._timer_at = None
@@ -408,8 +412,8 @@ class _Member(SupervisorServer):
         is then a removal at once, not a possible partition. A member that left while
         its node stays connected has no NodeDown: it stopped (and said so, see
         ``terminate``) or was killed, which counts as a possible partition."""
-        connected = set(self.node.nodes())
-        waiting = {p.node for p in leave.pids} - connected - {self.node.name}
+        waiting = ({p.node for p in leave.pids} - set(self.node.nodes()) - self._down
+                   - {self.node.name})
         deadline = self._now() + _REASON_WAIT_S
         while waiting and (left := deadline - self._now()) > 0:
             down = await self.proc.receive(
@@ -418,6 +422,7 @@ class _Member(SupervisorServer):
             if down is None:
                 break
             waiting.discard(down.node)
+            self._down.add(down.node)
             await self._execute(self.placement.nodedown(down.node, down.reason, self._now()))
 
     async def _from_member(self, message: tuple[Any, ...]) -> None:
