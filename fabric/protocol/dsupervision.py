@@ -310,6 +310,7 @@ class PlacementCore:
         current = self.table.get(key)
         if current is not None and not current.deleted:
             raise ValueError(f"a child with key {key!r} exists already (on {current.node})")
+        self._suspended.discard(key)
         self._write(key, Entry(spec, self.node, self._tick(), movable))
         return [StartHere(key, spec)]
 
@@ -440,6 +441,7 @@ class PlacementCore:
         for key in list(self.table):
             entry = self.table[key]
             if entry.deleted:
+                self._suspended.discard(key)
                 if now - self._deleted_at.setdefault(key, now) > self.tombstone_ttl:
                     del self.table[key]
                     del self._deleted_at[key]

@@ -345,6 +345,7 @@ def test_a_heal_before_the_margin_gives_the_minority_its_children_back() -> None
     net.view(*FIVE)  # back before anybody took them over
     net.exchange_tables()
     assert on(net, "a", "b") == []  # not yet: the tables of the heal may say otherwise
+    assert net.cores["a"].wake_at(net.now) == MARGIN / 2 + MARGIN  # when to look again
     net.tick_until(MARGIN / 2 + MARGIN)
     assert on(net, "a", "b") == minority
     assert_each_key_runs_once(net)
