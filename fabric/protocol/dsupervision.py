@@ -333,6 +333,8 @@ class PlacementCore:
         global name is held there): record that place instead of deleting the child."""
         entry = self.table.get(key)
         self.running.discard(key)
+        if not self.allowed():  # no write while not allowed
+            return self._reconcile(now)
         if entry is None or entry.deleted or node == self.node:
             return self.start_failed(key, "name held here", now)
         moved = self._write(key, replace(entry, node=node, pid=None, version=self._tick()))
@@ -435,8 +437,14 @@ class PlacementCore:
         self._ring = HashRing(sorted(nodes))
 
     def _reconcile(self, now: float) -> list[PlacementEffect]:
+        was_allowed = self._was_allowed
         allowed = self._allowed_now(now)
         plan: list[PlacementEffect] = []
+        if allowed != was_allowed:  # why children stop here, or may start again
+            plan.append(Log("warning" if not allowed else "info",
+                            "dsupervisor_split_brain_" + ("allowed" if allowed else "stop"),
+                            {"members": sorted(self.members), "known": sorted(self.known),
+                             "policy": None if self.policy is None else self.policy.kind}))
         published: dict[str, Entry] = {}
         for key in list(self.table):
             entry = self.table[key]

@@ -389,14 +389,20 @@ def test_a_member_that_announced_its_leaving_is_taken_over_at_once() -> None:
     assert_each_key_runs_once(net)
 
 
-def test_the_minority_refuses_new_children_and_deletes_nothing() -> None:
+def test_the_minority_writes_nothing_and_the_majority_may_write() -> None:
     net = formed(*FIVE)
     net.view("a", "b")
+    net.view("c", "d", "e")
     core = net.cores["a"]
-    assert not core.allowed()
+    assert not core.allowed()  # what makes the runtime refuse start_child here
+    before = core.snapshot()
     key = next(k for k, e in core.live().items() if e.node == "a")
     assert core.delete(key, net.now) == []  # nothing was running: nothing written
-    assert not core.live()[key].deleted
+    assert core.yield_to(key, "b", net.now) == []
+    assert core.snapshot() == before
+    assert net.cores["c"].allowed()
+    net.run("c", net.cores["c"].delete(key, net.now))
+    assert net.cores["d"].snapshot()[key].deleted
 
 
 def test_keep_oldest_the_side_with_the_smallest_node_name_keeps_running() -> None:
