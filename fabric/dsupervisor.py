@@ -60,7 +60,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from fabric.calls import call
-from fabric.errors import CallTimeout, FabricError, NameConflictError, SplitBrainError
+from fabric.errors import (
+    CallTimeout,
+    ConfigError,
+    FabricError,
+    NameConflictError,
+    SplitBrainError,
+)
 from fabric.exports import resolve_export
 from fabric.genserver import From, GenServer
 from fabric.node import NodeDown, NodeUp
@@ -203,8 +209,11 @@ class DistributedSupervisor:
 
         Raises:
             NameConflictError: ``name`` is registered on this node already.
+            ConfigError: ``partition`` is not a SplitBrainPolicy, or ``margin`` is
+                negative.
         """
         SupervisorCore(ONE_FOR_ONE, intensity, period)  # validates
+        _check_partition(partition, margin)
         await _Member.start(node, name, intensity, period, tombstone_ttl, handoff_timeout,
                             None if link_to is None else link_to.self, partition, margin,
                             name=name, link_to=link_to)
@@ -217,6 +226,7 @@ class DistributedSupervisor:
                    id: str | None = None) -> ChildSpec:
         """This node's member as a child of a local supervision tree."""
         SupervisorCore(ONE_FOR_ONE, intensity, period)  # validates now, not at start
+        _check_partition(partition, margin)
         return ChildSpec(id or name, _Member,
                          args=(name, intensity, period, tombstone_ttl, handoff_timeout,
                                _PARENT_IS_LINK, partition, margin),
@@ -679,6 +689,13 @@ async def handoff_all(node: Node, timeout: float | None = None) -> int:
             except FabricError as exc:  # one member's trouble must not stop the others
                 node.log.error("dsupervisor_handoff_failed", supervisor=name, error=str(exc))
     return moved
+
+
+def _check_partition(partition: Any, margin: float | None) -> None:
+    if partition is not None and not isinstance(partition, SplitBrainPolicy):
+        raise ConfigError(f"partition must be a SplitBrainPolicy or None, not {partition!r}")
+    if margin is not None and not margin >= 0:
+        raise ConfigError(f"margin must be a number of seconds >= 0, not {margin!r}")
 
 
 def _is_handed(message: Any) -> bool:
