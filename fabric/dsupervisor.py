@@ -366,7 +366,9 @@ class _Member(SupervisorServer):
     async def _forward_node_events(self, events: NodeMonitor) -> None:
         try:
             async for event in events:
-                self.node.send(self.pid, event)
+                if not self.node.is_alive(self.pid):  # killed: terminate did not run
+                    return
+                self._send(self.pid, event)
         finally:
             events.close()
 
