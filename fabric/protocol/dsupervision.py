@@ -69,7 +69,9 @@ be behind a partition: it stays known, unreachable. Then:
 
 * :meth:`~PlacementCore.allowed` applies
   :func:`~fabric.protocol.split_brain.policy_allows` to the known and reachable nodes
-  ("oldest": the smallest node name, which every node computes alike);
+  ("oldest": the smallest node name, which every node computes alike); a node that
+  holds children in the table but was never seen in the group counts as known, so a
+  member that (re)starts behind a partition does not take its side for the cluster;
 * while not allowed, every local child is stopped at once (:class:`StopHere`), nothing is
   started or taken over, and nothing is written, so the other side's entries win at the
   heal;
@@ -229,7 +231,11 @@ class PlacementCore:
         policy): the policy applied to the known and the reachable member nodes."""
         if self.policy is None:
             return True
-        return policy_allows(self.policy, self.known | {self.node},
+        # A node the table places children on counts as known too if this member never
+        # saw it in the group: a member that (re)starts behind a partition learns from
+        # its side's tables that the cluster is larger than its view.
+        holders = {e.node for e in self.table.values() if not e.deleted} - self._seen
+        return policy_allows(self.policy, self.known | holders | {self.node},
                              self.members | {self.node})
 
     def unreachable(self) -> frozenset[str]:

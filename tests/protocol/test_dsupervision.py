@@ -351,6 +351,23 @@ def test_a_heal_before_the_margin_gives_the_minority_its_children_back() -> None
     assert_each_key_runs_once(net)
 
 
+def test_a_member_restarted_on_the_minority_side_learns_it_from_the_table() -> None:
+    net = formed(*FIVE)
+    net.view("a", "b")
+    net.view("c", "d", "e")
+    net.tick_until(MARGIN)
+    assert on(net, "c", "d", "e") == KEYS
+    # a's member restarts (a fresh core) and sees only b, which sends it its table.
+    net.cores["a"] = PlacementCore("a", tombstone_ttl=10, policy=SplitBrainPolicy(),
+                                   margin=MARGIN)
+    net.view("a", "b")
+    net.exchange_tables()
+    assert not net.cores["a"].allowed()  # b's table places children on c, d, e
+    net.tick_until(3 * MARGIN)
+    assert on(net, "a", "b") == []
+    assert_each_key_runs_once(net)
+
+
 def test_a_killed_member_is_taken_over_at_once_whichever_comes_first() -> None:
     # connection_closed before its member leaves the group:
     net = formed(*FIVE)
