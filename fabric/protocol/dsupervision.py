@@ -76,10 +76,11 @@ be behind a partition: it stays known, unreachable. Then:
   started or taken over, and nothing is written, so the other side's entries win at the
   heal;
 * while allowed, the children of a removed member are taken over at once, and those of
-  an unreachable one only once the view has been stable for ``margin`` seconds since the
-  last such loss (:meth:`~PlacementCore.tick` with the time; :meth:`~PlacementCore.wake_at`
-  says when): the side that loses the policy, which loses contact at the same moment,
-  has stopped its copies by then;
+  an unreachable one only once the view has been stable for ``margin`` seconds: since
+  the last such loss, and since this side became allowed (after a re-split the side
+  that gains the policy faces one that just lost it) (:meth:`~PlacementCore.tick` with
+  the time; :meth:`~PlacementCore.wake_at` says when): the side that loses the policy,
+  which loses contact at the same moment, has stopped its copies by then;
 * a child stopped here while not allowed is started here again only ``margin`` after
   this side is allowed again, and only if its entry still names this node then: the
   tables the members exchange at the heal say first whether the other side took it over.
@@ -250,7 +251,7 @@ class PlacementCore:
         times = [t + self.policy.forget_after for t in self._lost_at.values()] \
             if self.policy.forget_after is not None else []
         if self._lost_at:
-            times.append(self._stable_since + self.margin)
+            times.append(max(self._stable_since, self._allowed_since) + self.margin)
         if self._suspended:
             times.append(self._allowed_since + self.margin)
         return min((t for t in times if t > now), default=None)
@@ -433,8 +434,11 @@ class PlacementCore:
 
     def _settled(self, node: str, now: float) -> bool:
         """May the children of the lost member ``node`` be taken over now? At once if it
-        was removed (or without a policy); after the margin if it may be partitioned."""
-        return node not in self._lost_at or now >= self._stable_since + self.margin
+        was removed (or without a policy); if it may be partitioned, once the view has
+        been stable for the margin: no loss, and this side allowed, for that long (a side
+        that just gained the policy faces one that just lost it and must stop first)."""
+        return node not in self._lost_at \
+            or now >= max(self._stable_since, self._allowed_since) + self.margin
 
     def _rebuild_ring(self) -> None:
         nodes = self.members - self._departing
