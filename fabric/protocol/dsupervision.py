@@ -212,6 +212,7 @@ class PlacementCore:
         self._was_allowed = True
         self._allowed_since = float("-inf")  # when this side was last allowed again
         self._suspended: set[str] = set()  # keys stopped here while not allowed
+        self._placed: dict[str, int] = {}  # node -> live entries placed on it
 
     # -- queries --------------------------------------------------------------------------
 
@@ -235,7 +236,7 @@ class PlacementCore:
         # A node the table places children on counts as known too if this member never
         # saw it in the group: a member that (re)starts behind a partition learns from
         # its side's tables that the cluster is larger than its view.
-        holders = {e.node for e in self.table.values() if not e.deleted} - self._seen
+        holders = self._placed.keys() - self._seen
         return policy_allows(self.policy, self.known | holders | {self.node},
                              self.members | {self.node})
 
@@ -374,7 +375,7 @@ class PlacementCore:
             self._clock = max(self._clock, entry.version[0])
             current = self.table.get(key)
             if current is None or entry.version > current.version:
-                self.table[key] = entry
+                self._write(key, entry)
                 if entry.deleted:
                     self._deleted_at.setdefault(key, now)
                 else:
@@ -410,6 +411,13 @@ class PlacementCore:
         return (self._clock, self.node)
 
     def _write(self, key: str, entry: Entry) -> Entry:
+        old = self.table.get(key)
+        if old is not None and not old.deleted:
+            self._placed[old.node] -= 1
+            if not self._placed[old.node]:
+                del self._placed[old.node]
+        if not entry.deleted:
+            self._placed[entry.node] = self._placed.get(entry.node, 0) + 1
         self.table[key] = entry
         return entry
 
