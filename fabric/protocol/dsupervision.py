@@ -76,14 +76,16 @@ be behind a partition: it stays known, unreachable. Then:
   started or taken over, and nothing is written, so the other side's entries win at the
   heal;
 * while allowed, the children of a removed member are taken over at once, and those of
-  an unreachable one only once the view has been stable for ``margin`` seconds: since
-  the last such loss, and since this side became allowed (after a re-split the side
-  that gains the policy faces one that just lost it) (:meth:`~PlacementCore.tick` with
-  the time; :meth:`~PlacementCore.wake_at` says when): the side that loses the policy,
-  which loses contact at the same moment, has stopped its copies by then;
-* a child stopped here while not allowed is started here again only ``margin`` after
-  this side is allowed again, and only if its entry still names this node then: the
-  tables the members exchange at the heal say first whether the other side took it over.
+  an unreachable one only once the view has been stable for ``margin`` seconds since
+  the last such loss (:meth:`~PlacementCore.tick` with the time;
+  :meth:`~PlacementCore.wake_at` says when): the side that loses the policy, which loses
+  contact at the same moment, has stopped its copies by then;
+* for ``margin`` after this side became allowed again (a heal, a re-split) it takes
+  nothing over, and neither then nor for ``margin`` after this member's first input (a
+  restart) does it start an entry that names this node but does not run here (unless
+  a hand-off brought it): the side that just lost the policy must stop first, and the
+  tables the members exchange when they meet say first whether another node took the
+  child over.
 """
 
 from __future__ import annotations
@@ -211,7 +213,7 @@ class PlacementCore:
         self._stable_since = float("-inf")  # the last loss that may be a partition
         self._was_allowed = True
         self._allowed_since = float("-inf")  # when this side was last allowed again
-        self._suspended: set[str] = set()  # keys stopped here while not allowed
+        self._born: float | None = None  # the time of the first input
         self._placed: dict[str, int] = {}  # node -> live entries placed on it
 
     # -- queries --------------------------------------------------------------------------
@@ -253,8 +255,7 @@ class PlacementCore:
             if self.policy.forget_after is not None else []
         if self._lost_at:
             times.append(max(self._stable_since, self._allowed_since) + self.margin)
-        if self._suspended:
-            times.append(self._allowed_since + self.margin)
+        times.append(self._settling_since() + self.margin)
         return min((t for t in times if t > now), default=None)
 
     # -- inputs ---------------------------------------------------------------------------
@@ -318,7 +319,6 @@ class PlacementCore:
         current = self.table.get(key)
         if current is not None and not current.deleted:
             raise ValueError(f"a child with key {key!r} exists already (on {current.node})")
-        self._suspended.discard(key)
         self._write(key, Entry(spec, self.node, self._tick(), movable))
         return [StartHere(key, spec)]
 
@@ -441,12 +441,15 @@ class PlacementCore:
         return allowed
 
     def _settled(self, node: str, now: float) -> bool:
-        """May the children of the lost member ``node`` be taken over now? At once if it
-        was removed (or without a policy); if it may be partitioned, once the view has
-        been stable for the margin: no loss, and this side allowed, for that long (a side
-        that just gained the policy faces one that just lost it and must stop first)."""
-        return node not in self._lost_at \
-            or now >= max(self._stable_since, self._allowed_since) + self.margin
+        """May the children of the lost member ``node`` be taken over now? Not within
+        ``margin`` after this side became allowed: a side that just gained the policy
+        faces one that just lost it, and the tables of a view that just changed may say
+        that somebody took them over already. Then at once if ``node`` was removed (or
+        without a policy), or ``margin`` after the last loss that may be a partition."""
+        since = self._allowed_since
+        if node in self._lost_at:
+            since = max(since, self._stable_since)
+        return now >= since + self.margin
 
     def _rebuild_ring(self) -> None:
         nodes = self.members - self._departing
@@ -454,7 +457,16 @@ class PlacementCore:
             nodes -= {self.node}
         self._ring = HashRing(sorted(nodes))
 
+    def _settling_since(self) -> float:
+        """Since when this member's own entries may be stale: it (re)started, or its
+        side was just allowed again (``-inf`` without a policy)."""
+        if self.policy is None or self._born is None:
+            return float("-inf")
+        return max(self._born, self._allowed_since)
+
     def _reconcile(self, now: float) -> list[PlacementEffect]:
+        if self._born is None:
+            self._born = now
         was_allowed = self._was_allowed
         allowed = self._allowed_now(now)
         plan: list[PlacementEffect] = []
@@ -467,7 +479,6 @@ class PlacementCore:
         for key in list(self.table):
             entry = self.table[key]
             if entry.deleted:
-                self._suspended.discard(key)
                 if now - self._deleted_at.setdefault(key, now) > self.tombstone_ttl:
                     del self.table[key]
                     del self._deleted_at[key]
@@ -475,12 +486,9 @@ class PlacementCore:
                     self.running.discard(key)
                     plan.append(StopHere(key))
                 continue
-            if entry.node != self.node:
-                self._suspended.discard(key)
             if key in self.running:
                 if not allowed:
                     self.running.discard(key)
-                    self._suspended.add(key)
                     plan.append(StopHere(key))
                     continue
                 if entry.node != self.node:
@@ -501,10 +509,12 @@ class PlacementCore:
                     plan.append(MoveTo(key, target, moved))
             elif entry.node == self.node:
                 target = self.owner(key)
-                if not allowed or (key in self._suspended
-                                   and now < self._allowed_since + self.margin):
-                    continue  # not here yet: the tables of the heal may say it moved
-                self._suspended.discard(key)
+                if not allowed or (key not in self._handed
+                                   and now < self._settling_since() + self.margin):
+                    # Not yet: the tables of a heal (or, for a member that restarted,
+                    # of its peers) may say another node took it over. A hand-off is
+                    # certain: its sender stopped it for this node.
+                    continue
                 if not self.leaving:
                     plan.append(StartHere(key, entry.spec, self._handed.pop(key, None)))
                 elif target is not None:  # a hand-off reached this leaving node: pass it on
