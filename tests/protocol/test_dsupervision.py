@@ -524,3 +524,43 @@ def test_random_splits_and_heals_never_run_a_key_twice(kind: str, seed: int) -> 
     net.exchange_tables()
     net.tick_until(net.now + 2 * MARGIN)
     assert_each_key_runs_once(net)
+
+
+@pytest.mark.parametrize("kind", ["keep_majority", "keep_oldest"])
+@pytest.mark.parametrize("seed", range(20))
+def test_random_splits_and_kills_never_run_a_key_twice(kind: str, seed: int) -> None:
+    """As above, with members killed now and then: the nodes that had the victim in
+    their view learn ``connection_closed`` before or after its member leaves their
+    group; the others never do (it is behind their partition)."""
+    rng = random.Random(seed)
+    net = formed(*FIVE, policy=SplitBrainPolicy(kind))
+    alive = list(FIVE)
+    for _ in range(15):
+        nodes = list(alive)
+        rng.shuffle(nodes)
+        cuts = sorted(rng.sample(range(1, len(nodes)), min(len(nodes) - 1,
+                                                           rng.choice([0, 1, 2]))))
+        sides = [nodes[i:j] for i, j in zip([0, *cuts], [*cuts, len(nodes)], strict=True)]
+        for side in sides:
+            net.view(*side)
+        net.tick_until(net.now + rng.choice([0.0, 0.25, 1.0]))
+        net.exchange_tables()
+        if len(alive) > 2 and rng.random() < 0.25:
+            victim = rng.choice(alive)
+            witnesses = sorted(net.cores[victim].members - {victim})
+            alive.remove(victim)
+            del net.cores[victim]
+            net.copies = {k: where - {victim} for k, where in net.copies.items()}
+            reason_first = rng.random() < 0.5
+            if reason_first:
+                net.nodedown(victim, "connection_closed", *witnesses)
+            for side in sides:
+                if victim in side and len(side) > 1:
+                    net.view(*(n for n in side if n != victim))
+            if not reason_first:
+                net.nodedown(victim, "connection_closed", *witnesses)
+        net.tick_until(net.now + rng.choice([0.0, 0.5, MARGIN, 2 * MARGIN]))
+    net.view(*alive)
+    net.exchange_tables()
+    net.tick_until(net.now + 2 * MARGIN)
+    assert all(len(where) <= 1 for where in net.copies.values()), net.copies
