@@ -401,7 +401,10 @@ class _Member(SupervisorServer):
                 await self._learn_why(message)
             if type(message) is PgJoin:
                 snapshot = [e.to_wire(k) for k, e in self.placement.snapshot().items()]
+                known = sorted(self.placement.known)
                 for pid in message.pids:
+                    if pid != self.pid and self.policy is not None:
+                        self._send(pid, (_TAG, "known", known))  # before the table
                     if pid != self.pid and snapshot:
                         self._send(pid, (_TAG, "put", snapshot))
             await self._members_changed()
@@ -444,6 +447,9 @@ class _Member(SupervisorServer):
             await self._execute(self.placement.merge(entries, now))
             if len(message) == 5:  # the writer waits until every member holds them
                 self._send(message[3], (_TAG, "put_ack", message[4], self.node.name))
+        elif kind == "known" and type(message[2]) in (list, tuple) \
+                and all(type(n) is str for n in message[2]):
+            await self._execute(self.placement.heard_of(message[2], now))
         elif kind == "leaving" and type(message[2]) is str:
             await self._execute(self.placement.member_leaving(message[2], now))
         elif kind == "handoff":

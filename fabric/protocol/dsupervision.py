@@ -70,8 +70,9 @@ be behind a partition: it stays known, unreachable. Then:
 * :meth:`~PlacementCore.allowed` applies
   :func:`~fabric.protocol.split_brain.policy_allows` to the known and reachable nodes
   ("oldest": the smallest node name, which every node computes alike); a node that
-  holds children in the table but was never seen in the group counts as known, so a
-  member that (re)starts behind a partition does not take its side for the cluster;
+  holds children in the table but was never seen in the group counts as known, and so
+  does one a peer says it knows (:meth:`~PlacementCore.heard_of`), so a member that
+  (re)starts behind a partition does not take its side for the cluster;
 * while not allowed, every local child is stopped at once (:class:`StopHere`), nothing is
   started or taken over, and nothing is written, so the other side's entries win at the
   heal;
@@ -293,6 +294,20 @@ class PlacementCore:
         if node not in self.known:
             return []
         self._remove(node)
+        return self._reconcile(now)
+
+    def heard_of(self, nodes: list[str], now: float) -> list[PlacementEffect]:
+        """A member told which nodes it knows as members (as it sends its table to a
+        joiner). With a policy, those this member never saw become known and
+        unreachable: a member that (re)starts behind a partition learns that the
+        cluster is larger than its side. Nodes it saw follow its own evidence (one it
+        saw die stays removed)."""
+        if self.policy is None:
+            return []
+        for node in nodes:
+            if node != self.node and node not in self._seen and node not in self.known:
+                self.known.add(node)
+                self._lost_at[node] = now
         return self._reconcile(now)
 
     def tick(self, now: float) -> list[PlacementEffect]:

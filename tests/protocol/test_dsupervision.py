@@ -86,11 +86,14 @@ class Net:
             for n in sorted(self.cores):
                 self.run(n, self.cores[n].tick(self.now))
 
-    def exchange_tables(self) -> None:
-        """Every member sends its whole table to every other (a heal's joins)."""
+    def exchange_tables(self, tell_known: bool = True) -> None:
+        """Every member sends the nodes it knows and its whole table to every other
+        (what members send one that joins their group: a heal's joins)."""
         for n in sorted(self.cores):
-            snapshot = self.cores[n].snapshot()
+            known, snapshot = sorted(self.cores[n].known), self.cores[n].snapshot()
             for other in sorted(self.cores[n].members - {n}):
+                if tell_known:
+                    self.run(other, self.cores[other].heard_of(known, self.now))
                 self.run(other, self.cores[other].merge(snapshot, self.now))
 
     def start_child(self, key: str, movable: bool = False) -> str:
@@ -368,21 +371,39 @@ def test_a_side_that_just_gained_the_policy_waits_the_margin_before_taking_over(
     assert on(net, "a", "c", "d") == KEYS
 
 
-def test_a_member_restarted_on_the_minority_side_learns_it_from_the_table() -> None:
-    net = formed(*FIVE)
+def restart_a_on_the_minority_side(net: Net, tell_known: bool) -> None:
+    """Split a, b | c, d, e until the majority runs every child; then a's member
+    restarts (a fresh core), sees only b, and b sends it its table (and, if
+    ``tell_known``, the nodes it knows). a must find itself in the minority."""
+    net.exclusive = True
     net.view("a", "b")
     net.view("c", "d", "e")
-    net.tick_until(MARGIN)
+    net.tick_until(net.now + MARGIN)
     assert on(net, "c", "d", "e") == KEYS
-    # a's member restarts (a fresh core) and sees only b, which sends it its table.
     net.cores["a"] = PlacementCore("a", tombstone_ttl=10, policy=SplitBrainPolicy(),
                                    margin=MARGIN)
     net.view("a", "b")
-    net.exchange_tables()
-    assert not net.cores["a"].allowed()  # b's table places children on c, d, e
-    net.tick_until(3 * MARGIN)
+    net.exchange_tables(tell_known)
+    assert not net.cores["a"].allowed()
+    net.tick_until(net.now + 3 * MARGIN)
     assert on(net, "a", "b") == []
     assert_each_key_runs_once(net)
+
+
+def test_a_member_restarted_on_the_minority_side_learns_it_from_the_table() -> None:
+    # b's table places children on c, d and e: they count as known.
+    restart_a_on_the_minority_side(formed(*FIVE), tell_known=False)
+
+
+def test_a_member_restarted_behind_a_partition_hears_of_childless_nodes() -> None:
+    net = Net(*FIVE, policy=SplitBrainPolicy(), margin=MARGIN)
+    net.view("a", "b")
+    for key in KEYS:
+        net.start_child(key)  # every child on a or b (none moves: not movable)
+    net.view(*FIVE)
+    net.exchange_tables()
+    # b's table names only a and b; b says it knows c, d and e too.
+    restart_a_on_the_minority_side(net, tell_known=True)
 
 
 def test_a_killed_member_is_taken_over_at_once_whichever_comes_first() -> None:
