@@ -72,7 +72,10 @@ be behind a partition: it stays known, unreachable. Then:
   ("oldest": the smallest node name, which every node computes alike); a node that
   holds children in the table but was never seen in the group counts as known, and so
   does one a peer says it knows (:meth:`~PlacementCore.heard_of`), so a member that
-  (re)starts behind a partition does not take its side for the cluster;
+  (re)starts behind a partition does not take its side for the cluster; and a node that
+  joins while some member is unreachable (this one too, if it joins such a group) is
+  not counted until none is (Akka's "weakly up"): a node returning to one side must not
+  give both sides a majority;
 * while not allowed, every local child is stopped at once (:class:`StopHere`), nothing is
   started or taken over, and nothing is written, so the other side's entries win at the
   heal;
@@ -216,6 +219,10 @@ class PlacementCore:
         self._allowed_since = float("-inf")  # when this side was last allowed again
         self._born: float | None = None  # the time of the first input
         self._placed: dict[str, int] = {}  # node -> live entries placed on it
+        # Nodes that joined while a member was unreachable (this one too, if it joined a
+        # partitioned group): not counted by the policy until no member is unreachable,
+        # or a node returning to one side could give both sides a majority.
+        self._weak: set[str] = set()
 
     # -- queries --------------------------------------------------------------------------
 
@@ -240,8 +247,8 @@ class PlacementCore:
         # saw it in the group: a member that (re)starts behind a partition learns from
         # its side's tables that the cluster is larger than its view.
         holders = self._placed.keys() - self._seen
-        return policy_allows(self.policy, self.known | holders | {self.node},
-                             self.members | {self.node})
+        return policy_allows(self.policy, (self.known | holders | {self.node}) - self._weak,
+                             (self.members | {self.node}) - self._weak)
 
     def unreachable(self) -> frozenset[str]:
         """Known members lost in a way that may be a partition (empty without a policy)."""
@@ -273,6 +280,8 @@ class PlacementCore:
                 elif node in self.known:  # no reason known (yet): it may be a partition
                     self._lost_at[node] = now
                     self._stable_since = now
+            if self._lost_at:
+                self._weak |= self.members - self.known - {self.node}
             self.known |= self.members
             for node in self.members:
                 self._lost_at.pop(node, None)
@@ -308,6 +317,7 @@ class PlacementCore:
             if node != self.node and node not in self._seen and node not in self.known:
                 self.known.add(node)
                 self._lost_at[node] = now
+                self._weak.add(self.node)  # it joined a group with unreachable members
         return self._reconcile(now)
 
     def tick(self, now: float) -> list[PlacementEffect]:
@@ -449,6 +459,8 @@ class PlacementCore:
         if bound is not None and self.allowed():
             for node in [n for n, t in self._lost_at.items() if now - t >= bound]:
                 self._remove(node)
+        if not self._lost_at:  # the view converged: joiners count from now on
+            self._weak.clear()
         allowed = self.allowed()
         if allowed and not self._was_allowed:
             self._allowed_since = now

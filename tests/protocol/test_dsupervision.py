@@ -406,6 +406,31 @@ def test_a_member_restarted_behind_a_partition_hears_of_childless_nodes() -> Non
     restart_a_on_the_minority_side(net, tell_known=True)
 
 
+def test_a_node_that_joins_during_a_partition_is_not_counted_until_it_converges() -> None:
+    net = formed(*FIVE)
+    net.nodedown("c", "connection_closed", "a", "b", "d", "e")
+    del net.cores["c"]
+    net.copies = {k: where - {"c"} for k, where in net.copies.items()}
+    net.view("a", "b", "d", "e")
+    net.view("a", "b")  # 2 of the 4 known, with the oldest: allowed
+    net.view("d", "e")
+    net.tick_until(MARGIN)
+    assert on(net, "a", "b") == KEYS
+    # c comes back (a new run) and joins d and e: counted, they would have 3 of 5.
+    net.cores["c"] = PlacementCore("c", tombstone_ttl=10, policy=SplitBrainPolicy(),
+                                   margin=MARGIN)
+    net.view("c", "d", "e")
+    net.exchange_tables()
+    assert not any(net.cores[n].allowed() for n in ("c", "d", "e"))
+    net.tick_until(4 * MARGIN)
+    assert on(net, "c", "d", "e") == []
+    net.view(*FIVE)  # converged: c counts now
+    net.exchange_tables()
+    net.tick_until(7 * MARGIN)
+    assert_each_key_runs_once(net)
+    assert all(net.cores[n].allowed() for n in FIVE)
+
+
 def test_a_killed_member_is_taken_over_at_once_whichever_comes_first() -> None:
     # connection_closed before its member leaves the group:
     net = formed(*FIVE)
