@@ -44,7 +44,8 @@ children: the other stops its own at once and refuses new ones
 subscribes to the node's events (:meth:`fabric.Node.monitor_nodes`, forwarded into its
 mailbox by a task it owns) and feeds each ``NodeDown`` reason to the core; a timer
 (``send_after`` to itself) ticks the core when a margin ends. A member that stops (its
-``terminate`` runs) tells the others it leaves, so its children are taken over at once.
+``terminate`` runs) tells the others it leaves, so its children are taken over at once;
+a member tells one that joins the nodes it knows (``"known"``) before its table.
 
 Graceful stop: ``await sup.handoff()`` must run before the node stops its processes (the
 node's drain hook calls it, or the program does before ``node.stop()``); without it, a
