@@ -671,7 +671,8 @@ class _Member(SupervisorServer):
         nodes = {p.node for p in members}
         if self.placement.leaving:
             nodes.discard(self.node.name)
-        await self._execute(self.placement.set_members(nodes, self._now()))
+        runs = {p.node: p for p in sorted(members)}  # a member's pid tells its runs apart
+        await self._execute(self.placement.set_members(nodes, self._now(), runs))
 
     def _send(self, dest: Any, message: Any) -> None:
         try:

@@ -73,9 +73,10 @@ be behind a partition: it stays known, unreachable. Then:
   holds children in the table but was never seen in the group counts as known, and so
   does one a peer says it knows (:meth:`~PlacementCore.heard_of`), so a member that
   (re)starts behind a partition does not take its side for the cluster; and a node that
-  joins while some member is unreachable (this one too, if it joins such a group) is
-  not counted until none is (Akka's "weakly up"): a node returning to one side must not
-  give both sides a majority;
+  joins while some member is unreachable (this one too, if it joins such a group; a
+  known node whose member comes back as another pid joins afresh) counts as known but
+  not as reachable until none is (Akka's "weakly up"): a node restarted into one side
+  must not give both sides a majority;
 * while not allowed, every local child is stopped at once (:class:`StopHere`), nothing is
   started or taken over, and nothing is written, so the other side's entries win at the
   heal;
@@ -223,6 +224,7 @@ class PlacementCore:
         # partitioned group): not counted by the policy until no member is unreachable,
         # or a node returning to one side could give both sides a majority.
         self._weak: set[str] = set()
+        self._runs: dict[str, Any] = {}  # node -> the identity of its member (set_members)
 
     # -- queries --------------------------------------------------------------------------
 
@@ -247,7 +249,7 @@ class PlacementCore:
         # saw it in the group: a member that (re)starts behind a partition learns from
         # its side's tables that the cluster is larger than its view.
         holders = self._placed.keys() - self._seen
-        return policy_allows(self.policy, (self.known | holders | {self.node}) - self._weak,
+        return policy_allows(self.policy, self.known | holders | {self.node},
                              (self.members | {self.node}) - self._weak)
 
     def unreachable(self) -> frozenset[str]:
@@ -268,9 +270,11 @@ class PlacementCore:
 
     # -- inputs ---------------------------------------------------------------------------
 
-    def set_members(self, nodes: set[str] | frozenset[str], now: float
-                    ) -> list[PlacementEffect]:
-        """The member nodes now (this node included while its member is in the group)."""
+    def set_members(self, nodes: set[str] | frozenset[str], now: float,
+                    runs: dict[str, Any] | None = None) -> list[PlacementEffect]:
+        """The member nodes now (this node included while its member is in the group).
+        ``runs`` (optional): an identity of each node's member (its pid); a known node
+        whose member comes back as another one is a new member (the old one is gone)."""
         previous, self.members = self.members, frozenset(nodes)
         self._seen |= self.members
         if self.policy is not None:
@@ -280,6 +284,10 @@ class PlacementCore:
                 elif node in self.known:  # no reason known (yet): it may be a partition
                     self._lost_at[node] = now
                     self._stable_since = now
+            for node, run in (runs or {}).items():
+                if node != self.node and self._runs.get(node, run) != run:
+                    self._remove(node)  # a new run: it joins afresh (maybe weakly)
+                self._runs[node] = run
             if self._lost_at:
                 self._weak |= self.members - self.known - {self.node}
             self.known |= self.members

@@ -36,6 +36,7 @@ class Net:
         self.now = 0.0
         self.exclusive = False  # assert after every start that no key runs twice
         self.copies: dict[str, set[str]] = {}  # key -> nodes whose StartHere ran, not stopped
+        self.runs = dict.fromkeys(nodes, 0)  # each node's member, as its pid tells it
         self.starts: list[tuple[str, str, Any]] = []  # (node, key, hand-off state)
         self.stops: list[tuple[str, str]] = []
         self.fail_starts: set[tuple[str, str]] = set()
@@ -43,8 +44,9 @@ class Net:
 
     def view(self, *nodes: str) -> None:
         # A joining member sees the group before the group sees it join.
+        runs = {n: self.runs[n] for n in nodes}
         for n in sorted(nodes, key=lambda n: bool(self.cores[n].members)):
-            self.run(n, self.cores[n].set_members(set(nodes), self.now))
+            self.run(n, self.cores[n].set_members(set(nodes), self.now, runs))
 
     def run(self, node: str, plan: list[PlacementEffect]) -> None:
         core = self.cores[node]
@@ -429,6 +431,36 @@ def test_a_node_that_joins_during_a_partition_is_not_counted_until_it_converges(
     net.tick_until(7 * MARGIN)
     assert_each_key_runs_once(net)
     assert all(net.cores[n].allowed() for n in FIVE)
+
+
+def kill(net: Net, victim: str, *witnesses: str) -> None:
+    """``victim`` dies; ``witnesses`` (its side) see connection_closed, then its leave."""
+    net.nodedown(victim, "connection_closed", *witnesses)
+    del net.cores[victim]
+    net.copies = {k: where - {victim} for k, where in net.copies.items()}
+    net.view(*witnesses)
+
+
+def test_a_new_run_of_a_node_one_side_saw_die_joins_the_other_side_afresh() -> None:
+    net = formed(*FIVE)
+    kill(net, "b", "a", "c", "d", "e")
+    net.view("a", "c", "e")  # 3 of the 4 known
+    net.view("d")
+    net.tick_until(MARGIN)
+    kill(net, "a", "c", "e")  # c and e see a die: 2 of the 3 they know
+    assert net.cores["c"].allowed() and net.cores["d"].unreachable() == {"a", "c", "e"}
+    net.tick_until(2 * MARGIN)
+    assert on(net, "c", "e") == KEYS
+    # a restarts (another member pid) and joins d, which only lost the old a: with the
+    # old one counted, d would reach 2 of its 4 known, the oldest among them.
+    net.cores["a"] = PlacementCore("a", tombstone_ttl=10, policy=SplitBrainPolicy(),
+                                   margin=MARGIN)
+    net.runs["a"] += 1
+    net.view("a", "d")
+    net.exchange_tables()
+    assert not net.cores["d"].allowed() and not net.cores["a"].allowed()
+    net.tick_until(5 * MARGIN)
+    assert on(net, "a", "d") == [] and on(net, "c", "e") == KEYS
 
 
 def test_a_killed_member_is_taken_over_at_once_whichever_comes_first() -> None:
