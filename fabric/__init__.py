@@ -38,6 +38,7 @@ from fabric.errors import (
     RemoteError,
     RemoteProtocolError,
     SpawnTimeout,
+    SplitBrainError,
 )
 from fabric.exports import export
 from fabric.genserver import NOREPLY, From, GenServer, call, cast, reply
@@ -116,6 +117,7 @@ __all__ = [
     "Singleton",
     "SingletonServer",
     "SpawnTimeout",
+    "SplitBrainError",
     "SplitBrainPolicy",
     "Supervisor",
     "SyncMailbox",
