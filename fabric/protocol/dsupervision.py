@@ -470,10 +470,7 @@ class PlacementCore:
         if not self._lost_at:  # the view converged: joiners count from now on
             self._weak.clear()
         allowed = self.allowed()
-        if allowed and not self._was_allowed and self._stable_since > float("-inf"):
-            # (Only after a loss that may be a partition: a member that was not allowed
-            # while it joined a forming group, told of nodes its pg did not list yet,
-            # faces nobody who ran children meanwhile.)
+        if allowed and not self._was_allowed:
             self._allowed_since = now
         self._was_allowed = allowed
         return allowed
