@@ -38,7 +38,6 @@ from fabric.errors import (
     RemoteError,
     RemoteProtocolError,
     SpawnTimeout,
-    SplitBrainError,
 )
 from fabric.exports import export
 from fabric.genserver import NOREPLY, From, GenServer, call, cast, reply
@@ -117,7 +116,6 @@ __all__ = [
     "Singleton",
     "SingletonServer",
     "SpawnTimeout",
-    "SplitBrainError",
     "SplitBrainPolicy",
     "Supervisor",
     "SyncMailbox",

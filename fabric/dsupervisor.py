@@ -36,17 +36,6 @@ Children are started from ``"module:function"`` or ``"module:Class"`` strings, e
 with :func:`fabric.export` (specs travel between nodes; code never does), and ``args``
 must be encodable.
 
-Partitions: by default each side of a partition runs the other side's children
-(availability). With ``partition=SplitBrainPolicy(...)`` (D37) the placement core keeps
-known members apart from reachable ones and only the side that satisfies the policy runs
-children: the other stops its own at once and refuses new ones
-(:class:`~fabric.errors.SplitBrainError`). To tell a death from a partition, the member
-subscribes to the node's events (:meth:`fabric.Node.monitor_nodes`, forwarded into its
-mailbox by a task it owns) and feeds each ``NodeDown`` reason to the core; a timer
-(``send_after`` to itself) ticks the core when a margin ends. A member that stops (its
-``terminate`` runs) tells the others it leaves, so its children are taken over at once;
-a member tells one that joins the nodes it knows (``"known"``) before its table.
-
 Graceful stop: ``await sup.handoff()`` must run before the node stops its processes (the
 node's drain hook calls it, or the program does before ``node.stop()``); without it, a
 stopping node's children are stopped with it and restarted fresh on the survivors when
@@ -61,16 +50,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from fabric.calls import call
-from fabric.errors import (
-    CallTimeout,
-    ConfigError,
-    FabricError,
-    NameConflictError,
-    SplitBrainError,
-)
+from fabric.errors import CallTimeout, FabricError, NameConflictError
 from fabric.exports import resolve_export
 from fabric.genserver import From, GenServer
-from fabric.node import NodeDown, NodeUp
 from fabric.process import Exit, Process
 from fabric.protocol.dsupervision import (
     Entry,
@@ -83,7 +65,6 @@ from fabric.protocol.dsupervision import (
 )
 from fabric.protocol.effects import Log
 from fabric.protocol.events import PgJoin, PgLeave
-from fabric.protocol.split_brain import SplitBrainPolicy
 from fabric.protocol.supervision import (
     ONE_FOR_ONE,
     PERMANENT,
@@ -93,10 +74,10 @@ from fabric.protocol.supervision import (
 )
 from fabric.registry import Registry
 from fabric.supervisor import ChildSpec, SupervisorServer
-from fabric.types import GlobalName, Pid, Ref
+from fabric.types import GlobalName, Pid
 
 if TYPE_CHECKING:
-    from fabric.node import Node, NodeMonitor
+    from fabric.node import Node
 
 __all__ = ["HANDOFF", "SCOPE", "DistributedChildSpec", "DistributedSupervisor", "handoff_all"]
 
@@ -108,16 +89,6 @@ _TAG: Final = "fabric.dsupervisor"  # first element of the members' messages to 
 _MAX_FORWARDS = 3  # hops a request follows while member views disagree
 _NAME_RETRIES = 100  # a global name still held by a dead incarnation: retry this often,
 _NAME_RETRY_S = 0.05  # this far apart (5 s in all), until its node's death is processed
-# The node tells its event subscribers of a nodedown before pg drops the peer's members,
-# so the reason is on its way when the PgLeave is handled: wait this long for it at most.
-_REASON_WAIT_S = 1.0
-
-
-class _Wake:
-    """The member's timer message (a local object: no peer can send one)."""
-
-
-_WAKE: Final = _Wake()
 
 
 @dataclass(frozen=True)
@@ -190,7 +161,6 @@ class DistributedSupervisor:
     @staticmethod
     async def start(node: Node, name: str, *, intensity: int = 3, period: float = 5.0,
                     tombstone_ttl: float = 300.0, handoff_timeout: float = 5.0,
-                    partition: SplitBrainPolicy | None = None, margin: float | None = None,
                     link_to: Process | None = None) -> DistributedSupervisor:
         """Start this node's member of the distributed supervisor ``name``.
 
@@ -200,37 +170,26 @@ class DistributedSupervisor:
             period: the window of the intensity, in seconds.
             tombstone_ttl: seconds a deleted child's entry is kept.
             handoff_timeout: seconds a moving child may take to give its state.
-            partition: the split-brain policy (give every member the same one); None,
-                the default: each side of a partition runs every child (availability).
-                See docs/guide/distributed-supervisor.md.
-            margin: with a policy, seconds the view must be stable after a loss that
-                may be a partition before the lost member's children are taken over
-                (default: the node's heartbeat timeout plus two heartbeat intervals).
             link_to: the member's parent (as for :meth:`fabric.Supervisor.start`).
 
         Raises:
             NameConflictError: ``name`` is registered on this node already.
-            ConfigError: ``partition`` is not a SplitBrainPolicy, or ``margin`` is
-                negative.
         """
         SupervisorCore(ONE_FOR_ONE, intensity, period)  # validates
-        _check_partition(partition, margin)
         await _Member.start(node, name, intensity, period, tombstone_ttl, handoff_timeout,
-                            None if link_to is None else link_to.self, partition, margin,
-                            name=name, link_to=link_to)
+                            None if link_to is None else link_to.self, name=name,
+                            link_to=link_to)
         return DistributedSupervisor(node, name)
 
     @staticmethod
     def child_spec(name: str, *, intensity: int = 3, period: float = 5.0,
                    tombstone_ttl: float = 300.0, handoff_timeout: float = 5.0,
-                   partition: SplitBrainPolicy | None = None, margin: float | None = None,
                    id: str | None = None) -> ChildSpec:
         """This node's member as a child of a local supervision tree."""
         SupervisorCore(ONE_FOR_ONE, intensity, period)  # validates now, not at start
-        _check_partition(partition, margin)
         return ChildSpec(id or name, _Member,
                          args=(name, intensity, period, tombstone_ttl, handoff_timeout,
-                               _PARENT_IS_LINK, partition, margin),
+                               _PARENT_IS_LINK),
                          shutdown="infinity", name=name)
 
     @property
@@ -249,8 +208,6 @@ class DistributedSupervisor:
             ValueError: an invalid spec, or a child with this key exists already.
             RuntimeError: it failed to start on its node (the message says why).
             LookupError: the members disagree for too long, or there is none.
-            SplitBrainError: this side of a partition does not satisfy the split-brain
-                policy (see ``partition`` of :meth:`start`): retry after the heal.
         """
         spec.validate()
         node, pid = await self._request(("start_child", spec.to_wire()), timeout)
@@ -261,7 +218,6 @@ class DistributedSupervisor:
 
         Raises:
             KeyError: no such child.
-            SplitBrainError: this side of a partition does not satisfy the policy.
         """
         await self._request(("terminate_child", key), timeout)
 
@@ -299,8 +255,8 @@ class DistributedSupervisor:
             if kind == "forward":
                 server = (self.name, detail)
                 continue
-            raise {"not_found": KeyError, "invalid": ValueError, "start_failed": RuntimeError,
-                   "split_brain": SplitBrainError}.get(kind, LookupError)(detail)
+            raise {"not_found": KeyError, "invalid": ValueError,
+                   "start_failed": RuntimeError}.get(kind, LookupError)(detail)
         raise LookupError(f"{request[0]}: the members of {self.name!r} disagree on the "
                           f"owner after {_MAX_FORWARDS} forwards")
 
@@ -316,12 +272,9 @@ class _Member(SupervisorServer):
     dspecs: dict[str, DistributedChildSpec]
     token: Any
     handoff_timeout: float
-    policy: SplitBrainPolicy | None
 
     async def init(self, name: str, intensity: int, period: float,  # type: ignore[override]
-                   tombstone_ttl: float, handoff_timeout: float, parent: Any,
-                   partition: SplitBrainPolicy | None = None,
-                   margin: float | None = None) -> None:
+                   tombstone_ttl: float, handoff_timeout: float, parent: Any) -> None:
         self.proc.trap_exits = True
         if parent == _PARENT_IS_LINK:  # started by a supervisor: that is the parent
             links = [p for p in self.proc.links if p != self.pid]
@@ -329,21 +282,9 @@ class _Member(SupervisorServer):
         self.core = SupervisorCore(ONE_FOR_ONE, intensity, period)
         self.specs, self.parent = {}, parent
         self.name, self.handoff_timeout = name, handoff_timeout
-        cfg = self.node.config
-        self.policy = partition
-        self.placement = PlacementCore(
-            self.node.name, tombstone_ttl, policy=partition,
-            margin=(cfg.heartbeat_timeout + 2 * cfg.heartbeat_interval
-                    if margin is None else margin))
+        self.placement = PlacementCore(self.node.name, tombstone_ttl)
         self.dspecs = {}
         self._failures: dict[str, str] = {}
-        self._timer: Ref | None = None  # the armed wake-up, for the time self._timer_at
-        self._timer_at: float | None = None
-        self._node_events: asyncio.Task[None] | None = None
-        self._down: set[str] = set()  # nodes whose NodeDown came, and no NodeUp since
-        if partition is not None:  # why a member's node went away: from its NodeDown
-            self._node_events = self.node.loop.create_task(
-                self._forward_node_events(self.node.monitor_nodes()))
         pg = self.node.pg
         pg.join(name, self.pid, scope=SCOPE)
         self.token, _ = pg.monitor(name, self.pid, scope=SCOPE)
@@ -358,25 +299,7 @@ class _Member(SupervisorServer):
 
     async def terminate(self, reason: Any) -> None:
         self._end_drain_hook()
-        if self._node_events is not None:
-            self._node_events.cancel()
         await super().terminate(reason)
-        if self.policy is not None:  # children stopped: the others take over at once
-            self._tell_leaving()
-
-    async def _forward_node_events(self, events: NodeMonitor) -> None:
-        try:
-            async for event in events:
-                if not self.node.is_alive(self.pid):  # killed: terminate did not run
-                    return
-                self._send(self.pid, event)
-        finally:
-            events.close()
-
-    def _tell_leaving(self) -> None:
-        for pid in self.node.pg.get_members(self.name, scope=SCOPE):
-            if pid != self.pid:
-                self._send(pid, (_TAG, "leaving", self.node.name))
 
     # -- messages -------------------------------------------------------------------------
 
@@ -385,27 +308,10 @@ class _Member(SupervisorServer):
             await super().handle_info(message)
             await self._after_exits()
             return
-        if type(message) is NodeDown:
-            self._down.add(message.node)
-            await self._execute(self.placement.nodedown(message.node, message.reason,
-                                                        self._now()))
-            return
-        if type(message) is NodeUp:
-            self._down.discard(message.node)
-            return
-        if message is _WAKE:
-            self._timer = self._timer_at = None
-            await self._execute(self.placement.tick(self._now()))
-            return
         if type(message) in (PgJoin, PgLeave) and message.token == self.token:
-            if type(message) is PgLeave and self.policy is not None:
-                await self._learn_why(message)
             if type(message) is PgJoin:
                 snapshot = [e.to_wire(k) for k, e in self.placement.snapshot().items()]
-                known = sorted(self.placement.known)
                 for pid in message.pids:
-                    if pid != self.pid and self.policy is not None:
-                        self._send(pid, (_TAG, "known", known))  # before the table
                     if pid != self.pid and snapshot:
                         self._send(pid, (_TAG, "put", snapshot))
             await self._members_changed()
@@ -422,25 +328,6 @@ class _Member(SupervisorServer):
         else:
             await super().handle_info(message)
 
-    async def _learn_why(self, leave: PgLeave) -> None:
-        """Feed the core the NodeDown of each node whose member left with its session
-        (the node queues it for its subscribers before pg drops the members): a death
-        is then a removal at once, not a possible partition. A member that left while
-        its node stays connected has no NodeDown: it stopped (and said so, see
-        ``terminate``) or was killed, which counts as a possible partition."""
-        waiting = ({p.node for p in leave.pids} - set(self.node.nodes()) - self._down
-                   - {self.node.name})
-        deadline = self._now() + _REASON_WAIT_S
-        while waiting and (left := deadline - self._now()) > 0:
-            down = await self.proc.receive(
-                lambda m: type(m) is NodeDown and m.node in waiting, timeout=left,
-                default=None)
-            if down is None:
-                break
-            waiting.discard(down.node)
-            self._down.add(down.node)
-            await self._execute(self.placement.nodedown(down.node, down.reason, self._now()))
-
     async def _from_member(self, message: tuple[Any, ...]) -> None:
         kind, now = message[1], self._now()
         if kind == "put":
@@ -448,9 +335,6 @@ class _Member(SupervisorServer):
             await self._execute(self.placement.merge(entries, now))
             if len(message) == 5:  # the writer waits until every member holds them
                 self._send(message[3], (_TAG, "put_ack", message[4], self.node.name))
-        elif kind == "known" and type(message[2]) in (list, tuple) \
-                and all(type(n) is str for n in message[2]):
-            await self._execute(self.placement.heard_of(message[2], now))
         elif kind == "leaving" and type(message[2]) is str:
             await self._execute(self.placement.member_leaving(message[2], now))
         elif kind == "handoff":
@@ -482,10 +366,6 @@ class _Member(SupervisorServer):
                     moving.discard(done[2])
             self.node.pg.leave(self.name, self.pid, scope=SCOPE)
             return sum(1 for e in plan if type(e) is MoveTo)
-        if op in ("start_child", "terminate_child") and not placement.allowed():
-            return (False, ("split_brain", f"{self.name!r}: this side of a partition "
-                            f"({sorted(placement.members)} of {sorted(placement.known)}) "
-                            f"does not satisfy the split-brain policy {self.policy}"))
         if op == "start_child":
             spec = DistributedChildSpec.from_wire(request[1])
             owner = placement.owner(spec.key)
@@ -556,18 +436,6 @@ class _Member(SupervisorServer):
             elif type(effect) is Log:
                 getattr(self.node.log, effect.level)(effect.event, supervisor=self.name,
                                                      **effect.fields)
-        self._arm_timer()
-
-    def _arm_timer(self) -> None:
-        """Wake the member when the core has something to do at a time (a margin ends)."""
-        at = self.placement.wake_at(self._now())
-        if at == self._timer_at:
-            return
-        if self._timer is not None:
-            self.node.cancel_timer(self._timer)
-        self._timer, self._timer_at = None, at
-        if at is not None:
-            self._timer = self.node.send_after(self.pid, _WAKE, max(0.0, at - self._now()))
 
     async def _start_here(self, effect: StartHere) -> None:
         key, now = effect.key, self._now()
@@ -671,8 +539,7 @@ class _Member(SupervisorServer):
         nodes = {p.node for p in members}
         if self.placement.leaving:
             nodes.discard(self.node.name)
-        runs = {p.node: p for p in sorted(members)}  # a member's pid tells its runs apart
-        await self._execute(self.placement.set_members(nodes, self._now(), runs))
+        await self._execute(self.placement.set_members(nodes, self._now()))
 
     def _send(self, dest: Any, message: Any) -> None:
         try:
@@ -699,13 +566,6 @@ async def handoff_all(node: Node, timeout: float | None = None) -> int:
             except FabricError as exc:  # one member's trouble must not stop the others
                 node.log.error("dsupervisor_handoff_failed", supervisor=name, error=str(exc))
     return moved
-
-
-def _check_partition(partition: Any, margin: float | None) -> None:
-    if partition is not None and not isinstance(partition, SplitBrainPolicy):
-        raise ConfigError(f"partition must be a SplitBrainPolicy or None, not {partition!r}")
-    if margin is not None and not margin >= 0:
-        raise ConfigError(f"margin must be a number of seconds >= 0, not {margin!r}")
 
 
 def _is_handed(message: Any) -> bool:

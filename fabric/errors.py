@@ -31,7 +31,6 @@ __all__ = [
     "RemoteError",
     "RemoteProtocolError",
     "SpawnTimeout",
-    "SplitBrainError",
 ]
 
 
@@ -103,12 +102,6 @@ class ConsistencyError(FabricError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-class SplitBrainError(FabricError):
-    """Raised by a request that this side of a network partition may not carry out: it
-    does not satisfy the split-brain policy (a distributed supervisor's ``start_child``
-    on the minority side under ``keep_majority``). Retry once the partition heals."""
 
 
 class CallTimeout(FabricTimeout):

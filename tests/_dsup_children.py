@@ -58,16 +58,6 @@ def application(node: fabric.Node) -> list[fabric.ChildSpec]:
     return [DistributedSupervisor.child_spec("sessions")]
 
 
-def guarded_application(node: fabric.Node) -> list[fabric.ChildSpec]:
-    """``--app _dsup_children:guarded_application``: a member of "sessions" under the
-    keep_majority split-brain policy with a margin far longer than the tests wait, so a
-    child can move within their deadline only if its node is known dead."""
-    from fabric.dsupervisor import DistributedSupervisor
-
-    return [DistributedSupervisor.child_spec("sessions", partition=fabric.SplitBrainPolicy(),
-                                              margin=600.0)]
-
-
 @fabric.export
 async def start_counters(proc: fabric.Process, reply_to: fabric.Pid, keys: list[str],
                          handoff: bool = False) -> None:

@@ -1,8 +1,7 @@
 """The distributed supervisor on real in-process nodes (fabric.dsupervisor): placement on
 every member, a crash restarted in place under the same global name, a stopped node's
 children running again on the survivors, moves with state when a node joins and on a
-graceful hand-off, deletes, failed starts, a member inside a local supervision tree, and
-a partition under the keep_majority split-brain policy (Node.block).
+graceful hand-off, deletes, failed starts, and a member inside a local supervision tree.
 The placement decisions are tested purely in tests/protocol/test_dsupervision.py; the
 kill -9 case with OS processes is tests/io/test_dsupervisor_procs.py."""
 
@@ -14,7 +13,7 @@ import pytest
 from _exported import COOKIE, async_test, cluster, new_name, wait_until
 
 import fabric
-from fabric import GlobalName, Node, Registry, SplitBrainError, SplitBrainPolicy, Supervisor
+from fabric import GlobalName, Node, Registry, Supervisor
 from fabric.dsupervisor import DistributedChildSpec, DistributedSupervisor
 from fabric.protocol.hashring import HashRing
 from fabric.testing import async_wait_until
@@ -233,57 +232,3 @@ async def test_a_member_in_a_local_supervision_tree() -> None:
         assert nodes[1].global_.whereis_name("c1") != old
         for top, n in zip(tops, nodes, strict=True):
             assert [i for i, _ in await Supervisor.which_children(n, top)] == ["jobs"]
-
-
-@async_test
-async def test_keep_majority_an_isolated_members_children_move_never_running_twice() -> None:
-    """Node.block cuts one node off from the other two (``blocked`` on its side,
-    ``peer_reset`` on theirs: both may be a partition). Its member stops its children at
-    once and refuses new ones; the two others take them over after the margin; at no
-    check does a child run on two nodes; after unblock each child runs once."""
-    async with cluster(3) as nodes:
-        # A margin well above what the tables of the heal take to arrive on a loaded
-        # machine (the minority's children wait that long before they may start again).
-        sups = [await DistributedSupervisor.start(n, "guarded", margin=3.0,
-                                                  partition=SplitBrainPolicy())
-                for n in nodes]
-        everyone = sorted(n.name for n in nodes)
-
-        async def whole_group() -> bool:
-            return all([await s.members() == everyone for s in sups])
-
-        await async_wait_until(whole_group, WAIT, message="every member sees the group")
-        for key in KEYS:
-            await sups[0].start_child(DistributedChildSpec(key, COUNTER, args=(key,),
-                                                           name=f"c:{key}"))
-        twice: list[tuple[str, list[str]]] = []
-
-        def runs_on() -> dict[str, list[str]]:
-            """key -> the nodes where it runs now (its local name is registered);
-            any key on two nodes is recorded."""
-            out = {k: [n.name for n in nodes if n.whereis(f"c:{k}") is not None]
-                   for k in KEYS}
-            twice.extend((k, ns) for k, ns in out.items() if len(ns) > 1)
-            return out
-
-        alone = max(nodes, key=lambda n: sum(n.name in ns for ns in runs_on().values()))
-        others = [n for n in nodes if n is not alone]
-        assert any(alone.name in ns for ns in runs_on().values())
-        for other in others:
-            assert alone.block(other.name, 60.0)
-
-        def majority_runs_all() -> bool:
-            placed = runs_on()
-            return all(len(ns) == 1 and ns[0] != alone.name for ns in placed.values())
-
-        await until(majority_runs_all, "the majority runs every child, the isolated none")
-        alone_sup = sups[nodes.index(alone)]
-        with pytest.raises(SplitBrainError):
-            await alone_sup.start_child(DistributedChildSpec("new", COUNTER, args=("new",)))
-        for other in others:
-            alone.unblock(other.name)
-        await async_wait_until(whole_group, WAIT, message="every member sees the group again")
-        await all_know(sups, len(KEYS))
-        await until(lambda: all(len(ns) == 1 for ns in runs_on().values()),
-                    "one copy of each child")
-        assert twice == []

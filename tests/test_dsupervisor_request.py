@@ -65,24 +65,3 @@ def test_an_answer_within_the_deadline_after_forwards_is_returned(
     sup = DistributedSupervisor(node, "jobs")  # type: ignore[arg-type]
     asyncio.run(sup.terminate_child("k", timeout=10.0))
     assert seen == [("jobs", 10.0), (("jobs", "b@h:1"), 9.0)] and answers == []
-
-
-def test_a_refusal_by_the_split_brain_policy_raises_split_brain_error(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    node, seen = FakeNode(), []  # type: ignore[var-annotated]
-    answers = [(0.1, (False, ("forward", "b@h:1"))),
-               (0.1, (False, ("split_brain", "this side does not satisfy keep_majority")))]
-    monkeypatch.setattr(fabric.dsupervisor, "call", scripted(node, answers, seen))
-    sup = DistributedSupervisor(node, "jobs")  # type: ignore[arg-type]
-    with pytest.raises(fabric.SplitBrainError, match="keep_majority"):
-        asyncio.run(sup.terminate_child("k", timeout=10.0))
-
-
-def test_a_partition_policy_and_margin_are_checked_before_any_start() -> None:
-    spec = DistributedSupervisor.child_spec("jobs", partition=fabric.SplitBrainPolicy(),
-                                            margin=0.5)
-    assert spec.args[-2:] == (fabric.SplitBrainPolicy(), 0.5)
-    with pytest.raises(fabric.ConfigError):
-        DistributedSupervisor.child_spec("jobs", partition="keep_majority")  # type: ignore[arg-type]
-    with pytest.raises(fabric.ConfigError):
-        DistributedSupervisor.child_spec("jobs", margin=-1.0)

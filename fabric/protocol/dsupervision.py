@@ -52,45 +52,9 @@ entry's ``node`` says where the child is; it stays there while that node is a me
   (:meth:`~PlacementCore.member_leaving`), whose rings then leave it out, so they do not
   move children back to it; a hand-off that reaches it anyway is passed on.
 
-Member views differ for a moment while membership changes. Without a split-brain
-policy, during a partition each side runs the children of the other (availability, as
-Horde's default); both runs meet when the views converge: the higher version wins and the
-other copy is stopped.
-
-**Split-brain policy** (opt-in, D37: ``policy=`` a
-:class:`~fabric.protocol.split_brain.SplitBrainPolicy`). The core then keeps the *known*
-member nodes apart from the *reachable* ones (the current member set). A member leaves
-the known set only when it is removed: its node went down with a reason of
-:data:`~fabric.protocol.split_brain.GONE_REASONS` (:meth:`~PlacementCore.nodedown`,
-before or after its member left the group: either order), it announced that it leaves
-(:meth:`~PlacementCore.member_leaving`), or (``forget_after``) it stayed unreachable that
-long while this side was allowed. A member that left the group for any other reason may
-be behind a partition: it stays known, unreachable. Then:
-
-* :meth:`~PlacementCore.allowed` applies
-  :func:`~fabric.protocol.split_brain.policy_allows` to the known and reachable nodes
-  ("oldest": the smallest node name, which every node computes alike); a node that
-  holds children in the table but was never seen in the group counts as known, and so
-  does one a peer says it knows (:meth:`~PlacementCore.heard_of`), so a member that
-  (re)starts behind a partition does not take its side for the cluster; and a node that
-  joins while some member is unreachable (this one too, if it joins such a group; a
-  known node whose member comes back as another pid joins afresh) counts as known but
-  not as reachable until none is (Akka's "weakly up"): a node restarted into one side
-  must not give both sides a majority;
-* while not allowed, every local child is stopped at once (:class:`StopHere`), nothing is
-  started or taken over, and nothing is written, so the other side's entries win at the
-  heal;
-* while allowed, the children of a removed member are taken over at once, and those of
-  an unreachable one only once the view has been stable for ``margin`` seconds since
-  the last such loss (:meth:`~PlacementCore.tick` with the time;
-  :meth:`~PlacementCore.wake_at` says when): the side that loses the policy, which loses
-  contact at the same moment, has stopped its copies by then;
-* for ``margin`` after this side became allowed again (a heal, a re-split) it takes
-  nothing over, and neither then nor for ``margin`` after this member's first input (a
-  restart) does it start an entry that names this node but does not run here (unless
-  a hand-off brought it): the side that just lost the policy must stop first, and the
-  tables the members exchange when they meet say first whether another node took the
-  child over.
+Member views differ for a moment while membership changes, and during a partition each
+side runs the children of the other (availability, as Horde's default). Both runs meet
+when the views converge: the higher version wins and the other copy is stopped.
 """
 
 from __future__ import annotations
@@ -100,7 +64,6 @@ from typing import Any
 
 from fabric.protocol.effects import Log
 from fabric.protocol.hashring import HashRing
-from fabric.protocol.split_brain import GONE_REASONS, SplitBrainPolicy, policy_allows
 
 __all__ = [
     "Entry",
@@ -190,19 +153,11 @@ class PlacementCore:
     Args:
         node: this member's node name.
         tombstone_ttl: seconds a deleted entry is kept (against late copies).
-        policy: the split-brain policy; None (the default): availability, each side of a
-            partition runs every child.
-        margin: with a policy, seconds the view must be stable after a loss that may be
-            a partition before this member takes the lost member's children over.
     """
 
-    def __init__(self, node: str, tombstone_ttl: float = 300.0, *,
-                 policy: SplitBrainPolicy | None = None, margin: float = 0.0) -> None:
+    def __init__(self, node: str, tombstone_ttl: float = 300.0) -> None:
         self.node = node
         self.tombstone_ttl = tombstone_ttl
-        self.policy = policy
-        self.margin = margin
-        self.known: set[str] = set()  # with a policy: members seen and not removed
         self.table: dict[str, Entry] = {}
         self.members: frozenset[str] = frozenset()
         self.running: set[str] = set()  # keys whose child runs on this node
@@ -213,18 +168,6 @@ class PlacementCore:
         self._ring: HashRing[str] = HashRing()
         self._deleted_at: dict[str, float] = {}  # tombstone key -> local time of deletion
         self._handed: dict[str, Any] = {}  # key -> state a hand-off brought, until started
-        self._lost_at: dict[str, float] = {}  # known, unreachable member -> since when
-        self._gone: set[str] = set()  # members whose node is gone: removed when they leave
-        self._stable_since = float("-inf")  # the last loss that may be a partition
-        self._was_allowed = True
-        self._allowed_since = float("-inf")  # when this side was last allowed again
-        self._born: float | None = None  # the time of the first input
-        self._placed: dict[str, int] = {}  # node -> live entries placed on it
-        # Nodes that joined while a member was unreachable (this one too, if it joined a
-        # partitioned group): not counted by the policy until no member is unreachable,
-        # or a node returning to one side could give both sides a majority.
-        self._weak: set[str] = set()
-        self._runs: dict[str, Any] = {}  # node -> the identity of its member (set_members)
 
     # -- queries --------------------------------------------------------------------------
 
@@ -240,96 +183,15 @@ class PlacementCore:
         """Every entry, tombstones included (what a joining member is sent)."""
         return dict(self.table)
 
-    def allowed(self) -> bool:
-        """Whether this side of any partition may run children (always, without a
-        policy): the policy applied to the known and the reachable member nodes."""
-        if self.policy is None:
-            return True
-        # A node the table places children on counts as known too if this member never
-        # saw it in the group: a member that (re)starts behind a partition learns from
-        # its side's tables that the cluster is larger than its view.
-        holders = self._placed.keys() - self._seen
-        return policy_allows(self.policy, self.known | holders | {self.node},
-                             (self.members | {self.node}) - self._weak)
-
-    def unreachable(self) -> frozenset[str]:
-        """Known members lost in a way that may be a partition (empty without a policy)."""
-        return frozenset(self._lost_at)
-
-    def wake_at(self, now: float) -> float | None:
-        """The next time after ``now`` at which :meth:`tick` may change something (a
-        margin ends, a member is due to be forgotten), or None."""
-        if self.policy is None:
-            return None
-        times = [t + self.policy.forget_after for t in self._lost_at.values()] \
-            if self.policy.forget_after is not None else []
-        if self._lost_at:
-            times.append(max(self._stable_since, self._allowed_since) + self.margin)
-        times.append(self._settling_since() + self.margin)
-        return min((t for t in times if t > now), default=None)
-
     # -- inputs ---------------------------------------------------------------------------
 
-    def set_members(self, nodes: set[str] | frozenset[str], now: float,
-                    runs: dict[str, Any] | None = None) -> list[PlacementEffect]:
-        """The member nodes now (this node included while its member is in the group).
-        ``runs`` (optional): an identity of each node's member (its pid); a known node
-        whose member comes back as another one is a new member (the old one is gone)."""
-        previous, self.members = self.members, frozenset(nodes)
+    def set_members(self, nodes: set[str] | frozenset[str], now: float
+                    ) -> list[PlacementEffect]:
+        """The member nodes now (this node included while its member is in the group)."""
+        self.members = frozenset(nodes)
         self._seen |= self.members
-        if self.policy is not None:
-            for node in sorted(previous - self.members - {self.node}):
-                if node in self._gone or node in self._departing:
-                    self._remove(node)
-                elif node in self.known:  # no reason known (yet): it may be a partition
-                    self._lost_at[node] = now
-                    self._stable_since = now
-            for node, run in (runs or {}).items():
-                if node != self.node and self._runs.get(node, run) != run:
-                    self._remove(node)  # a new run: it joins afresh (maybe weakly)
-                self._runs[node] = run
-            if self._lost_at:
-                self._weak |= self.members - self.known - {self.node}
-            self.known |= self.members
-            for node in self.members:
-                self._lost_at.pop(node, None)
-            self._gone &= self.members
         self._departing &= self.members
         self._rebuild_ring()
-        return self._reconcile(now)
-
-    def nodedown(self, node: str, reason: str, now: float) -> list[PlacementEffect]:
-        """The node ``node`` went down with ``reason`` (a mesh nodedown reason). With a
-        policy, a reason of :data:`~fabric.protocol.split_brain.GONE_REASONS` removes its
-        member: now if it left the group already (its children are taken over at once),
-        else when it leaves. Other reasons change nothing: the group says who left."""
-        if self.policy is None or node == self.node or reason not in GONE_REASONS:
-            return []
-        if node in self.members:
-            self._gone.add(node)
-            return []
-        if node not in self.known:
-            return []
-        self._remove(node)
-        return self._reconcile(now)
-
-    def heard_of(self, nodes: list[str], now: float) -> list[PlacementEffect]:
-        """A member told which nodes it knows as members (as it sends its table to a
-        joiner). With a policy, those this member never saw become known and
-        unreachable: a member that (re)starts behind a partition learns that the
-        cluster is larger than its side. Nodes it saw follow its own evidence (one it
-        saw die stays removed)."""
-        if self.policy is None:
-            return []
-        for node in nodes:
-            if node != self.node and node not in self._seen and node not in self.known:
-                self.known.add(node)
-                self._lost_at[node] = now
-                self._weak.add(self.node)  # it joined a group with unreachable members
-        return self._reconcile(now)
-
-    def tick(self, now: float) -> list[PlacementEffect]:
-        """Time passed (see :meth:`wake_at`): margins may have ended."""
         return self._reconcile(now)
 
     def orphaned(self, node: str) -> bool:
@@ -343,8 +205,7 @@ class PlacementCore:
         return node not in self.members and node in self._seen
 
     def add(self, key: str, spec: Any, movable: bool, now: float) -> list[PlacementEffect]:
-        """A new child placed here (the caller checked :meth:`owner` and
-        :meth:`allowed`).
+        """A new child placed here (the caller checked :meth:`owner`).
 
         Raises:
             ValueError: a live child has that key already.
@@ -359,8 +220,8 @@ class PlacementCore:
         """The child ``key`` runs here now as ``pid`` (a start or a local restart)."""
         self.running.add(key)
         entry = self.table.get(key)
-        if entry is None or entry.deleted or entry.node != self.node or not self.allowed():
-            return self._reconcile(now)  # deleted, taken over or not allowed: stop it
+        if entry is None or entry.deleted or entry.node != self.node:
+            return self._reconcile(now)  # deleted or taken over meanwhile: stop it
         return [Publish({key: self._write(key, replace(entry, pid=pid,
                                                        version=self._tick()))})]
 
@@ -374,8 +235,6 @@ class PlacementCore:
         global name is held there): record that place instead of deleting the child."""
         entry = self.table.get(key)
         self.running.discard(key)
-        if not self.allowed():  # no write while not allowed
-            return self._reconcile(now)
         if entry is None or entry.deleted or node == self.node:
             return self.start_failed(key, "name held here", now)
         moved = self._write(key, replace(entry, node=node, pid=None, version=self._tick()))
@@ -387,8 +246,6 @@ class PlacementCore:
         entry = self.table.get(key)
         if entry is None or entry.deleted:
             return []
-        if not self.allowed():  # no write: the other side's entries must win at the heal
-            return self._reconcile(now)
         tomb = self._write(key, replace(entry, deleted=True, pid=None, version=self._tick()))
         self._deleted_at[key] = now
         plan: list[PlacementEffect] = []
@@ -408,7 +265,7 @@ class PlacementCore:
             self._clock = max(self._clock, entry.version[0])
             current = self.table.get(key)
             if current is None or entry.version > current.version:
-                self._write(key, entry)
+                self.table[key] = entry
                 if entry.deleted:
                     self._deleted_at.setdefault(key, now)
                 else:
@@ -444,47 +301,8 @@ class PlacementCore:
         return (self._clock, self.node)
 
     def _write(self, key: str, entry: Entry) -> Entry:
-        old = self.table.get(key)
-        if old is not None and not old.deleted:
-            self._placed[old.node] -= 1
-            if not self._placed[old.node]:
-                del self._placed[old.node]
-        if not entry.deleted:
-            self._placed[entry.node] = self._placed.get(entry.node, 0) + 1
         self.table[key] = entry
         return entry
-
-    def _remove(self, node: str) -> None:
-        self.known.discard(node)
-        self._lost_at.pop(node, None)
-        self._gone.discard(node)
-
-    def _allowed_now(self, now: float) -> bool:
-        """:meth:`allowed`, after forgetting long-lost members (``forget_after``: only
-        while allowed, so a minority never forgets its way to a majority); notes when
-        this side becomes allowed again."""
-        bound = None if self.policy is None else self.policy.forget_after
-        if bound is not None and self.allowed():
-            for node in [n for n, t in self._lost_at.items() if now - t >= bound]:
-                self._remove(node)
-        if not self._lost_at:  # the view converged: joiners count from now on
-            self._weak.clear()
-        allowed = self.allowed()
-        if allowed and not self._was_allowed:
-            self._allowed_since = now
-        self._was_allowed = allowed
-        return allowed
-
-    def _settled(self, node: str, now: float) -> bool:
-        """May the children of the lost member ``node`` be taken over now? Not within
-        ``margin`` after this side became allowed: a side that just gained the policy
-        faces one that just lost it, and the tables of a view that just changed may say
-        that somebody took them over already. Then at once if ``node`` was removed (or
-        without a policy), or ``margin`` after the last loss that may be a partition."""
-        since = self._allowed_since
-        if node in self._lost_at:
-            since = max(since, self._stable_since)
-        return now >= since + self.margin
 
     def _rebuild_ring(self) -> None:
         nodes = self.members - self._departing
@@ -492,24 +310,8 @@ class PlacementCore:
             nodes -= {self.node}
         self._ring = HashRing(sorted(nodes))
 
-    def _settling_since(self) -> float:
-        """Since when this member's own entries may be stale: it (re)started, or its
-        side was just allowed again (``-inf`` without a policy)."""
-        if self.policy is None or self._born is None:
-            return float("-inf")
-        return max(self._born, self._allowed_since)
-
     def _reconcile(self, now: float) -> list[PlacementEffect]:
-        if self._born is None:
-            self._born = now
-        was_allowed = self._was_allowed
-        allowed = self._allowed_now(now)
         plan: list[PlacementEffect] = []
-        if allowed != was_allowed:  # why children stop here, or may start again
-            plan.append(Log("warning" if not allowed else "info",
-                            "dsupervisor_split_brain_" + ("allowed" if allowed else "stop"),
-                            {"members": sorted(self.members), "known": sorted(self.known),
-                             "policy": None if self.policy is None else self.policy.kind}))
         published: dict[str, Entry] = {}
         for key in list(self.table):
             entry = self.table[key]
@@ -522,10 +324,6 @@ class PlacementCore:
                     plan.append(StopHere(key))
                 continue
             if key in self.running:
-                if not allowed:
-                    self.running.discard(key)
-                    plan.append(StopHere(key))
-                    continue
                 if entry.node != self.node:
                     self.running.discard(key)
                     plan.append(StopHere(key))
@@ -544,19 +342,12 @@ class PlacementCore:
                     plan.append(MoveTo(key, target, moved))
             elif entry.node == self.node:
                 target = self.owner(key)
-                if not allowed or (key not in self._handed
-                                   and now < self._settling_since() + self.margin):
-                    # Not yet: the tables of a heal (or, for a member that restarted,
-                    # of its peers) may say another node took it over. A hand-off is
-                    # certain: its sender stopped it for this node.
-                    continue
                 if not self.leaving:
                     plan.append(StartHere(key, entry.spec, self._handed.pop(key, None)))
                 elif target is not None:  # a hand-off reached this leaving node: pass it on
                     moved = self._write(key, replace(entry, node=target, version=self._tick()))
                     plan.append(MoveTo(key, target, moved, self._handed.pop(key, None)))
-            elif allowed and self.orphaned(entry.node) and self.owner(key) == self.node \
-                    and self._settled(entry.node, now):
+            elif self.orphaned(entry.node) and self.owner(key) == self.node:
                 plan.append(Log("info", "dsupervisor_takeover",
                                 {"key": key, "from": entry.node,
                                  "members": sorted(self.members)}))

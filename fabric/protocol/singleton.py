@@ -23,8 +23,7 @@ pure rules to the same facts, connected managers agree without a vote:
 * **Designated host.** The oldest reachable candidate (smallest ``age``: the manager's
   start time and node name, the same numbers on every node), or the smallest by the
   optional ``rank`` rule. The instance runs on the designated host only.
-* **Policy** (:class:`SplitBrainPolicy`, in :mod:`fabric.protocol.split_brain`): may
-  this side of a partition run it at all?
+* **Policy** (:class:`SplitBrainPolicy`): may this side of a partition run it at all?
   ``keep_majority``: the reachable candidates (this one included) are more than half
   of the known ones, or exactly half and include the oldest known; ``keep_oldest``: the
   oldest known candidate is reachable; ``static_quorum``: at least ``quorum`` candidates
@@ -81,18 +80,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-# The policy and its rule live in fabric.protocol.split_brain (shared with the distributed
-# supervisor), re-exported here so that every existing import keeps working.
-from fabric.protocol.split_brain import (
-    AVAILABILITY,
-    GONE_REASONS,
-    KEEP_MAJORITY,
-    KEEP_OLDEST,
-    POLICIES,
-    STATIC_QUORUM,
-    SplitBrainPolicy,
-    policy_allows,
-)
+from fabric.errors import ConfigError
+from fabric.protocol.mesh import CONNECTION_CLOSED
 from fabric.types import Pid
 
 __all__ = [
@@ -110,10 +99,55 @@ __all__ = [
     "StopInstance",
 ]
 
+KEEP_MAJORITY: Final = "keep_majority"
+KEEP_OLDEST: Final = "keep_oldest"
+STATIC_QUORUM: Final = "static_quorum"
+AVAILABILITY: Final = "availability"
+POLICIES: Final = (KEEP_MAJORITY, KEEP_OLDEST, STATIC_QUORUM, AVAILABILITY)
+
+# Reasons a member leaves the view for good: its process is gone (the OS closed its
+# sockets), or it said goodbye. Any other nodedown may be a partition; ``peer_reset`` in
+# particular is proof the member lives (taking it for a death after a heal started a
+# second instance beside the oldest's under keep_oldest: D36).
+_GONE_REASONS: Final = frozenset({CONNECTION_CLOSED, "shutdown"})
+
 Age = tuple[float, str]
 """``(manager start time, node name)``: smaller is older. The start time is a wall clock
 reading taken once; its accuracy does not matter, only that every node sees the same
 value (it travels in ``hello``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SplitBrainPolicy:
+    """Which side of a partition may run the singleton (see the module docstring).
+
+    Args:
+        kind: one of :data:`POLICIES`; default ``keep_majority``, which never runs two.
+        quorum: for ``static_quorum``, the candidates that must be reachable (set it to
+            more than half of the largest cluster you run, or two sides may both have it).
+        forget_after: seconds after which a member that stayed unreachable is forgotten
+            (no longer counted among the known candidates), but only by a manager whose
+            side satisfies the policy at that moment: a machine gone for good stops
+            shrinking the majority, while a minority never forgets its way to a majority.
+            None (the default): members are forgotten only by :meth:`SingletonCore.forget`.
+            What it costs ``keep_majority``'s guarantee: docs/guide/singletons.md (D34).
+
+    Raises:
+        ConfigError: an unknown kind, a ``static_quorum`` without a quorum >= 1, or a
+            ``forget_after`` that is not positive.
+    """
+
+    kind: str = KEEP_MAJORITY
+    quorum: int = 0
+    forget_after: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in POLICIES:
+            raise ConfigError(f"unknown split-brain policy {self.kind!r}; use one of {POLICIES}")
+        if self.kind == STATIC_QUORUM and self.quorum < 1:
+            raise ConfigError("static_quorum needs quorum >= 1")
+        if self.forget_after is not None and not self.forget_after > 0:
+            raise ConfigError("forget_after must be a positive number of seconds (or None)")
 
 
 # -- effects --------------------------------------------------------------------------------
@@ -262,7 +296,17 @@ class SingletonCore:
         if self.candidate:
             known.append((self.age, self.node))
             reachable.append((self.age, self.node))
-        return self._formed and policy_allows(self.policy, known, reachable)
+        if not self._formed or not known:
+            return False
+        kind = self.policy.kind
+        if kind == KEEP_MAJORITY:
+            twice = 2 * len(reachable)
+            return twice > len(known) or (twice == len(known) and min(known) in reachable)
+        if kind == KEEP_OLDEST:
+            return min(known) in reachable
+        if kind == STATIC_QUORUM:
+            return len(reachable) >= self.policy.quorum
+        return True
 
     @property
     def drained(self) -> bool:
@@ -280,7 +324,7 @@ class SingletonCore:
         member = self.members.get(peer)
         if member is None:
             return self._evaluate(now)
-        if reason in GONE_REASONS:
+        if reason in _GONE_REASONS:
             del self.members[peer]
         elif member.reachable:
             member.reachable = False
