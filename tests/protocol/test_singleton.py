@@ -370,3 +370,15 @@ def test_a_side_that_gains_the_majority_in_a_re_split_waits_for_the_other_to_sto
     sim.run(MARGIN * 4)
     assert sim.max_concurrent() == 1, sim.intervals
     assert hosts(sim) == ["b"]
+
+
+def test_keep_oldest_a_kill_within_a_margin_of_regaining_the_policy_waits_the_margin() -> None:
+    # D38's cost, pinned: b's side had lost the policy ([a] | [b, c, d, e]); right after
+    # the heal a dies. b may not know yet whether a's side still runs it, so it waits.
+    sim = healed_after_a_split(["a"], ["b", "c", "d", "e"], after=0.01)
+    killed_at = sim.now
+    sim.kill("a")
+    sim.run(MARGIN * 3)
+    assert hosts(sim) == ["b"] and sim.max_concurrent() == 1, sim.intervals
+    started = next(i.started for i in sim.intervals if i.node == "b")
+    assert MARGIN / 2 < started - killed_at < 2 * MARGIN  # it waited, then it started
